@@ -1,0 +1,21 @@
+"""FramePack: next-frame-section image-to-video generation with a packed, constant-length frame context."""
+
+from .engine import Done, Error, Event, Progress, SectionDone, Status, generate
+from .models import ModelSet, ModelSource, ModelsMissingError, load_models
+from .settings import Settings, SettingsError
+
+__all__ = [
+    "Done",
+    "Error",
+    "Event",
+    "ModelSet",
+    "ModelSource",
+    "ModelsMissingError",
+    "Progress",
+    "SectionDone",
+    "Settings",
+    "SettingsError",
+    "Status",
+    "generate",
+    "load_models",
+]

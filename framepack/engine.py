@@ -1,0 +1,221 @@
+"""The generation engine: one image and a prompt to a video, section by section, as a stream of typed events.
+
+`generate` is a generator. The UI worker and the CLI both consume it; it holds no global state and never
+blocks on anything but computation. Stopping goes through a `threading.Event`: the job ends after the
+current sampler step and leaves a playable video of the sections that were finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cache import configure_teacache
+from .conditioning import Conditioning, ImageError, encode_conditioning, load_image, resize_and_center_crop, target_size
+from .models import ModelSet
+from .outputs import JobPaths, new_job_id, save_latents
+from .packing import LatentHistory, SectionPlan, plan_sections
+from .sampling import make_denoiser, sample_unipc, section_sigmas
+from .settings import FPS, Settings, SettingsError
+from .video import FrameAssembler, SegmentedVideo, decode_latents, latent_preview
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Status:
+    """A phase of the job began (encoding the prompt, decoding a section, ...)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One sampler step finished. `section` and `step` count from 1."""
+
+    section: int
+    sections: int
+    step: int
+    steps: int
+    frames: int  # frames of video finished before this section
+    preview: np.ndarray | None  # latent preview of the step's x0 prediction, uint8 (h, T*w, 3)
+
+    @property
+    def fraction(self) -> float:
+        return ((self.section - 1) * self.steps + self.step) / (self.sections * self.steps)
+
+
+@dataclass(frozen=True)
+class SectionDone:
+    """A section was sampled, decoded and added to the video at `video_path` (rewritten after every section)."""
+
+    section: int
+    sections: int
+    video_path: Path
+    frames: int
+    seconds: float
+    latents: torch.Tensor  # what the sampler returned for this section, (1, 16, window, h, w) float32
+
+
+@dataclass(frozen=True)
+class Done:
+    """The job ended. `stopped` when a stop was requested; the files then hold the finished sections."""
+
+    video_path: Path | None
+    latents_path: Path | None
+    frames: int
+    seconds: float
+    sections_done: int
+    stopped: bool
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Error:
+    """The job failed. `message` is meant for the user; any finished sections are kept on disk."""
+
+    message: str
+    exception: BaseException | None = None
+
+
+Event = Status | Progress | SectionDone | Done | Error
+
+
+def generate(
+    models: ModelSet,
+    settings: Settings,
+    image: str | Path | Image.Image | np.ndarray,
+    output_dir: str | Path = "outputs",
+    *,
+    stop: threading.Event | None = None,
+    job_id: str | None = None,
+    previews: bool = True,
+) -> Iterator[Event]:
+    """Run one job and yield its events; the last one is always `Done` or `Error`."""
+    try:
+        yield from _run(models, settings, image, Path(output_dir), stop or threading.Event(), job_id, previews)
+    except (SettingsError, ImageError) as exc:
+        yield Error(str(exc), exc)
+    except torch.OutOfMemoryError as exc:
+        yield Error(
+            "Out of GPU memory. Finished sections are kept. Try a smaller resolution, fewer seconds per "
+            "section (latent window), more 'GPU memory to preserve', or close other programs using the GPU.",
+            exc,
+        )
+    except Exception as exc:  # the user must get a message whatever broke; the traceback goes to the log
+        logger.exception("Generation failed")
+        yield Error(f"Generation failed: {type(exc).__name__}: {exc}", exc)
+
+
+def _run(
+    models: ModelSet,
+    settings: Settings,
+    image_source: str | Path | Image.Image | np.ndarray,
+    output_dir: Path,
+    stop: threading.Event,
+    job_id: str | None,
+    previews: bool,
+) -> Iterator[Event]:
+    started = time.perf_counter()
+    if models.variant != settings.variant:
+        raise SettingsError("variant", f"the loaded models are the {models.variant} variant, not {settings.variant}")
+    image = load_image(image_source)
+    height, width = target_size(image, settings.resolution, settings.height, settings.width)
+    image = resize_and_center_crop(image, width, height)
+    paths = JobPaths(output_dir, job_id or new_job_id())
+
+    yield Status("Encoding prompt and image")
+    cond = encode_conditioning(models, image, settings.prompt, settings.negative_prompt, settings.cfg)
+
+    window = settings.latent_window_size
+    plans = plan_sections(settings.variant, settings.num_sections, window)
+    history = LatentHistory(settings.variant, cond.start_latent, window)
+    assembler = FrameAssembler(overlap=settings.frames_per_section, prepend=history.prepends)
+    video = SegmentedVideo(paths.parts_dir, prepend=history.prepends, fps=FPS, crf=settings.mp4_crf)
+    teacache = configure_teacache(models.transformer, settings.use_teacache, settings.teacache_threshold)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
+
+    stopped = False
+    try:
+        for plan in plans:
+            if teacache is not None:
+                teacache.reset()
+            noise = torch.randn((1, 16, window, height // 8, width // 8), generator=generator, dtype=torch.float32)
+            denoise = make_denoiser(
+                models.transformer,
+                _model_inputs(models, cond, history, plan),
+                cfg=settings.cfg,
+                cfg_rescale=settings.cfg_rescale,
+                distilled_cfg=settings.distilled_cfg,
+                steps=settings.steps,
+            )
+            result = None
+            for step in sample_unipc(denoise, noise.to(models.device), sigmas.to(models.device)):
+                result = step.denoised
+                preview = latent_preview(step.denoised) if previews else None
+                yield Progress(plan.index + 1, len(plans), step.step + 1, step.total, assembler.num_frames, preview)
+                if stop.is_set():
+                    stopped = True
+                    break
+            if stopped:
+                break
+
+            yield Status(f"Decoding section {plan.index + 1} of {len(plans)}")
+            clip = decode_latents(models.vae, history.add(plan, result))
+            video.add_final(assembler.add(clip))
+            video.write(paths.video, assembler.open_frames())
+            frames = assembler.num_frames
+            yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, result.float().cpu())
+            if stop.is_set():
+                stopped = True
+                break
+    finally:
+        video.cleanup()
+
+    sections_done = len(history.chunks) - (0 if history.prepends else 1)
+    latents_path = save_latents(paths.latents, history.video_latents()) if sections_done else None
+    frames = assembler.num_frames
+    yield Done(
+        video_path=paths.video if sections_done else None,
+        latents_path=latents_path,
+        frames=frames,
+        seconds=frames / FPS,
+        sections_done=sections_done,
+        stopped=stopped,
+        elapsed=time.perf_counter() - started,
+    )
+
+
+def _model_inputs(models: ModelSet, cond: Conditioning, history: LatentHistory, plan: SectionPlan) -> dict:
+    """The transformer's keyword inputs for one section, for the positive and the negative prompt."""
+    device, dtype = models.device, models.dtype
+    context = history.context()
+
+    def prompt_inputs(embeds) -> dict:
+        states, mask = embeds.padded()
+        return {
+            "encoder_hidden_states": states.to(device, dtype),
+            "encoder_attention_mask": mask.to(device),
+            "pooled_projections": embeds.clip_pooler.to(device, dtype),
+        }
+
+    shared = {
+        "image_embeds": cond.image_embeds.to(device, dtype),
+        "indices_latents": plan.latent_indices.to(device),
+        "latents_clean": context.clean.to(device, dtype),
+        "indices_latents_clean": plan.clean_indices.to(device),
+        "latents_history_2x": context.history_2x.to(device, dtype),
+        "indices_latents_history_2x": plan.clean_2x_indices.to(device),
+        "latents_history_4x": context.history_4x.to(device, dtype),
+        "indices_latents_history_4x": plan.clean_4x_indices.to(device),
+    }
+    return {"positive": {**prompt_inputs(cond.positive), **shared}, "negative": {**prompt_inputs(cond.negative), **shared}}

@@ -1,0 +1,216 @@
+"""Where the weights come from and how every component is loaded.
+
+The same code loads the published Hugging Face repos (cached in `./hf_download`) and a local model root laid
+out as `<root>/<org>/<name>/<subfolder>`, so the tiny test models go through exactly what users run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from transformers import (
+    AutoTokenizer,
+    CLIPTextModel,
+    LlamaModel,
+    PreTrainedTokenizerBase,
+    SiglipImageProcessor,
+    SiglipVisionModel,
+)
+
+logger = logging.getLogger(__name__)
+
+HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
+REDUX_REPO = "lllyasviel/flux_redux_bfl"
+TRANSFORMER_REPOS = {
+    "original": "lllyasviel/FramePackI2V_HY",
+    "f1": "lllyasviel/FramePack_F1_I2V_HY_20250503",
+}
+DEFAULT_CACHE_DIR = Path("hf_download")
+
+
+class ModelsMissingError(RuntimeError):
+    """Weights are neither in the local model root nor in the hub cache, and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights are read from: a local model root, or the hub cached under `cache_dir`."""
+
+    models_dir: Path | None = None
+    cache_dir: Path = DEFAULT_CACHE_DIR
+
+    def __post_init__(self) -> None:
+        if self.models_dir is not None:
+            object.__setattr__(self, "models_dir", Path(self.models_dir))
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+
+    def describe(self, repo: str) -> str:
+        return str(self.models_dir / repo) if self.models_dir else f"hub:{repo}"
+
+    def folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path:
+        """The local folder holding `repo` (with at least `subfolders`), downloading it if allowed."""
+        if self.models_dir is not None:
+            root = self.models_dir / repo
+            missing = [s for s in subfolders or ("",) if not (root / s / _CONFIG_OF.get(s, "")).exists()]
+            if missing:
+                wanted = ", ".join(str(root / s) for s in missing)
+                raise ModelsMissingError(
+                    f"Model files not found: {wanted}. A local model root must be laid out like the hub repos "
+                    f"(<root>/{repo}/...); download them with `hf download {repo} --local-dir {root}`."
+                )
+            return root
+        patterns = [f"{s}/*" for s in subfolders] if subfolders else None
+        try:
+            return Path(snapshot_download(repo, cache_dir=self.cache_dir, allow_patterns=patterns))
+        except LocalEntryNotFoundError:
+            parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
+            raise ModelsMissingError(
+                f"The weights of {repo}{parts} are not in {self.cache_dir} and cannot be downloaded now "
+                f"(offline). Connect to the internet and run the app once to download them, or run "
+                f"`hf download {repo} --cache-dir {self.cache_dir}`, or point --models at a local model root."
+            ) from None
+
+
+# The file whose presence shows a subfolder is really there (tokenizers have no config.json).
+_CONFIG_OF = {
+    "": "config.json",
+    "text_encoder": "config.json",
+    "text_encoder_2": "config.json",
+    "vae": "config.json",
+    "image_encoder": "config.json",
+    "tokenizer": "tokenizer_config.json",
+    "tokenizer_2": "tokenizer_config.json",
+    "feature_extractor": "preprocessor_config.json",
+}
+
+
+@dataclass
+class ModelSet:
+    """Every component one generation needs, with the variant and the places they were loaded from."""
+
+    variant: str
+    text_encoder: LlamaModel
+    text_encoder_2: CLIPTextModel
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_2: PreTrainedTokenizerBase
+    vae: AutoencoderKLHunyuanVideo
+    feature_extractor: SiglipImageProcessor
+    image_encoder: SiglipVisionModel
+    transformer: HunyuanVideoFramepackTransformer3DModel
+    sources: dict[str, str]
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtypes(dtype: str | None, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(transformer dtype, encoder/VAE dtype). FramePack runs bf16 + fp16 on GPUs; CPUs compute in fp32."""
+    if dtype is None:
+        if device.type == "cpu":
+            return torch.float32, torch.float32
+        return torch.bfloat16, torch.float16
+    transformer_dtype = getattr(torch, dtype)
+    encoder_dtype = torch.float32 if transformer_dtype == torch.float32 else torch.float16
+    return transformer_dtype, encoder_dtype
+
+
+def load_transformer(
+    folder: str | os.PathLike, dtype: torch.dtype = torch.float32
+) -> HunyuanVideoFramepackTransformer3DModel:
+    """Load a FramePack transformer with diffusers' class; its output head is kept in float32 like FramePack's."""
+    transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(folder, torch_dtype=dtype)
+    transformer.eval().requires_grad_(False)
+    keep_output_head_in_float32(transformer)
+    return transformer
+
+
+def keep_output_head_in_float32(transformer: HunyuanVideoFramepackTransformer3DModel) -> None:
+    """Run the final norm and projection in float32 whatever the model dtype, as FramePack does for quality.
+
+    The pre-hook upcasts the head's inputs; the model then returns float32 predictions.
+    """
+    transformer.norm_out.float()
+    transformer.proj_out.float()
+    if getattr(transformer.norm_out, "_framepack_fp32_hook", False):
+        return
+
+    def upcast(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(a.float() if torch.is_tensor(a) else a for a in args)
+
+    transformer.norm_out.register_forward_pre_hook(upcast)
+    transformer.norm_out._framepack_fp32_hook = True
+
+
+def load_models(
+    variant: str,
+    source: ModelSource | None = None,
+    device: torch.device | str | None = None,
+    dtype: str | None = None,
+) -> ModelSet:
+    """Load every component of `variant` ("original" or "f1") onto `device`.
+
+    Components are loaded one at a time from safetensors, so system memory never holds the whole set twice.
+    """
+    source = source or ModelSource()
+    device = torch.device(device) if device is not None else default_device()
+    transformer_dtype, encoder_dtype = resolve_dtypes(dtype, device)
+
+    # Resolve every folder before loading anything, so a missing download is reported at once.
+    hunyuan = source.folder(HUNYUAN_REPO, ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"))
+    redux = source.folder(REDUX_REPO, ("feature_extractor", "image_encoder"))
+    transformer_repo = TRANSFORMER_REPOS[variant]
+    transformer_folder = source.folder(transformer_repo)
+
+    logger.info("Loading text encoders from %s", hunyuan)
+    text_encoder = LlamaModel.from_pretrained(hunyuan / "text_encoder", dtype=encoder_dtype)
+    text_encoder_2 = CLIPTextModel.from_pretrained(hunyuan / "text_encoder_2", dtype=encoder_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(hunyuan / "tokenizer")
+    tokenizer_2 = AutoTokenizer.from_pretrained(hunyuan / "tokenizer_2")
+    logger.info("Loading VAE from %s", hunyuan)
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(hunyuan / "vae", torch_dtype=encoder_dtype)
+    logger.info("Loading image encoder from %s", redux)
+    feature_extractor = SiglipImageProcessor.from_pretrained(redux / "feature_extractor")
+    image_encoder = SiglipVisionModel.from_pretrained(redux / "image_encoder", dtype=encoder_dtype)
+    logger.info("Loading the %s transformer from %s", variant, transformer_folder)
+    transformer = load_transformer(transformer_folder, transformer_dtype)
+
+    for module in (text_encoder, text_encoder_2, vae, image_encoder, transformer):
+        module.eval().requires_grad_(False)
+        module.to(device)
+
+    return ModelSet(
+        variant=variant,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        vae=vae,
+        feature_extractor=feature_extractor,
+        image_encoder=image_encoder,
+        transformer=transformer,
+        sources={
+            "hunyuan": source.describe(HUNYUAN_REPO),
+            "redux": source.describe(REDUX_REPO),
+            "transformer": source.describe(transformer_repo),
+        },
+    )

@@ -1,0 +1,150 @@
+"""Section schedules and the packed frame context.
+
+A video is generated in sections of `window` latent frames. Each section is conditioned on the start latent
+and on a fixed-size summary of the history: 1 latent frame at full resolution, 2 at 2x and 16 at 4x
+compression (the 1x/2x/4x context), placed by RoPE frame indices. The original variant generates from the
+end of the video backwards (anti-drifting, "inverted"); F1 generates forwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CONTEXT_1X, CONTEXT_2X, CONTEXT_4X = 1, 2, 16
+CONTEXT_FRAMES = CONTEXT_1X + CONTEXT_2X + CONTEXT_4X  # 19
+
+
+def original_paddings(num_sections: int) -> list[int]:
+    """How many windows of blank positions separate each section from the start frame, in generation order.
+
+    Past 4 sections FramePack keeps the padding at 2 in the middle (a trick that reduces drifting).
+    """
+    if num_sections > 4:
+        return [3] + [2] * (num_sections - 3) + [1, 0]
+    return list(reversed(range(num_sections)))
+
+
+@dataclass(frozen=True)
+class SectionPlan:
+    """One section: its place in generation order and the RoPE indices of every packed input (1-D tensors)."""
+
+    index: int
+    num_sections: int
+    padding: int
+    latent_indices: torch.Tensor
+    clean_indices: torch.Tensor  # start frame, then the 1x history frame
+    clean_2x_indices: torch.Tensor
+    clean_4x_indices: torch.Tensor
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.num_sections - 1
+
+
+def plan_sections(variant: str, num_sections: int, window: int) -> list[SectionPlan]:
+    """The sections of a job in generation order, with their frame indices."""
+    if variant == "original":
+        return [_original_plan(i, num_sections, p, window) for i, p in enumerate(original_paddings(num_sections))]
+    if variant == "f1":
+        return [_f1_plan(i, num_sections, window) for i in range(num_sections)]
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def _original_plan(index: int, num_sections: int, padding: int, window: int) -> SectionPlan:
+    # [start | blank padding*window | generated window | 1x | 2x | 4x]
+    start, _, latent, post, x2, x4 = torch.arange(1 + padding * window + window + CONTEXT_FRAMES).split(
+        [1, padding * window, window, CONTEXT_1X, CONTEXT_2X, CONTEXT_4X]
+    )
+    return SectionPlan(index, num_sections, padding, latent, torch.cat([start, post]), x2, x4)
+
+
+def _f1_plan(index: int, num_sections: int, window: int) -> SectionPlan:
+    # [start | 4x | 2x | 1x | generated window]
+    start, x4, x2, x1, latent = torch.arange(1 + CONTEXT_FRAMES + window).split(
+        [1, CONTEXT_4X, CONTEXT_2X, CONTEXT_1X, window]
+    )
+    return SectionPlan(index, num_sections, 0, latent, torch.cat([start, x1]), x2, x4)
+
+
+@dataclass
+class PackedContext:
+    """The clean latents a section is conditioned on, matching its plan's indices."""
+
+    clean: torch.Tensor  # (1, C, 2, h, w): start latent and the 1x history frame
+    history_2x: torch.Tensor  # (1, C, 2, h, w)
+    history_4x: torch.Tensor  # (1, C, 16, h, w)
+
+
+class LatentHistory:
+    """The generated latents of one job in time order, and the context each section sees.
+
+    Where the history is shorter than the context it is padded with zero frames: after the video for the
+    original variant (which grows towards the start), before it for F1 (which grows towards the end).
+    Sections are kept as separate chunks so that adding one costs the same however long the video is.
+    """
+
+    def __init__(self, variant: str, start_latent: torch.Tensor, window: int):
+        self.variant = variant
+        self.window = window
+        self.start_latent = start_latent.float().cpu()
+        # The video's latents in time order, one chunk per section; F1's video begins with the start latent.
+        self.chunks: list[torch.Tensor] = [] if variant == "original" else [self.start_latent]
+
+    @property
+    def prepends(self) -> bool:
+        """Whether new sections go before the existing video (the original's backwards generation)."""
+        return self.variant == "original"
+
+    @property
+    def num_frames(self) -> int:
+        return sum(chunk.shape[2] for chunk in self.chunks)
+
+    def _edge(self, frames: int, front: bool) -> torch.Tensor:
+        """The first (front) or last `frames` latent frames of the video, touching only the chunks needed."""
+        picked, count = [], 0
+        for chunk in self.chunks if front else reversed(self.chunks):
+            picked.append(chunk)
+            count += chunk.shape[2]
+            if count >= frames:
+                break
+        if not front:
+            picked.reverse()
+        video = torch.cat(picked, dim=2)
+        return video[:, :, :frames] if front else video[:, :, -frames:]
+
+    def context(self) -> PackedContext:
+        latent = self.start_latent
+        zeros = latent.new_zeros(*latent.shape[:2], CONTEXT_FRAMES, *latent.shape[3:])
+        if self.prepends:
+            padded = torch.cat([self._edge(CONTEXT_FRAMES, front=True), zeros], dim=2) if self.chunks else zeros
+            x1, x2, x4 = padded[:, :, :CONTEXT_FRAMES].split([CONTEXT_1X, CONTEXT_2X, CONTEXT_4X], dim=2)
+        else:
+            tail = torch.cat([zeros, self._edge(CONTEXT_FRAMES, front=False)], dim=2)[:, :, -CONTEXT_FRAMES:]
+            x4, x2, x1 = tail.split([CONTEXT_4X, CONTEXT_2X, CONTEXT_1X], dim=2)
+        return PackedContext(clean=torch.cat([latent, x1], dim=2), history_2x=x2, history_4x=x4)
+
+    def add(self, plan: SectionPlan, generated: torch.Tensor) -> torch.Tensor:
+        """Add a sampled section; returns the latents to decode for this section's video update.
+
+        The first section decodes all it made; later ones decode 2 windows at the growing edge (plus the start
+        latent in the original's last section), of which one window overlaps the video already decoded.
+        """
+        generated = generated.float().cpu()
+        w = self.window
+        if self.prepends:
+            if plan.is_last:
+                generated = torch.cat([self.start_latent, generated], dim=2)
+            self.chunks.insert(0, generated)
+            if plan.index == 0:
+                return generated
+            return self._edge(2 * w + (1 if plan.is_last else 0), front=True)
+        self.chunks.append(generated)
+        if plan.index == 0:
+            return self.video_latents()
+        return self._edge(2 * w, front=False)
+
+    def video_latents(self) -> torch.Tensor:
+        """The real latents of the video so far in time order, start latent included where it belongs."""
+        return torch.cat(self.chunks, dim=2)

@@ -1,0 +1,217 @@
+"""Video I/O: decoding sections to pixels, blending them into one video, latent previews and MP4 files.
+
+Frames are final once no later section can blend into them; final frames are encoded to H.264 once, as
+segments, and the MP4 the user sees is a remux of those segments (no re-encoding of what was encoded).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from .outputs import atomic_path
+
+FPS = 30
+
+# ComfyUI's linear projection of HunyuanVideo latents to RGB (16 channels -> 3), used for live previews.
+LATENT_RGB_FACTORS = (
+    (-0.0395, -0.0331, 0.0445), (0.0696, 0.0795, 0.0518), (0.0135, -0.0945, -0.0282), (0.0108, -0.0250, -0.0765),
+    (-0.0209, 0.0032, 0.0224), (-0.0804, -0.0254, -0.0639), (-0.0991, 0.0271, -0.0669), (-0.0646, -0.0422, -0.0400),
+    (-0.0696, -0.0595, -0.0894), (-0.0799, -0.0208, -0.0375), (0.1166, 0.1627, 0.0962), (0.1165, 0.0432, 0.0407),
+    (-0.2315, -0.1920, -0.1355), (-0.0270, 0.0401, -0.0821), (-0.0616, -0.0997, -0.0727), (0.0249, -0.0469, -0.1703),
+)  # fmt: skip
+LATENT_RGB_BIAS = (0.0259, -0.0192, -0.0761)
+
+
+def latent_preview(latents: torch.Tensor) -> np.ndarray:
+    """A cheap RGB preview of (1, 16, T, h, w) latents: the T frames side by side, uint8 (h, T*w, 3)."""
+    weight = torch.tensor(LATENT_RGB_FACTORS, device=latents.device, dtype=latents.dtype).T[:, :, None, None, None]
+    bias = torch.tensor(LATENT_RGB_BIAS, device=latents.device, dtype=latents.dtype)
+    rgb = torch.nn.functional.conv3d(latents, weight, bias=bias).clamp(0, 1)
+    rgb = (rgb[0] * 255).to(torch.uint8).cpu()  # (3, T, h, w)
+    return rgb.permute(2, 1, 3, 0).flatten(1, 2).numpy()  # (h, T*w, 3)
+
+
+@torch.no_grad()
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Decode scaled latents (1, 16, T, h, w) to float pixels in [-1, 1], (1, 3, 4T-3, H, W), on the CPU."""
+    scaled = latents / vae.config.scaling_factor
+    return vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample.float().cpu()
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
+    """(1, 3, T, H, W) float pixels in [-1, 1] to (T, H, W, 3) uint8, truncating like FramePack."""
+    frames = (pixels.float().clamp(-1, 1) * 127.5 + 127.5).to(torch.uint8)
+    return frames[0].permute(1, 2, 3, 0).contiguous().numpy()
+
+
+def blend(earlier: torch.Tensor, later: torch.Tensor, overlap: int) -> torch.Tensor:
+    """Join two clips (B, C, T, H, W) whose last/first `overlap` frames show the same moment, cross-fading linearly."""
+    if overlap <= 0:
+        return torch.cat([earlier, later], dim=2)
+    weights = torch.linspace(1, 0, overlap, dtype=earlier.dtype, device=earlier.device).view(1, 1, -1, 1, 1)
+    mixed = weights * earlier[:, :, -overlap:] + (1 - weights) * later[:, :, :overlap]
+    return torch.cat([earlier[:, :, :-overlap], mixed, later[:, :, overlap:]], dim=2)
+
+
+class FrameAssembler:
+    """Blends decoded section clips into the video, keeping in memory only the frames a later clip can change.
+
+    With `prepend` (the original variant) each clip is earlier in time than the video so far and is blended in
+    front; otherwise (F1) after. `add` returns the frames that became final, as uint8.
+    """
+
+    def __init__(self, overlap: int, prepend: bool):
+        self.overlap = overlap
+        self.prepend = prepend
+        self.open: torch.Tensor | None = None  # float frames at the growing edge
+        self.final_frames = 0
+
+    def add(self, clip: torch.Tensor) -> np.ndarray:
+        if self.open is None:
+            video = clip
+        elif self.prepend:
+            video = blend(clip, self.open, self.overlap)
+        else:
+            video = blend(self.open, clip, self.overlap)
+        keep = min(self.overlap, video.shape[2])
+        if self.prepend:
+            self.open, final = video[:, :, :keep], video[:, :, keep:]
+        else:
+            self.open, final = video[:, :, video.shape[2] - keep :], video[:, :, : video.shape[2] - keep]
+        self.final_frames += final.shape[2]
+        return to_uint8_frames(final)
+
+    def open_frames(self) -> np.ndarray:
+        return to_uint8_frames(self.open) if self.open is not None else np.zeros((0, 0, 0, 3), np.uint8)
+
+    @property
+    def num_frames(self) -> int:
+        return self.final_frames + (self.open.shape[2] if self.open is not None else 0)
+
+
+def encode_mp4(frames: np.ndarray, path: str | Path, fps: int = FPS, crf: int = 16, metadata: dict[str, str] | None = None) -> Path:
+    """Write uint8 frames (T, H, W, 3) as H.264 yuv420p at `fps`, index first, atomically."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 yuv420p needs even sides, got {width}x{height}")
+    path = Path(path)
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+        container.metadata.update(metadata or {})
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(int(crf))}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def concat_mp4(parts: list[Path], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Join MP4 segments encoded with the same settings into one file by copying packets (no re-encoding)."""
+    path = Path(path)
+    if len(parts) == 1 and not metadata:
+        with atomic_path(path) as tmp:
+            shutil.copyfile(parts[0], tmp)
+        return path
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        out.metadata.update(metadata or {})
+        out_stream, offset = None, 0
+        for part in parts:
+            with av.open(str(part)) as source:
+                in_stream = source.streams.video[0]
+                if out_stream is None:
+                    out_stream = out.add_stream_from_template(in_stream)
+                    extradata = in_stream.codec_context.extradata
+                elif in_stream.codec_context.extradata != extradata:
+                    raise ValueError(f"{part} was encoded with other settings and cannot be joined without re-encoding")
+                end = offset
+                for packet in source.demux(in_stream):
+                    if packet.dts is None:  # the demuxer's final flush packet
+                        continue
+                    packet.stream = out_stream
+                    packet.pts += offset
+                    packet.dts += offset
+                    end = max(end, packet.pts + packet.duration)
+                    out.mux(packet)
+                offset = end
+    return path
+
+
+class SegmentedVideo:
+    """An MP4 that grows section by section: final frames are encoded once into segment files in `parts_dir`,
+    and `write` joins them, plus the still-open edge frames, into one playable file."""
+
+    def __init__(self, parts_dir: str | Path, prepend: bool, fps: int = FPS, crf: int = 16):
+        self.parts_dir = Path(parts_dir)
+        self.prepend = prepend
+        self.fps, self.crf = fps, crf
+        self.segments: list[Path] = []  # time order
+        self.frames = 0
+        self._count = 0
+
+    def _encode(self, frames: np.ndarray, name: str) -> Path:
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        return encode_mp4(frames, self.parts_dir / name, fps=self.fps, crf=self.crf)
+
+    def add_final(self, frames: np.ndarray) -> None:
+        if len(frames) == 0:
+            return
+        self._count += 1
+        segment = self._encode(frames, f"{self._count:05d}.mp4")
+        if self.prepend:
+            self.segments.insert(0, segment)
+        else:
+            self.segments.append(segment)
+        self.frames += len(frames)
+
+    def write(self, path: str | Path, open_frames: np.ndarray, metadata: dict[str, str] | None = None) -> Path:
+        """Write the whole video so far to `path`: final segments and the open edge, in time order."""
+        parts = list(self.segments)
+        if len(open_frames):
+            edge = self._encode(open_frames, "edge.mp4")
+            parts = [edge, *parts] if self.prepend else [*parts, edge]
+        return concat_mp4(parts, path, metadata)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str
+    pix_fmt: str
+    metadata: dict[str, str]
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Read a video's stream facts, counting frames by decoding (container counts can be missing)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return VideoInfo(
+            frames=frames,
+            fps=float(stream.average_rate),
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            codec=stream.codec_context.name,
+            pix_fmt=stream.codec_context.pix_fmt,
+            metadata=dict(container.metadata),
+        )
+
+
+def read_frames(path: str | Path) -> np.ndarray:
+    """All frames of a video as uint8 (T, H, W, 3)."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
