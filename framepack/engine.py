@@ -19,7 +19,16 @@ import torch
 from PIL import Image
 
 from .cache import configure_teacache
-from .conditioning import Conditioning, ImageError, encode_conditioning, load_image, resize_and_center_crop, target_size
+from .conditioning import (
+    LLAMA_MAX_TOKENS,
+    Conditioning,
+    ImageError,
+    encode_conditioning,
+    load_image,
+    prompt_token_count,
+    resize_and_center_crop,
+    target_size,
+)
 from .models import ModelSet
 from .outputs import JobPaths, new_job_id, save_latents
 from .packing import LatentHistory, SectionPlan, plan_sections
@@ -133,6 +142,8 @@ def _run(
     paths = JobPaths(output_dir, job_id or new_job_id())
 
     yield Status("Encoding prompt and image")
+    if prompt_token_count(models, settings.prompt) > LLAMA_MAX_TOKENS:
+        yield Status(f"The prompt is longer than {LLAMA_MAX_TOKENS} tokens; the text past that is ignored")
     cond = encode_conditioning(models, image, settings.prompt, settings.negative_prompt, settings.cfg)
 
     window = settings.latent_window_size
@@ -164,9 +175,9 @@ def _run(
                 preview = latent_preview(step.denoised) if previews else None
                 yield Progress(plan.index + 1, len(plans), step.step + 1, step.total, assembler.num_frames, preview)
                 if stop.is_set():
-                    stopped = True
                     break
-            if stopped:
+            if stop.is_set() and step.step + 1 < step.total:
+                stopped = True
                 break
 
             yield Status(f"Decoding section {plan.index + 1} of {len(plans)}")
@@ -176,13 +187,14 @@ def _run(
             frames = assembler.num_frames
             yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, result.float().cpu())
             if stop.is_set():
-                stopped = True
+                stopped = not plan.is_last
                 break
     finally:
+        # Whatever ends the job (done, stopped, an error, the consumer closing the stream), keep what was made.
         video.cleanup()
+        sections_done = history.sections_done
+        latents_path = save_latents(paths.latents, history.video_latents()) if sections_done else None
 
-    sections_done = len(history.chunks) - (0 if history.prepends else 1)
-    latents_path = save_latents(paths.latents, history.video_latents()) if sections_done else None
     frames = assembler.num_frames
     yield Done(
         video_path=paths.video if sections_done else None,

@@ -22,6 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # some writers create private files; outputs are meant to be shared like any video
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

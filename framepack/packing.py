@@ -101,6 +101,10 @@ class LatentHistory:
     def num_frames(self) -> int:
         return sum(chunk.shape[2] for chunk in self.chunks)
 
+    @property
+    def sections_done(self) -> int:
+        return len(self.chunks) - (0 if self.prepends else 1)
+
     def _edge(self, frames: int, front: bool) -> torch.Tensor:
         """The first (front) or last `frames` latent frames of the video, touching only the chunks needed."""
         picked, count = [], 0

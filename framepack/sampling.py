@@ -97,7 +97,7 @@ def _unipc_update(
         ratios.append(r)
         diffs.append((outputs[-(k + 1)] - m_prev) / r)
     ratios.append(1.0)
-    ratios = torch.tensor(ratios, device=x.device)
+    ratios = torch.tensor(ratios, device=x.device, dtype=h.dtype)
 
     hh = -h  # bh1: B(h) = hh
     h_phi_1 = torch.expm1(hh)
@@ -110,19 +110,19 @@ def _unipc_update(
         factorial *= k + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
     powers = torch.stack(powers)
-    coeffs = torch.tensor(coeffs, device=x.device)
+    coeffs = torch.tensor(coeffs, device=x.device, dtype=h.dtype)
 
     x_linear = (sigma / sigma_prev) * x - h_phi_1 * m_prev
     if order > 1:
         diffs = torch.stack(diffs, dim=1)
-        rhos_p = torch.tensor([0.5], device=x.device) if order == 2 else torch.linalg.solve(powers[:-1, :-1], coeffs[:-1])
+        rhos_p = torch.tensor([0.5], device=x.device, dtype=h.dtype) if order == 2 else torch.linalg.solve(powers[:-1, :-1], coeffs[:-1])
         x_pred = x_linear - hh * torch.tensordot(diffs, rhos_p, dims=([1], [0]))
     else:
         x_pred = x_linear
 
     m_new = denoise(x_pred, sigma, step)
 
-    rhos_c = torch.tensor([0.5], device=x.device) if order == 1 else torch.linalg.solve(powers, coeffs)
+    rhos_c = torch.tensor([0.5], device=x.device, dtype=h.dtype) if order == 1 else torch.linalg.solve(powers, coeffs)
     correction = rhos_c[-1] * (m_new - m_prev)
     if order > 1:
         correction = torch.tensordot(diffs, rhos_c[:-1], dims=([1], [0])) + correction

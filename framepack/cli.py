@@ -1,0 +1,130 @@
+"""The headless command line: `python -m framepack generate ...` runs one job with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .engine import Done, Error, Progress, SectionDone, Status, generate
+from .models import ModelSource, ModelsMissingError, load_models
+from .settings import DTYPES, VARIANTS, Settings, SettingsError
+
+# CLI option -> Settings field, for options whose names differ. Options left out keep the Settings default.
+_SETTING_OF = {
+    "seconds": "total_second_length",
+    "teacache": "use_teacache",
+    "crf": "mp4_crf",
+}
+_SETTING_OPTIONS = (
+    "variant", "prompt", "negative_prompt", "seed", "seconds", "latent_window_size", "steps", "cfg",
+    "distilled_cfg", "cfg_rescale", "teacache", "resolution", "height", "width", "dtype", "crf",
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m framepack", description="FramePack image-to-video, headless.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate a video from an image and a prompt")
+    defaults = Settings()
+    gen.add_argument("--image", required=True, type=Path, help="the start image")
+    gen.add_argument("--prompt", help="what happens in the video")
+    gen.add_argument("--negative-prompt", help="used only when --cfg is above 1")
+    gen.add_argument("--variant", choices=VARIANTS, help=f"model variant (default {defaults.variant})")
+    gen.add_argument("--models", type=Path, help="local model root laid out like the hub repos (default: hub cache)")
+    gen.add_argument("--hf-cache", type=Path, default=Path("hf_download"), help="hub cache folder (default ./hf_download)")
+    gen.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
+    gen.add_argument("--seconds", type=float, help=f"video length in seconds (default {defaults.total_second_length:g})")
+    gen.add_argument("--latent-window-size", type=int, help=f"latent frames per section (default {defaults.latent_window_size})")
+    gen.add_argument("--steps", type=int, help=f"sampling steps per section (default {defaults.steps})")
+    gen.add_argument("--cfg", type=float, help=f"real CFG scale; 1 disables it (default {defaults.cfg:g})")
+    gen.add_argument("--distilled-cfg", type=float, help=f"distilled CFG scale (default {defaults.distilled_cfg:g})")
+    gen.add_argument("--cfg-rescale", type=float, help=f"CFG re-scale 0..1 (default {defaults.cfg_rescale:g})")
+    gen.add_argument("--teacache", action=argparse.BooleanOptionalAction, help="TeaCache: faster, slightly worse hands (default on)")
+    gen.add_argument("--resolution", type=int, help=f"bucket target, 128 to 960 (default {defaults.resolution})")
+    gen.add_argument("--height", type=int, help="explicit height, a multiple of 16 (overrides the bucket; needs --width)")
+    gen.add_argument("--width", type=int, help="explicit width, a multiple of 16 (overrides the bucket; needs --height)")
+    gen.add_argument("--dtype", choices=DTYPES, help="transformer dtype (default float32 on CPU, bfloat16 on GPU)")
+    gen.add_argument("--crf", type=int, help=f"MP4 quality, 0 best to 51 worst (default {defaults.mp4_crf})")
+    gen.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where files go (default ./outputs)")
+    gen.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    gen.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {_SETTING_OF.get(name, name): getattr(args, name) for name in _SETTING_OPTIONS}
+    return Settings(**{name: value for name, value in given.items() if value is not None})
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.image.is_file():
+        print(f"error: image file not found: {args.image}", file=sys.stderr)
+        return 2
+    try:
+        models = load_models(settings.variant, ModelSource(args.models, args.hf_cache), args.device, settings.dtype)
+    except ModelsMissingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nStopping after this step (Ctrl-C again to abort now)...", file=sys.stderr)
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    bar = tqdm(total=settings.num_sections * settings.steps, disable=args.quiet, unit="step", file=sys.stderr)
+    try:
+        for event in generate(models, settings, args.image, args.output_dir, stop=stop, job_id=args.job_name, previews=False):
+            if isinstance(event, Progress):
+                bar.set_description(f"section {event.section}/{event.sections}")
+                bar.update(1)
+            elif isinstance(event, SectionDone):
+                bar.set_postfix_str(f"{event.frames} frames, {event.seconds:.2f} s")
+            elif isinstance(event, Status):
+                bar.write(event.message)
+            elif isinstance(event, Error):
+                bar.close()
+                print(f"error: {event.message}", file=sys.stderr)
+                return 1
+            elif isinstance(event, Done):
+                bar.close()
+                return _report(event)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous_handler)
+    return 1
+
+
+def _report(done: Done) -> int:
+    if done.video_path is None:
+        print("Stopped before the first section finished; nothing was written.")
+        return 130
+    state = f"Stopped after {done.sections_done} sections" if done.stopped else "Done"
+    print(f"{state}: {done.frames} frames, {done.seconds:.2f} s of video in {done.elapsed:.1f} s")
+    print(f"video: {done.video_path}")
+    print(f"latents: {done.latents_path}")
+    return 130 if done.stopped else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        return run_generate(args)
+    return 2

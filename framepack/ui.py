@@ -1,0 +1,341 @@
+"""The desktop app: a Gradio page over the engine, one background worker for the GPU, and the command line.
+
+Each browser session (and each gradio_client) has its own jobs in a `gr.State`; the Start handler streams
+page updates from its job's events and stops the job when the stream ends for any reason (End, a closed
+tab, a cancelled API call).
+"""
+
+import argparse
+import html
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .conditioning import ImageError, load_image
+from .engine import Done, Error, Progress, SectionDone, Status
+from .models import ModelSource
+from .settings import FPS, MAX_SECONDS, Settings, SettingsError
+from .worker import Job, JobEvent, Waiting, Worker
+
+DEFAULTS = Settings()
+TITLES = {"original": "FramePack", "f1": "FramePack-F1"}
+EXAMPLE_PROMPTS = (
+    "The girl dances gracefully, with clear movements, full of charm.",
+    "A character doing some simple body movements.",
+    "The man turns his head and smiles warmly at the camera.",
+    "Leaves sway gently in the wind as the camera slowly pushes in.",
+)
+# Jobs beyond this many wait in Gradio's own queue instead of holding a server thread each.
+MAX_ACTIVE_REQUESTS = 8
+# Gradio copies every version of the growing video and every preview into its temp cache; prune it
+# every 30 minutes of files older than 2 hours (the finished video stays in the outputs folder).
+TEMP_CACHE_PRUNING = (1800, 7200)
+
+CSS = """
+.fp-progress { display: flex; flex-direction: column; gap: 6px; padding: 4px 0; }
+.fp-progress-text { font-size: 0.95em; }
+.fp-progress-track { height: 12px; border-radius: 6px; background: var(--neutral-200, #e5e7eb); overflow: hidden; }
+.fp-progress-fill { height: 100%; background: var(--color-accent, #f97316); transition: width 0.2s ease; }
+"""
+
+Updates = tuple[Any, Any, Any, Any, Any]  # preview, progress, info, video, message
+
+
+class Session:
+    """The jobs of one browser session or API client (the value of a `gr.State`, so never shared)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def stop(self) -> int:
+        """Stop every job of this session; returns how many there were."""
+        jobs = list(self.jobs)
+        for job in jobs:
+            job.cancel()
+        return len(jobs)
+
+
+def progress_html(fraction: float, text: str) -> str:
+    """An HTML progress bar with a caption."""
+    percent = max(0.0, min(1.0, fraction)) * 100
+    return (
+        f'<div class="fp-progress"><div class="fp-progress-text">{html.escape(text)}</div>'
+        f'<div class="fp-progress-track"><div class="fp-progress-fill" style="width: {percent:.1f}%"></div></div></div>'
+    )
+
+
+def frames_line(frames: int) -> str:
+    """The line under the progress bar: frames generated so far and the video's length."""
+    return f"Frames so far: {frames} · video length: {frames / FPS:.2f} s ({FPS} fps)"
+
+
+def error_message(text: str) -> str:
+    return f"**Error:** {text}"
+
+
+def event_updates(event: JobEvent) -> Updates:
+    """The page updates for one job event; outputs that do not change are skipped."""
+    skip = gr.skip()
+    if isinstance(event, Waiting):
+        text = f"Waiting for the GPU: position {event.position} in line"
+        return skip, progress_html(0, text), skip, skip, text
+    if isinstance(event, Status):
+        return skip, skip, skip, skip, event.message
+    if isinstance(event, Progress):
+        text = f"Section {event.section} of {event.sections} · step {event.step} of {event.steps} · {event.fraction:.0%}"
+        preview = event.preview if event.preview is not None else skip
+        return preview, progress_html(event.fraction, text), frames_line(event.frames), skip, f"Sampling section {event.section} of {event.sections}"
+    if isinstance(event, SectionDone):
+        return skip, skip, frames_line(event.frames), str(event.video_path), f"Section {event.section} of {event.sections} finished"
+    if isinstance(event, Done):
+        if event.video_path is None:
+            return skip, progress_html(0, "Stopped"), skip, None, "Stopped before the first section was finished; no video was written."
+        summary = f"{event.frames} frames ({event.seconds:.2f} s of video) in {event.elapsed:.1f} s, saved to `{event.video_path}`"
+        if event.stopped:
+            return skip, progress_html(1, "Stopped"), frames_line(event.frames), str(event.video_path), f"Stopped after {event.sections_done} section(s): {summary}"
+        return skip, progress_html(1, "Finished"), frames_line(event.frames), str(event.video_path), f"Finished: {summary}"
+    gr.Warning(event.message)
+    return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
+
+
+def image_path(value: Any) -> str | None:
+    """The uploaded file's path from the Image component's raw payload (a FileData dict) or a plain path."""
+    if isinstance(value, dict):
+        return value.get("path")
+    return value or None
+
+
+def build_app(worker: Worker, variant: str) -> gr.Blocks:
+    """The page: inputs and settings on the left, the live preview, progress and growing video on the right."""
+    title = TITLES[variant]
+
+    def generate(
+        session: Session,
+        input_image: Any = None,
+        prompt: str = DEFAULTS.prompt,
+        negative_prompt: str = DEFAULTS.negative_prompt,
+        seed: int = DEFAULTS.seed,
+        total_second_length: float = DEFAULTS.total_second_length,
+        resolution: int = DEFAULTS.resolution,
+        latent_window_size: int = DEFAULTS.latent_window_size,
+        steps: int = DEFAULTS.steps,
+        cfg: float = DEFAULTS.cfg,
+        distilled_cfg: float = DEFAULTS.distilled_cfg,
+        cfg_rescale: float = DEFAULTS.cfg_rescale,
+        gpu_memory_preservation: float = DEFAULTS.gpu_memory_preservation,
+        use_teacache: bool = DEFAULTS.use_teacache,
+        mp4_crf: int = DEFAULTS.mp4_crf,
+        request: gr.Request = None,
+    ) -> Iterator[Updates]:
+        """Generate a video from an image and a prompt; streams (preview, progress, info, video, message)."""
+        try:
+            path = image_path(input_image)
+            if path is None:
+                raise ImageError("no image: upload a start image first")
+            settings = Settings(
+                variant=variant,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                seed=seed,
+                total_second_length=total_second_length,
+                resolution=resolution,
+                latent_window_size=latent_window_size,
+                steps=steps,
+                cfg=cfg,
+                distilled_cfg=distilled_cfg,
+                cfg_rescale=cfg_rescale,
+                gpu_memory_preservation=gpu_memory_preservation,
+                use_teacache=use_teacache,
+                mp4_crf=mp4_crf,
+            )
+            image = load_image(path)
+        except (SettingsError, ImageError) as exc:
+            gr.Warning(str(exc))
+            yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(str(exc))
+            return
+
+        job = worker.submit(settings, image, owner=request.session_hash if request else None)
+        session.jobs.append(job)
+        try:
+            yield None, progress_html(0, "Starting"), frames_line(0), None, "Starting"
+            for event in job.events():
+                yield event_updates(event)
+        finally:
+            # Runs on End, on a closed tab and on a cancelled API call (Gradio closes the generator).
+            job.cancel()
+            session.jobs.remove(job)
+
+    def stop(session: Session) -> None:
+        """Stop the calling session's job after its current step; the finished sections stay playable."""
+        session.stop()
+
+    def on_unload(request: gr.Request) -> None:
+        worker.cancel_owner(request.session_hash)
+
+    with gr.Blocks(title=title, delete_cache=TEMP_CACHE_PRUNING) as demo:
+        session = gr.State(Session)
+        gr.Markdown(f"# {title}\nTurn one image into a video, section by section. The video grows as sections finish.")
+        with gr.Row():
+            with gr.Column():
+                image_input = gr.Image(sources=["upload"], type="filepath", label="Start image", height=320)
+                prompt_input = gr.Textbox(label="Prompt", value=DEFAULTS.prompt, lines=2)
+                examples = gr.Dataset(
+                    samples=[[p] for p in EXAMPLE_PROMPTS], label="Example prompts (click to use)", components=[prompt_input]
+                )
+                with gr.Row():
+                    start_button = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
+                    end_button = gr.Button("End Generation", interactive=False, elem_id="fp-end")
+                with gr.Group():
+                    teacache_input = gr.Checkbox(
+                        label="Use TeaCache", value=DEFAULTS.use_teacache, info="Faster, but hands and fingers may get slightly worse."
+                    )
+                    seed_input = gr.Number(label="Seed", value=DEFAULTS.seed, precision=0)
+                    length_input = gr.Slider(
+                        label="Total video length (seconds)", minimum=1, maximum=MAX_SECONDS, value=DEFAULTS.total_second_length, step=0.1
+                    )
+                    resolution_input = gr.Slider(
+                        label="Resolution (bucket target)", minimum=128, maximum=960, value=DEFAULTS.resolution, step=16
+                    )
+                    steps_input = gr.Slider(
+                        label="Steps", minimum=1, maximum=100, value=DEFAULTS.steps, step=1, info="Changing this is not recommended."
+                    )
+                    distilled_input = gr.Slider(
+                        label="Distilled CFG scale", minimum=1, maximum=32, value=DEFAULTS.distilled_cfg, step=0.01,
+                        info="Changing this is not recommended.",
+                    )  # fmt: skip
+                with gr.Accordion("Advanced", open=False):
+                    negative_input = gr.Textbox(label="Negative prompt", value=DEFAULTS.negative_prompt, info="Used only when CFG scale > 1.")
+                    cfg_input = gr.Slider(label="CFG scale", minimum=1, maximum=32, value=DEFAULTS.cfg, step=0.01)
+                    rescale_input = gr.Slider(label="CFG re-scale", minimum=0, maximum=1, value=DEFAULTS.cfg_rescale, step=0.01)
+                    window_input = gr.Slider(
+                        label="Latent window size", minimum=1, maximum=33, value=DEFAULTS.latent_window_size, step=1,
+                        info="Frames per section = 4 × window − 3. Changing this is not recommended.",
+                    )  # fmt: skip
+                    memory_input = gr.Slider(
+                        label="GPU memory to preserve (GB)", minimum=0, maximum=128, value=DEFAULTS.gpu_memory_preservation, step=0.1,
+                        info="Raise it if you run out of memory; larger is slower.",
+                    )  # fmt: skip
+                    crf_input = gr.Slider(
+                        label="MP4 compression (CRF)", minimum=0, maximum=51, value=DEFAULTS.mp4_crf, step=1,
+                        info="0 is lossless; lower is better quality and larger files.",
+                    )  # fmt: skip
+            with gr.Column():
+                preview_output = gr.Image(label="Next latents (preview)", interactive=False, height=200, elem_id="fp-preview")
+                progress_output = gr.HTML(progress_html(0, "Idle"), elem_id="fp-progress")
+                info_output = gr.Markdown(frames_line(0), elem_id="fp-info")
+                video_output = gr.Video(
+                    label="Finished frames", autoplay=True, loop=True, interactive=False, height=512, elem_id="fp-video"
+                )
+                message_output = gr.Markdown("", elem_id="fp-message")
+
+        examples.click(lambda sample: sample[0], inputs=[examples], outputs=[prompt_input], queue=False, api_visibility="private")
+        busy = (gr.update(interactive=False), gr.update(interactive=True))
+        idle = (gr.update(interactive=True), gr.update(interactive=False))
+        start_button.click(
+            lambda: busy, outputs=[start_button, end_button], queue=False, api_visibility="private"
+        ).then(
+            generate,
+            inputs=[session, image_input, prompt_input, negative_input, seed_input, length_input, resolution_input,
+                    window_input, steps_input, cfg_input, distilled_input, rescale_input, memory_input, teacache_input,
+                    crf_input],
+            outputs=[preview_output, progress_output, info_output, video_output, message_output],
+            api_name="generate",
+            concurrency_limit=MAX_ACTIVE_REQUESTS,
+            concurrency_id="generate",
+            # The raw image payload reaches `generate`, so an unreadable file gets our message, not a crash.
+            preprocess=False,
+            show_progress="hidden",
+        ).then(lambda: idle, outputs=[start_button, end_button], queue=False, api_visibility="private")  # fmt: skip
+        end_button.click(stop, inputs=[session], api_name="stop", concurrency_limit=None)
+        demo.unload(on_unload)
+    demo.queue(max_size=64)
+    return demo
+
+
+def parse_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The `user:password` pairs from `--auth` and the `--auth-file` (one per line, `#` comments)."""
+    entries = list(args.auth or [])
+    if args.auth_file is not None:
+        try:
+            lines = Path(args.auth_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read the auth file {args.auth_file}: {exc.strerror}") from None
+        entries += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    credentials = []
+    for entry in entries:
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise ValueError(f"credentials must look like user:password, got {entry.split(':')[0]!r}…")
+        credentials.append((user, password))
+    return credentials
+
+
+def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> argparse.Namespace:
+    """The app's command line."""
+    parser = argparse.ArgumentParser(description=f"{TITLES[variant]}: image to video, in your browser.")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    parser.add_argument("--server", default="127.0.0.1", help="address to listen on (0.0.0.0 for the local network)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
+    parser.add_argument("--models", type=Path, default=None, help="local model root laid out like the hub repos")
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="folder for videos and latents")
+    parser.add_argument("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
+    parser.add_argument("--auth-file", type=Path, metavar="PATH", help="file of user:password lines")
+    args = parser.parse_args(argv)
+    try:
+        args.credentials = parse_credentials(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+@dataclass
+class App:
+    """A built app: the page, its worker and the arguments for `launch`."""
+
+    demo: gr.Blocks
+    worker: Worker
+    launch_kwargs: dict[str, Any]
+
+    def launch(self, **overrides: Any) -> Any:
+        """Start serving (blocks unless `prevent_thread_lock=True`)."""
+        return self.demo.launch(**{**self.launch_kwargs, **overrides})
+
+    def close(self) -> None:
+        """Stop the server and the worker."""
+        self.demo.close()
+        self.worker.close(timeout=60)
+
+
+def create_app(variant: str, args: argparse.Namespace) -> App:
+    """Build the worker and the page from parsed arguments; warns about an open `--share` link."""
+    outputs = Path(args.outputs).resolve()
+    outputs.mkdir(parents=True, exist_ok=True)
+    worker = Worker(variant, ModelSource(models_dir=args.models), outputs)
+    if args.share and not args.credentials:
+        print(
+            "WARNING: --share without --auth or --auth-file: anyone with the link can use this app and your GPU.",
+            file=sys.stderr,
+        )
+    launch_kwargs = {
+        "server_name": args.server,
+        "server_port": args.port,
+        "share": args.share,
+        "inbrowser": args.inbrowser,
+        "auth": args.credentials or None,
+        "allowed_paths": [str(outputs)],
+        "css": CSS,
+    }
+    return App(build_app(worker, variant), worker, launch_kwargs)
+
+
+def main(variant: str, argv: Sequence[str] | None = None) -> None:
+    """Run the app for `variant` ("original" or "f1") until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(variant, parse_args(argv, variant))
+    app.launch()

@@ -1,0 +1,41 @@
+"""Shared test fixtures: the tiny model set and golden cases beside the checkout, and loaded models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINY = SHARED / "fixtures" / "tiny-framepack"
+TINY_MODELS = TINY / "models"
+CASES = TINY / "cases"
+MODEL_CONFIGS = SHARED / "model-configs"
+CASE_NAMES = sorted(p.name for p in CASES.iterdir()) if CASES.is_dir() else []
+
+needs_shared = pytest.mark.skipif(
+    not TINY_MODELS.is_dir(), reason=f"the shared fixtures are not beside the checkout ({TINY} is missing)"
+)
+
+
+def load_case(name: str) -> tuple[dict, Path]:
+    case_dir = CASES / name
+    return json.loads((case_dir / "settings.json").read_text()), case_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Loaded tiny model sets by variant, shared by every test (loading is the same code users run)."""
+    if not TINY_MODELS.is_dir():
+        pytest.skip(f"the shared fixtures are not beside the checkout ({TINY} is missing)")
+    from framepack.models import ModelSource, load_models
+
+    cache: dict = {}
+
+    def get(variant: str):
+        if variant not in cache:
+            cache[variant] = load_models(variant, ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
+        return cache[variant]
+
+    return get
