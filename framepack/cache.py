@@ -115,6 +115,11 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> Stat
     return state_manager
 
 
+def teacache_counts(state_manager: StateManager) -> dict[str, tuple[int, int]]:
+    """(calls that ran the blocks, calls that skipped them) for each cache context since the last reset."""
+    return {name: (state.computed_calls, state.skipped_calls) for name, state in state_manager._state_cache.items()}
+
+
 def remove_teacache(transformer: torch.nn.Module) -> None:
     blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
     for i, block in enumerate(blocks):

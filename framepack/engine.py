@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import configure_teacache
+from .cache import configure_teacache, teacache_counts
 from .conditioning import (
     LLAMA_MAX_TOKENS,
     Conditioning,
@@ -72,6 +72,7 @@ class SectionDone:
     frames: int
     seconds: float
     latents: torch.Tensor  # what the sampler returned for this section, (1, 16, window, h, w) float32
+    cache_counts: dict[str, tuple[int, int]]  # per pass ("positive"/"negative"): (blocks run, blocks skipped)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def _run(
             video.add_final(assembler.add(clip))
             video.write(paths.video, assembler.open_frames())
             frames = assembler.num_frames
-            yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, result.float().cpu())
+            counts = teacache_counts(teacache) if teacache is not None else {}
+            yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, result.float().cpu(), counts)
             if stop.is_set():
                 stopped = not plan.is_last
                 break

@@ -1,0 +1,67 @@
+"""`python -m framepack generate` end to end on the tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import CASES, TINY_MODELS, needs_shared
+from framepack.video import probe
+
+pytestmark = needs_shared
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "framepack", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_generate_writes_video_and_latents(tmp_path):
+    result = run_cli(
+        "generate", "--models", str(TINY_MODELS), "--variant", "f1", "--image", str(CASES / "v1_original" / "input.png"),
+        "--prompt", "The girl dances gracefully, with clear movements, full of charm.", "--negative-prompt", "static",
+        "--seed", "5", "--seconds", "2.4", "--latent-window-size", "5", "--steps", "3", "--cfg", "1.5",
+        "--distilled-cfg", "8", "--cfg-rescale", "0.3", "--no-teacache", "--height", "64", "--width", "96",
+        "--dtype", "float32", "--crf", "20", "--output-dir", str(tmp_path), "--job-name", "clip",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    video, latents = tmp_path / "clip.mp4", tmp_path / "clip.latents.safetensors"
+    assert f"video: {video}" in result.stdout and f"latents: {latents}" in result.stdout
+    sections = round(2.4 * 30 / 20)  # 4 sections of 5 latent frames
+    info = probe(video)
+    assert (info.frames, info.fps, info.codec, info.pix_fmt) == (4 * (sections * 5 + 1) - 3, 30.0, "h264", "yuv420p")
+    tensor = load_file(latents)["latents"]
+    assert tensor.shape == (1, 16, sections * 5 + 1, 8, 12) and tensor.dtype == torch.float32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.latents.safetensors", "clip.mp4"]
+
+
+def test_bad_settings_are_reported_without_traceback(tmp_path):
+    image = str(CASES / "v1_original" / "input.png")
+    result = run_cli("generate", "--models", str(TINY_MODELS), "--image", image, "--steps", "0")
+    assert result.returncode == 2
+    assert "error: steps: must be between 1 and 100, got 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = run_cli("generate", "--models", str(TINY_MODELS), "--image", str(tmp_path / "nope.png"))
+    assert result.returncode == 2 and "image file not found" in result.stderr
+
+    not_image = tmp_path / "text.png"
+    not_image.write_text("hello")
+    result = run_cli("generate", "--models", str(TINY_MODELS), "--image", str(not_image), "--output-dir", str(tmp_path / "o"))
+    assert result.returncode == 1 and "cannot read text.png as an image" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_weights_message(tmp_path):
+    image = str(CASES / "v1_original" / "input.png")
+    result = run_cli("generate", "--models", str(tmp_path), "--image", image)
+    assert result.returncode == 1
+    assert "Model files not found" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,157 @@
+"""The engine beyond the golden cases: other shapes and schedules, stopping, errors, TeaCache under CFG."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import CASES, needs_shared
+from framepack.conditioning import encode_conditioning, load_image, resize_and_center_crop
+from framepack.engine import Done, Error, Progress, SectionDone, generate
+from framepack.packing import original_paddings
+from framepack.sampling import make_denoiser, sample_unipc, section_sigmas
+from framepack.settings import Settings
+from framepack.video import probe
+
+pytestmark = needs_shared
+IMAGE = CASES / "v1_original" / "input.png"
+
+
+def reference_latents(models, settings: Settings) -> torch.Tensor:
+    """FramePack's worker loop written out the original way (one growing history tensor, split indices),
+    sharing only the conditioning and the sampler with the engine."""
+    h, w, window = settings.height, settings.width, settings.latent_window_size
+    image = resize_and_center_crop(load_image(IMAGE), w, h)
+    cond = encode_conditioning(models, image, settings.prompt, settings.negative_prompt, settings.cfg)
+    start = cond.start_latent
+    rnd = torch.Generator("cpu").manual_seed(settings.seed)
+    n = settings.num_sections
+    f1 = settings.variant == "f1"
+    history = torch.zeros(1, 16, 19, h // 8, w // 8)
+    if f1:
+        history = torch.cat([history, start], dim=2)
+    generated_total = 1 if f1 else 0
+    for i, padding in enumerate([0] * n if f1 else original_paddings(n)):
+        if f1:
+            idx = torch.arange(1 + 16 + 2 + 1 + window)
+            start_i, x4_i, x2_i, x1_i, latent_i = idx.split([1, 16, 2, 1, window])
+            x4, x2, x1 = history[:, :, -19:].split([16, 2, 1], dim=2)
+        else:
+            idx = torch.arange(1 + padding * window + window + 1 + 2 + 16)
+            start_i, _, latent_i, x1_i, x2_i, x4_i = idx.split([1, padding * window, window, 1, 2, 16])
+            x1, x2, x4 = history[:, :, :19].split([1, 2, 16], dim=2)
+        shared = dict(
+            image_embeds=cond.image_embeds, indices_latents=latent_i, latents_clean=torch.cat([start, x1], dim=2),
+            indices_latents_clean=torch.cat([start_i, x1_i]), latents_history_2x=x2, indices_latents_history_2x=x2_i,
+            latents_history_4x=x4, indices_latents_history_4x=x4_i,
+        )  # fmt: skip
+
+        def prompt(embeds):
+            states, mask = embeds.padded()
+            return dict(encoder_hidden_states=states, encoder_attention_mask=mask, pooled_projections=embeds.clip_pooler)
+
+        inputs = {"positive": {**prompt(cond.positive), **shared}, "negative": {**prompt(cond.negative), **shared}}
+        denoise = make_denoiser(
+            models.transformer, inputs, cfg=settings.cfg, cfg_rescale=settings.cfg_rescale,
+            distilled_cfg=settings.distilled_cfg, steps=settings.steps,
+        )  # fmt: skip
+        noise = torch.randn((1, 16, (window * 4 - 3 + 3) // 4, h // 8, w // 8), generator=rnd)
+        sigmas = section_sigmas(settings.steps, window, h // 8, w // 8)
+        result = list(sample_unipc(denoise, noise, sigmas))[-1].denoised
+        if f1:
+            history = torch.cat([history, result], dim=2)
+        else:
+            if padding == 0:
+                result = torch.cat([start, result], dim=2)
+            history = torch.cat([result, history], dim=2)
+        generated_total += result.shape[2]
+    return history[:, :, -generated_total:] if f1 else history[:, :, :generated_total]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(variant="original", total_second_length=2.4, latent_window_size=2, cfg=2.0, cfg_rescale=0.5, seed=3),
+        dict(variant="original", total_second_length=1.6, latent_window_size=1, steps=2, seed=11),
+        dict(variant="f1", total_second_length=2.0, latent_window_size=3, steps=3, cfg=1.7, seed=0, prompt=""),
+    ],
+    ids=["original-9-sections-cfg-rescale", "original-12-sections-window-1", "f1-5-sections"],
+)
+def test_engine_matches_the_reference_loop_on_other_shapes(tiny_models, tmp_path, changes):
+    defaults = dict(prompt="a girl turns around", negative_prompt="blurry", steps=3, height=48, width=80, use_teacache=False)
+    settings = Settings(**{**defaults, **changes})
+    models = tiny_models(settings.variant)
+    events = list(generate(models, settings, IMAGE, tmp_path, previews=False))
+    done = events[-1]
+    assert isinstance(done, Done), done
+    assert done.sections_done == settings.num_sections
+    latents = load_file(done.latents_path)["latents"]
+    expected = reference_latents(models, settings)
+    assert latents.shape == expected.shape == (1, 16, settings.num_sections * settings.latent_window_size + 1, 6, 10)
+    assert torch.allclose(latents, expected, atol=1e-5)
+    assert probe(done.video_path).frames == settings.num_frames == done.frames
+
+
+def test_stop_leaves_a_playable_video_of_finished_sections(tiny_models, tmp_path):
+    settings = Settings(variant="original", total_second_length=3.6, steps=3, height=64, width=96, prompt="x")
+    stop = threading.Event()
+    events = []
+    for event in generate(tiny_models("original"), settings, IMAGE, tmp_path, stop=stop, job_id="job"):
+        events.append(event)
+        if isinstance(event, Progress) and event.section == 2 and event.step == 2:
+            stop.set()
+    done = events[-1]
+    assert isinstance(done, Done) and done.stopped and done.sections_done == 1
+    assert sum(isinstance(e, SectionDone) for e in events) == 1
+    assert probe(done.video_path).frames == done.frames == 4 * 9 - 3
+    assert load_file(done.latents_path)["latents"].shape[2] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.latents.safetensors", "job.mp4"]
+
+
+def test_stop_before_any_section_writes_nothing(tiny_models, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    events = list(generate(tiny_models("f1"), Settings(variant="f1", steps=2, resolution=128), IMAGE, tmp_path, stop=stop))
+    done = events[-1]
+    assert isinstance(done, Done) and done.stopped and done.video_path is None and done.sections_done == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_user_errors_become_error_events(tiny_models, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    events = list(generate(tiny_models("f1"), Settings(variant="f1"), bad, tmp_path))
+    assert len(events) == 1 and isinstance(events[0], Error)
+    assert events[0].message.startswith("cannot read bad.jpg as an image")
+
+    events = list(generate(tiny_models("f1"), Settings(variant="original"), IMAGE, tmp_path))
+    assert isinstance(events[-1], Error) and "variant" in events[-1].message
+
+
+def test_teacache_skips_as_framepack_and_keeps_cfg_passes_apart(tiny_models, tmp_path):
+    base = dict(variant="original", total_second_length=3.6, steps=4, height=64, width=96, use_teacache=True,
+                prompt="The girl dances gracefully, with clear movements, full of charm.")  # fmt: skip
+    for cfg in (1.0, 3.0):
+        settings = Settings(cfg=cfg, negative_prompt="blurry, static", **base)
+        sections = [e for e in generate(tiny_models("original"), settings, IMAGE, tmp_path) if isinstance(e, SectionDone)]
+        assert len(sections) == 3
+        for section in sections:
+            # Of 4 calls per section the 2nd skips the blocks (as in the golden TeaCache case).
+            assert section.cache_counts["positive"] == (3, 1)
+            if cfg == 1.0:
+                assert set(section.cache_counts) == {"positive"}
+            else:
+                assert sum(section.cache_counts["negative"]) == 4  # its own state, its own 4 calls
+    off = Settings(**{**base, "use_teacache": False})
+    assert all(e.cache_counts == {} for e in generate(tiny_models("original"), off, IMAGE, tmp_path) if isinstance(e, SectionDone))
+
+
+def test_previews_are_images_of_the_section(tiny_models, tmp_path):
+    settings = Settings(variant="f1", steps=2, total_second_length=1.2, height=64, width=96)
+    progress = [e for e in generate(tiny_models("f1"), settings, IMAGE, tmp_path) if isinstance(e, Progress)]
+    assert len(progress) == 2
+    assert all(p.preview.shape == (8, 12 * 9, 3) and p.preview.dtype == np.uint8 for p in progress)
