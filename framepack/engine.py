@@ -155,6 +155,7 @@ def _run(
     teacache = configure_teacache(models.transformer, settings.use_teacache, settings.teacache_threshold)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
+    prompt_inputs = _prompt_inputs(models, cond)
 
     stopped = False
     try:
@@ -162,9 +163,10 @@ def _run(
             if teacache is not None:
                 teacache.reset()
             noise = torch.randn((1, 16, window, height // 8, width // 8), generator=generator, dtype=torch.float32)
+            section_inputs = _section_inputs(models, history, plan)
             denoise = make_denoiser(
                 models.transformer,
-                _model_inputs(models, cond, history, plan),
+                {name: {**inputs, **section_inputs} for name, inputs in prompt_inputs.items()},
                 cfg=settings.cfg,
                 cfg_rescale=settings.cfg_rescale,
                 distilled_cfg=settings.distilled_cfg,
@@ -209,21 +211,27 @@ def _run(
     )
 
 
-def _model_inputs(models: ModelSet, cond: Conditioning, history: LatentHistory, plan: SectionPlan) -> dict:
-    """The transformer's keyword inputs for one section, for the positive and the negative prompt."""
+def _prompt_inputs(models: ModelSet, cond: Conditioning) -> dict[str, dict[str, torch.Tensor]]:
+    """The transformer's inputs that stay the same for the whole job, per prompt ("positive"/"negative")."""
     device, dtype = models.device, models.dtype
-    context = history.context()
-
-    def prompt_inputs(embeds) -> dict:
+    image_embeds = cond.image_embeds.to(device, dtype)
+    inputs = {}
+    for name, embeds in (("positive", cond.positive), ("negative", cond.negative)):
         states, mask = embeds.padded()
-        return {
+        inputs[name] = {
             "encoder_hidden_states": states.to(device, dtype),
             "encoder_attention_mask": mask.to(device),
             "pooled_projections": embeds.clip_pooler.to(device, dtype),
+            "image_embeds": image_embeds,
         }
+    return inputs
 
-    shared = {
-        "image_embeds": cond.image_embeds.to(device, dtype),
+
+def _section_inputs(models: ModelSet, history: LatentHistory, plan: SectionPlan) -> dict[str, torch.Tensor]:
+    """The packed history context of one section and the RoPE frame indices of everything in it."""
+    device, dtype = models.device, models.dtype
+    context = history.context()
+    return {
         "indices_latents": plan.latent_indices.to(device),
         "latents_clean": context.clean.to(device, dtype),
         "indices_latents_clean": plan.clean_indices.to(device),
@@ -232,4 +240,3 @@ def _model_inputs(models: ModelSet, cond: Conditioning, history: LatentHistory, 
         "latents_history_4x": context.history_4x.to(device, dtype),
         "indices_latents_history_4x": plan.clean_4x_indices.to(device),
     }
-    return {"positive": {**prompt_inputs(cond.positive), **shared}, "negative": {**prompt_inputs(cond.negative), **shared}}
