@@ -75,6 +75,7 @@ def frames_line(frames: int) -> str:
 
 
 def error_message(text: str) -> str:
+    """How a user's mistake or a failed job reads on the page."""
     return f"**Error:** {text}"
 
 
@@ -87,19 +88,24 @@ def event_updates(event: JobEvent) -> Updates:
     if isinstance(event, Status):
         return skip, skip, skip, skip, event.message
     if isinstance(event, Progress):
-        text = f"Section {event.section} of {event.sections} · step {event.step} of {event.steps} · {event.fraction:.0%}"
+        where = f"Section {event.section} of {event.sections}"
+        bar = progress_html(event.fraction, f"{where} · step {event.step} of {event.steps} · {event.fraction:.0%}")
         preview = event.preview if event.preview is not None else skip
-        return preview, progress_html(event.fraction, text), frames_line(event.frames), skip, f"Sampling section {event.section} of {event.sections}"
+        return preview, bar, frames_line(event.frames), skip, f"Sampling {where.lower()}"
     if isinstance(event, SectionDone):
-        return skip, skip, frames_line(event.frames), str(event.video_path), f"Section {event.section} of {event.sections} finished"
+        text = f"Section {event.section} of {event.sections} finished"
+        return skip, skip, frames_line(event.frames), str(event.video_path), text
     if isinstance(event, Done):
         if event.video_path is None:
-            return skip, progress_html(0, "Stopped"), skip, None, "Stopped before the first section was finished; no video was written."
-        summary = f"{event.frames} frames ({event.seconds:.2f} s of video) in {event.elapsed:.1f} s, saved to `{event.video_path}`"
+            text = "Stopped before the first section was finished; no video was written."
+            return skip, progress_html(0, "Stopped"), skip, None, text
+        made = f"{event.frames} frames ({event.seconds:.2f} s of video) in {event.elapsed:.1f} s"
+        summary = f"{made}, saved to `{event.video_path}`"
         if event.stopped:
-            return skip, progress_html(1, "Stopped"), frames_line(event.frames), str(event.video_path), f"Stopped after {event.sections_done} section(s): {summary}"
-        return skip, progress_html(1, "Finished"), frames_line(event.frames), str(event.video_path), f"Finished: {summary}"
-    gr.Warning(event.message)
+            state, text = "Stopped", f"Stopped after {event.sections_done} section(s): {summary}"
+        else:
+            state, text = "Finished", f"Finished: {summary}"
+        return skip, progress_html(1, state), frames_line(event.frames), str(event.video_path), text
     return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
 
 
@@ -130,9 +136,9 @@ def build_app(worker: Worker, variant: str) -> gr.Blocks:
         gpu_memory_preservation: float = DEFAULTS.gpu_memory_preservation,
         use_teacache: bool = DEFAULTS.use_teacache,
         mp4_crf: int = DEFAULTS.mp4_crf,
-        request: gr.Request = None,
+        request: gr.Request | None = None,
     ) -> Iterator[Updates]:
-        """Generate a video from an image and a prompt; streams (preview, progress, info, video, message)."""
+        """Generate a video from an image and a prompt; streams (preview, progress, frames, video, status)."""
         try:
             path = image_path(input_image)
             if path is None:
@@ -164,9 +170,11 @@ def build_app(worker: Worker, variant: str) -> gr.Blocks:
         try:
             yield None, progress_html(0, "Starting"), frames_line(0), None, "Starting"
             for event in job.events():
+                if isinstance(event, Error):
+                    gr.Warning(event.message)  # a toast too, in case the status line is scrolled away
                 yield event_updates(event)
         finally:
-            # Runs on End, on a closed tab and on a cancelled API call (Gradio closes the generator).
+            # Also runs when Gradio closes the generator: a closed tab or a cancelled API call.
             job.cancel()
             session.jobs.remove(job)
 
@@ -175,83 +183,95 @@ def build_app(worker: Worker, variant: str) -> gr.Blocks:
         session.stop()
 
     def on_unload(request: gr.Request) -> None:
+        # A closed tab stops its job at once, even one still waiting in line for the GPU.
         worker.cancel_owner(request.session_hash)
 
     with gr.Blocks(title=title, delete_cache=TEMP_CACHE_PRUNING) as demo:
-        session = gr.State(Session)
+        session = gr.State(Session())  # deep-copied for every new session
         gr.Markdown(f"# {title}\nTurn one image into a video, section by section. The video grows as sections finish.")
         with gr.Row():
             with gr.Column():
-                image_input = gr.Image(sources=["upload"], type="filepath", label="Start image", height=320)
-                prompt_input = gr.Textbox(label="Prompt", value=DEFAULTS.prompt, lines=2)
+                image_input = gr.Image(
+                    sources=["upload"], type="filepath", label="Start image", height=320, elem_id="fp-image"
+                )
+                prompt_input = gr.Textbox(label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt")
                 examples = gr.Dataset(
-                    samples=[[p] for p in EXAMPLE_PROMPTS], label="Example prompts (click to use)", components=[prompt_input]
+                    samples=[[p] for p in EXAMPLE_PROMPTS], components=[prompt_input], label="Example prompts (click one)"
                 )
                 with gr.Row():
                     start_button = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
                     end_button = gr.Button("End Generation", interactive=False, elem_id="fp-end")
                 with gr.Group():
                     teacache_input = gr.Checkbox(
-                        label="Use TeaCache", value=DEFAULTS.use_teacache, info="Faster, but hands and fingers may get slightly worse."
+                        value=DEFAULTS.use_teacache,
+                        label="Use TeaCache",
+                        info="Faster, but hands and fingers may get slightly worse.",
                     )
-                    seed_input = gr.Number(label="Seed", value=DEFAULTS.seed, precision=0)
+                    seed_input = gr.Number(value=DEFAULTS.seed, label="Seed", precision=0)
                     length_input = gr.Slider(
-                        label="Total video length (seconds)", minimum=1, maximum=MAX_SECONDS, value=DEFAULTS.total_second_length, step=0.1
-                    )
+                        1, MAX_SECONDS, DEFAULTS.total_second_length, step=0.1,
+                        label="Total video length (seconds)", elem_id="fp-length",
+                    )  # fmt: skip
                     resolution_input = gr.Slider(
-                        label="Resolution (bucket target)", minimum=128, maximum=960, value=DEFAULTS.resolution, step=16
-                    )
+                        128, 960, DEFAULTS.resolution, step=16,
+                        label="Resolution (bucket target)", elem_id="fp-resolution",
+                    )  # fmt: skip
                     steps_input = gr.Slider(
-                        label="Steps", minimum=1, maximum=100, value=DEFAULTS.steps, step=1, info="Changing this is not recommended."
-                    )
+                        1, 100, DEFAULTS.steps, step=1, label="Steps",
+                        info="Changing this is not recommended.", elem_id="fp-steps",
+                    )  # fmt: skip
                     distilled_input = gr.Slider(
-                        label="Distilled CFG scale", minimum=1, maximum=32, value=DEFAULTS.distilled_cfg, step=0.01,
+                        1, 32, DEFAULTS.distilled_cfg, step=0.01, label="Distilled CFG scale",
                         info="Changing this is not recommended.",
                     )  # fmt: skip
                 with gr.Accordion("Advanced", open=False):
-                    negative_input = gr.Textbox(label="Negative prompt", value=DEFAULTS.negative_prompt, info="Used only when CFG scale > 1.")
-                    cfg_input = gr.Slider(label="CFG scale", minimum=1, maximum=32, value=DEFAULTS.cfg, step=0.01)
-                    rescale_input = gr.Slider(label="CFG re-scale", minimum=0, maximum=1, value=DEFAULTS.cfg_rescale, step=0.01)
+                    negative_input = gr.Textbox(
+                        value=DEFAULTS.negative_prompt, label="Negative prompt", info="Used only when CFG scale > 1."
+                    )
+                    cfg_input = gr.Slider(1, 32, DEFAULTS.cfg, step=0.01, label="CFG scale")
+                    rescale_input = gr.Slider(0, 1, DEFAULTS.cfg_rescale, step=0.01, label="CFG re-scale")
                     window_input = gr.Slider(
-                        label="Latent window size", minimum=1, maximum=33, value=DEFAULTS.latent_window_size, step=1,
+                        1, 33, DEFAULTS.latent_window_size, step=1, label="Latent window size",
                         info="Frames per section = 4 × window − 3. Changing this is not recommended.",
                     )  # fmt: skip
                     memory_input = gr.Slider(
-                        label="GPU memory to preserve (GB)", minimum=0, maximum=128, value=DEFAULTS.gpu_memory_preservation, step=0.1,
+                        0, 128, DEFAULTS.gpu_memory_preservation, step=0.1, label="GPU memory to preserve (GB)",
                         info="Raise it if you run out of memory; larger is slower.",
                     )  # fmt: skip
                     crf_input = gr.Slider(
-                        label="MP4 compression (CRF)", minimum=0, maximum=51, value=DEFAULTS.mp4_crf, step=1,
-                        info="0 is lossless; lower is better quality and larger files.",
+                        0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
+                        info="0 is lossless; lower means better quality and larger files.",
                     )  # fmt: skip
             with gr.Column():
-                preview_output = gr.Image(label="Next latents (preview)", interactive=False, height=200, elem_id="fp-preview")
-                progress_output = gr.HTML(progress_html(0, "Idle"), elem_id="fp-progress")
-                info_output = gr.Markdown(frames_line(0), elem_id="fp-info")
+                preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
+                progress_output = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
+                info_output = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
                 video_output = gr.Video(
-                    label="Finished frames", autoplay=True, loop=True, interactive=False, height=512, elem_id="fp-video"
+                    label="Video", autoplay=True, loop=True, interactive=False, height=512, elem_id="fp-video"
                 )
-                message_output = gr.Markdown("", elem_id="fp-message")
+                message_output = gr.Markdown("", label="Status", elem_id="fp-message")
 
-        examples.click(lambda sample: sample[0], inputs=[examples], outputs=[prompt_input], queue=False, api_visibility="private")
+        job_inputs = [
+            session, image_input, prompt_input, negative_input, seed_input, length_input, resolution_input, window_input,
+            steps_input, cfg_input, distilled_input, rescale_input, memory_input, teacache_input, crf_input,
+        ]  # fmt: skip
+        job_outputs = [preview_output, progress_output, info_output, video_output, message_output]
+        buttons = [start_button, end_button]
         busy = (gr.update(interactive=False), gr.update(interactive=True))
         idle = (gr.update(interactive=True), gr.update(interactive=False))
-        start_button.click(
-            lambda: busy, outputs=[start_button, end_button], queue=False, api_visibility="private"
-        ).then(
+
+        examples.click(lambda sample: sample[0], [examples], [prompt_input], queue=False, api_visibility="private")
+        start_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
             generate,
-            inputs=[session, image_input, prompt_input, negative_input, seed_input, length_input, resolution_input,
-                    window_input, steps_input, cfg_input, distilled_input, rescale_input, memory_input, teacache_input,
-                    crf_input],
-            outputs=[preview_output, progress_output, info_output, video_output, message_output],
+            job_inputs,
+            job_outputs,
             api_name="generate",
             concurrency_limit=MAX_ACTIVE_REQUESTS,
-            concurrency_id="generate",
-            # The raw image payload reaches `generate`, so an unreadable file gets our message, not a crash.
+            # `generate` gets the raw image payload, so an unreadable file gets our message, not a Gradio error.
             preprocess=False,
             show_progress="hidden",
-        ).then(lambda: idle, outputs=[start_button, end_button], queue=False, api_visibility="private")  # fmt: skip
-        end_button.click(stop, inputs=[session], api_name="stop", concurrency_limit=None)
+        ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
+        end_button.click(stop, [session], None, api_name="stop", concurrency_limit=None)
         demo.unload(on_unload)
     demo.queue(max_size=64)
     return demo
@@ -267,10 +287,10 @@ def parse_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
             raise ValueError(f"cannot read the auth file {args.auth_file}: {exc.strerror}") from None
         entries += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     credentials = []
-    for entry in entries:
+    for number, entry in enumerate(entries, start=1):
         user, sep, password = entry.partition(":")
-        if not sep or not user or not password:
-            raise ValueError(f"credentials must look like user:password, got {entry.split(':')[0]!r}…")
+        if not sep or not user or not password:  # the entry itself is not echoed: it may hold a password
+            raise ValueError(f"credential {number} of {len(entries)} is not of the form user:password")
         credentials.append((user, password))
     return credentials
 
@@ -278,14 +298,15 @@ def parse_credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
 def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> argparse.Namespace:
     """The app's command line."""
     parser = argparse.ArgumentParser(description=f"{TITLES[variant]}: image to video, in your browser.")
-    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    parser.add_argument("--server", default="127.0.0.1", help="address to listen on (0.0.0.0 for the local network)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
-    parser.add_argument("--models", type=Path, default=None, help="local model root laid out like the hub repos")
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="folder for videos and latents")
-    parser.add_argument("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
-    parser.add_argument("--auth-file", type=Path, metavar="PATH", help="file of user:password lines")
+    add = parser.add_argument
+    add("--share", action="store_true", help="also serve through a public gradio.live link")
+    add("--server", default="127.0.0.1", metavar="ADDR", help="address to listen on (0.0.0.0: the local network)")
+    add("--port", type=int, default=7860, metavar="N", help="port to listen on")
+    add("--inbrowser", action="store_true", help="open the page in the default browser")
+    add("--models", type=Path, default=None, metavar="DIR", help="local model root laid out like the hub repos")
+    add("--outputs", type=Path, default=Path("outputs"), metavar="DIR", help="folder for videos and latents")
+    add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
+    add("--auth-file", type=Path, metavar="PATH", help="file of user:password lines (# starts a comment)")
     args = parser.parse_args(argv)
     try:
         args.credentials = parse_credentials(args)

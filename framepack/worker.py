@@ -11,7 +11,7 @@ import collections
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,6 @@ class Waiting:
 
 
 JobEvent = Event | Waiting
-ModelLoader = Callable[[], ModelSet]
 
 
 class Job:
@@ -68,10 +67,10 @@ class Job:
 class Worker:
     """Runs jobs on one background thread, in submission order, with one lazily loaded model set."""
 
-    def __init__(self, variant: str, source: ModelSource, output_dir: str | Path, *, loader: ModelLoader | None = None):
+    def __init__(self, variant: str, source: ModelSource, output_dir: str | Path):
         self.variant = variant
+        self.source = source
         self.output_dir = Path(output_dir)
-        self._loader = loader or (lambda: load_models(variant, source))
         self._models: ModelSet | None = None
         self._pending: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
@@ -101,7 +100,7 @@ class Worker:
                 return
             self._pending.remove(job)
             self._announce_positions()
-        job._put(Done(None, None, 0, 0.0, 0, stopped=True, elapsed=0.0))
+        job._put(_stopped_before_start())
 
     def cancel_owner(self, owner: str) -> int:
         """Cancel every waiting or running job of `owner` (a closed browser session); returns how many."""
@@ -146,35 +145,33 @@ class Worker:
                     self._running = None
 
     def _run(self, job: Job) -> None:
-        finished = False
+        last: JobEvent | None = None
         try:
-            if job.stop_event.is_set():  # cancelled just as it was taken out of line
-                job._put(Done(None, None, 0, 0.0, 0, stopped=True, elapsed=0.0))
-                finished = True
-                return
-            models = self._ensure_models(job)
-            if models is None:
-                finished = True
-                return
-            for event in generate(models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id):
-                job._put(event)
-                finished = isinstance(event, (Done, Error))
+            for last in self._job_events(job):
+                job._put(last)
         finally:
             # Whatever happened, the stream must end, or its reader would block forever.
-            if not finished:
+            if not isinstance(last, (Done, Error)):
                 job._put(Error("The job ended unexpectedly; see the app's log."))
 
-    def _ensure_models(self, job: Job) -> ModelSet | None:
-        """The loaded model set, loading it on first use; on failure the job gets the error and None is returned."""
+    def _job_events(self, job: Job) -> Iterator[Event]:
+        """The job's engine events, after loading the models if this is the first job."""
+        if job.stop_event.is_set():  # cancelled just as it was taken out of line
+            yield _stopped_before_start()
+            return
         if self._models is None:
-            job._put(Status("Loading models (first job only)"))
+            yield Status("Loading models (first job only)")
             try:
-                self._models = self._loader()
+                self._models = load_models(self.variant, self.source)
             except ModelsMissingError as exc:
-                job._put(Error(str(exc), exc))
-                return None
+                yield Error(str(exc), exc)
+                return
             except Exception as exc:  # any loading failure must reach the user; the traceback goes to the log
                 logger.exception("Loading the models failed")
-                job._put(Error(f"Could not load the models: {type(exc).__name__}: {exc}", exc))
-                return None
-        return self._models
+                yield Error(f"Could not load the models: {type(exc).__name__}: {exc}", exc)
+                return
+        yield from generate(self._models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id)
+
+
+def _stopped_before_start() -> Done:
+    return Done(video_path=None, latents_path=None, frames=0, seconds=0.0, sections_done=0, stopped=True, elapsed=0.0)

@@ -1,0 +1,272 @@
+"""The desktop app through its API (gradio_client) against the running app on the tiny models."""
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from app_harness import IMAGE, MODELS, REPO, app_server, free_port, requires_tiny_models  # noqa: F401  (fixture)
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from framepack import ui
+from framepack.conditioning import nearest_bucket
+from framepack.settings import Settings
+from framepack.video import probe
+
+pytestmark = requires_tiny_models
+
+# Small, fast jobs: a 3-latent window makes 12 frames a section (13, 25, 37, ... frames in all).
+FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3}
+PARAMETERS = [
+    "input_image", "prompt", "negative_prompt", "seed", "total_second_length", "resolution", "latent_window_size",
+    "steps", "cfg", "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf",
+]  # fmt: skip
+PREVIEW, PROGRESS, INFO, VIDEO, MESSAGE = range(5)
+
+
+def frames_of(**settings) -> int:
+    return Settings(**{**FAST, **settings}).num_frames
+
+
+def stopped_frames(**settings) -> set[int]:
+    """Frame counts of a job stopped after 1 .. n-1 of its n sections (the start frame comes with the last)."""
+    plan = Settings(**{**FAST, **settings})
+    return {4 * done * plan.latent_window_size - 3 for done in range(1, plan.num_sections)}
+
+
+def submit(client: Client, image: Path | None = IMAGE, **params):
+    return client.submit(handle_file(str(image)) if image else None, api_name="/generate", **params)
+
+
+def run(client: Client, image: Path | None = IMAGE, **params) -> list[tuple]:
+    """Every update the job streamed, in order (the last one is the final state of the page)."""
+    job = submit(client, image, **params)
+    job.result()
+    return job.outputs()
+
+
+def texts(updates: list[tuple], index: int) -> list[str]:
+    return [u[index] for u in updates if isinstance(u[index], str)]
+
+
+def saved_video(message: str) -> Path:
+    """The server-side video path the final message names."""
+    match = re.search(r"saved to `([^`]+\.mp4)`", message)
+    assert match, message
+    return Path(match.group(1))
+
+
+@pytest.fixture
+def client(app_server) -> Client:  # noqa: F811
+    return Client(app_server.url, verbose=False)
+
+
+def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    params = endpoints["/generate"]["parameters"]
+    assert [p["parameter_name"] for p in params] == PARAMETERS
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in params}
+    assert all(p["parameter_has_default"] for p in params)
+    expected = Settings()
+    assert defaults == {
+        "input_image": None, "prompt": expected.prompt, "negative_prompt": expected.negative_prompt, "seed": 31337,
+        "total_second_length": 5, "resolution": 640, "latent_window_size": 9, "steps": 25, "cfg": 1, "distilled_cfg": 10,
+        "cfg_rescale": 0, "gpu_memory_preservation": 6, "use_teacache": True, "mp4_crf": 16,
+    }  # fmt: skip
+    assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
+    assert sorted(endpoints) == ["/generate", "/stop"]
+
+
+def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_server):  # noqa: F811
+    updates = run(client, prompt="a girl dances", seed=7, total_second_length=0.8, **FAST)
+
+    # Latent previews: the window's 3 latent frames side by side at 1/8 of the video size.
+    previews = texts(updates, PREVIEW)
+    assert len(previews) == 2 * FAST["steps"]
+    height, width = nearest_bucket(*Image.open(IMAGE).size[::-1], FAST["resolution"])
+    assert Image.open(previews[0]).size == (3 * width // 8, height // 8)
+
+    progress = texts(updates, PROGRESS)
+    assert any("Section 1 of 2 · step 1 of 3" in p for p in progress)
+    assert any("Section 2 of 2 · step 3 of 3" in p for p in progress)
+    widths = [float(w) for p in progress for w in re.findall(r"width: ([\d.]+)%", p)]
+    assert widths[-1] == 100.0 and max(widths[:-1]) <= 100.0
+
+    # The video grows after each section and ends with the expected frame count.
+    videos = texts(updates, VIDEO)
+    assert [probe(v).frames for v in videos[:2]] == [9, 25]
+    final = updates[-1]
+    assert probe(final[VIDEO]).frames == frames_of(total_second_length=0.8) == 25
+    assert "Frames so far: 25" in final[INFO]
+    assert final[MESSAGE].startswith("Finished")
+
+    # The outputs folder holds the video and its latents, and no intermediate copies.
+    video = saved_video(final[MESSAGE])
+    assert video.parent == app_server.outputs and probe(video).frames == 25
+    job_files = sorted(p.name for p in app_server.outputs.iterdir() if video.stem.split(".")[0] in p.name)
+    assert job_files == [f"{video.stem}.latents.safetensors", video.name]
+
+
+def test_stop_mid_job_leaves_a_playable_video(client: Client):
+    job = submit(client, prompt="a cat walks", seed=3, total_second_length=2.0, **FAST)  # 5 sections
+    stop_sent = False
+    for update in job:
+        if not stop_sent and isinstance(update[VIDEO], str):  # the first section is finished
+            client.predict(api_name="/stop")
+            stop_sent = True
+    final = job.outputs()[-1]
+    assert stop_sent and final[MESSAGE].startswith("Stopped after"), final[MESSAGE]
+    frames = probe(final[VIDEO]).frames
+    assert frames in stopped_frames(total_second_length=2.0)
+    assert probe(saved_video(final[MESSAGE])).frames == frames
+    assert f"Frames so far: {frames}" in final[INFO]
+
+
+def test_stop_from_another_session_does_not_touch_this_job(app_server):  # noqa: F811
+    owner, other = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
+    job = submit(owner, prompt="waves", seed=5, total_second_length=1.2, **FAST)
+    next(iter(job))  # the job has started
+    other.predict(api_name="/stop")
+    job.result()
+    final = job.outputs()[-1]
+    assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == frames_of(total_second_length=1.2) == 37
+
+
+def test_two_concurrent_clients_get_their_own_results(app_server):  # noqa: F811
+    first, second = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        one = pool.submit(run, first, prompt="a dog runs", seed=1, total_second_length=0.4, **FAST)
+        two = pool.submit(run, second, prompt="a bird flies", seed=2, total_second_length=0.8, **FAST)
+        streams = one.result(), two.result()
+
+    names = []
+    for updates, frames in zip(streams, (13, 25)):
+        final = updates[-1]
+        assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == frames
+        # Every video this client saw is its own job's (one file name), never the other's.
+        own = {Path(v).name for v in texts(updates, VIDEO)}
+        assert own == {saved_video(final[MESSAGE]).name}
+        names.append(own)
+    assert names[0] != names[1]
+    # One GPU: one of the jobs waited for the other, and its page said so.
+    assert any("Waiting for the GPU" in m for updates in streams for m in texts(updates, MESSAGE))
+
+
+def test_user_errors_show_on_the_page_and_the_app_keeps_working(client: Client, tmp_path: Path):
+    not_an_image = tmp_path / "holiday.png"
+    not_an_image.write_text("this is not a picture")
+    cases = [
+        ({"image": None}, "no image"),
+        ({"image": not_an_image}, "cannot read holiday.png as an image"),
+        ({"total_second_length": 500}, "total_second_length: must be between 0.1 and 120"),
+        ({"seed": -1}, "seed: must be between 0"),
+        ({"steps": 2.5}, "steps: must be a whole number"),
+    ]
+    for params, expected in cases:
+        final = run(client, **{**FAST, **params})[-1]
+        assert final[MESSAGE].startswith("**Error:**") and expected in final[MESSAGE], final[MESSAGE]
+        assert "Not started" in final[PROGRESS]
+
+    final = run(client, prompt="after the errors", total_second_length=0.4, **FAST)[-1]
+    assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == 13
+
+
+def test_cancelling_an_api_call_stops_its_job(app_server):  # noqa: F811
+    canceller, follower = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
+    job = submit(canceller, prompt="a horse", seed=9, total_second_length=2.0, **FAST)  # 5 sections
+    first_video = next(u[VIDEO] for u in job if isinstance(u[VIDEO], str))
+    job.cancel()
+    # The worker runs one job at a time, so when the next job is done the cancelled one has ended.
+    assert run(follower, total_second_length=0.4, **FAST)[-1][MESSAGE].startswith("Finished")
+    cancelled = app_server.outputs / Path(first_video).name
+    assert (app_server.outputs / f"{cancelled.stem}.latents.safetensors").is_file()
+    assert probe(cancelled).frames in stopped_frames(total_second_length=2.0)
+
+
+def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, capsys: pytest.CaptureFixture):
+    auth_file = tmp_path / "logins.txt"
+    auth_file.write_text("# team\nana:secret1\n\nbo:pa:ss\n")
+    args = ui.parse_args(["--share", "--outputs", str(tmp_path / "out"), "--auth", "me:pw", "--auth-file", str(auth_file)])
+    assert args.credentials == [("me", "pw"), ("ana", "secret1"), ("bo", "pa:ss")]
+    protected = ui.create_app("original", args)
+    protected.worker.close()
+    assert protected.launch_kwargs["auth"] == args.credentials
+    assert "anyone with the link" not in capsys.readouterr().err
+
+    open_app = ui.create_app("f1", ui.parse_args(["--share", "--outputs", str(tmp_path / "out")]))
+    open_app.worker.close()
+    assert "anyone with the link can use" in capsys.readouterr().err
+    assert open_app.launch_kwargs["allowed_paths"] == [str((tmp_path / "out").resolve())]
+    with pytest.raises(SystemExit):
+        ui.parse_args(["--auth", "nopassword"])
+
+
+def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
+    port = free_port()
+    command = [sys.executable, "demo_gradio_f1.py", "--models", str(MODELS), "--outputs", str(tmp_path / "out"),
+               "--port", str(port), "--auth", "tester:secret"]  # fmt: skip
+    log = (tmp_path / "app.log").open("w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+        url = None
+        for line in proc.stdout:  # blocks until the server reports its address (or the process exits)
+            if match := re.search(r"Running on local URL:\s+(\S+)", line):
+                url = match.group(1).rstrip("/")
+                break
+        assert url == f"http://127.0.0.1:{port}", (tmp_path / "app.log").read_text()
+        assert httpx.get(f"{url}/config").status_code == 401
+        client = Client(url, auth=("tester", "secret"), verbose=False)
+        assert client.config["title"] == "FramePack-F1"
+        final = run(client, prompt="a robot waves", total_second_length=0.4, **FAST)[-1]
+        assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == 13
+        assert saved_video(final[MESSAGE]).parent == (tmp_path / "out").resolve()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path: Path):
+    from framepack.conditioning import load_image
+    from framepack.engine import Done, Error, Status
+    from framepack.models import ModelSource
+    from framepack.worker import Waiting, Worker
+
+    worker = Worker("original", ModelSource(models_dir=MODELS), tmp_path)
+    try:
+        image = load_image(IMAGE)
+        running = worker.submit(Settings(**FAST, total_second_length=0.4), image, owner="tab-1")
+        first = running.events()
+        assert next(first) == Status("Loading models (first job only)")  # it runs: the worker took it
+        waiting = worker.submit(Settings(**FAST, total_second_length=0.4), image, owner="tab-2")
+        events = waiting.events()
+        assert next(events) == Waiting(1)
+        assert worker.cancel_owner("tab-2") == 1
+        rest = list(events)  # ends at once, while the first job still runs
+        assert len(rest) == 1 and isinstance(rest[0], Done) and rest[0].stopped and rest[0].video_path is None
+        first = list(first)
+        assert isinstance(first[-1], Done) and first[-1].frames == 13 and not first[-1].stopped
+        assert not any(isinstance(e, (Waiting, Error)) for e in first)
+    finally:
+        worker.close()
+
+
+def test_missing_models_give_a_clear_message(tmp_path: Path):
+    from framepack.conditioning import load_image
+    from framepack.engine import Error
+    from framepack.models import ModelSource
+    from framepack.worker import Worker
+
+    worker = Worker("f1", ModelSource(models_dir=tmp_path / "empty"), tmp_path / "out")
+    try:
+        *_, last = worker.submit(Settings(variant="f1", **FAST), load_image(IMAGE)).events()
+    finally:
+        worker.close()
+    assert isinstance(last, Error) and "Model files not found" in last.message
+    assert ui.event_updates(last)[MESSAGE] == f"**Error:** {last.message}"

@@ -1,0 +1,104 @@
+"""A real browser on the page: upload an image, press Start, watch the video play; closing the tab stops the job."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from app_harness import IMAGE, REPO, app_server, requires_tiny_models  # noqa: F401  (fixture)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = REPO / "test-artifacts"
+VIDEO_PLAYING = """() => {
+    const video = document.querySelector('#fp-video video');
+    return video !== null && !video.paused && video.readyState >= 2 && video.currentTime > 0;
+}"""
+VIDEO_SHOWN = "() => document.querySelector('#fp-video video') !== null"
+
+pytestmark = [
+    requires_tiny_models,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def start_job(browser, url: str, seconds: float):
+    """Open the page, upload the image, choose a small job and press Start; returns the page."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.goto(url)
+    page.locator("#fp-image input[type=file]").set_input_files(str(IMAGE))
+    expect(page.locator("#fp-image img")).to_be_visible()  # the upload has finished
+    page.locator("#fp-prompt textarea").fill("The girl dances gracefully, with clear movements, full of charm.")
+    for elem_id, value in (("fp-length", seconds), ("fp-resolution", 128), ("fp-steps", 3)):
+        number = page.locator(f"#{elem_id} input[type=number]")
+        number.fill(str(value))
+        number.press("Enter")
+    page.locator("#fp-start").click()
+    return page
+
+
+def test_page_generates_and_plays_the_video(browser, app_server):  # noqa: F811
+    from playwright.sync_api import expect
+
+    page = start_job(browser, app_server.url, seconds=1.2)  # one section: 37 frames
+    page.wait_for_function(VIDEO_PLAYING, timeout=90_000)
+    expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=60_000)
+    expect(page.locator("#fp-start")).to_be_enabled()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_app.png"), full_page=True)
+
+    message = page.locator("#fp-message").inner_text()
+    assert "Error" not in message, message
+    toasts = page.locator(".toast-body")  # gr.Warning and Gradio's own errors both show as toasts
+    assert toasts.count() == 0, toasts.all_inner_texts()
+    assert "Frames so far: 37" in page.locator("#fp-info").inner_text()
+    assert page.evaluate(VIDEO_PLAYING)
+    page.close()
+
+
+def test_page_shows_a_user_error_clearly(browser, app_server):  # noqa: F811
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(app_server.url)
+    page.locator("#fp-start").click()  # no image uploaded
+    expect(page.locator("#fp-message")).to_contain_text("Error: no image: upload a start image first")
+    expect(page.locator(".toast-body")).to_contain_text("no image")
+    expect(page.locator("#fp-start")).to_be_enabled()
+    page.close()
+
+
+def test_closing_the_tab_stops_its_job(browser, app_server):  # noqa: F811
+    from gradio_client import Client, handle_file
+
+    from framepack.video import probe
+
+    before = set(app_server.outputs.glob("*.mp4"))
+    page = start_job(browser, app_server.url, seconds=3.6)  # three sections: 109 frames if it ran to the end
+    page.wait_for_function(VIDEO_SHOWN, timeout=90_000)  # the first section is finished
+    page.close()
+
+    # The worker runs one job at a time, so once this job is done the tab's job has ended.
+    client = Client(app_server.url, verbose=False)
+    small = {"resolution": 128, "steps": 3, "latent_window_size": 3, "total_second_length": 0.4}
+    job = client.submit(handle_file(str(IMAGE)), api_name="/generate", **small)
+    job.result()
+    api_video = job.outputs()[-1][3]
+    [tab_video] = [p for p in set(app_server.outputs.glob("*.mp4")) - before if p.name != Path(api_video).name]
+    assert probe(tab_video).frames in (33, 69)  # one or two of the three sections
