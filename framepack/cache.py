@@ -1,4 +1,5 @@
-"""Step caching for the transformer: TeaCache as FramePack uses it, built on diffusers' hook system.
+"""Step caching for the transformer: TeaCache as FramePack uses it, built on diffusers' hook system, or
+diffusers' own First Block Cache.
 
 TeaCache watches how much the first block's modulated input changes between steps (rescaled by a polynomial
 fitted for HunyuanVideo). While the accumulated change stays under the threshold the whole block stack is
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusers.hooks import FirstBlockCacheConfig
+
+from .settings import CACHE_METHODS
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
 _HEAD_HOOK = "framepack_teacache_head"
@@ -133,10 +137,42 @@ def has_teacache(transformer: torch.nn.Module) -> bool:
     return registry is not None and registry.get_hook(_HEAD_HOOK) is not None
 
 
-def configure_teacache(transformer: torch.nn.Module, enabled: bool, threshold: float) -> StateManager | None:
-    """Turn TeaCache on (with `threshold`) or off for the next job; returns its state manager when on."""
+DEFAULT_THRESHOLDS = {"teacache": 0.15, "first_block": 0.05}
+
+
+class StepCache:
+    """The step cache of the next job: FramePack's TeaCache, or diffusers' First Block Cache.
+
+    `reset` starts a fresh cache (every section, as FramePack does); `counts` tells how many transformer calls
+    ran or skipped the blocks since then, per pass (TeaCache only; diffusers' caches do not count).
+    """
+
+    def __init__(self, transformer: torch.nn.Module, method: str, threshold: float):
+        self.transformer, self.method, self.threshold = transformer, method, threshold
+        self._teacache: StateManager | None = None
+        if method == "teacache":
+            self._teacache = apply_teacache(transformer, TeaCacheConfig(threshold=threshold))
+        else:
+            transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+
+    def reset(self) -> None:
+        if self._teacache is not None:
+            self._teacache.reset()
+        else:
+            self.transformer._reset_stateful_cache()
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        return teacache_counts(self._teacache) if self._teacache is not None else {}
+
+
+def configure_cache(transformer: torch.nn.Module, method: str | None, threshold: float | None = None) -> StepCache | None:
+    """Replace whatever step cache the transformer has by `method` (None: no cache) for the next job."""
     if has_teacache(transformer):
         remove_teacache(transformer)
-    if not enabled:
+    if getattr(transformer, "is_cache_enabled", False):
+        transformer.disable_cache()
+    if method is None:
         return None
-    return apply_teacache(transformer, TeaCacheConfig(threshold=threshold))
+    if method not in CACHE_METHODS:
+        raise ValueError(f"cache method must be one of {', '.join(CACHE_METHODS)}, got {method!r}")
+    return StepCache(transformer, method, DEFAULT_THRESHOLDS[method] if threshold is None else threshold)

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from .engine import Done, Error, Progress, SectionDone, Status, generate
 from .models import ModelSource, ModelsMissingError, load_models
-from .settings import DTYPES, VARIANTS, Settings, SettingsError
+from .attention import ATTENTION_CHOICES
+from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
 
 # CLI option -> Settings field, for options whose names differ. Options left out keep the Settings default.
 _SETTING_OF = {
@@ -24,7 +25,8 @@ _SETTING_OF = {
 }
 _SETTING_OPTIONS = (
     "variant", "prompt", "negative_prompt", "seed", "seconds", "latent_window_size", "steps", "cfg",
-    "distilled_cfg", "cfg_rescale", "teacache", "resolution", "height", "width", "dtype", "crf",
+    "distilled_cfg", "cfg_rescale", "teacache", "cache_method", "cache_threshold", "resolution", "height", "width",
+    "dtype", "crf",
 )  # fmt: skip
 
 
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--distilled-cfg", type=float, help=f"distilled CFG scale (default {defaults.distilled_cfg:g})")
     gen.add_argument("--cfg-rescale", type=float, help=f"CFG re-scale 0..1 (default {defaults.cfg_rescale:g})")
     gen.add_argument("--teacache", action=argparse.BooleanOptionalAction, help="TeaCache: faster, slightly worse hands (default on)")
+    gen.add_argument("--cache-method", choices=CACHE_METHODS, help="step cache: FramePack's TeaCache or diffusers' First Block Cache")
+    gen.add_argument("--cache-threshold", type=float, help="step cache threshold (default 0.15 for TeaCache, 0.05 first_block)")
+    gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first section)")
     gen.add_argument("--resolution", type=int, help=f"bucket target, 128 to 960 (default {defaults.resolution})")
     gen.add_argument("--height", type=int, help="explicit height, a multiple of 16 (overrides the bucket; needs --width)")
     gen.add_argument("--width", type=int, help="explicit width, a multiple of 16 (overrides the bucket; needs --height)")
@@ -74,7 +80,9 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"error: image file not found: {args.image}", file=sys.stderr)
         return 2
     try:
-        models = load_models(settings.variant, ModelSource(args.models, args.hf_cache), args.device, settings.dtype)
+        models = load_models(
+            settings.variant, ModelSource(args.models, args.hf_cache), args.device, settings.dtype, args.attention, args.compile
+        )
     except ModelsMissingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -116,7 +124,7 @@ def _report(done: Done) -> int:
         print("Stopped before the first section finished; nothing was written.")
         return 130
     state = f"Stopped after {done.sections_done} sections" if done.stopped else "Done"
-    print(f"{state}: {done.frames} frames, {done.seconds:.2f} s of video in {done.elapsed:.1f} s")
+    print(f"{state}: {done.frames} frames, {done.seconds:.2f} s of video in {done.elapsed:.1f} s (attention {done.attention})")
     print(f"video: {done.video_path}")
     print(f"latents: {done.latents_path}")
     return 130 if done.stopped else 0

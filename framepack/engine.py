@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import configure_teacache, teacache_counts
+from .cache import configure_cache
 from .conditioning import (
     LLAMA_MAX_TOKENS,
     Conditioning,
@@ -34,7 +34,7 @@ from .outputs import JobPaths, new_job_id, save_latents
 from .packing import LatentHistory, SectionPlan, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
 from .settings import FPS, Settings, SettingsError
-from .video import FrameAssembler, SegmentedVideo, decode_latents, latent_preview
+from .video import BackgroundVideoWriter, FrameAssembler, SegmentedVideo, decode_latents, latent_preview
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class Done:
     sections_done: int
     stopped: bool
     elapsed: float
+    attention: str = "sdpa"  # the attention backend the job ran with
+    step_cache: str | None = None  # the step cache method, if any
 
 
 @dataclass(frozen=True)
@@ -152,16 +154,24 @@ def _run(
     history = LatentHistory(settings.variant, cond.start_latent, window)
     assembler = FrameAssembler(overlap=settings.frames_per_section, prepend=history.prepends)
     video = SegmentedVideo(paths.parts_dir, prepend=history.prepends, fps=FPS, crf=settings.mp4_crf)
-    teacache = configure_teacache(models.transformer, settings.use_teacache, settings.teacache_threshold)
+    writer = BackgroundVideoWriter(video)
+    cache = configure_cache(models.transformer, settings.step_cache, settings.cache_threshold)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
     prompt_inputs = _prompt_inputs(models, cond)
+    cache_text = f"{cache.method} (threshold {cache.threshold:g})" if cache else "off"
+    yield Status(f"Sampling {len(plans)} sections at {width}x{height}; attention: {models.attention}; step cache: {cache_text}")
+
+    def written(wait: bool = False) -> Iterator[SectionDone]:
+        """Report the sections whose video update is on disk."""
+        for plan, frames, latents, counts in writer.finished(wait):
+            yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, latents, counts)
 
     stopped = False
     try:
         for plan in plans:
-            if teacache is not None:
-                teacache.reset()
+            if cache is not None:
+                cache.reset()
             noise = torch.randn((1, 16, window, height // 8, width // 8), generator=generator, dtype=torch.float32)
             section_inputs = _section_inputs(models, history, plan)
             denoise = make_denoiser(
@@ -172,11 +182,10 @@ def _run(
                 distilled_cfg=settings.distilled_cfg,
                 steps=settings.steps,
             )
-            result = None
             for step in sample_unipc(denoise, noise.to(models.device), sigmas.to(models.device)):
-                result = step.denoised
                 preview = latent_preview(step.denoised) if previews else None
                 yield Progress(plan.index + 1, len(plans), step.step + 1, step.total, assembler.num_frames, preview)
+                yield from written()
                 if stop.is_set():
                     break
             if stop.is_set() and step.step + 1 < step.total:
@@ -184,17 +193,19 @@ def _run(
                 break
 
             yield Status(f"Decoding section {plan.index + 1} of {len(plans)}")
+            result = step.denoised.float().cpu()
             clip = decode_latents(models.vae, history.add(plan, result))
-            video.add_final(assembler.add(clip))
-            video.write(paths.video, assembler.open_frames())
-            frames = assembler.num_frames
-            counts = teacache_counts(teacache) if teacache is not None else {}
-            yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, result.float().cpu(), counts)
+            final = assembler.add(clip)
+            counts = cache.counts() if cache is not None else {}
+            # Encoding runs on the writer's thread while the next section samples.
+            writer.submit(final, assembler.open_frames(), paths.video, (plan, assembler.num_frames, result, counts))
             if stop.is_set():
                 stopped = not plan.is_last
                 break
+        yield from written(wait=True)
     finally:
         # Whatever ends the job (done, stopped, an error, the consumer closing the stream), keep what was made.
+        writer.close()
         video.cleanup()
         sections_done = history.sections_done
         latents_path = save_latents(paths.latents, history.video_latents()) if sections_done else None
@@ -208,6 +219,8 @@ def _run(
         sections_done=sections_done,
         stopped=stopped,
         elapsed=time.perf_counter() - started,
+        attention=models.attention,
+        step_cache=settings.step_cache,
     )
 
 

@@ -24,6 +24,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from .attention import set_attention
+
 logger = logging.getLogger(__name__)
 
 HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
@@ -105,6 +107,8 @@ class ModelSet:
     image_encoder: SiglipVisionModel
     transformer: HunyuanVideoFramepackTransformer3DModel
     sources: dict[str, str]
+    attention: str = "sdpa"  # the attention backend in use (see framepack.attention)
+    compiled: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -166,10 +170,14 @@ def load_models(
     source: ModelSource | None = None,
     device: torch.device | str | None = None,
     dtype: str | None = None,
+    attention: str = "auto",
+    compile: bool = False,
 ) -> ModelSet:
     """Load every component of `variant` ("original" or "f1") onto `device`.
 
     Components are loaded one at a time from safetensors, so system memory never holds the whole set twice.
+    `attention` picks the transformer's attention backend ("auto": the best one installed); `compile` runs
+    its blocks through torch.compile.
     """
     source = source or ModelSource()
     device = torch.device(device) if device is not None else default_device()
@@ -197,6 +205,9 @@ def load_models(
     for module in (text_encoder, text_encoder_2, vae, image_encoder, transformer):
         module.eval().requires_grad_(False)
         module.to(device)
+    backend, _ = set_attention(transformer, attention)
+    if compile:
+        compile_blocks(transformer)
 
     return ModelSet(
         variant=variant,
@@ -213,4 +224,15 @@ def load_models(
             "redux": source.describe(REDUX_REPO),
             "transformer": source.describe(transformer_repo),
         },
+        attention=backend,
+        compiled=compile,
     )
+
+
+def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> None:
+    """Compile each transformer block once; the blocks repeat, so this compiles fast and reuses well.
+
+    Whole-model compilation would recompile for every section shape; the step-cache hooks stay outside.
+    """
+    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
+        block.compile(backend=backend, dynamic=True)

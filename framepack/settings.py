@@ -13,7 +13,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 FPS = 30
 MAX_SECONDS = 120.0
-TEACACHE_THRESHOLD = 0.15
+CACHE_METHODS: tuple[str, ...] = ("teacache", "first_block")
 
 
 class SettingsError(ValueError):
@@ -30,6 +30,8 @@ class Settings:
 
     `height`/`width` override the bucket chosen from `resolution` when both are given. `dtype` is the
     transformer's compute dtype; `None` picks float32 on CPU and bfloat16 on an accelerator.
+    `use_teacache` turns step caching on; `cache_method` picks FramePack's TeaCache or diffusers' First Block
+    Cache, `cache_threshold` its threshold (None: the method's default, 0.15 for TeaCache).
     """
 
     variant: Variant = "original"
@@ -43,7 +45,8 @@ class Settings:
     distilled_cfg: float = 10.0
     cfg_rescale: float = 0.0
     use_teacache: bool = True
-    teacache_threshold: float = TEACACHE_THRESHOLD
+    cache_method: str = "teacache"
+    cache_threshold: float | None = None
     resolution: int = 640
     height: int | None = None
     width: int | None = None
@@ -56,6 +59,8 @@ class Settings:
             spec.check(self)
         if self.variant not in VARIANTS:
             raise SettingsError("variant", f"must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.cache_method not in CACHE_METHODS:
+            raise SettingsError("cache_method", f"must be one of {', '.join(CACHE_METHODS)}, got {self.cache_method!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise SettingsError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if (self.height is None) != (self.width is None):
@@ -64,6 +69,11 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value % 16:
                 raise SettingsError(name, f"must be a multiple of 16, got {value}")
+
+    @property
+    def step_cache(self) -> str | None:
+        """The step cache method in use, or None."""
+        return self.cache_method if self.use_teacache else None
 
     @property
     def num_sections(self) -> int:
@@ -158,7 +168,8 @@ _CHECKS: tuple[_Range, ...] = (
     _Range("distilled_cfg", float, 1.0, 32.0),
     _Range("cfg_rescale", float, 0.0, 1.0),
     _Range("use_teacache", bool),
-    _Range("teacache_threshold", float, 0.0, 1.0),
+    _Range("cache_method", str),
+    _Range("cache_threshold", float, 0.0, 1.0, optional=True),
     _Range("resolution", int, 128, 960),
     _Range("height", int, 16, 2048, optional=True),
     _Range("width", int, 16, 2048, optional=True),

@@ -19,7 +19,8 @@ import gradio as gr
 from .conditioning import ImageError, load_image
 from .engine import Done, Error, Progress, SectionDone, Status
 from .models import ModelSource
-from .settings import FPS, MAX_SECONDS, Settings, SettingsError
+from .attention import ATTENTION_CHOICES
+from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
 from .worker import Job, JobEvent, Waiting, Worker
 
 DEFAULTS = Settings()
@@ -116,9 +117,13 @@ def image_path(value: Any) -> str | None:
     return value or None
 
 
-def build_app(worker: Worker, variant: str) -> gr.Blocks:
-    """The page: inputs and settings on the left, the live preview, progress and growing video on the right."""
+def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None = None) -> gr.Blocks:
+    """The page: inputs and settings on the left, the live preview, progress and growing video on the right.
+
+    `job_options` are settings fixed for the app's lifetime (e.g. the step cache method), given as flags.
+    """
     title = TITLES[variant]
+    job_options = job_options or {}
 
     def generate(
         session: Session,
@@ -158,6 +163,7 @@ def build_app(worker: Worker, variant: str) -> gr.Blocks:
                 gpu_memory_preservation=gpu_memory_preservation,
                 use_teacache=use_teacache,
                 mp4_crf=mp4_crf,
+                **job_options,
             )
             image = load_image(path)
         except (SettingsError, ImageError) as exc:
@@ -305,12 +311,17 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
     add("--inbrowser", action="store_true", help="open the page in the default browser")
     add("--models", type=Path, default=None, metavar="DIR", help="local model root laid out like the hub repos")
     add("--outputs", type=Path, default=Path("outputs"), metavar="DIR", help="folder for videos and latents")
+    add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
+    add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
+    add("--cache-method", choices=CACHE_METHODS, default="teacache", help="what 'Use TeaCache' turns on")
+    add("--cache-threshold", type=float, default=None, help="its threshold (default 0.15 for TeaCache)")
     add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
     add("--auth-file", type=Path, metavar="PATH", help="file of user:password lines (# starts a comment)")
     args = parser.parse_args(argv)
     try:
         args.credentials = parse_credentials(args)
-    except ValueError as exc:
+        Settings(cache_threshold=args.cache_threshold)  # refuse a bad flag at start-up, not on the first job
+    except ValueError as exc:  # SettingsError is a ValueError
         parser.error(str(exc))
     return args
 
@@ -337,7 +348,7 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     """Build the worker and the page from parsed arguments; warns about an open `--share` link."""
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
-    worker = Worker(variant, ModelSource(models_dir=args.models), outputs)
+    worker = Worker(variant, ModelSource(models_dir=args.models), outputs, attention=args.attention, compile=args.compile)
     if args.share and not args.credentials:
         print(
             "WARNING: --share without --auth or --auth-file: anyone with the link can use this app and your GPU.",
@@ -352,7 +363,8 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
         "allowed_paths": [str(outputs)],
         "css": CSS,
     }
-    return App(build_app(worker, variant), worker, launch_kwargs)
+    job_options = {"cache_method": args.cache_method, "cache_threshold": args.cache_threshold}
+    return App(build_app(worker, variant, job_options), worker, launch_kwargs)
 
 
 def main(variant: str, argv: Sequence[str] | None = None) -> None:

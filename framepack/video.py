@@ -6,7 +6,9 @@ segments, and the MP4 the user sees is a remux of those segments (no re-encoding
 
 from __future__ import annotations
 
+import queue
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +184,54 @@ class SegmentedVideo:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+
+class BackgroundVideoWriter:
+    """Runs a `SegmentedVideo`'s encoding on its own thread, so it overlaps the next section's sampling.
+
+    `submit` queues one update (newly final frames, the open edge, the file to rewrite) and returns at once;
+    `finished` hands back the tags of the updates whose file is written, in order.
+    """
+
+    def __init__(self, video: SegmentedVideo):
+        self.video = video
+        self._tasks: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._work, name="framepack-video-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, final_frames: np.ndarray, open_frames: np.ndarray, path: Path, tag: object) -> None:
+        self._pending += 1
+        self._tasks.put((final_frames, open_frames, path, tag))
+
+    def finished(self, wait: bool = False) -> list[object]:
+        """Tags of completed updates; with `wait`, after all submitted ones complete. Re-raises a writer error."""
+        tags = []
+        while self._pending:
+            try:
+                tag, error = self._done.get(block=wait)
+            except queue.Empty:
+                break
+            self._pending -= 1
+            if error is not None:
+                raise error
+            tags.append(tag)
+        return tags
+
+    def close(self) -> None:
+        self._tasks.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            final_frames, open_frames, path, tag = task
+            try:
+                self.video.add_final(final_frames)
+                self.video.write(path, open_frames)
+                self._done.put((tag, None))
+            except (OSError, ValueError, av.FFmpegError) as exc:  # handed to the engine's thread to report
+                self._done.put((tag, exc))
 
 
 @dataclass(frozen=True)

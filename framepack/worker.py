@@ -67,9 +67,12 @@ class Job:
 class Worker:
     """Runs jobs on one background thread, in submission order, with one lazily loaded model set."""
 
-    def __init__(self, variant: str, source: ModelSource, output_dir: str | Path):
+    def __init__(
+        self, variant: str, source: ModelSource, output_dir: str | Path, attention: str = "auto", compile: bool = False
+    ):
         self.variant = variant
         self.source = source
+        self.attention, self.compile = attention, compile
         self.output_dir = Path(output_dir)
         self._models: ModelSet | None = None
         self._pending: collections.deque[Job] = collections.deque()
@@ -162,7 +165,7 @@ class Worker:
         if self._models is None:
             yield Status("Loading models (first job only)")
             try:
-                self._models = load_models(self.variant, self.source)
+                self._models = load_models(self.variant, self.source, attention=self.attention, compile=self.compile)
             except ModelsMissingError as exc:
                 yield Error(str(exc), exc)
                 return

@@ -1,0 +1,63 @@
+"""Attention backends through diffusers' attention dispatch, detected at run time.
+
+The GPU-only kernels (SageAttention, flash-attn, xformers) are optional packages; a backend that cannot run
+here is reported with the reason, never crashed on. "auto" takes the best available in FramePack's order of
+preference and falls back to PyTorch's scaled dot-product attention, which runs everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+logger = logging.getLogger(__name__)
+
+# Our names for the backends users know -> diffusers' dispatch names.
+BACKENDS = {"sdpa": "native", "sage": "sage", "flash": "flash", "xformers": "xformers"}
+ATTENTION_CHOICES = ("auto", *BACKENDS)
+AUTO_ORDER = ("sage", "flash", "xformers", "sdpa")
+_PACKAGES = {"sage": "sageattention", "flash": "flash_attn", "xformers": "xformers"}
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    """Why backend `name` cannot run on `device`, or None if it can."""
+    if name == "sdpa":
+        return None
+    if device.type != "cuda":
+        return f"{name} needs an NVIDIA GPU"
+    if importlib.util.find_spec(_PACKAGES[name]) is None:
+        return f"the {_PACKAGES[name]} package is not installed"
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(BACKENDS[name]))
+    except (RuntimeError, ImportError) as exc:  # diffusers explains version problems
+        return str(exc)
+    return None
+
+
+def availability(device: torch.device) -> dict[str, str | None]:
+    """Every backend with the reason it is unavailable (None when it can be used)."""
+    return {name: unavailable_reason(name, device) for name in BACKENDS}
+
+
+def choose_backend(requested: str, device: torch.device) -> tuple[str, str | None]:
+    """(backend to use, a note for the user when the request could not be honoured)."""
+    if requested not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {requested!r}")
+    if requested == "auto":
+        return next(name for name in AUTO_ORDER if unavailable_reason(name, device) is None), None
+    reason = unavailable_reason(requested, device)
+    if reason is None:
+        return requested, None
+    return "sdpa", f"{requested} attention is not available ({reason}); using PyTorch SDPA"
+
+
+def set_attention(transformer: torch.nn.Module, requested: str) -> tuple[str, str | None]:
+    """Switch the transformer's attention backend; returns the backend used and a note if it differs."""
+    name, note = choose_backend(requested, transformer.device)
+    if note:
+        logger.warning(note)
+    transformer.set_attention_backend(BACKENDS[name])
+    return name, note

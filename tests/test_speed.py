@@ -1,0 +1,98 @@
+"""Speed options: attention backends, step caches and compiled blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import CASES, needs_shared
+from framepack.attention import ATTENTION_CHOICES, availability, choose_backend, set_attention
+from framepack.cache import configure_cache, has_teacache
+from framepack.engine import Done, SectionDone, Status, generate
+from framepack.models import compile_blocks
+from framepack.settings import Settings
+
+IMAGE = CASES / "v1_original" / "input.png"
+
+
+def test_backends_are_reported_not_crashed_on():
+    cpu = availability(torch.device("cpu"))
+    assert cpu["sdpa"] is None
+    assert all("NVIDIA GPU" in cpu[name] for name in ("sage", "flash", "xformers"))
+    assert choose_backend("auto", torch.device("cpu")) == ("sdpa", None)
+    name, note = choose_backend("sage", torch.device("cpu"))
+    assert name == "sdpa" and "sage attention is not available" in note
+    cuda = availability(torch.device("cuda"))
+    for name in ("sage", "flash", "xformers"):  # none of these packages is installed here
+        assert cuda[name] is not None and "not installed" in cuda[name]
+    with pytest.raises(ValueError):
+        choose_backend("fastest", torch.device("cpu"))
+    assert ATTENTION_CHOICES[0] == "auto"
+
+
+def transformer_inputs(dtype=torch.float32) -> dict:
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype)  # noqa: E731
+    return dict(
+        hidden_states=r(1, 16, 2, 4, 4), timestep=torch.tensor([500.0]), encoder_hidden_states=r(1, 5, 64),
+        encoder_attention_mask=torch.ones(1, 5, dtype=torch.bool), pooled_projections=r(1, 32), image_embeds=r(1, 16, 32),
+        indices_latents=torch.arange(1, 3), guidance=torch.tensor([10000.0]), latents_clean=r(1, 16, 2, 4, 4),
+        indices_latents_clean=torch.tensor([0, 3]), latents_history_2x=r(1, 16, 2, 4, 4),
+        indices_latents_history_2x=torch.tensor([4, 5]), latents_history_4x=r(1, 16, 16, 4, 4),
+        indices_latents_history_4x=torch.arange(6, 22), return_dict=False,
+    )  # fmt: skip
+
+
+@needs_shared
+def test_attention_backends_agree(tiny_models):
+    transformer = tiny_models("original").transformer
+    inputs = transformer_inputs()
+    reference = transformer(**inputs)[0]
+    transformer.set_attention_backend("_native_math")
+    try:
+        math_out = transformer(**inputs)[0]
+    finally:
+        assert set_attention(transformer, "auto") == ("sdpa", None)
+    assert torch.allclose(reference, math_out, atol=1e-5)
+    assert torch.equal(transformer(**inputs)[0], reference)
+
+
+@needs_shared
+def test_compiled_blocks_give_the_same_output(tiny_models):
+    from framepack.models import TRANSFORMER_REPOS, load_transformer
+    from conftest import TINY_MODELS
+
+    transformer = load_transformer(TINY_MODELS / TRANSFORMER_REPOS["f1"])
+    inputs = transformer_inputs()
+    reference = transformer(**inputs)[0]
+    compile_blocks(transformer, backend="eager")  # the wiring; inductor needs minutes on CPU
+    assert all(hasattr(b, "_compiled_call_impl") and b._compiled_call_impl is not None for b in transformer.transformer_blocks)
+    assert torch.allclose(transformer(**inputs)[0], reference, atol=1e-6)
+
+
+@needs_shared
+def test_cache_methods_switch_cleanly(tiny_models):
+    transformer = tiny_models("original").transformer
+    teacache = configure_cache(transformer, "teacache")
+    assert teacache.threshold == 0.15 and has_teacache(transformer)
+    first_block = configure_cache(transformer, "first_block", 0.1)
+    assert first_block.method == "first_block" and not has_teacache(transformer) and transformer.is_cache_enabled
+    assert configure_cache(transformer, None) is None
+    assert not has_teacache(transformer) and not transformer.is_cache_enabled
+    with pytest.raises(ValueError):
+        configure_cache(transformer, "magic")
+
+
+@needs_shared
+@pytest.mark.parametrize("method", ["teacache", "first_block"])
+def test_jobs_run_with_each_cache_and_report_it(tiny_models, tmp_path, method):
+    settings = Settings(variant="f1", total_second_length=1.2, steps=6, height=64, width=96, cache_method=method,
+                        cache_threshold=0.3)  # fmt: skip
+    events = list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, previews=False))
+    done = events[-1]
+    assert isinstance(done, Done) and done.step_cache == method and done.attention == "sdpa"
+    assert any(isinstance(e, Status) and f"step cache: {method} (threshold 0.3)" in e.message for e in events)
+    section = next(e for e in events if isinstance(e, SectionDone))
+    if method == "teacache":
+        computed, skipped = section.cache_counts["positive"]
+        assert computed + skipped == 6 and skipped >= 1  # a high threshold skips some middle steps
