@@ -54,9 +54,10 @@ def choose_backend(requested: str, device: torch.device) -> tuple[str, str | Non
     return "sdpa", f"{requested} attention is not available ({reason}); using PyTorch SDPA"
 
 
-def set_attention(transformer: torch.nn.Module, requested: str) -> tuple[str, str | None]:
-    """Switch the transformer's attention backend; returns the backend used and a note if it differs."""
-    name, note = choose_backend(requested, transformer.device)
+def set_attention(transformer: torch.nn.Module, requested: str, device: torch.device) -> tuple[str, str | None]:
+    """Switch the transformer's attention backend for computing on `device`; returns the backend used and a
+    note if it differs from the request."""
+    name, note = choose_backend(requested, device)
     if note:
         logger.warning(note)
     transformer.set_attention_backend(BACKENDS[name])

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .engine import Done, Error, Progress, SectionDone, Status, generate
+from .memory import MemoryPlanError, add_check_memory_parser, check_before_loading, run_check_memory
 from .models import ModelSource, ModelsMissingError, load_models
 from .attention import ATTENTION_CHOICES
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cache-threshold", type=float, help="step cache threshold (default 0.15 for TeaCache, 0.05 first_block)")
     gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first section)")
+    gen.add_argument("--fp8", action="store_true", help="store the transformer's weights in 8 bits (less memory)")
     gen.add_argument("--resolution", type=int, help=f"bucket target, 128 to 960 (default {defaults.resolution})")
     gen.add_argument("--height", type=int, help="explicit height, a multiple of 16 (overrides the bucket; needs --width)")
     gen.add_argument("--width", type=int, help="explicit width, a multiple of 16 (overrides the bucket; needs --height)")
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     gen.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_check_memory_parser(commands)
     return parser
 
 
@@ -80,10 +83,11 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"error: image file not found: {args.image}", file=sys.stderr)
         return 2
     try:
-        models = load_models(
-            settings.variant, ModelSource(args.models, args.hf_cache), args.device, settings.dtype, args.attention, args.compile
-        )
-    except ModelsMissingError as exc:
+        # The same check as the app's: say what will not fit before loading tens of GB.
+        plan = check_before_loading(settings, fp8=args.fp8, device=args.device, models_dir=args.models)
+        source = ModelSource(args.models, args.hf_cache)
+        models = load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
+    except (ModelsMissingError, MemoryPlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -135,4 +139,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
-    return 2
+    return run_check_memory(args)

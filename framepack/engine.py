@@ -7,6 +7,7 @@ current sampler step and leaves a playable video of the sections that were finis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from .conditioning import (
     resize_and_center_crop,
     target_size,
 )
+from .memory import MemoryPlanError, replan
 from .models import ModelSet
 from .outputs import JobPaths, new_job_id, save_latents
 from .packing import LatentHistory, SectionPlan, plan_sections
@@ -114,7 +116,7 @@ def generate(
     """Run one job and yield its events; the last one is always `Done` or `Error`."""
     try:
         yield from _run(models, settings, image, Path(output_dir), stop or threading.Event(), job_id, previews)
-    except (SettingsError, ImageError) as exc:
+    except (SettingsError, ImageError, MemoryPlanError) as exc:
         yield Error(str(exc), exc)
     except torch.OutOfMemoryError as exc:
         yield Error(
@@ -147,7 +149,11 @@ def _run(
     yield Status("Encoding prompt and image")
     if prompt_token_count(models, settings.prompt) > LLAMA_MAX_TOKENS:
         yield Status(f"The prompt is longer than {LLAMA_MAX_TOKENS} tokens; the text past that is ignored")
-    cond = encode_conditioning(models, image, settings.prompt, settings.negative_prompt, settings.cfg)
+    if models.placement is not None:
+        # "GPU memory to preserve" and the size decide how many transformer blocks stay on the GPU.
+        models.placement = replan(models, models.placement, settings)
+    with phase(models, models.text_encoder_2, models.image_encoder, models.vae):
+        cond = encode_conditioning(models, image, settings.prompt, settings.negative_prompt, settings.cfg)
 
     window = settings.latent_window_size
     plans = plan_sections(settings.variant, settings.num_sections, window)
@@ -194,7 +200,8 @@ def _run(
 
             yield Status(f"Decoding section {plan.index + 1} of {len(plans)}")
             result = step.denoised.float().cpu()
-            clip = decode_latents(models.vae, history.add(plan, result))
+            with phase(models, models.vae):
+                clip = decode_latents(models.vae, history.add(plan, result))
             final = assembler.add(clip)
             counts = cache.counts() if cache is not None else {}
             # Encoding runs on the writer's thread while the next section samples.
@@ -222,6 +229,11 @@ def _run(
         attention=models.attention,
         step_cache=settings.step_cache,
     )
+
+
+def phase(models: ModelSet, *modules: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Bring CPU-resident modules to the GPU for one phase of the job (low-memory mode); else nothing."""
+    return models.placement.phase(*modules) if models.placement is not None else contextlib.nullcontext()
 
 
 def _prompt_inputs(models: ModelSet, cond: Conditioning) -> dict[str, dict[str, torch.Tensor]]:

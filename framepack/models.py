@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
@@ -25,6 +26,9 @@ from transformers import (
 )
 
 from .attention import set_attention
+
+if TYPE_CHECKING:
+    from .memory import MemoryPlan, Placement
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +113,14 @@ class ModelSet:
     sources: dict[str, str]
     attention: str = "sdpa"  # the attention backend in use (see framepack.attention)
     compiled: bool = False
+    placement: Placement | None = None  # where the components live and move (None: all on one device)
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        """Where the transformer computes (a streamed transformer's weights rest on the CPU between calls)."""
+        from .memory import execution_device
+
+        return execution_device(self.transformer)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -172,16 +180,27 @@ def load_models(
     dtype: str | None = None,
     attention: str = "auto",
     compile: bool = False,
+    plan: MemoryPlan | None = None,
 ) -> ModelSet:
     """Load every component of `variant` ("original" or "f1") onto `device`.
 
     Components are loaded one at a time from safetensors, so system memory never holds the whole set twice.
     `attention` picks the transformer's attention backend ("auto": the best one installed); `compile` runs
-    its blocks through torch.compile.
+    its blocks through torch.compile. With a memory `plan` (see `framepack.memory`) every component is
+    loaded on the CPU and placed by the plan at once (fp8, streaming, on the GPU only while used);
+    without one everything goes to `device`.
     """
+    from .memory import Placement, place_component
+
     source = source or ModelSource()
+    if plan is not None:
+        device = torch.device(plan.device)
     device = torch.device(device) if device is not None else default_device()
     transformer_dtype, encoder_dtype = resolve_dtypes(dtype, device)
+
+    def place(name: str, module: torch.nn.Module) -> torch.nn.Module:
+        module.eval().requires_grad_(False)
+        return place_component(name, module, plan) if plan is not None else module.to(device)
 
     # Resolve every folder before loading anything, so a missing download is reported at once.
     hunyuan = source.folder(HUNYUAN_REPO, ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"))
@@ -189,23 +208,21 @@ def load_models(
     transformer_repo = TRANSFORMER_REPOS[variant]
     transformer_folder = source.folder(transformer_repo)
 
+    # One component at a time, each placed before the next loads; the transformer first, so that fp8 storage
+    # shrinks it before the encoders take their share of RAM.
+    logger.info("Loading the %s transformer from %s", variant, transformer_folder)
+    transformer = place("transformer", load_transformer(transformer_folder, transformer_dtype))
     logger.info("Loading text encoders from %s", hunyuan)
-    text_encoder = LlamaModel.from_pretrained(hunyuan / "text_encoder", dtype=encoder_dtype)
-    text_encoder_2 = CLIPTextModel.from_pretrained(hunyuan / "text_encoder_2", dtype=encoder_dtype)
+    text_encoder = place("text_encoder", LlamaModel.from_pretrained(hunyuan / "text_encoder", dtype=encoder_dtype))
+    text_encoder_2 = place("text_encoder_2", CLIPTextModel.from_pretrained(hunyuan / "text_encoder_2", dtype=encoder_dtype))
     tokenizer = AutoTokenizer.from_pretrained(hunyuan / "tokenizer")
     tokenizer_2 = AutoTokenizer.from_pretrained(hunyuan / "tokenizer_2")
     logger.info("Loading VAE from %s", hunyuan)
-    vae = AutoencoderKLHunyuanVideo.from_pretrained(hunyuan / "vae", torch_dtype=encoder_dtype)
+    vae = place("vae", AutoencoderKLHunyuanVideo.from_pretrained(hunyuan / "vae", torch_dtype=encoder_dtype))
     logger.info("Loading image encoder from %s", redux)
     feature_extractor = SiglipImageProcessor.from_pretrained(redux / "feature_extractor")
-    image_encoder = SiglipVisionModel.from_pretrained(redux / "image_encoder", dtype=encoder_dtype)
-    logger.info("Loading the %s transformer from %s", variant, transformer_folder)
-    transformer = load_transformer(transformer_folder, transformer_dtype)
-
-    for module in (text_encoder, text_encoder_2, vae, image_encoder, transformer):
-        module.eval().requires_grad_(False)
-        module.to(device)
-    backend, _ = set_attention(transformer, attention)
+    image_encoder = place("image_encoder", SiglipVisionModel.from_pretrained(redux / "image_encoder", dtype=encoder_dtype))
+    backend, _ = set_attention(transformer, attention, device)
     if compile:
         compile_blocks(transformer)
 
@@ -226,6 +243,7 @@ def load_models(
         },
         attention=backend,
         compiled=compile,
+        placement=Placement(plan) if plan is not None else None,
     )
 
 

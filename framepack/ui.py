@@ -18,6 +18,7 @@ import gradio as gr
 
 from .conditioning import ImageError, load_image
 from .engine import Done, Error, Progress, SectionDone, Status
+from .memory import MemoryPlanError, check_before_loading
 from .models import ModelSource
 from .attention import ATTENTION_CHOICES
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
@@ -313,6 +314,7 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
     add("--outputs", type=Path, default=Path("outputs"), metavar="DIR", help="folder for videos and latents")
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
+    add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (for GPUs with little memory)")
     add("--cache-method", choices=CACHE_METHODS, default="teacache", help="what 'Use TeaCache' turns on")
     add("--cache-threshold", type=float, default=None, help="its threshold (default 0.15 for TeaCache)")
     add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
@@ -348,7 +350,11 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     """Build the worker and the page from parsed arguments; warns about an open `--share` link."""
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
-    worker = Worker(variant, ModelSource(models_dir=args.models), outputs, attention=args.attention, compile=args.compile)
+    # The same memory check as the CLI's, before anything loads: a plan that does not fit stops the app here.
+    plan = check_before_loading(Settings(variant=variant), fp8=args.fp8, models_dir=args.models)
+    print(plan.summary(), file=sys.stderr)
+    source = ModelSource(models_dir=args.models)
+    worker = Worker(variant, source, outputs, attention=args.attention, compile=args.compile, plan=plan)
     if args.share and not args.credentials:
         print(
             "WARNING: --share without --auth or --auth-file: anyone with the link can use this app and your GPU.",
@@ -370,5 +376,8 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
 def main(variant: str, argv: Sequence[str] | None = None) -> None:
     """Run the app for `variant` ("original" or "f1") until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(variant, parse_args(argv, variant))
+    try:
+        app = create_app(variant, parse_args(argv, variant))
+    except MemoryPlanError as exc:
+        sys.exit(f"error: {exc}")
     app.launch()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Done, Error, Event, Status, generate
+from .memory import MemoryPlan
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import new_job_id
 from .settings import Settings
@@ -68,11 +69,17 @@ class Worker:
     """Runs jobs on one background thread, in submission order, with one lazily loaded model set."""
 
     def __init__(
-        self, variant: str, source: ModelSource, output_dir: str | Path, attention: str = "auto", compile: bool = False
+        self,
+        variant: str,
+        source: ModelSource,
+        output_dir: str | Path,
+        attention: str = "auto",
+        compile: bool = False,
+        plan: MemoryPlan | None = None,
     ):
         self.variant = variant
         self.source = source
-        self.attention, self.compile = attention, compile
+        self.attention, self.compile, self.plan = attention, compile, plan
         self.output_dir = Path(output_dir)
         self._models: ModelSet | None = None
         self._pending: collections.deque[Job] = collections.deque()
@@ -165,7 +172,9 @@ class Worker:
         if self._models is None:
             yield Status("Loading models (first job only)")
             try:
-                self._models = load_models(self.variant, self.source, attention=self.attention, compile=self.compile)
+                self._models = load_models(
+                    self.variant, self.source, attention=self.attention, compile=self.compile, plan=self.plan
+                )
             except ModelsMissingError as exc:
                 yield Error(str(exc), exc)
                 return

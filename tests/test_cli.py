@@ -65,3 +65,29 @@ def test_missing_weights_message(tmp_path):
     result = run_cli("generate", "--models", str(tmp_path), "--image", image)
     assert result.returncode == 1
     assert "Model files not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_memory_command():
+    fits = run_cli("check-memory", "--vram", "8", "--ram", "64", "--resolution", "640")
+    assert fits.returncode == 0, fits.stderr
+    last = fits.stdout.strip().splitlines()[-1]
+    assert last.startswith("peak GPU ") and last.endswith(" GB: fits")
+    assert "Mode: low" in fits.stdout and "streamed block by block" in fits.stdout
+
+    high = run_cli("check-memory", "--vram", "80", "--ram", "128")
+    assert high.returncode == 0 and "Mode: high" in high.stdout
+
+    too_small = run_cli("check-memory", "--vram", "3", "--ram", "64")
+    assert too_small.returncode == 1
+    assert too_small.stdout.strip().splitlines()[-1].endswith(": does not fit")
+    assert "--fp8" in too_small.stdout and "--resolution" in too_small.stdout
+
+
+def test_fp8_weights_run_end_to_end(tmp_path):
+    result = run_cli(
+        "generate", "--models", str(TINY_MODELS), "--image", str(CASES / "v1_original" / "input.png"), "--seconds", "1.2",
+        "--resolution", "128", "--steps", "2", "--dtype", "bfloat16", "--fp8", "--output-dir", str(tmp_path),
+        "--job-name", "fp8", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert probe(tmp_path / "fp8.mp4").frames == 37

@@ -52,7 +52,7 @@ def test_attention_backends_agree(tiny_models):
     try:
         math_out = transformer(**inputs)[0]
     finally:
-        assert set_attention(transformer, "auto") == ("sdpa", None)
+        assert set_attention(transformer, "auto", torch.device("cpu")) == ("sdpa", None)
     assert torch.allclose(reference, math_out, atol=1e-5)
     assert torch.equal(transformer(**inputs)[0], reference)
 

@@ -1,0 +1,1292 @@
+"""GPU and system memory: what is free, what each component needs, where it lives, and putting it there.
+
+FramePack's rule decides the mode: with more than 60 GB of free GPU memory everything stays on the GPU
+("high"); otherwise ("low") the text encoders, image encoder and VAE stay on the CPU and visit the GPU only
+for their phase (the 15 GB Llama streams layer by layer, since it may not fit at all), the transformer's
+blocks stream to the GPU one at a time with diffusers' group offloading, and the VAE decodes in tiles.
+Without a GPU everything runs on the CPU ("cpu").
+
+"GPU memory to preserve" means what it means in FramePack: how much GPU memory the *weights* leave free,
+for activations and other programs. The plan keeps as many transformer blocks permanently on the GPU as
+that allows (fewer transfers per step, faster); when even streaming every block cannot leave that much
+free, it streams every block anyway, as FramePack does, as long as the whole peak, activations included,
+fits in free GPU memory.
+
+All sizes are computed from the real architectures built on the `meta` device (no memory). Every figure in
+this module and in its output uses GB = 10**9 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+from diffusers.hooks import HookRegistry, apply_group_offloading
+from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+from diffusers.hooks.group_offloading import (
+    _GROUP_OFFLOADING,
+    _LAYER_EXECUTION_TRACKER,
+    _LAZY_PREFETCH_GROUP_OFFLOADING,
+)
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
+
+from .conditioning import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH, buckets
+from .models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, ModelSet, resolve_dtypes
+from .packing import CONTEXT_1X, CONTEXT_2X, CONTEXT_4X
+from .settings import VARIANTS, Settings, SettingsError
+
+GB = 1_000_000_000
+HIGH_VRAM_BYTES = 60 * GB  # FramePack: more than 60 GB free keeps every component resident
+GPU_OVERHEAD = 600_000_000  # cuBLAS/cuDNN workspaces, lazily loaded kernels, allocator fragmentation
+RAM_OVERHEAD = 3 * GB  # Python, torch, the CUDA runtime, gradio
+ACTIVATION_MARGIN = 1.2  # on top of the counted live tensors: allocator rounding and what was not counted
+COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "image_encoder", "vae")
+LABELS = {
+    "transformer": "transformer",
+    "text_encoder": "Llama text encoder",
+    "text_encoder_2": "CLIP text encoder",
+    "image_encoder": "SigLIP image encoder",
+    "vae": "VAE",
+}
+
+# The published configurations (what the app downloads), so a plan needs no weights. The tests check them
+# against ../shared/model-configs; the VAE uses diffusers' default AutoencoderKLHunyuanVideo configuration.
+PUBLISHED_TRANSFORMER = {
+    "attention_head_dim": 128, "guidance_embeds": True, "has_clean_x_embedder": True, "has_image_proj": True,
+    "image_proj_dim": 1152, "in_channels": 16, "mlp_ratio": 4.0, "num_attention_heads": 24, "num_layers": 20,
+    "num_refiner_layers": 2, "num_single_layers": 40, "out_channels": 16, "patch_size": 2, "patch_size_t": 1,
+    "pooled_projection_dim": 768, "qk_norm": "rms_norm", "rope_axes_dim": [16, 56, 56], "rope_theta": 256.0,
+    "text_embed_dim": 4096,
+}  # fmt: skip
+PUBLISHED_TEXT_ENCODER = {
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "vocab_size": 128320, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    "max_position_embeddings": 8192,
+}  # fmt: skip
+PUBLISHED_TEXT_ENCODER_2 = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768,
+}  # fmt: skip
+PUBLISHED_IMAGE_ENCODER = {
+    "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+    "image_size": 384, "patch_size": 14,
+}  # fmt: skip
+
+
+def gb(n: int | float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+# --------------------------------------------------------------------------------------------- the device
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The compute device and what is free now. GPU figures are None without a GPU; RAM is None if unknown."""
+
+    device: torch.device
+    name: str
+    vram_free: int | None
+    vram_total: int | None
+    ram_free: int | None
+    ram_total: int | None
+
+
+def system_ram() -> tuple[int | None, int | None]:
+    """(available, total) system RAM in bytes: /proc/meminfo on Linux, else psutil if installed, else unknown."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        fields = {}
+        for line in meminfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = int(value.split()[0]) * 1024  # the kernel reports kB
+        return fields.get("MemAvailable"), fields.get("MemTotal")
+    try:
+        import psutil
+    except ImportError:
+        return None, None
+    memory = psutil.virtual_memory()
+    return memory.available, memory.total
+
+
+def detect_device(device: str | torch.device | None = None) -> DeviceMemory:
+    """The device to run on (the best available unless given) with its free and total memory, and free RAM."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(device)
+    ram_free, ram_total = system_ram()
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return DeviceMemory(device, torch.cuda.get_device_name(device), free, total, ram_free, ram_total)
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        # Apple GPUs share system memory; Metal's recommended working set is the usable share of it.
+        total = torch.mps.recommended_max_memory()
+        free = total - torch.mps.driver_allocated_memory()
+        return DeviceMemory(device, "Apple GPU", free, total, ram_free, ram_total)
+    return DeviceMemory(torch.device("cpu"), "CPU", None, None, ram_free, ram_total)
+
+
+# ----------------------------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class ModuleSize:
+    """Bytes of a component's weights, as diffusers' group offloading would stream them.
+
+    `blocks` are the members of the component's direct ModuleLists in execution order (diffusers' block-level
+    groups of one); the rest (`remainder`) moves as one group for every forward. Leaf-level offloading moves
+    one Linear/Conv/Embedding at a time: `largest_leaf` bytes, `largest_leaf_numel` weights.
+    """
+
+    total: int
+    blocks: tuple[int, ...] = ()
+    largest_leaf: int = 0
+    largest_leaf_numel: int = 0
+    leaf_total: int = 0
+
+    @property
+    def remainder(self) -> int:
+        return self.total - sum(self.blocks)
+
+    @property
+    def not_in_leaves(self) -> int:
+        return self.total - self.leaf_total
+
+
+def _tensor_bytes(tensors: Iterator[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def module_size(module: torch.nn.Module) -> ModuleSize:
+    """Sizes from the module's actual parameters and buffers (on any device, `meta` included)."""
+    blocks: list[int] = []
+    for child in module.children():
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            blocks += [_tensor_bytes(itertools.chain(b.parameters(), b.buffers())) for b in child]
+    leaves = [m for m in module.modules() if isinstance(m, _GO_LC_SUPPORTED_PYTORCH_LAYERS)]
+    leaf_bytes = [_tensor_bytes(itertools.chain(m.parameters(), m.buffers())) for m in leaves]
+    return ModuleSize(
+        total=_tensor_bytes(itertools.chain(module.parameters(), module.buffers())),
+        blocks=tuple(blocks),
+        largest_leaf=max(leaf_bytes, default=0),
+        largest_leaf_numel=max((sum(p.numel() for p in m.parameters()) for m in leaves), default=0),
+        leaf_total=sum(leaf_bytes),
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfigs:
+    """The five configurations that decide memory: diffusers configs as dicts, transformers configs as dicts."""
+
+    transformer: dict[str, Any]
+    text_encoder: dict[str, Any]
+    text_encoder_2: dict[str, Any]
+    image_encoder: dict[str, Any]
+    vae: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def published(cls) -> ModelConfigs:
+        return cls(PUBLISHED_TRANSFORMER, PUBLISHED_TEXT_ENCODER, PUBLISHED_TEXT_ENCODER_2, PUBLISHED_IMAGE_ENCODER)
+
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike, variant: str = "original") -> ModelConfigs:
+        """Read the config.json files of a local model root laid out like the hub repos (see ModelSource)."""
+        root = Path(root)
+
+        def read(*parts: str) -> dict[str, Any]:
+            return json.loads((root.joinpath(*parts) / "config.json").read_text())
+
+        return cls(
+            transformer=read(TRANSFORMER_REPOS[variant]),
+            text_encoder=read(HUNYUAN_REPO, "text_encoder"),
+            text_encoder_2=read(HUNYUAN_REPO, "text_encoder_2"),
+            image_encoder=read(REDUX_REPO, "image_encoder"),
+            vae=read(HUNYUAN_REPO, "vae"),
+        )
+
+    @classmethod
+    def of(cls, models: ModelSet) -> ModelConfigs:
+        return cls(
+            transformer=dict(models.transformer.config),
+            text_encoder=models.text_encoder.config.to_dict(),
+            text_encoder_2=models.text_encoder_2.config.to_dict(),
+            image_encoder=models.image_encoder.config.to_dict(),
+            vae=dict(models.vae.config),
+        )
+
+
+def _clean(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "class"}
+
+
+def build_meta_models(
+    configs: ModelConfigs, transformer_dtype: torch.dtype, encoder_dtype: torch.dtype, fp8: bool = False
+) -> dict[str, torch.nn.Module]:
+    """The five components on the `meta` device, in the dtypes the app loads them in (no memory is used).
+
+    The transformer's output head is float32 as `keep_output_head_in_float32` makes it; with `fp8` diffusers'
+    layerwise casting is enabled exactly as `enable_fp8` does on the real model.
+    """
+    with torch.device("meta"):
+        transformer = HunyuanVideoFramepackTransformer3DModel.from_config(configs.transformer)
+        vae = AutoencoderKLHunyuanVideo.from_config(configs.vae)
+        text_encoder = LlamaModel(LlamaConfig.from_dict(_clean(configs.text_encoder)))
+        text_encoder_2 = CLIPTextModel(CLIPTextConfig.from_dict(_clean(configs.text_encoder_2)))
+        image_encoder = SiglipVisionModel(SiglipVisionConfig.from_dict(_clean(configs.image_encoder)))
+    # nn.Module.to, not ModelMixin.to: the latter warns about float32 modules that the head handles below.
+    torch.nn.Module.to(transformer, transformer_dtype)
+    torch.nn.Module.to(vae, encoder_dtype)
+    for module in (text_encoder, text_encoder_2, image_encoder):
+        module.to(encoder_dtype)
+    transformer.norm_out.float()
+    transformer.proj_out.float()
+    if fp8:
+        enable_fp8(transformer)
+    return {
+        "transformer": transformer,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "image_encoder": image_encoder,
+        "vae": vae,
+    }
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Weight sizes of every component, the configs behind them, and the dtypes they were sized in.
+
+    `transformer_loaded` is the transformer's size as loaded, before an fp8 cast shrinks it.
+    """
+
+    components: dict[str, ModuleSize]
+    configs: ModelConfigs
+    transformer_dtype: torch.dtype
+    encoder_dtype: torch.dtype
+    fp8: bool
+    transformer_loaded: int
+
+    def __getitem__(self, name: str) -> ModuleSize:
+        return self.components[name]
+
+    @property
+    def total(self) -> int:
+        return sum(size.total for size in self.components.values())
+
+    @classmethod
+    def from_configs(
+        cls, configs: ModelConfigs, transformer_dtype: torch.dtype, encoder_dtype: torch.dtype, fp8: bool = False
+    ) -> ModelSizes:
+        meta = build_meta_models(configs, transformer_dtype, encoder_dtype, fp8)
+        loaded = module_size(build_meta_models(configs, transformer_dtype, encoder_dtype)["transformer"]).total
+        sizes = {name: module_size(module) for name, module in meta.items()}
+        return cls(sizes, configs, transformer_dtype, encoder_dtype, fp8, loaded if fp8 else sizes["transformer"].total)
+
+    @classmethod
+    def of(cls, models: ModelSet) -> ModelSizes:
+        """Sizes of a loaded model set, from its actual tensors (fp8 if its transformer is layerwise-cast)."""
+        sizes = {name: module_size(getattr(models, name)) for name in COMPONENTS}
+        fp8 = has_fp8(models.transformer)
+        return cls(
+            sizes,
+            ModelConfigs.of(models),
+            _compute_dtype(models.transformer),
+            models.vae.dtype,
+            fp8,
+            sizes["transformer"].total,
+        )
+
+
+@lru_cache(maxsize=8)
+def published_sizes(
+    transformer_dtype: torch.dtype = torch.bfloat16, encoder_dtype: torch.dtype = torch.float16, fp8: bool = False
+) -> ModelSizes:
+    return ModelSizes.from_configs(ModelConfigs.published(), transformer_dtype, encoder_dtype, fp8)
+
+
+# ----------------------------------------------------------------------------------------- activations
+
+
+def section_tokens(height: int, width: int, window: int, patch: int = 2) -> tuple[int, int]:
+    """(generated tokens, all packed video tokens) of one section, as diffusers' FramePack transformer packs them.
+
+    On the h x w latent grid (h = height/8): the window's `window` frames and the clean start + 1x history
+    frames at patch 2x2; the 2x history (2 frames) at kernel 2x4x4; the 4x history (16 frames) at kernel
+    4x8x8, padded up to whole kernels.
+    """
+    h, w = height // 8, width // 8
+    per_frame = (h // patch) * (w // patch)
+    generated = window * per_frame
+    clean = (1 + CONTEXT_1X) * per_frame
+    history_2x = math.ceil(CONTEXT_2X / 2) * math.ceil(h / (2 * patch)) * math.ceil(w / (2 * patch))
+    history_4x = math.ceil(CONTEXT_4X / 4) * math.ceil(h / (4 * patch)) * math.ceil(w / (4 * patch))
+    return generated, generated + clean + history_2x + history_4x
+
+
+def image_tokens(configs: ModelConfigs) -> int:
+    image = configs.image_encoder
+    return (image["image_size"] // image["patch_size"]) ** 2
+
+
+def transformer_activation_bytes(
+    configs: ModelConfigs, height: int, width: int, window: int, dtype_bytes: int = 2
+) -> int:
+    """Peak bytes of the tensors alive during one transformer forward of one section (weights excluded).
+
+    With N = packed video tokens V + text tokens (512, FramePack's padded length; the real prompt is shorter)
+    + SigLIP image tokens (729), D = heads x head_dim (3072), r = the MLP ratio (4) and b the compute dtype's
+    bytes (bf16: 2), the peak is inside a single-stream block, while its attention rotates q and k:
+
+        peak = 1.2 x b x D x ((6 + r) x N + 8 x V)  +  16 x head_dim x frames x (h/2)(w/2)
+
+    (6 + r) x N: the block input held by the caller, its concatenated copy, v, the normalised q and k, the
+    next block input and the r-wide GELU output of the parallel MLP. 8 x V: RoPE runs in float32 on the
+    video tokens only: three float32 temporaries (6) plus the rotated bf16 result and its copy (2). The last
+    term is RoPE's float32 cos/sin tables for every packed frame (window + 1 + 19 context frames) at full
+    resolution. Attention is assumed to run in a flash or memory-efficient SDPA kernel (what PyTorch picks on
+    CUDA for bf16, head_dim 128 and no mask, as a batch of one has), so no N x N score matrix exists.
+    1.2 covers the caching allocator's rounding; running the real architecture on the meta device with a
+    live-tensor tracker gives 2.10 GB at 608x640 where this formula gives 2.50 GB (see tests/test_memory.py).
+    """
+    cfg = configs.transformer
+    heads, head_dim, ratio = cfg["num_attention_heads"], cfg["attention_head_dim"], cfg["mlp_ratio"]
+    hidden = heads * head_dim
+    _, video = section_tokens(height, width, window, cfg["patch_size"])
+    tokens = video + TEXT_LENGTH + image_tokens(configs)
+    h, w = height // 8, width // 8
+    rope_rows = (window + 1 + CONTEXT_1X + CONTEXT_2X + CONTEXT_4X) * (h // 2) * (w // 2)
+    block = ACTIVATION_MARGIN * dtype_bytes * hidden * ((6 + ratio) * tokens + 8 * video)
+    return int(block + 16 * head_dim * rope_rows)
+
+
+def sampler_state_bytes(configs: ModelConfigs, height: int, width: int, window: int, dtype_bytes: int = 2) -> int:
+    """The transformer's inputs and the sampler's float32 state for one section, on the GPU during sampling."""
+    h, w = height // 8, width // 8
+    channels = configs.transformer["in_channels"]
+    latents = channels * (window + 1 + CONTEXT_1X + CONTEXT_2X + CONTEXT_4X) * h * w * dtype_bytes
+    sampler = 8 * channels * window * h * w * 4  # x, noise, x0, velocities and UniPC's history, float32
+    text = 2 * TEXT_LENGTH * configs.transformer["text_embed_dim"] * dtype_bytes  # positive and negative
+    image = image_tokens(configs) * configs.transformer["image_proj_dim"] * dtype_bytes
+    return latents + sampler + text + image
+
+
+def _vae_tile(height: int, width: int, tiled: bool) -> tuple[int, int]:
+    """Pixel height and width the VAE works on at once: diffusers' 256-pixel tiles when tiling, else the frame."""
+    tile = 256  # AutoencoderKLHunyuanVideo's tile_sample_min_height/width
+    if tiled and (height > tile or width > tile):
+        return min(height, tile), min(width, tile)
+    return height, width
+
+
+def _vae_mask_bytes(config: dict[str, Any], frames: int, tile_h: int, tile_w: int, dtype_bytes: int) -> int:
+    """The mid-block's causal attention mask over every latent position of a tile and its making.
+
+    `prepare_causal_attention_mask` builds a boolean S x S comparison, a float32 `where` and the cast copy:
+    7 bytes per entry; the mid-block holds a few 512-channel copies of the S positions beside it.
+    """
+    ratio = config.get("spatial_compression_ratio", 8)
+    positions = frames * (tile_h // ratio) * (tile_w // ratio)
+    channels = config.get("block_out_channels", (128, 256, 512, 512))[-1]
+    return 7 * positions**2 + 4 * positions * channels * dtype_bytes
+
+
+def vae_decode_bytes(
+    config: dict[str, Any], height: int, width: int, latent_frames: int, tiled: bool, dtype_bytes: int = 2
+) -> int:
+    """Peak bytes of decoding `latent_frames` latent frames to pixels (weights excluded).
+
+    diffusers decodes more than 4 latent frames in temporal tiles of 5 (F = 17 pixel frames each) and, when
+    tiling, in 256x256-pixel spatial tiles (TH x TW). The peak is the last upsampler, which works at full
+    tile resolution with C = block_out_channels[1] channels (256): about 4.5 copies of C x F x TH x TW
+    (measured on the meta device); we count 5. The attention mask (see `_vae_mask_bytes`) is the other
+    candidate: without tiling it is 7 x (5 x h x w)^2 bytes, 6.5 GB at 640. Besides, the decoded tiles pile
+    up and are blended and converted to float32 for the CPU: 3 x the bytes of the decoded video.
+
+        peak = max(5 x C x F x TH x TW x b, mask) + 3 x 3 x (4T - 3) x H x W x b
+    """
+    channels = config.get("block_out_channels", (128, 256, 512, 512))[1]
+    tile_frames = min(latent_frames, 5) if latent_frames > 4 else latent_frames
+    frames = 4 * (tile_frames - 1) + 1
+    tile_h, tile_w = _vae_tile(height, width, tiled)
+    upsampler = 5 * channels * frames * tile_h * tile_w * dtype_bytes
+    mask = _vae_mask_bytes(config, tile_frames, tile_h, tile_w, dtype_bytes)
+    decoded = 3 * (4 * latent_frames - 3) * height * width * dtype_bytes
+    return max(upsampler, mask) + 3 * decoded
+
+
+def vae_encode_bytes(config: dict[str, Any], height: int, width: int, tiled: bool, dtype_bytes: int = 2) -> int:
+    """Peak bytes of encoding the start image: about 7 copies (we count 8) of the first level's
+    block_out_channels[0] x TH x TW (one frame; tiles as in `vae_decode_bytes`), or the mid-block's mask."""
+    channels = config.get("block_out_channels", (128, 256, 512, 512))[0]
+    tile_h, tile_w = _vae_tile(height, width, tiled)
+    return max(8 * channels * tile_h * tile_w * dtype_bytes, _vae_mask_bytes(config, 1, tile_h, tile_w, dtype_bytes))
+
+
+def encoder_activation_bytes(config: dict[str, Any], tokens: int, dtype_bytes: int, keep_hidden_states: bool) -> int:
+    """A transformer encoder's peak: its hidden states (every layer's when they are returned), the MLP's
+    input, activation and output, and float32 attention scores in case attention runs in eager/math mode."""
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    states = (layers + 1 if keep_hidden_states else 2) * tokens * hidden * dtype_bytes
+    mlp = 3 * tokens * config["intermediate_size"] * dtype_bytes
+    scores = config["num_attention_heads"] * tokens**2 * 4
+    return int(ACTIVATION_MARGIN * (states + mlp + scores))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Activation bytes of each phase for the worst of a set of frame sizes, and the RAM of decoded frames."""
+
+    sizes: tuple[tuple[int, int], ...]
+    text: int
+    image: int
+    image_tiled: int
+    sampling: int
+    decode: int
+    decode_tiled: int
+    frames_ram: int
+
+
+def workload(
+    sizes: ModelSizes, frame_sizes: Sequence[tuple[int, int]], window: int, variant: str, compute_bytes: int
+) -> Workload:
+    configs = sizes.configs
+    enc_bytes = torch.empty((), dtype=sizes.encoder_dtype).element_size()
+    # The most latent frames one decode gets: the original variant's last section decodes 2 windows + 1.
+    decode_frames = 2 * window + (1 if variant == "original" else 0)
+    llama_tokens = LLAMA_MAX_TOKENS + DEFAULT_PROMPT_TEMPLATE["crop_start"]
+    text = encoder_activation_bytes(configs.text_encoder, llama_tokens, enc_bytes, keep_hidden_states=True)
+    text += encoder_activation_bytes(configs.text_encoder_2, CLIP_MAX_TOKENS, enc_bytes, keep_hidden_states=False)
+    siglip = encoder_activation_bytes(configs.image_encoder, image_tokens(configs), enc_bytes, keep_hidden_states=False)
+    vae = configs.vae
+
+    def worst(fn: Any) -> int:
+        return max(fn(h, w) for h, w in frame_sizes)
+
+    return Workload(
+        sizes=tuple(frame_sizes),
+        text=text,
+        image=worst(lambda h, w: max(siglip, vae_encode_bytes(vae, h, w, False, enc_bytes))),
+        image_tiled=worst(lambda h, w: max(siglip, vae_encode_bytes(vae, h, w, True, enc_bytes))),
+        sampling=worst(
+            lambda h, w: transformer_activation_bytes(configs, h, w, window, compute_bytes)
+            + sampler_state_bytes(configs, h, w, window, compute_bytes)
+        ),
+        decode=worst(lambda h, w: vae_decode_bytes(vae, h, w, decode_frames, False, enc_bytes)),
+        decode_tiled=worst(lambda h, w: vae_decode_bytes(vae, h, w, decode_frames, True, enc_bytes)),
+        # The decoded section as float32 on the CPU, blended with the previous one and made uint8: 4 copies.
+        frames_ram=worst(lambda h, w: 4 * 3 * (4 * decode_frames - 3) * h * w * 4),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ plans
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How a component's weights reach the GPU: diffusers' group offloading settings, and blocks kept resident.
+
+    `offload_type` None means no streaming (the component is wherever the mode puts it). `resident_blocks`
+    counts the first blocks in execution order (the 20 dual-stream blocks, then the 40 single-stream ones)
+    that stay on the GPU for good. Group size is always one block: diffusers forces it with CUDA streams, and
+    without streams a larger group only raises the peak (every block is moved every step either way).
+    """
+
+    offload_type: str | None = None
+    use_stream: bool = False
+    record_stream: bool = False
+    resident_blocks: int = 0
+    pin_memory: bool = False
+    num_blocks_per_group: int = 1
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase of a job: what is on the GPU and on the CPU, and the estimated peaks in bytes."""
+
+    name: str
+    on_gpu: tuple[str, ...]
+    on_cpu: tuple[str, ...]
+    gpu_bytes: int
+    ram_bytes: int
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where everything lives in each phase, the estimated peaks, whether they fit, and what to change if not.
+
+    `phases` are text encoding, image encoding, sampling, decoding; loading is `loading_ram`. Peaks are
+    estimates (see the activation functions); "fits" means each peak is at most what is free.
+    """
+
+    mode: str
+    device: str
+    reason: str
+    variant: str
+    frame_sizes: tuple[tuple[int, int], ...]
+    window: int
+    fp8: bool
+    preserve: int
+    vram_free: int | None
+    ram_free: int | None
+    transformer: Streaming
+    text_encoder: Streaming
+    vae_tiling: bool
+    phases: tuple[PhasePlan, ...]
+    loading_ram: int
+    transformer_gpu_weights: int = 0  # the transformer's weights on the GPU while sampling
+    transformer_blocks: int = 0
+    transformer_weights: str = ""
+    unified_memory: bool = False
+    advice: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def peak_gpu(self) -> int:
+        return max(phase.gpu_bytes for phase in self.phases)
+
+    @property
+    def peak_ram(self) -> int:
+        return max(self.loading_ram, *(phase.ram_bytes for phase in self.phases))
+
+    @property
+    def fits_gpu(self) -> bool:
+        return self.mode == "cpu" or (self.vram_free is not None and self.peak_gpu <= self.vram_free)
+
+    @property
+    def fits_ram(self) -> bool:
+        return self.ram_free is None or self.peak_ram <= self.ram_free
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_gpu and self.fits_ram
+
+    def phase(self, name: str) -> PhasePlan:
+        return next(p for p in self.phases if p.name == name)
+
+    def summary(self) -> str:
+        """The one-line verdict; check-memory prints it last."""
+        verdict = "fits" if self.fits else "does not fit"
+        return f"peak GPU {self.peak_gpu / GB:.1f} GB, peak RAM {self.peak_ram / GB:.1f} GB: {verdict}"
+
+    def problem(self) -> str:
+        """What does not fit, in plain words, and what to change ('' when everything fits)."""
+        problems = []
+        if not self.fits_gpu:
+            where = max(self.phases, key=lambda p: p.gpu_bytes).name
+            free = gb(self.vram_free) if self.vram_free is not None else "no GPU memory"
+            problems.append(f"the GPU needs {gb(self.peak_gpu)} at peak ({where}) but {free} is free")
+        if not self.fits_ram:
+            problems.append(f"system memory needs {gb(self.peak_ram)} at peak but {gb(self.ram_free)} is free")
+        if not problems:
+            return ""
+        what = f"{self.variant} model at {_describe_sizes(self.frame_sizes)}"
+        lines = [f"Not enough memory for the {what}: " + "; ".join(problems) + "."]
+        lines += [f"  - {a}" for a in self.advice]
+        return "\n".join(lines)
+
+    def report(self) -> str:
+        """What check-memory prints: mode, placement per phase, peaks, advice; the summary line last."""
+        free_gpu = f"free GPU memory {gb(self.vram_free)}" if self.vram_free is not None else "no GPU"
+        free_ram = gb(self.ram_free) if self.ram_free is not None else "unknown"
+        lines = [
+            f"Device: {self.device}; {free_gpu}; free RAM {free_ram} (GB = 10^9 bytes)",
+            f"Job: {self.variant} variant, {_describe_sizes(self.frame_sizes)}, latent window {self.window}, "
+            f"transformer weights {self.transformer_weights}, "
+            f"GPU memory to preserve {gb(self.preserve)}",
+            f"Mode: {self.mode} ({self.reason})",
+        ]
+        for phase in self.phases:
+            lines.append(f"  {phase.name}: GPU {gb(phase.gpu_bytes)}, RAM {gb(phase.ram_bytes)}")
+            lines.append(f"      on the GPU: {', '.join(phase.on_gpu) or 'nothing'}")
+            lines.append(f"      kept in RAM: {', '.join(phase.on_cpu) or 'nothing'}")
+        lines.append(f"  loading: RAM {gb(self.loading_ram)} (one component at a time, transformer first)")
+        lines += [f"Note: {n}" for n in self.notes]
+        if not self.fits:
+            lines.append(self.problem())
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+
+def _describe_sizes(sizes: Sequence[tuple[int, int]]) -> str:
+    if len(sizes) == 1:
+        return f"{sizes[0][0]}x{sizes[0][1]}"
+    h, w = max(sizes, key=lambda s: section_tokens(s[0], s[1], 1)[1])
+    return f"any of {len(sizes)} aspect buckets (largest {h}x{w})"
+
+
+def _frame_sizes(resolution: int, height: int | None, width: int | None) -> tuple[tuple[int, int], ...]:
+    if height is not None and width is not None:
+        return ((height, width),)
+    return tuple(buckets(resolution))
+
+
+@dataclass(frozen=True)
+class _Request:
+    vram_free: int | None
+    ram_free: int | None
+    resolution: int
+    height: int | None
+    width: int | None
+    window: int
+    variant: str
+    fp8: bool
+    preserve: int
+    device: torch.device
+    dtype: str | None
+    sizes: ModelSizes | None
+    mode: str | None
+
+
+def plan_memory(
+    vram_free: int | None,
+    ram_free: int | None,
+    *,
+    resolution: int = 640,
+    height: int | None = None,
+    width: int | None = None,
+    window: int = 9,
+    variant: str = "original",
+    fp8: bool = False,
+    preserve_gb: float = 6.0,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    sizes: ModelSizes | None = None,
+    mode: str | None = None,
+    advise: bool = True,
+) -> MemoryPlan:
+    """Plan a job's memory for `vram_free` / `ram_free` bytes free (None: no GPU / RAM unknown).
+
+    Without `height`/`width` the plan covers every aspect bucket of `resolution` (the image decides the
+    bucket later). `device` defaults to "cuda" when there is GPU memory, else "cpu". `sizes` defaults to the
+    published model in the dtypes `dtype` gives on that device (as `resolve_dtypes`); pass `ModelSizes.of(models)`
+    to plan a loaded set. `mode` forces "high", "low" or "cpu" (replanning a loaded set keeps its mode).
+    """
+    device = torch.device(device if device is not None else "cuda" if vram_free is not None else "cpu")
+    request = _Request(
+        vram_free, ram_free, resolution, height, width, window, variant, fp8, int(preserve_gb * GB), device, dtype,
+        sizes, mode,
+    )  # fmt: skip
+    transformer_dtype, encoder_dtype = resolve_dtypes(dtype, device)
+    if sizes is None:
+        sizes = published_sizes(transformer_dtype, encoder_dtype, fp8)
+    elif sizes.fp8 != fp8:
+        raise ValueError(f"the sizes are {'fp8' if sizes.fp8 else 'not fp8'} but the plan asks fp8={fp8}")
+    frame_sizes = _frame_sizes(resolution, height, width)
+    compute_bytes = torch.empty((), dtype=sizes.transformer_dtype).element_size()
+    work = workload(sizes, frame_sizes, window, variant, compute_bytes)
+
+    automatic = mode is None
+    if automatic:
+        mode = "cpu" if device.type == "cpu" or vram_free is None else "high" if vram_free > HIGH_VRAM_BYTES else "low"
+    if mode != "cpu" and vram_free is None:
+        raise ValueError(f"a {mode} plan needs the free GPU memory")
+    if mode == "cpu":
+        plan = _cpu_plan(request, sizes, work)
+    elif mode == "high":
+        plan = _high_plan(request, sizes, work)
+        if automatic and not plan.fits_gpu:
+            plan = _low_plan(request, sizes, work, "more than 60 GB free, but not enough to keep everything resident")
+    else:
+        reason = f"{gb(vram_free)} free is not more than 60 GB" if automatic else "asked for"
+        plan = _low_plan(request, sizes, work, reason)
+    if device.type == "mps":
+        # Apple GPUs use system memory: what sits on the GPU is taken from RAM too.
+        phases = tuple(replace(p, ram_bytes=p.ram_bytes + p.gpu_bytes) for p in plan.phases)
+        plan = replace(plan, phases=phases, unified_memory=True)
+    weights = "fp8 storage" if fp8 else str(sizes.transformer_dtype).removeprefix("torch.")
+    plan = replace(plan, transformer_weights=weights)
+    if advise:
+        plan = replace(plan, advice=_advice(plan, request), notes=plan.notes + _notes(plan))
+    return plan
+
+
+def _phase(name: str, gpu: dict[str, int], cpu: dict[str, int], gpu_extra: int, ram_extra: int) -> PhasePlan:
+    """A phase from {description: bytes} of what is on each side plus activations/overheads."""
+    return PhasePlan(
+        name,
+        tuple(f"{k} ({gb(v)})" for k, v in gpu.items()),
+        tuple(f"{k} ({gb(v)})" for k, v in cpu.items()),
+        sum(gpu.values()) + gpu_extra,
+        sum(cpu.values()) + ram_extra,
+    )
+
+
+def _cpu_plan(request: _Request, sizes: ModelSizes, work: Workload) -> MemoryPlan:
+    everything = {LABELS[n]: sizes[n].total for n in COMPONENTS}
+    # On the CPU the VAE decodes whole, as the engine does by default, unless that alone would not fit.
+    tiled = request.ram_free is not None and sizes.total + work.decode + RAM_OVERHEAD > request.ram_free
+    base = RAM_OVERHEAD + work.frames_ram
+    phases = (
+        _phase("text encoding", {}, everything, 0, base + work.text),
+        _phase("image encoding", {}, everything, 0, base + (work.image_tiled if tiled else work.image)),
+        _phase("sampling", {}, everything, 0, base + work.sampling),
+        _phase("decoding", {}, everything, 0, base + (work.decode_tiled if tiled else work.decode)),
+    )
+    return MemoryPlan(
+        "cpu", str(request.device), "no GPU: everything runs on the CPU", request.variant, work.sizes, request.window,
+        request.fp8, request.preserve, None, request.ram_free, Streaming(), Streaming(), tiled, phases,
+        loading_ram=RAM_OVERHEAD + sizes.total - sizes["transformer"].total + sizes.transformer_loaded,
+        transformer_blocks=len(sizes["transformer"].blocks),
+    )  # fmt: skip
+
+
+def _high_plan(request: _Request, sizes: ModelSizes, work: Workload) -> MemoryPlan:
+    everything = {LABELS[n]: sizes[n].total for n in COMPONENTS}
+    tiled = request.vram_free is not None and sizes.total + work.decode + GPU_OVERHEAD > request.vram_free
+    base = RAM_OVERHEAD + work.frames_ram
+    phases = (
+        _phase("text encoding", everything, {}, GPU_OVERHEAD + work.text, base),
+        _phase("image encoding", everything, {}, GPU_OVERHEAD + (work.image_tiled if tiled else work.image), base),
+        _phase("sampling", everything, {}, GPU_OVERHEAD + work.sampling + _fp8_cast_bytes(sizes), base),
+        _phase("decoding", everything, {}, GPU_OVERHEAD + (work.decode_tiled if tiled else work.decode), base),
+    )
+    # Each component goes to the GPU as soon as it is loaded, so RAM holds one at a time.
+    largest = max(sizes.transformer_loaded, *(sizes[n].total for n in COMPONENTS[1:]))
+    return MemoryPlan(
+        "high", str(request.device), f"{gb(request.vram_free)} free is more than 60 GB: everything stays on the GPU",
+        request.variant, work.sizes, request.window, request.fp8, request.preserve, request.vram_free,
+        request.ram_free, Streaming(), Streaming(), tiled, phases, loading_ram=RAM_OVERHEAD + largest,
+        transformer_gpu_weights=sizes["transformer"].total, transformer_blocks=len(sizes["transformer"].blocks),
+    )  # fmt: skip
+
+
+def _fp8_cast_bytes(sizes: ModelSizes) -> int:
+    """Layerwise casting's compute-dtype copy of the running layer's fp8 weights (and the re-cast back)."""
+    if not sizes.fp8:
+        return 0
+    compute_bytes = torch.empty((), dtype=sizes.transformer_dtype).element_size()
+    return 3 * sizes["transformer"].largest_leaf_numel * compute_bytes // 2
+
+
+def _streamed_bytes(size: ModuleSize, streaming: Streaming) -> tuple[int, int]:
+    """(bytes resident on the GPU for good, bytes on the GPU at once while the component runs, resident included).
+
+    Block level: the remainder group plus the block computing and the one prefetched (and, with
+    record_stream, one more whose memory the allocator cannot reuse until the GPU has finished with it).
+    Leaf level: whatever is not in a leaf layer plus three leaves on the same terms.
+    """
+    in_flight = 3 if streaming.record_stream else 2
+    if streaming.offload_type == "leaf_level":
+        return 0, size.not_in_leaves + in_flight * size.largest_leaf
+    resident = sum(size.blocks[: streaming.resident_blocks])
+    streamed = size.blocks[streaming.resident_blocks :]
+    return resident, resident + size.remainder + in_flight * max(streamed, default=0)
+
+
+def _low_phases(
+    request: _Request, sizes: ModelSizes, work: Workload, transformer: Streaming, text_encoder: Streaming
+) -> tuple[tuple[PhasePlan, ...], int]:
+    resident, sampling_weights = _streamed_bytes(sizes["transformer"], transformer)
+    _, llama_at_once = _streamed_bytes(sizes["text_encoder"], text_encoder)
+    transformer_cpu = sizes["transformer"].total - resident
+    # Weights kept on the CPU: the streamed part of the transformer, and every encoder (the phase moves copy
+    # them to the GPU and keep the CPU copies, so RAM does not change during a phase).
+    cpu = {
+        LABELS["transformer"] + (" (streamed part)" if resident else ""): transformer_cpu,
+        **{LABELS[n]: sizes[n].total for n in COMPONENTS[1:]},
+    }
+    kept = {f"{transformer.resident_blocks} transformer blocks kept resident": resident} if resident else {}
+    fp8_cast = _fp8_cast_bytes(sizes)
+    ram = RAM_OVERHEAD + work.frames_ram
+    llama_label = f"{LABELS['text_encoder']}, streamed layer by layer"
+    transformer_label = (
+        f"{LABELS['transformer']}, streamed "
+        + ("layer by layer" if transformer.offload_type == "leaf_level" else "block by block")
+        + (f" ({transformer.resident_blocks} blocks resident)" if resident else "")
+    )
+    phases = (
+        _phase(
+            "text encoding",
+            {**kept, llama_label: llama_at_once, LABELS["text_encoder_2"]: sizes["text_encoder_2"].total},
+            cpu, GPU_OVERHEAD + work.text, ram,
+        ),
+        _phase(
+            "image encoding",
+            {**kept, LABELS["image_encoder"]: sizes["image_encoder"].total, LABELS["vae"]: sizes["vae"].total},
+            cpu, GPU_OVERHEAD + work.image_tiled, ram,  # low mode always tiles the VAE
+        ),
+        _phase("sampling", {transformer_label: sampling_weights}, cpu, GPU_OVERHEAD + work.sampling + fp8_cast, ram),
+        _phase(
+            "decoding", {**kept, LABELS["vae"] + ", tiled": sizes["vae"].total}, cpu, GPU_OVERHEAD + work.decode_tiled, ram
+        ),
+    )  # fmt: skip
+    # Loading, transformer first: it is loaded in its file dtype, cast to fp8 if asked and its resident
+    # blocks moved to the GPU before the encoders load.
+    loading = RAM_OVERHEAD + max(sizes.transformer_loaded, sum(cpu.values()))
+    return phases, loading
+
+
+def _low_plan(request: _Request, sizes: ModelSizes, work: Workload, reason: str) -> MemoryPlan:
+    cuda = request.device.type == "cuda"
+    free = request.vram_free or 0
+    budget = free - request.preserve  # what the weights may take while leaving `preserve` free
+    text_encoder = Streaming("block_level", use_stream=cuda)
+    blocks = len(sizes["transformer"].blocks)
+
+    def build(transformer: Streaming) -> MemoryPlan:
+        phases, loading = _low_phases(request, sizes, work, transformer, text_encoder)
+        return MemoryPlan(
+            "low", str(request.device), reason, request.variant, work.sizes, request.window, request.fp8,
+            request.preserve, request.vram_free, request.ram_free, transformer, text_encoder, True, phases, loading,
+            transformer_gpu_weights=_streamed_bytes(sizes["transformer"], transformer)[1], transformer_blocks=blocks,
+        )  # fmt: skip
+
+    fastest = Streaming("block_level", use_stream=cuda, record_stream=cuda)
+    lean = Streaming("block_level", use_stream=cuda)
+    leaf = Streaming("leaf_level", use_stream=cuda)
+    # 1. The most resident blocks whose weights leave `preserve` free and whose every phase fits.
+    for resident in range(blocks, -1, -1):
+        plan = build(replace(fastest, resident_blocks=resident))
+        if plan.transformer_gpu_weights <= budget and plan.fits_gpu:
+            break
+    else:
+        # 2. `preserve` cannot be honoured: stream every block anyway if everything fits (FramePack does the
+        #    same), else stream layer by layer (slow, smallest), else report the leanest plan as not fitting.
+        plan = next((p for p in (build(lean), build(leaf)) if p.fits_gpu), build(leaf))
+    pin = cuda and (request.ram_free is None or plan.peak_ram <= request.ram_free)
+    if pin:
+        # Pinned (page-locked) memory makes the stream's copies truly asynchronous, but it cannot be swapped
+        # out: only pin what fits in RAM.
+        plan = replace(
+            plan,
+            transformer=replace(plan.transformer, pin_memory=True),
+            text_encoder=replace(text_encoder, pin_memory=True),
+        )
+    return plan
+
+
+def _notes(plan: MemoryPlan) -> tuple[str, ...]:
+    notes = []
+    if plan.mode == "low" and plan.vram_free is not None:
+        left = plan.vram_free - plan.transformer_gpu_weights
+        if left < plan.preserve:
+            notes.append(
+                f"every transformer block streams, yet its weights leave only {gb(max(left, 0))} free while sampling, "
+                f"less than the {gb(plan.preserve)} you asked to preserve (FramePack streams everything then too)"
+            )
+        elif plan.transformer.offload_type == "block_level" and plan.transformer.resident_blocks < plan.transformer_blocks:
+            notes.append(
+                f"{plan.transformer.resident_blocks} of {plan.transformer_blocks} transformer blocks stay on the GPU; "
+                f"less GPU memory to preserve keeps more there (faster), more leaves more free"
+            )
+    if plan.fits and plan.vram_free and plan.mode != "cpu" and plan.peak_gpu > 0.9 * plan.vram_free:
+        notes.append("little GPU headroom: if you run out of GPU memory, lower the resolution or use --fp8")
+    if plan.unified_memory:
+        notes.append("this GPU shares system memory, so GPU figures are counted in RAM too")
+    if plan.ram_free is None:
+        notes.append("free RAM is unknown (no /proc/meminfo and psutil is not installed); RAM was not checked")
+    return tuple(notes)
+
+
+def _advice(plan: MemoryPlan, request: _Request) -> tuple[str, ...]:
+    """Concrete changes that would make a plan that does not fit fit, each checked by planning it."""
+    if plan.fits:
+        return ()
+
+    def again(**changes: Any) -> MemoryPlan:
+        base = dict(
+            resolution=request.resolution, height=request.height, width=request.width, window=request.window,
+            variant=request.variant, fp8=request.fp8, preserve_gb=request.preserve / GB, device=request.device,
+            dtype=request.dtype, sizes=request.sizes, mode=request.mode, advise=False,
+        )  # fmt: skip
+        base.update(changes)
+        return plan_memory(request.vram_free, request.ram_free, **base)
+
+    advice = []
+    if not request.fp8 and request.sizes is None:  # fp8 sizes are known for the published model
+        fp8 = again(fp8=True)
+        peaks = ([f"peak GPU {gb(fp8.peak_gpu)}"] if fp8.mode != "cpu" else []) + [f"peak RAM {gb(fp8.peak_ram)}"]
+        advice.append(
+            f"--fp8 (8-bit transformer weights, slightly lower quality): {', '.join(peaks)} "
+            f"({'fits' if fp8.fits else 'still does not fit'})"
+        )
+    if not plan.fits_gpu:
+        current = request.resolution if request.height is None else max(request.height, request.width)
+        for resolution in (576, 512, 480, 416, 384, 320, 256, 192, 128):
+            smaller = again(resolution=resolution, height=None, width=None)
+            if resolution < current and smaller.fits_gpu:
+                advice.append(f"a smaller resolution: --resolution {resolution} needs {gb(smaller.peak_gpu)} of GPU memory")
+                break
+        if plan.vram_free is not None:
+            advice.append(f"free {gb(plan.peak_gpu - plan.vram_free)} more GPU memory (close other programs using the GPU)")
+    if not plan.fits_ram:
+        advice.append(
+            f"free {gb(plan.peak_ram - plan.ram_free)} more system memory (close programs), or add RAM or swap "
+            f"(with swap it runs, slowly)"
+        )
+    if plan.mode == "low" and plan.fits_gpu and not plan.fits_ram:
+        advice.append("a GPU with more than 60 GB free keeps the weights out of system memory")
+    return tuple(advice)
+
+
+# ------------------------------------------------------------------------------------------- placement
+
+FP8 = torch.float8_e4m3fn
+
+
+def has_fp8(transformer: torch.nn.Module) -> bool:
+    """Whether diffusers' layerwise casting (fp8 storage) is on for this model."""
+    return any(
+        hasattr(m, "_diffusers_hook") and m._diffusers_hook.get_hook("layerwise_casting") is not None
+        for m in transformer.modules()
+    )
+
+
+def _compute_dtype(transformer: torch.nn.Module) -> torch.dtype:
+    # ModelMixin.dtype reports the compute dtype of layerwise-cast models, not the storage dtype.
+    return transformer.dtype
+
+
+def enable_fp8(transformer: HunyuanVideoFramepackTransformer3DModel) -> None:
+    """Store the transformer's big layers in float8 (e4m3), computing in its current dtype, layer by layer.
+
+    diffusers skips modules whose names match "norm", "^proj_out$", "x_embedder", "context_embedder" (and a
+    few more): embedders, every AdaLayerNorm's modulation Linear and the output head stay as they are, so
+    the float32 head that `keep_output_head_in_float32` set up is untouched. That is checked here, since a
+    silently fp8 head would ruin every frame.
+    """
+    if has_fp8(transformer):
+        return
+    transformer.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=_compute_dtype(transformer))
+    for name in ("norm_out", "proj_out"):
+        head = getattr(transformer, name)
+        if any(p.dtype == FP8 for p in head.parameters()):
+            raise RuntimeError(f"layerwise casting reached the output head ({name}); it must stay float32")
+
+
+def _is_streamed(module: torch.nn.Module) -> bool:
+    return any(
+        hasattr(m, "_diffusers_hook") and m._diffusers_hook.get_hook(_GROUP_OFFLOADING) is not None
+        for m in module.modules()
+    )
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: its group offloading's onload device, else where its first weight is.
+
+    A streamed model's weights rest on the CPU between forwards, so `module.device` would say "cpu"; inputs
+    must be made on the execution device instead.
+    """
+    for m in module.modules():
+        hook = m._diffusers_hook.get_hook(_GROUP_OFFLOADING) if hasattr(m, "_diffusers_hook") else None
+        if hook is not None:
+            return hook.config.onload_device
+    return next(itertools.chain(module.parameters(), module.buffers())).device
+
+
+def _clear_streaming(module: torch.nn.Module) -> None:
+    """Remove diffusers' group offloading from a module (so a new plan can be applied) and gather it on the CPU."""
+    if not _is_streamed(module):
+        return
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
+        registry.remove_hook(name, recurse=True)
+    module.to("cpu")
+
+
+def _pin(module: torch.nn.Module) -> None:
+    """Page-lock the CPU weights one tensor at a time, in place.
+
+    diffusers pins a copy of every weight when it sets up streams, which would need the whole model twice
+    in RAM for a moment; it reuses tensors that are pinned already, so pinning first avoids the copy.
+    """
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.device.type == "cpu" and not tensor.is_pinned():
+            tensor.data = tensor.data.pin_memory()
+
+
+def _stream(module: torch.nn.Module, device: torch.device, streaming: Streaming) -> None:
+    """Apply group offloading: `streaming.resident_blocks` first blocks stay on `device`, the rest stream."""
+    module.to("cpu")
+    options = dict(
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        use_stream=streaming.use_stream,
+        record_stream=streaming.record_stream,
+        low_cpu_mem_usage=streaming.use_stream and not streaming.pin_memory,
+    )
+    if streaming.offload_type == "leaf_level":
+        if streaming.pin_memory:
+            _pin(module)
+        apply_group_offloading(module, offload_type="leaf_level", **options)
+        return
+    lists = [(name, child) for name, child in module.named_children() if isinstance(child, torch.nn.ModuleList)]
+    blocks = [block for _, child in lists for block in child]
+    resident = blocks[: streaming.resident_blocks]
+    for block in resident:
+        block.to(device)
+    if streaming.pin_memory:
+        _pin(module)  # only what stays on the CPU is left to pin
+    # diffusers forms its groups from the model's ModuleLists when it installs the hooks. To keep some blocks
+    # out of them, the lists hold only the streamed blocks while the hooks go in; the forward pass then runs
+    # the resident blocks without hooks (their weights already on the device) and the rest through them.
+    try:
+        for name, child in lists:
+            setattr(module, name, torch.nn.ModuleList([b for b in child if not any(b is r for r in resident)]))
+        apply_group_offloading(module, offload_type="block_level", num_blocks_per_group=1, **options)
+    finally:
+        for name, child in lists:
+            setattr(module, name, child)
+
+
+def place_component(name: str, module: torch.nn.Module, plan: MemoryPlan) -> torch.nn.Module:
+    """Put one loaded component where `plan` wants it; the loader calls this right after loading each one.
+
+    The transformer becomes fp8 first when the plan says so (on the CPU, so only 8-bit weights travel).
+    Calling it again with another plan re-places the component (fp8 cannot be undone: reload for that).
+    """
+    device = torch.device(plan.device)
+    if name == "transformer" and plan.fp8:
+        enable_fp8(module)
+    if name in ("transformer", "text_encoder"):
+        _clear_streaming(module)
+    if plan.mode == "high":
+        module.to(device)
+    elif plan.mode == "low" and name in ("transformer", "text_encoder"):
+        _stream(module, device, plan.transformer if name == "transformer" else plan.text_encoder)
+    else:
+        module.to("cpu")
+    if name == "vae" and plan.vae_tiling:
+        module.enable_tiling()
+    return module
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, device: str | torch.device) -> Iterator[torch.nn.Module]:
+    """Run a block of code with `module`'s weights on `device`, then put the module back as it was.
+
+    Each weight is replaced by a copy on `device` for the block and the original tensor object is put back
+    afterwards: weights are read-only during inference, so nothing is copied back (no device-to-host copy,
+    pinned memory stays pinned, tied weights stay tied). Streamed modules (group offloading) and modules
+    already on `device` are left alone.
+    """
+    device = torch.device(device)
+    if _is_streamed(module) or all(
+        _same_device(t.device, device) for t in itertools.chain(module.parameters(), module.buffers())
+    ):
+        yield module
+        return
+    copies: dict[int, torch.Tensor] = {}
+    replaced: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    try:
+        for submodule in module.modules():
+            for store in (submodule._parameters, submodule._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is None:
+                        continue
+                    if id(tensor) not in copies:
+                        copy = tensor.detach().to(device, non_blocking=True)
+                        if isinstance(tensor, torch.nn.Parameter):
+                            copy = torch.nn.Parameter(copy, requires_grad=tensor.requires_grad)
+                        copies[id(tensor)] = copy
+                    replaced.append((store, name, tensor))
+                    store[name] = copies[id(tensor)]
+        yield module
+    finally:
+        for store, name, tensor in replaced:
+            store[name] = tensor
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+@dataclass
+class Placement:
+    """A model set placed by a plan: the device it computes on and phases that bring modules to it."""
+
+    plan: MemoryPlan
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.plan.device)
+
+    @contextlib.contextmanager
+    def phase(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """Bring CPU-resident `modules` to the GPU for the block (low mode); a no-op in high and cpu modes."""
+        with contextlib.ExitStack() as stack:
+            if self.plan.mode == "low":
+                for module in modules:
+                    stack.enter_context(on_device(module, self.device))
+            yield
+
+
+def apply_plan(models: ModelSet, plan: MemoryPlan) -> Placement:
+    """Put every component of a loaded set where `plan` wants it (see `place_component`)."""
+    for name in COMPONENTS:
+        place_component(name, getattr(models, name), plan)
+    return Placement(plan)
+
+
+# ------------------------------------------------------------------------------------ before loading
+
+
+class MemoryPlanError(RuntimeError):
+    """The models or a job will not fit in GPU or system memory; the message says what to change."""
+
+    def __init__(self, plan: MemoryPlan):
+        super().__init__(plan.problem())
+        self.plan = plan
+
+
+def check_before_loading(
+    settings: Settings | None = None,
+    *,
+    fp8: bool = False,
+    device: str | torch.device | None = None,
+    models_dir: str | os.PathLike | None = None,
+    memory: DeviceMemory | None = None,
+) -> MemoryPlan:
+    """Plan the job `settings` describes on this machine's free memory; raise MemoryPlanError if it will not fit.
+
+    The app calls it before loading (with its default settings) and the CLI with the job's settings; the
+    returned plan then goes to `place_component` as each component loads. With `models_dir` (a local model
+    root, as `--models`) the sizes come from its config files, otherwise from the published configs.
+    """
+    settings = settings or Settings()
+    memory = memory or detect_device(device)
+    sizes = None
+    if models_dir is not None:
+        configs = ModelConfigs.from_folder(models_dir, settings.variant)
+        sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8)
+    plan = plan_memory(
+        memory.vram_free,
+        memory.ram_free,
+        resolution=settings.resolution,
+        height=settings.height,
+        width=settings.width,
+        window=settings.latent_window_size,
+        variant=settings.variant,
+        fp8=fp8,
+        preserve_gb=settings.gpu_memory_preservation,
+        device=memory.device,
+        dtype=settings.dtype,
+        sizes=sizes,
+    )
+    if not plan.fits:
+        raise MemoryPlanError(plan)
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def add_check_memory_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "check-memory",
+        help="show where the models would live and whether a job fits in GPU and system memory",
+        description="Plan GPU and system memory for a job without loading anything. GB = 10^9 bytes.",
+    )
+    parser.add_argument("--vram", type=float, help="free GPU memory in GB (default: this machine's; 0 = no GPU)")
+    parser.add_argument("--ram", type=float, help="free system memory in GB (default: this machine's)")
+    parser.add_argument("--resolution", type=int, default=640, help="bucket resolution (default 640: every 640 bucket)")
+    parser.add_argument("--height", type=int, help="explicit height, a multiple of 16 (needs --width)")
+    parser.add_argument("--width", type=int, help="explicit width, a multiple of 16 (needs --height)")
+    parser.add_argument("--latent-window-size", type=int, default=9, help="latent frames per section (default 9)")
+    parser.add_argument("--variant", choices=VARIANTS, default="original", help="model variant (default original)")
+    parser.add_argument("--fp8", action="store_true", help="store the transformer's weights in 8 bits")
+    parser.add_argument("--preserve", type=float, default=6.0, help="GPU memory to preserve in GB (default 6)")
+    parser.add_argument("--device", help="cuda, mps or cpu (default: this machine's best, or cuda with --vram)")
+    parser.set_defaults(handler=run_check_memory)
+    return parser
+
+
+def run_check_memory(args: argparse.Namespace) -> int:
+    """Print the plan; 0 when it fits, 1 when it does not, 2 for invalid options."""
+    try:
+        settings = Settings(
+            variant=args.variant,
+            resolution=args.resolution,
+            height=args.height,
+            width=args.width,
+            latent_window_size=args.latent_window_size,
+            gpu_memory_preservation=args.preserve,
+        )
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if (args.vram is not None and args.vram < 0) or (args.ram is not None and args.ram < 0):
+        print("error: --vram and --ram must not be negative", file=sys.stderr)
+        return 2
+    if args.vram is None:
+        detected = detect_device(args.device)
+        vram, device = detected.vram_free, detected.device
+    else:
+        # A given amount means a GPU of that much free memory (CUDA unless --device says otherwise); 0 means none.
+        vram, device = (int(args.vram * GB), args.device or "cuda") if args.vram > 0 else (None, "cpu")
+    ram = int(args.ram * GB) if args.ram is not None else system_ram()[0]
+    plan = plan_memory(
+        vram,
+        ram,
+        resolution=settings.resolution,
+        height=settings.height,
+        width=settings.width,
+        window=settings.latent_window_size,
+        variant=settings.variant,
+        fp8=args.fp8,
+        preserve_gb=settings.gpu_memory_preservation,
+        device=device,
+    )
+    print(plan.report())
+    return 0 if plan.fits else 1
+
+
+def _held_by_us(device: torch.device) -> int:
+    """GPU memory this process holds (its weights and cached blocks), which a new plan may reuse."""
+    if device.type == "cuda":
+        return torch.cuda.memory_reserved(device)
+    if device.type == "mps":
+        return torch.mps.current_allocated_memory()
+    return 0
+
+
+def replan(
+    models: ModelSet, placement: Placement, settings: Settings, *, vram_free: int | None = None
+) -> Placement:
+    """Re-plan a placed set for a job's settings and re-place what changed; MemoryPlanError if it will not fit.
+
+    The mode and fp8 stay as loaded (switching them means moving or reloading tens of GB). What a job can
+    change is how many transformer blocks stay on the GPU ("GPU memory to preserve", the resolution) and
+    whether the VAE tiles. Free GPU memory is measured now, counting what this process holds as free
+    (`vram_free` overrides it); free RAM is taken from the plan the set was loaded with.
+    """
+    current = placement.plan
+    device = torch.device(current.device)
+    if vram_free is None and current.mode != "cpu":
+        measured = detect_device(device).vram_free
+        vram_free = current.vram_free if measured is None else measured + _held_by_us(device)
+    plan = plan_memory(
+        vram_free,
+        current.ram_free,
+        resolution=settings.resolution,
+        height=settings.height,
+        width=settings.width,
+        window=settings.latent_window_size,
+        variant=settings.variant,
+        fp8=current.fp8,
+        preserve_gb=settings.gpu_memory_preservation,
+        device=device,
+        sizes=ModelSizes.of(models),
+        mode=current.mode,
+    )
+    if not plan.fits:
+        raise MemoryPlanError(plan)
+    if plan.transformer != current.transformer:
+        place_component("transformer", models.transformer, plan)
+    if plan.vae_tiling:
+        models.vae.enable_tiling()
+    elif current.vae_tiling:
+        models.vae.disable_tiling()
+    return Placement(plan)

@@ -1,0 +1,538 @@
+"""Memory planning and placement: real architectures on the meta device, the tiny set placed on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from conftest import MODEL_CONFIGS, TINY_MODELS, needs_shared
+from framepack import memory
+from framepack.conditioning import BUCKETS_640, encode_prompt
+from framepack.memory import (
+    GB,
+    DeviceMemory,
+    MemoryPlanError,
+    ModelConfigs,
+    ModelSizes,
+    Placement,
+    apply_plan,
+    check_before_loading,
+    execution_device,
+    on_device,
+    plan_memory,
+)
+from framepack.models import ModelSource, load_models
+from framepack.settings import Settings
+
+needs_configs = pytest.mark.skipif(
+    not MODEL_CONFIGS.is_dir(), reason=f"the real model configs are not beside the checkout ({MODEL_CONFIGS} is missing)"
+)
+GPU = torch.device("cuda")
+
+
+def shared_configs() -> ModelConfigs:
+    transformer = json.loads((MODEL_CONFIGS / "framepack_transformer.json").read_text())
+    encoders = json.loads((MODEL_CONFIGS / "text_encoders.json").read_text())
+    return ModelConfigs(transformer, encoders["text_encoder"], encoders["text_encoder_2"], encoders["image_encoder"])
+
+
+@pytest.fixture(scope="module")
+def real_sizes() -> ModelSizes:
+    return ModelSizes.from_configs(shared_configs(), torch.bfloat16, torch.float16)
+
+
+def bytes_of(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+# ------------------------------------------------------------------------------------------ sizes
+
+
+@needs_configs
+def test_embedded_configs_are_the_published_ones():
+    shared = shared_configs()
+    published = ModelConfigs.published()
+    assert {k: v for k, v in shared.transformer.items() if not k.startswith("_")} == published.transformer
+    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
+        assert {k: v for k, v in getattr(shared, name).items() if k != "class"} == getattr(published, name), name
+
+
+@needs_configs
+def test_real_component_sizes(real_sizes):
+    transformer = real_sizes["transformer"]
+    # 12.87 B parameters in bf16, with the output head (norm_out 37.7 M, proj_out 0.4 M bytes) in float32.
+    assert 25.70 * GB < transformer.total < 25.80 * GB
+    assert transformer.total == 2 * 12_874_314_816 + (37_761_024 + 393_344)
+    assert len(transformer.blocks) == 60
+    assert set(transformer.blocks[:20]) == {679_662_592} and set(transformer.blocks[20:]) == {283_183_616}
+    assert transformer.remainder == transformer.total - 20 * 679_662_592 - 40 * 283_183_616
+    assert 0.8 * GB < transformer.remainder < 0.9 * GB
+    llama = real_sizes["text_encoder"]
+    assert 15.0 * GB < llama.total < 15.02 * GB and len(llama.blocks) == 32
+    assert llama.remainder > 1.05 * GB  # the 128k-token embedding table moves as one piece
+    assert 0.24 * GB < real_sizes["text_encoder_2"].total < 0.25 * GB
+    assert 0.85 * GB < real_sizes["image_encoder"].total < 0.86 * GB
+    assert 0.49 * GB < real_sizes["vae"].total < 0.50 * GB
+    assert memory.published_sizes().components == real_sizes.components
+
+
+@needs_configs
+def test_fp8_sizes_follow_diffusers_skip_rules(real_sizes):
+    fp8 = ModelSizes.from_configs(shared_configs(), torch.bfloat16, torch.float16, fp8=True)
+    transformer = memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["transformer"]
+    # Independently of diffusers: leaf layers whose names match none of the skip patterns go to 1 byte.
+    skip = ("norm", "x_embedder", "context_embedder", "pos_embed", "patch_embed", "^proj_in$", "^proj_out$")
+    cast = 0
+    for name, module in transformer.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv3d, torch.nn.Embedding)):
+            parts = name.split(".")
+            prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+            if not any(re.search(p, prefix) for p in skip for prefix in prefixes):
+                cast += sum(p.numel() for p in module.parameters())
+    expected = real_sizes["transformer"].total - cast  # bf16 (2 bytes) -> fp8 (1 byte)
+    assert fp8["transformer"].total == expected
+    # The AdaLayerNorm modulation layers stay bf16, so fp8 storage is 16.7 GB rather than half of 25.7 GB.
+    assert 16.6 * GB < fp8["transformer"].total < 16.7 * GB
+    assert set(fp8["transformer"].blocks[:20]) == {453_114_880}
+    assert fp8.transformer_loaded == real_sizes["transformer"].total
+    assert fp8["text_encoder"] == real_sizes["text_encoder"]
+
+
+@pytest.fixture(scope="module")
+def fresh_models():
+    """A tiny set of our own: placement changes modules, so the session's shared set must not be used."""
+    if not TINY_MODELS.is_dir():
+        pytest.skip(f"the shared fixtures are not beside the checkout ({TINY_MODELS} is missing)")
+
+    def load(variant: str = "original"):
+        return load_models(variant, ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
+
+    return load
+
+
+@needs_shared
+def test_sizes_from_config_files_match_the_loaded_tiny_models(fresh_models):
+    models = fresh_models("f1")
+    predicted = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS, "f1"), torch.float32, torch.float32)
+    actual = ModelSizes.of(models)
+    for name in memory.COMPONENTS:
+        module = getattr(models, name)
+        assert predicted[name] == actual[name], name
+        assert actual[name].total == bytes_of(module) > 0, name
+    blocks = [*models.transformer.transformer_blocks, *models.transformer.single_transformer_blocks]
+    assert actual["transformer"].blocks == tuple(bytes_of(b) for b in blocks)
+
+    fp8 = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS, "f1"), torch.float32, torch.float32, fp8=True)
+    memory.enable_fp8(models.transformer)
+    assert bytes_of(models.transformer) == fp8["transformer"].total < actual["transformer"].total
+    assert ModelSizes.of(models).fp8 and ModelSizes.of(models)["transformer"] == fp8["transformer"]
+
+
+# ------------------------------------------------------------------------------------ activations
+
+
+@pytest.mark.parametrize("height, width", [(128, 128), (144, 176)])
+@needs_shared
+def test_section_tokens_are_what_the_transformer_packs(tiny_models, height, width):
+    transformer = tiny_models("original").transformer  # read only: a hook that is removed again
+    seen = []
+    handle = transformer.transformer_blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            transformer(**transformer_inputs(transformer, height, width, window=3))
+    finally:
+        handle.remove()
+    assert seen == [memory.section_tokens(height, width, 3)[1]]
+    assert memory.section_tokens(height, width, 3)[0] == 3 * (height // 16) * (width // 16)
+
+
+def transformer_inputs(transformer, height: int, width: int, window: int, device="cpu", dtype=torch.float32) -> dict:
+    cfg = transformer.config
+    h, w = height // 8, width // 8
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    return dict(
+        hidden_states=rand(1, 16, window, h, w),
+        timestep=torch.tensor([500.0], device=device, dtype=dtype),
+        guidance=torch.tensor([10000.0], device=device, dtype=dtype),
+        encoder_hidden_states=rand(1, 7, cfg.text_embed_dim),
+        encoder_attention_mask=torch.ones(1, 7, dtype=torch.bool, device=device),
+        pooled_projections=rand(1, cfg.pooled_projection_dim),
+        image_embeds=rand(1, 16, cfg.image_proj_dim),
+        indices_latents=torch.arange(1, window + 1, device=device),
+        latents_clean=rand(1, 16, 2, h, w),
+        indices_latents_clean=torch.tensor([0, window + 1], device=device),
+        latents_history_2x=rand(1, 16, 2, h, w),
+        indices_latents_history_2x=torch.arange(window + 2, window + 4, device=device),
+        latents_history_4x=rand(1, 16, 16, h, w),
+        indices_latents_history_4x=torch.arange(window + 4, window + 20, device=device),
+        return_dict=False,
+    )
+
+
+class LiveTensors(TorchDispatchMode):
+    """Peak bytes of the tensors alive at once while code runs on the meta device (storage counted once).
+
+    `.item()` cannot run on meta tensors; the one the FramePack transformer calls reads the text length,
+    answered with its maximum (512 text + 729 image tokens).
+    """
+
+    def __init__(self, scalar: int = 512 + 729):
+        super().__init__()
+        self.scalar, self.live, self.peak, self.storages = scalar, 0, 0, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            return self.scalar
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                key = tensor.untyped_storage()._cdata
+                entry = self.storages.setdefault(key, [tensor.untyped_storage().nbytes(), 0])
+                self.live += entry[0] if entry[1] == 0 else 0
+                entry[1] += 1
+                weakref.finalize(tensor, self._release, key)
+        self.peak = max(self.peak, self.live)
+        return out
+
+    def _release(self, key: int) -> None:
+        entry = self.storages[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self.storages[key]
+
+
+@pytest.fixture
+def flash_like_sdpa(monkeypatch):
+    """SDPA as a flash/memory-efficient kernel allocates it: the output and a float32 log-sum-exp, no scores."""
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        torch.empty(query.shape[:-1], device=query.device, dtype=torch.float32)
+        return query.new_empty(*query.shape[:-1], value.shape[-1])
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+
+
+@needs_configs
+@pytest.mark.parametrize("height, width", [(608, 640), (416, 960)])
+def test_transformer_activation_estimate_bounds_the_real_forward(flash_like_sdpa, height, width):
+    configs = shared_configs()
+    transformer = memory.build_meta_models(configs, torch.bfloat16, torch.float16)["transformer"]
+    inputs = transformer_inputs(transformer, height, width, 9, device="meta", dtype=torch.bfloat16)
+    inputs["encoder_hidden_states"] = torch.empty(1, 512, 4096, device="meta", dtype=torch.bfloat16)
+    inputs["encoder_attention_mask"] = torch.ones(1, 512, dtype=torch.bool, device="meta")
+    inputs["image_embeds"] = torch.empty(1, 729, 1152, device="meta", dtype=torch.bfloat16)
+    with torch.no_grad(), LiveTensors() as live:
+        transformer(**inputs)
+    estimate = memory.transformer_activation_bytes(configs, height, width, 9)
+    assert 1.9 * GB < live.peak < estimate < 1.4 * live.peak
+
+
+@needs_configs
+@pytest.mark.parametrize("tiled", [False, True])
+def test_vae_estimates_bound_the_real_decode_and_encode(flash_like_sdpa, tiled):
+    vae = memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["vae"]
+    if tiled:
+        vae.enable_tiling()
+    latents = torch.empty(1, 16, 5, 608 // 8, 640 // 8, device="meta", dtype=torch.float16)
+    with torch.no_grad(), LiveTensors() as live:
+        vae.decode(latents)
+    estimate = memory.vae_decode_bytes(dict(vae.config), 608, 640, 5, tiled)
+    assert live.peak < estimate < 1.4 * live.peak
+    assert live.peak > (15 * GB if not tiled else 2.5 * GB)  # tiling is what makes decoding fit a small GPU
+    pixels = torch.empty(1, 3, 1, 608, 640, device="meta", dtype=torch.float16)
+    with torch.no_grad(), LiveTensors() as live:
+        vae.encode(pixels)
+    assert live.peak < memory.vae_encode_bytes(dict(vae.config), 608, 640, tiled) < 1.4 * live.peak
+
+
+# ------------------------------------------------------------------------------------------ plans
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_low_memory_mode_stays_within_6_gb_at_every_640_bucket(variant, fp8):
+    sizes = memory.published_sizes(fp8=fp8)
+    worst = plan_memory(6 * GB, 64 * GB, resolution=640, variant=variant, fp8=fp8, preserve_gb=6)
+    for height, width in BUCKETS_640:
+        plan = plan_memory(6 * GB, 64 * GB, height=height, width=width, window=9, variant=variant, fp8=fp8, preserve_gb=6)
+        assert plan.mode == "low" and plan.fits_gpu, (height, width)
+        assert plan.peak_gpu <= 6 * GB, (height, width, plan.peak_gpu)
+        assert plan.transformer.offload_type == "block_level" and plan.transformer.use_stream
+        assert plan.transformer.resident_blocks == 0 and plan.vae_tiling
+        # The sampling peak counts the streamed weights *and* one section's activations.
+        streamed = sizes["transformer"].remainder + 2 * max(sizes["transformer"].blocks)
+        activations = memory.transformer_activation_bytes(sizes.configs, height, width, 9)
+        sampling = plan.phase("sampling")
+        assert sampling.gpu_bytes >= streamed + activations + memory.GPU_OVERHEAD
+        decode = memory.vae_decode_bytes(sizes.configs.vae, height, width, 18, True)
+        assert plan.phase("decoding").gpu_bytes >= sizes["vae"].total + decode
+        assert plan.peak_gpu <= worst.peak_gpu
+    assert worst.peak_gpu <= 6 * GB
+
+
+def test_high_mode_above_60_gb_free_and_low_mode_otherwise():
+    high = plan_memory(61 * GB, 128 * GB)
+    assert high.mode == "high" and high.fits and not high.vae_tiling
+    everything = memory.published_sizes().total
+    assert 42 * GB < everything < 43 * GB
+    for phase in high.phases:
+        assert len(phase.on_gpu) == 5 and phase.on_cpu == () and phase.gpu_bytes > everything
+        assert phase.ram_bytes < 6 * GB
+    assert high.loading_ram == memory.RAM_OVERHEAD + memory.published_sizes()["transformer"].total
+    for free in (60 * GB, 59 * GB, 24 * GB):
+        low = plan_memory(free, 128 * GB)
+        assert low.mode == "low" and low.transformer.offload_type == "block_level" and low.vae_tiling
+        assert low.text_encoder.offload_type == "block_level"
+        assert low.phase("sampling").on_gpu[0].startswith("transformer, streamed block by block")
+        assert "Llama text encoder" in low.phase("sampling").on_cpu[1]
+    assert plan_memory(None, 128 * GB).mode == "cpu"
+
+
+def test_gpu_memory_to_preserve_decides_how_many_blocks_stay_resident():
+    resident = {}
+    for preserve in (0, 6, 12, 18, 22):
+        plan = plan_memory(24 * GB, 64 * GB, preserve_gb=preserve)
+        assert plan.fits
+        if preserve <= 18:
+            assert plan.transformer_gpu_weights <= 24 * GB - preserve * GB
+        resident[preserve] = plan.transformer.resident_blocks
+    assert resident[0] > resident[6] > resident[12] > resident[18] > resident[22] == 0
+    # Where the weights cannot leave that much free, every block streams (as FramePack does) if it all fits.
+    tight = plan_memory(6 * GB, 64 * GB, preserve_gb=6)
+    assert tight.fits and tight.transformer.resident_blocks == 0 and not tight.transformer.record_stream
+    assert any("less than the 6.0 GB you asked to preserve" in note for note in tight.notes)
+
+
+def test_a_tiny_gpu_does_not_fit_and_the_plan_says_what_to_change():
+    plan = plan_memory(3 * GB, 64 * GB)
+    assert not plan.fits and not plan.fits_gpu and plan.fits_ram
+    assert plan.transformer.offload_type == "leaf_level"  # the smallest footprint was tried
+    text = plan.problem()
+    assert "the GPU needs" in text and "3.0 GB is free" in text
+    suggested = re.search(r"--resolution (\d+) needs ([\d.]+) GB", text)
+    assert suggested and plan_memory(3 * GB, 64 * GB, resolution=int(suggested[1])).fits
+    assert "more GPU memory" in text
+    with pytest.raises(MemoryPlanError, match="--resolution") as raised:
+        check_before_loading(Settings(), memory=DeviceMemory(GPU, "test GPU", 3 * GB, 4 * GB, 64 * GB, 64 * GB))
+    assert raised.value.plan.peak_gpu == plan.peak_gpu
+
+
+def test_too_little_ram_does_not_fit_and_fp8_is_suggested():
+    plan = plan_memory(8 * GB, 40 * GB)
+    assert plan.fits_gpu and not plan.fits_ram
+    assert any(a.startswith("--fp8") and "fits)" in a for a in plan.advice)
+    assert plan_memory(8 * GB, 40 * GB, fp8=True).fits
+    assert any("system memory" in a for a in plan.advice)
+    assert not plan.transformer.pin_memory  # what may need swap is not page-locked
+    assert plan_memory(8 * GB, 64 * GB).transformer.pin_memory
+    ok = check_before_loading(Settings(), fp8=True, memory=DeviceMemory(GPU, "test GPU", 8 * GB, 8 * GB, 40 * GB, 64 * GB))
+    assert ok.fits and ok.fp8
+
+
+@needs_shared
+def test_check_before_loading_sizes_a_local_model_root():
+    here = memory.detect_device("cpu")
+    plan = check_before_loading(Settings(variant="f1", resolution=128), models_dir=TINY_MODELS, memory=here)
+    assert plan.mode == "cpu" and plan.fits
+    assert plan.loading_ram < memory.RAM_OVERHEAD + 0.1 * GB  # the tiny set, not the 13B model
+    with pytest.raises(MemoryPlanError, match="system memory needs"):
+        check_before_loading(Settings(), memory=dataclasses.replace(here, ram_free=8 * GB))  # published, float32
+
+
+def test_loading_holds_one_component_at_a_time_in_high_mode():
+    sizes = memory.published_sizes(fp8=True)
+    high = plan_memory(70 * GB, 128 * GB, fp8=True)
+    # The transformer is loaded in bf16 and cast to fp8 before anything else loads.
+    assert high.loading_ram == memory.RAM_OVERHEAD + sizes.transformer_loaded < memory.RAM_OVERHEAD + sizes.total
+    low = plan_memory(8 * GB, 64 * GB, fp8=True)
+    assert low.loading_ram == memory.RAM_OVERHEAD + sizes.total  # everything stays in RAM in low mode
+
+
+# ------------------------------------------------------------------------------------- the command
+
+
+def check_memory(*argv: str, capsys) -> tuple[int, list[str], str]:
+    parser = argparse.ArgumentParser(prog="framepack")
+    memory.add_check_memory_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["check-memory", *argv])
+    code = args.handler(args)
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err
+
+
+SUMMARY = re.compile(r"^peak GPU (\d+\.\d) GB, peak RAM (\d+\.\d) GB: (fits|does not fit)$")
+
+
+def test_check_memory_prints_the_plan_and_exits_0_when_it_fits(capsys):
+    code, lines, _ = check_memory("--vram", "6", "--ram", "64", capsys=capsys)
+    assert code == 0
+    plan = plan_memory(6 * GB, 64 * GB)
+    match = SUMMARY.match(lines[-1])
+    assert match and match[3] == "fits"
+    assert float(match[1]) == round(plan.peak_gpu / GB, 1) and float(match[2]) == round(plan.peak_ram / GB, 1)
+    text = "\n".join(lines)
+    assert "Mode: low" in text
+    for phase in ("text encoding", "image encoding", "sampling", "decoding", "loading"):
+        assert f"  {phase}: " in text
+
+
+def test_check_memory_exits_1_with_advice_when_it_does_not_fit(capsys):
+    code, lines, _ = check_memory("--vram", "3", "--ram", "64", "--resolution", "640", "--variant", "f1", capsys=capsys)
+    assert code == 1
+    assert SUMMARY.match(lines[-1])[3] == "does not fit"
+    assert any("--resolution" in line for line in lines) and any("--fp8" in line for line in lines)
+    code, lines, _ = check_memory(
+        "--vram", "80", "--ram", "128", "--height", "544", "--width", "704", "--fp8", capsys=capsys
+    )
+    assert code == 0 and "Mode: high" in "\n".join(lines) and "544x704" in "\n".join(lines)
+
+
+def test_check_memory_rejects_bad_sizes(capsys):
+    code, lines, err = check_memory("--vram", "6", "--height", "100", "--width", "64", capsys=capsys)
+    assert code == 2 and lines == []
+    assert "multiple of 16" in err
+
+
+def test_detect_device_on_this_machine():
+    found = memory.detect_device("cpu")
+    assert found.device.type == "cpu" and found.vram_free is None
+    if found.ram_total is not None:
+        assert 0 < found.ram_free <= found.ram_total
+
+
+# ---------------------------------------------------------------------------------------- placement
+
+
+def low_plan_on_cpu(models, **changes) -> memory.MemoryPlan:
+    """A low-memory plan whose "GPU" is the CPU, so group offloading can be installed and run here."""
+    sizes = ModelSizes.of(models)
+    plan = plan_memory(1 * GB, 64 * GB, device="cpu", mode="low", sizes=sizes, fp8=sizes.fp8, height=128, width=128)
+    return dataclasses.replace(plan, transformer=dataclasses.replace(plan.transformer, **changes))
+
+
+def group_hook(module: torch.nn.Module):
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry.get_hook("group_offloading") if registry is not None else None
+
+
+@needs_shared
+def test_low_mode_streams_the_transformer_and_llama_and_tiles_the_vae(fresh_models):
+    models = fresh_models()
+    transformer = models.transformer
+    inputs = transformer_inputs(transformer, 128, 128, 3)
+    with torch.no_grad():
+        reference = transformer(**inputs)[0]
+        prompt = encode_prompt(models, "a cat walks")
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+    placement = apply_plan(models, low_plan_on_cpu(models, resident_blocks=0))
+    assert all(group_hook(b) is not None for b in blocks)
+    assert group_hook(transformer) is not None  # the embedders and the head move as one group
+    assert all(group_hook(layer) is not None for layer in models.text_encoder.layers)
+    assert models.vae.use_tiling and placement.device.type == "cpu"
+    assert execution_device(transformer).type == "cpu"
+    with torch.no_grad():
+        assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
+        streamed_prompt = encode_prompt(models, "a cat walks")
+    assert torch.allclose(streamed_prompt.llama, prompt.llama, rtol=0, atol=1e-6)
+    assert torch.equal(streamed_prompt.clip_pooler, prompt.clip_pooler)
+
+    # A new plan re-places the transformer: the first block now stays resident, without hooks.
+    apply_plan(models, low_plan_on_cpu(models, resident_blocks=1))
+    assert group_hook(blocks[0]) is None and all(group_hook(b) is not None for b in blocks[1:])
+    assert len(transformer.transformer_blocks) == transformer.config["num_layers"]  # the lists are whole again
+    with torch.no_grad():
+        assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
+
+    apply_plan(models, low_plan_on_cpu(models, offload_type="leaf_level"))
+    linears = [m for m in transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(group_hook(m) is not None for m in linears)
+    assert all(group_hook(b) is None for b in blocks)
+    with torch.no_grad():
+        assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
+
+
+@needs_shared
+def test_fp8_keeps_the_float32_head_and_stays_close(fresh_models):
+    models = fresh_models("f1")
+    transformer = models.transformer
+    inputs = transformer_inputs(transformer, 128, 128, 3)
+    with torch.no_grad():
+        reference = transformer(**inputs)[0]
+    plan = dataclasses.replace(low_plan_on_cpu(models), fp8=True)
+    apply_plan(models, plan)
+    assert memory.has_fp8(transformer) and transformer.dtype == torch.float32
+    assert transformer.transformer_blocks[0].attn.to_q.weight.dtype == memory.FP8
+    assert transformer.transformer_blocks[0].norm1.linear.weight.dtype == torch.float32  # modulation skipped
+    assert {p.dtype for m in (transformer.norm_out, transformer.proj_out) for p in m.parameters()} == {torch.float32}
+    with torch.no_grad():
+        out = transformer(**inputs)[0]
+    assert out.dtype == torch.float32 and not torch.equal(out, reference)
+    error = (out - reference).norm() / reference.norm()
+    assert error < 0.1, error  # 3 mantissa bits: a few percent
+    assert all(group_hook(b) is not None for b in transformer.transformer_blocks)
+
+
+@needs_shared
+def test_phase_moves_modules_for_the_block_and_restores_them(fresh_models):
+    models = fresh_models()
+    vae, clip = models.vae, models.text_encoder_2
+    before = {name: p.data_ptr() for name, p in vae.named_parameters()}
+    # The meta device stands in for a GPU: it proves the move and that nothing is copied back.
+    placement = Placement(dataclasses.replace(low_plan_on_cpu(models), device="meta"))
+    with placement.phase(vae, clip):
+        assert {p.device.type for p in [*vae.parameters(), *clip.parameters()]} == {"meta"}
+    assert {p.device.type for p in [*vae.parameters(), *clip.parameters()]} == {"cpu"}
+    assert {name: p.data_ptr() for name, p in vae.named_parameters()} == before
+
+    with pytest.raises(RuntimeError, match="boom"), on_device(vae, "meta"):
+        raise RuntimeError("boom")
+    assert {p.device.type for p in vae.parameters()} == {"cpu"}
+
+    apply_plan(models, low_plan_on_cpu(models))
+    llama = models.text_encoder
+    with Placement(dataclasses.replace(low_plan_on_cpu(models), device="meta")).phase(llama):
+        assert {p.device.type for p in llama.parameters()} == {"cpu"}  # streamed modules move themselves
+    high = Placement(dataclasses.replace(low_plan_on_cpu(models), mode="high", device="meta"))
+    with high.phase(vae):
+        assert {p.device.type for p in vae.parameters()} == {"cpu"}  # nothing to do: all resident already
+
+
+@needs_shared
+def test_replan_follows_a_jobs_gpu_memory_to_preserve(fresh_models):
+    models = fresh_models()
+    transformer = models.transformer
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    inputs = transformer_inputs(transformer, 128, 128, 3)
+    with torch.no_grad():
+        reference = transformer(**inputs)[0]
+    placement = apply_plan(models, low_plan_on_cpu(models))
+    assert all(group_hook(b) is not None for b in blocks)
+
+    # Nothing to preserve: every (tiny) block fits beside the activations and stays resident.
+    roomy = memory.replan(models, placement, Settings(resolution=128, gpu_memory_preservation=0), vram_free=1 * GB)
+    assert roomy.plan.transformer.resident_blocks == len(blocks)
+    assert all(group_hook(b) is None for b in blocks) and group_hook(transformer) is not None
+    with torch.no_grad():
+        assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
+
+    # Preserving more than there is: every block streams again.
+    tight = memory.replan(models, roomy, Settings(resolution=128, gpu_memory_preservation=6), vram_free=1 * GB)
+    assert tight.plan.transformer.resident_blocks == 0 and all(group_hook(b) is not None for b in blocks)
+    with pytest.raises(MemoryPlanError, match="the GPU needs"):
+        memory.replan(models, tight, Settings(resolution=128), vram_free=1000)
+    with torch.no_grad():
+        assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
