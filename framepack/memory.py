@@ -44,7 +44,7 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PRO
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
 from .conditioning import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH, buckets
-from .models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, ModelSet, resolve_dtypes
+from .models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, ModelSet, ModelSource, resolve_dtypes
 from .packing import CONTEXT_1X, CONTEXT_2X, CONTEXT_4X
 from .settings import VARIANTS, Settings, SettingsError
 
@@ -203,11 +203,15 @@ class ModelConfigs:
 
     @classmethod
     def from_folder(cls, root: str | os.PathLike, variant: str = "original") -> ModelConfigs:
-        """Read the config.json files of a local model root laid out like the hub repos (see ModelSource)."""
-        root = Path(root)
+        """Read the config.json files of a local model root laid out like the hub repos (see ModelSource).
 
-        def read(*parts: str) -> dict[str, Any]:
-            return json.loads((root.joinpath(*parts) / "config.json").read_text())
+        A missing folder raises ModelsMissingError with the same message loading would give.
+        """
+        source = ModelSource(models_dir=root)
+
+        def read(repo: str, subfolder: str = "") -> dict[str, Any]:
+            folder = source.folder(repo, (subfolder,) if subfolder else ())
+            return json.loads((folder / subfolder / "config.json").read_text())
 
         return cls(
             transformer=read(TRANSFORMER_REPOS[variant]),

@@ -191,14 +191,15 @@ def test_cancelling_an_api_call_stops_its_job(app_server):  # noqa: F811
 def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, capsys: pytest.CaptureFixture):
     auth_file = tmp_path / "logins.txt"
     auth_file.write_text("# team\nana:secret1\n\nbo:pa:ss\n")
-    args = ui.parse_args(["--share", "--outputs", str(tmp_path / "out"), "--auth", "me:pw", "--auth-file", str(auth_file)])
+    out = ["--outputs", str(tmp_path / "out"), "--models", str(MODELS)]
+    args = ui.parse_args(["--share", *out, "--auth", "me:pw", "--auth-file", str(auth_file)])
     assert args.credentials == [("me", "pw"), ("ana", "secret1"), ("bo", "pa:ss")]
     protected = ui.create_app("original", args)
     protected.worker.close()
     assert protected.launch_kwargs["auth"] == args.credentials
     assert "anyone with the link" not in capsys.readouterr().err
 
-    open_app = ui.create_app("f1", ui.parse_args(["--share", "--outputs", str(tmp_path / "out")]))
+    open_app = ui.create_app("f1", ui.parse_args(["--share", *out]))
     open_app.worker.close()
     assert "anyone with the link can use" in capsys.readouterr().err
     assert open_app.launch_kwargs["allowed_paths"] == [str((tmp_path / "out").resolve())]
