@@ -716,6 +716,24 @@ def plan_memory(
     return plan
 
 
+def plan_for_settings(
+    settings: Settings, vram_free: int | None, ram_free: int | None, **options: Any
+) -> MemoryPlan:
+    """`plan_memory` for a job's settings (size, window, variant, GPU memory to preserve, dtype)."""
+    return plan_memory(
+        vram_free,
+        ram_free,
+        resolution=settings.resolution,
+        height=settings.height,
+        width=settings.width,
+        window=settings.latent_window_size,
+        variant=settings.variant,
+        preserve_gb=settings.gpu_memory_preservation,
+        dtype=settings.dtype,
+        **options,
+    )
+
+
 def _phase(name: str, gpu: dict[str, int], cpu: dict[str, int], gpu_extra: int, ram_extra: int) -> PhasePlan:
     """A phase from {description: bytes} of what is on each side plus activations/overheads."""
     return PhasePlan(
@@ -1165,20 +1183,7 @@ def check_before_loading(
     if models_dir is not None:
         configs = ModelConfigs.from_folder(models_dir, settings.variant)
         sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8)
-    plan = plan_memory(
-        memory.vram_free,
-        memory.ram_free,
-        resolution=settings.resolution,
-        height=settings.height,
-        width=settings.width,
-        window=settings.latent_window_size,
-        variant=settings.variant,
-        fp8=fp8,
-        preserve_gb=settings.gpu_memory_preservation,
-        device=memory.device,
-        dtype=settings.dtype,
-        sizes=sizes,
-    )
+    plan = plan_for_settings(settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes)
     if not plan.fits:
         raise MemoryPlanError(plan)
     return plan
@@ -1231,18 +1236,7 @@ def run_check_memory(args: argparse.Namespace) -> int:
         # A given amount means a GPU of that much free memory (CUDA unless --device says otherwise); 0 means none.
         vram, device = (int(args.vram * GB), args.device or "cuda") if args.vram > 0 else (None, "cpu")
     ram = int(args.ram * GB) if args.ram is not None else system_ram()[0]
-    plan = plan_memory(
-        vram,
-        ram,
-        resolution=settings.resolution,
-        height=settings.height,
-        width=settings.width,
-        window=settings.latent_window_size,
-        variant=settings.variant,
-        fp8=args.fp8,
-        preserve_gb=settings.gpu_memory_preservation,
-        device=device,
-    )
+    plan = plan_for_settings(settings, vram, ram, fp8=args.fp8, device=device)
     print(plan.report())
     return 0 if plan.fits else 1
 
@@ -1271,19 +1265,8 @@ def replan(
     if vram_free is None and current.mode != "cpu":
         measured = detect_device(device).vram_free
         vram_free = current.vram_free if measured is None else measured + _held_by_us(device)
-    plan = plan_memory(
-        vram_free,
-        current.ram_free,
-        resolution=settings.resolution,
-        height=settings.height,
-        width=settings.width,
-        window=settings.latent_window_size,
-        variant=settings.variant,
-        fp8=current.fp8,
-        preserve_gb=settings.gpu_memory_preservation,
-        device=device,
-        sizes=ModelSizes.of(models),
-        mode=current.mode,
+    plan = plan_for_settings(
+        settings, vram_free, current.ram_free, fp8=current.fp8, device=device, sizes=ModelSizes.of(models), mode=current.mode
     )
     if not plan.fits:
         raise MemoryPlanError(plan)
