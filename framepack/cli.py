@@ -7,14 +7,15 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine import Done, Error, Progress, SectionDone, Status, generate
+from .engine import Done, Error, Event, Progress, SectionDone, Status, find_checkpoint, generate, resume_job
 from .memory import MemoryPlanError, add_check_memory_parser, check_before_loading, run_check_memory
-from .models import ModelSource, ModelsMissingError, load_models
+from .models import ModelSet, ModelSource, ModelsMissingError, load_models
+from .outputs import Checkpoint
 from .attention import ATTENTION_CHOICES
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
 
@@ -40,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", help="what happens in the video")
     gen.add_argument("--negative-prompt", help="used only when --cfg is above 1")
     gen.add_argument("--variant", choices=VARIANTS, help=f"model variant (default {defaults.variant})")
-    gen.add_argument("--models", type=Path, help="local model root laid out like the hub repos (default: hub cache)")
-    gen.add_argument("--hf-cache", type=Path, default=Path("hf_download"), help="hub cache folder (default ./hf_download)")
     gen.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     gen.add_argument("--seconds", type=float, help=f"video length in seconds (default {defaults.total_second_length:g})")
     gen.add_argument("--latent-window-size", type=int, help=f"latent frames per section (default {defaults.latent_window_size})")
@@ -52,20 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--teacache", action=argparse.BooleanOptionalAction, help="TeaCache: faster, slightly worse hands (default on)")
     gen.add_argument("--cache-method", choices=CACHE_METHODS, help="step cache: FramePack's TeaCache or diffusers' First Block Cache")
     gen.add_argument("--cache-threshold", type=float, help="step cache threshold (default 0.15 for TeaCache, 0.05 first_block)")
-    gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
-    gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first section)")
-    gen.add_argument("--fp8", action="store_true", help="store the transformer's weights in 8 bits (less memory)")
     gen.add_argument("--resolution", type=int, help=f"bucket target, 128 to 960 (default {defaults.resolution})")
     gen.add_argument("--height", type=int, help="explicit height, a multiple of 16 (overrides the bucket; needs --width)")
     gen.add_argument("--width", type=int, help="explicit width, a multiple of 16 (overrides the bucket; needs --height)")
     gen.add_argument("--dtype", choices=DTYPES, help="transformer dtype (default float32 on CPU, bfloat16 on GPU)")
     gen.add_argument("--crf", type=int, help=f"MP4 quality, 0 best to 51 worst (default {defaults.mp4_crf})")
     gen.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where files go (default ./outputs)")
-    gen.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     gen.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    res = commands.add_parser("resume", help="finish a stopped or killed job, exactly as if it had not stopped")
+    res.add_argument("path", type=Path, help="the job's manifest (.json), video (.mp4) or checkpoint")
+    for command in (gen, res):
+        add_runtime_options(command)
     add_check_memory_parser(commands)
     return parser
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from and how they run: shared by every command that generates."""
+    add = parser.add_argument
+    add("--models", type=Path, help="local model root laid out like the hub repos (default: hub cache)")
+    add("--hf-cache", type=Path, default=Path("hf_download"), help="hub cache folder (default ./hf_download)")
+    add("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
+    add("--compile", action="store_true", help="torch.compile the transformer blocks (slow first section)")
+    add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (less memory)")
+    add("--quiet", action="store_true", help="no progress bar")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -82,15 +92,44 @@ def run_generate(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         print(f"error: image file not found: {args.image}", file=sys.stderr)
         return 2
+    models = _load(args, settings)
+    if models is None:
+        return 1
+    return _follow(
+        lambda stop: generate(models, settings, args.image, args.output_dir, stop=stop, job_id=args.job_name, previews=False),
+        settings.num_sections * settings.steps,
+        args.quiet,
+    )
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    try:
+        checkpoint = Checkpoint.load(find_checkpoint(args.path))
+        settings = Settings.from_dict(checkpoint.settings)
+    except (SettingsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    models = _load(args, settings)
+    if models is None:
+        return 1
+    remaining = (settings.num_sections - checkpoint.sections_done) * settings.steps
+    return _follow(lambda stop: resume_job(models, args.path, stop=stop, previews=False), remaining, args.quiet)
+
+
+def _load(args: argparse.Namespace, settings: Settings) -> ModelSet | None:
+    """Check memory, then load the models for `settings`; None (after saying why) if that cannot be done."""
     try:
         # The same check as the app's: say what will not fit before loading tens of GB.
         plan = check_before_loading(settings, fp8=args.fp8, device=args.device, models_dir=args.models)
         source = ModelSource(args.models, args.hf_cache)
-        models = load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
+        return load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
     except (ModelsMissingError, MemoryPlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return None
 
+
+def _follow(start: Callable[[threading.Event], Iterator[Event]], total_steps: int, quiet: bool) -> int:
+    """Run a job's event stream with a progress bar; the first Ctrl-C stops it after the current step."""
     stop = threading.Event()
 
     def on_interrupt(signum: int, frame: object) -> None:
@@ -100,16 +139,16 @@ def run_generate(args: argparse.Namespace) -> int:
         print("\nStopping after this step (Ctrl-C again to abort now)...", file=sys.stderr)
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-    bar = tqdm(total=settings.num_sections * settings.steps, disable=args.quiet, unit="step", file=sys.stderr)
+    bar = tqdm(total=total_steps, disable=quiet, unit="step", file=sys.stderr)
     try:
-        for event in generate(models, settings, args.image, args.output_dir, stop=stop, job_id=args.job_name, previews=False):
+        for event in start(stop):
             if isinstance(event, Progress):
                 bar.set_description(f"section {event.section}/{event.sections}")
                 bar.update(1)
             elif isinstance(event, SectionDone):
                 bar.set_postfix_str(f"{event.frames} frames, {event.seconds:.2f} s")
             elif isinstance(event, Status):
-                bar.write(event.message)
+                bar.write(event.message, file=sys.stderr)
             elif isinstance(event, Error):
                 bar.close()
                 print(f"error: {event.message}", file=sys.stderr)
@@ -139,4 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return run_generate(args)
+    if args.command == "resume":
+        return run_resume(args)
     return run_check_memory(args)

@@ -8,13 +8,16 @@ current sampler step and leaves a playable video of the sections that were finis
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import platform
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 from PIL import Image
@@ -32,7 +35,7 @@ from .conditioning import (
 )
 from .memory import MemoryPlanError, replan
 from .models import ModelSet
-from .outputs import JobPaths, new_job_id, save_latents
+from .outputs import Checkpoint, JobPaths, load_latents, new_job_id, save_latents, write_json
 from .packing import LatentHistory, SectionPlan, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
 from .settings import FPS, Settings, SettingsError
@@ -112,10 +115,14 @@ def generate(
     stop: threading.Event | None = None,
     job_id: str | None = None,
     previews: bool = True,
+    resume: Checkpoint | None = None,
 ) -> Iterator[Event]:
-    """Run one job and yield its events; the last one is always `Done` or `Error`."""
+    """Run one job and yield its events; the last one is always `Done` or `Error`.
+
+    With `resume` (a job's checkpoint, see `resume_job`) the job goes on after its last finished section.
+    """
     try:
-        yield from _run(models, settings, image, Path(output_dir), stop or threading.Event(), job_id, previews)
+        yield from _run(models, settings, image, Path(output_dir), stop or threading.Event(), job_id, previews, resume)
     except (SettingsError, ImageError, MemoryPlanError) as exc:
         yield Error(str(exc), exc)
     except torch.OutOfMemoryError as exc:
@@ -129,6 +136,32 @@ def generate(
         yield Error(f"Generation failed: {type(exc).__name__}: {exc}", exc)
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint of the job that `path` (its manifest, video or checkpoint) belongs to."""
+    path = Path(path)
+    stem = path.name.removesuffix(".checkpoint.safetensors").removesuffix(".json").removesuffix(".mp4")
+    checkpoint = JobPaths(path.parent, stem).checkpoint
+    if not checkpoint.is_file():
+        raise SettingsError("resume", f"{path.name} has nothing to resume: no {checkpoint.name} (the job is done or was never started)")
+    return checkpoint
+
+
+def resume_job(
+    models: ModelSet, path: str | Path, *, stop: threading.Event | None = None, previews: bool = True
+) -> Iterator[Event]:
+    """Go on with the stopped or killed job that `path` belongs to, in its own folder, under its own name."""
+    try:
+        checkpoint = Checkpoint.load(find_checkpoint(path))
+    except SettingsError as exc:
+        yield Error(str(exc), exc)
+        return
+    settings = Settings.from_dict(checkpoint.settings)
+    yield from generate(
+        models, settings, checkpoint.image.numpy(), Path(path).parent, stop=stop, job_id=checkpoint.job_id,
+        previews=previews, resume=checkpoint,
+    )  # fmt: skip
+
+
 def _run(
     models: ModelSet,
     settings: Settings,
@@ -137,6 +170,7 @@ def _run(
     stop: threading.Event,
     job_id: str | None,
     previews: bool,
+    resume: Checkpoint | None,
 ) -> Iterator[Event]:
     started = time.perf_counter()
     if models.variant != settings.variant:
@@ -158,24 +192,39 @@ def _run(
     window = settings.latent_window_size
     plans = plan_sections(settings.variant, settings.num_sections, window)
     history = LatentHistory(settings.variant, cond.start_latent, window)
-    assembler = FrameAssembler(overlap=settings.frames_per_section, prepend=history.prepends)
-    video = SegmentedVideo(paths.parts_dir, prepend=history.prepends, fps=FPS, crf=settings.mp4_crf)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    if resume is None:
+        assembler = FrameAssembler(settings.frames_per_section, history.prepends)
+        segments = []
+    else:
+        history.restore([load_latents(paths.section_latents(i)) for i in range(resume.sections_done)])
+        assembler = FrameAssembler(settings.frames_per_section, history.prepends, resume.open_frames, resume.final_frames)
+        segments = [paths.parts_dir / name for name in resume.segments]
+        generator.set_state(resume.rng_state)
+        yield Status(f"Resuming after section {resume.sections_done} of {len(plans)}")
+    video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
     writer = BackgroundVideoWriter(video)
     cache = configure_cache(models.transformer, settings.step_cache, settings.cache_threshold)
-    generator = torch.Generator("cpu").manual_seed(settings.seed)
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
     prompt_inputs = _prompt_inputs(models, cond)
     cache_text = f"{cache.method} (threshold {cache.threshold:g})" if cache else "off"
     yield Status(f"Sampling {len(plans)} sections at {width}x{height}; attention: {models.attention}; step cache: {cache_text}")
 
+    record = JobRecord(paths, settings, models, cache, resume)
+    record.write("running", history.sections_done)
+
     def written(wait: bool = False) -> Iterator[SectionDone]:
-        """Report the sections whose video update is on disk."""
-        for plan, frames, latents, counts in writer.finished(wait):
+        """Report the sections whose video update is on disk, and checkpoint them."""
+        for (plan, frames, latents, counts, checkpoint), segments in writer.finished(wait):
+            checkpoint.segments = [segment.name for segment in segments]
+            checkpoint.save(paths.checkpoint)
+            record.write("running", plan.index + 1)
             yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, latents, counts)
 
-    stopped = False
+    stopped, outcome = False, "failed"
     try:
-        for plan in plans:
+        for plan in plans[history.sections_done :]:
+            section_started = time.perf_counter()
             if cache is not None:
                 cache.reset()
             noise = torch.randn((1, 16, window, height // 8, width // 8), generator=generator, dtype=torch.float32)
@@ -204,22 +253,36 @@ def _run(
                 clip = decode_latents(models.vae, history.add(plan, result))
             final = assembler.add(clip)
             counts = cache.counts() if cache is not None else {}
+            save_latents(paths.section_latents(plan.index), history.newest)
+            checkpoint = Checkpoint(
+                paths.job_id, settings.to_dict(), history.sections_done, generator.get_state(), assembler.open,
+                assembler.final_frames, [], torch.from_numpy(image),
+            )  # fmt: skip
+            record.timings.append(round(time.perf_counter() - section_started, 3))
             # Encoding runs on the writer's thread while the next section samples.
-            writer.submit(final, assembler.open_frames(), paths.video, (plan, assembler.num_frames, result, counts))
+            tag = (plan, assembler.num_frames, result, counts, checkpoint)
+            writer.submit(final, assembler.open_frames(), paths.video, tag)
             if stop.is_set():
                 stopped = not plan.is_last
                 break
         yield from written(wait=True)
+        outcome = "stopped" if stopped else "done"
+    except GeneratorExit:  # the consumer closed the stream: a stop, not a failure
+        outcome = "stopped"
+        raise
     finally:
         # Whatever ends the job (done, stopped, an error, the consumer closing the stream), keep what was made.
         writer.close()
-        video.cleanup()
         sections_done = history.sections_done
         latents_path = save_latents(paths.latents, history.video_latents()) if sections_done else None
+        if outcome == "done":  # nothing left to resume
+            video.cleanup()
+            paths.checkpoint.unlink(missing_ok=True)
+        record.write(outcome, sections_done)
 
     frames = assembler.num_frames
     yield Done(
-        video_path=paths.video if sections_done else None,
+        video_path=paths.video if paths.video.exists() else None,
         latents_path=latents_path,
         frames=frames,
         seconds=frames / FPS,
@@ -229,6 +292,44 @@ def _run(
         attention=models.attention,
         step_cache=settings.step_cache,
     )
+
+
+class JobRecord:
+    """The job's manifest (`<job>.json`): settings, models, runtime, state and timings, rewritten atomically."""
+
+    def __init__(self, paths: JobPaths, settings: Settings, models: ModelSet, cache, resume: Checkpoint | None):
+        self.paths, self.settings, self.models, self.cache = paths, settings, models, cache
+        previous = json.loads(paths.manifest.read_text()) if resume is not None and paths.manifest.is_file() else {}
+        self.timings: list[float] = previous.get("section_seconds", [])
+
+    def write(self, state: str, sections_done: int) -> None:
+        models = self.models
+        write_json(self.paths.manifest, {
+            "state": state,
+            "sections_done": sections_done,
+            "sections": self.settings.num_sections,
+            "settings": self.settings.to_dict(),
+            "seed": self.settings.seed,
+            "variant": self.settings.variant,
+            "models": models.sources,
+            "dtype": str(models.dtype).removeprefix("torch."),
+            "device": str(models.device),
+            "attention": models.attention,
+            "step_cache": {"method": self.cache.method, "threshold": self.cache.threshold} if self.cache else None,
+            "memory_mode": models.placement.plan.mode if models.placement is not None else None,
+            "versions": library_versions(),
+            "section_seconds": self.timings,
+            "video": self.paths.video.name,
+            "latents": self.paths.latents.name,
+        })  # fmt: skip
+
+
+def library_versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "av": av.__version__}  # fmt: skip
 
 
 def phase(models: ModelSet, *modules: torch.nn.Module) -> contextlib.AbstractContextManager:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 
@@ -49,9 +52,27 @@ class JobPaths:
         return self.output_dir / f"{self.job_id}.latents.safetensors"
 
     @property
+    def manifest(self) -> Path:
+        return self.output_dir / f"{self.job_id}.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """The state to resume from; kept until the job is done."""
+        return self.output_dir / f"{self.job_id}.checkpoint.safetensors"
+
+    def section_latents(self, index: int) -> Path:
+        """The latents section `index` (generation order) added to the video, kept for a resume."""
+        return self.parts_dir / f"section_{index:05d}.safetensors"
+
+    @property
     def parts_dir(self) -> Path:
-        """Scratch space for video segments while the job runs; removed when it ends."""
+        """The encoded video segments while the job is unfinished (a resume needs them); removed when it is done."""
         return self.output_dir / f".{self.job_id}.parts"
+
+
+def load_latents(path: str | Path) -> torch.Tensor:
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("latents")
 
 
 def save_latents(path: str | Path, latents: torch.Tensor, metadata: dict[str, str] | None = None) -> Path:
@@ -60,3 +81,62 @@ def save_latents(path: str | Path, latents: torch.Tensor, metadata: dict[str, st
     with atomic_path(path) as tmp:
         save_file({"latents": latents.float().contiguous().cpu()}, str(tmp), metadata=metadata)
     return path
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class Checkpoint:
+    """What a job needs to go on after its last finished section, exactly as if it had not stopped.
+
+    The sections' latents are in the job's parts folder (one file each, written once). `rng_state` is the noise
+    generator after the last section's draw, `open_frames` the float frames a later section still blends into,
+    `segments` the encoded final frames (file names in the parts folder, time order), `image` the resized
+    start image.
+    """
+
+    job_id: str
+    settings: dict[str, Any]
+    sections_done: int
+    rng_state: torch.Tensor
+    open_frames: torch.Tensor
+    final_frames: int
+    segments: list[str]
+    image: torch.Tensor
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {
+            "rng_state": self.rng_state.contiguous(),
+            "open_frames": self.open_frames.float().contiguous(),
+            "image": self.image.contiguous(),
+        }
+        meta = {
+            "job_id": self.job_id,
+            "settings": json.dumps(self.settings),
+            "sections_done": str(self.sections_done),
+            "final_frames": str(self.final_frames),
+            "segments": json.dumps(self.segments),
+        }
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        return cls(
+            job_id=meta["job_id"],
+            settings=json.loads(meta["settings"]),
+            sections_done=int(meta["sections_done"]),
+            final_frames=int(meta["final_frames"]),
+            segments=json.loads(meta["segments"]),
+            **tensors,
+        )

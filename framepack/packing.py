@@ -91,6 +91,7 @@ class LatentHistory:
         self.start_latent = start_latent.float().cpu()
         # The video's latents in time order, one chunk per section; F1's video begins with the start latent.
         self.chunks: list[torch.Tensor] = [] if variant == "original" else [self.start_latent]
+        self.sections_done = 0
 
     @property
     def prepends(self) -> bool:
@@ -101,9 +102,19 @@ class LatentHistory:
     def num_frames(self) -> int:
         return sum(chunk.shape[2] for chunk in self.chunks)
 
+    def restore(self, sections: list[torch.Tensor]) -> None:
+        """Continue from a checkpoint: `sections` are the chunks `add` kept (`newest`), in generation order."""
+        for chunk in sections:
+            if self.prepends:
+                self.chunks.insert(0, chunk.float().cpu())
+            else:
+                self.chunks.append(chunk.float().cpu())
+        self.sections_done = len(sections)
+
     @property
-    def sections_done(self) -> int:
-        return len(self.chunks) - (0 if self.prepends else 1)
+    def newest(self) -> torch.Tensor:
+        """The latents the last section added to the video (with the start latent in the original's last one)."""
+        return self.chunks[0] if self.prepends else self.chunks[-1]
 
     def _edge(self, frames: int, front: bool) -> torch.Tensor:
         """The first (front) or last `frames` latent frames of the video, touching only the chunks needed."""
@@ -136,6 +147,7 @@ class LatentHistory:
         latent in the original's last section), of which one window overlaps the video already decoded.
         """
         generated = generated.float().cpu()
+        self.sections_done += 1
         w = self.window
         if self.prepends:
             if plan.is_last:

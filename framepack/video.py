@@ -68,11 +68,11 @@ class FrameAssembler:
     front; otherwise (F1) after. `add` returns the frames that became final, as uint8.
     """
 
-    def __init__(self, overlap: int, prepend: bool):
+    def __init__(self, overlap: int, prepend: bool, open_frames: torch.Tensor | None = None, final_frames: int = 0):
         self.overlap = overlap
         self.prepend = prepend
-        self.open: torch.Tensor | None = None  # float frames at the growing edge
-        self.final_frames = 0
+        self.open = open_frames  # float frames at the growing edge (a resumed job starts with its earlier ones)
+        self.final_frames = final_frames
 
     def add(self, clip: torch.Tensor) -> np.ndarray:
         if self.open is None:
@@ -151,13 +151,12 @@ class SegmentedVideo:
     """An MP4 that grows section by section: final frames are encoded once into segment files in `parts_dir`,
     and `write` joins them, plus the still-open edge frames, into one playable file."""
 
-    def __init__(self, parts_dir: str | Path, prepend: bool, fps: int = FPS, crf: int = 16):
+    def __init__(self, parts_dir: str | Path, prepend: bool, fps: int = FPS, crf: int = 16, segments: list[Path] = ()):
         self.parts_dir = Path(parts_dir)
         self.prepend = prepend
         self.fps, self.crf = fps, crf
-        self.segments: list[Path] = []  # time order
-        self.frames = 0
-        self._count = 0
+        self.segments: list[Path] = list(segments)  # time order; a resumed job starts with its earlier ones
+        self._count = len(self.segments)
 
     def _encode(self, frames: np.ndarray, name: str) -> Path:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +171,6 @@ class SegmentedVideo:
             self.segments.insert(0, segment)
         else:
             self.segments.append(segment)
-        self.frames += len(frames)
 
     def write(self, path: str | Path, open_frames: np.ndarray, metadata: dict[str, str] | None = None) -> Path:
         """Write the whole video so far to `path`: final segments and the open edge, in time order."""
@@ -190,7 +188,7 @@ class BackgroundVideoWriter:
     """Runs a `SegmentedVideo`'s encoding on its own thread, so it overlaps the next section's sampling.
 
     `submit` queues one update (newly final frames, the open edge, the file to rewrite) and returns at once;
-    `finished` hands back the tags of the updates whose file is written, in order.
+    `finished` hands back, in order, (tag, the segment files of the video then) for each update on disk.
     """
 
     def __init__(self, video: SegmentedVideo):
@@ -205,19 +203,19 @@ class BackgroundVideoWriter:
         self._pending += 1
         self._tasks.put((final_frames, open_frames, path, tag))
 
-    def finished(self, wait: bool = False) -> list[object]:
-        """Tags of completed updates; with `wait`, after all submitted ones complete. Re-raises a writer error."""
-        tags = []
+    def finished(self, wait: bool = False) -> list[tuple[object, list[Path]]]:
+        """Completed updates; with `wait`, after all submitted ones complete. Re-raises a writer error."""
+        results = []
         while self._pending:
             try:
-                tag, error = self._done.get(block=wait)
+                tag, outcome = self._done.get(block=wait)
             except queue.Empty:
                 break
             self._pending -= 1
-            if error is not None:
-                raise error
-            tags.append(tag)
-        return tags
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.append((tag, outcome))
+        return results
 
     def close(self) -> None:
         self._tasks.put(None)
@@ -229,7 +227,7 @@ class BackgroundVideoWriter:
             try:
                 self.video.add_final(final_frames)
                 self.video.write(path, open_frames)
-                self._done.put((tag, None))
+                self._done.put((tag, list(self.video.segments)))
             except (OSError, ValueError, av.FFmpegError) as exc:  # handed to the engine's thread to report
                 self._done.put((tag, exc))
 
