@@ -210,8 +210,7 @@ def _run(
     cache_text = f"{cache.method} (threshold {cache.threshold:g})" if cache else "off"
     yield Status(f"Sampling {len(plans)} sections at {width}x{height}; attention: {models.attention}; step cache: {cache_text}")
 
-    record = JobRecord(paths, settings, models, cache, resume)
-    record.write("running", history.sections_done)
+    record = JobRecord(paths, settings, models, cache, resume)  # written once a section exists
 
     def written(wait: bool = False) -> Iterator[SectionDone]:
         """Report the sections whose video update is on disk, and checkpoint them."""
@@ -278,7 +277,8 @@ def _run(
         if outcome == "done":  # nothing left to resume
             video.cleanup()
             paths.checkpoint.unlink(missing_ok=True)
-        record.write(outcome, sections_done)
+        if sections_done:
+            record.write(outcome, sections_done)
 
     frames = assembler.num_frames
     yield Done(

@@ -109,7 +109,7 @@ def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_s
     video = saved_video(final[MESSAGE])
     assert video.parent == app_server.outputs and probe(video).frames == 25
     job_files = sorted(p.name for p in app_server.outputs.iterdir() if video.stem.split(".")[0] in p.name)
-    assert job_files == [f"{video.stem}.latents.safetensors", video.name]
+    assert job_files == [f"{video.stem}.json", f"{video.stem}.latents.safetensors", video.name]
 
 
 def test_stop_mid_job_leaves_a_playable_video(client: Client):

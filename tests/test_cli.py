@@ -40,7 +40,7 @@ def test_generate_writes_video_and_latents(tmp_path):
     assert (info.frames, info.fps, info.codec, info.pix_fmt) == (4 * (sections * 5 + 1) - 3, 30.0, "h264", "yuv420p")
     tensor = load_file(latents)["latents"]
     assert tensor.shape == (1, 16, sections * 5 + 1, 8, 12) and tensor.dtype == torch.float32
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.latents.safetensors", "clip.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.latents.safetensors", "clip.mp4"]
 
 
 def test_bad_settings_are_reported_without_traceback(tmp_path):

@@ -109,7 +109,10 @@ def test_stop_leaves_a_playable_video_of_finished_sections(tiny_models, tmp_path
     assert sum(isinstance(e, SectionDone) for e in events) == 1
     assert probe(done.video_path).frames == done.frames == 4 * 9 - 3
     assert load_file(done.latents_path)["latents"].shape[2] == 9
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.latents.safetensors", "job.mp4"]
+    # What a resume needs stays: the checkpoint and the encoded parts beside the video, latents and manifest.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".job.parts", "job.checkpoint.safetensors", "job.json", "job.latents.safetensors", "job.mp4"
+    ]  # fmt: skip
 
 
 def test_stop_before_any_section_writes_nothing(tiny_models, tmp_path):
