@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cache import configure_cache
+from .cache import StepCache, configure_cache
 from .conditioning import (
     LLAMA_MAX_TOKENS,
     Conditioning,
@@ -297,7 +297,9 @@ def _run(
 class JobRecord:
     """The job's manifest (`<job>.json`): settings, models, runtime, state and timings, rewritten atomically."""
 
-    def __init__(self, paths: JobPaths, settings: Settings, models: ModelSet, cache, resume: Checkpoint | None):
+    def __init__(
+        self, paths: JobPaths, settings: Settings, models: ModelSet, cache: StepCache | None, resume: Checkpoint | None
+    ):
         self.paths, self.settings, self.models, self.cache = paths, settings, models, cache
         previous = json.loads(paths.manifest.read_text()) if resume is not None and paths.manifest.is_file() else {}
         self.timings: list[float] = previous.get("section_seconds", [])
