@@ -21,7 +21,7 @@ from transformers import (
     CLIPTextModel,
     LlamaModel,
     PreTrainedTokenizerBase,
-    SiglipImageProcessor,
+    SiglipImageProcessorPil,
     SiglipVisionModel,
 )
 
@@ -107,7 +107,7 @@ class ModelSet:
     tokenizer: PreTrainedTokenizerBase
     tokenizer_2: PreTrainedTokenizerBase
     vae: AutoencoderKLHunyuanVideo
-    feature_extractor: SiglipImageProcessor
+    feature_extractor: SiglipImageProcessorPil
     image_encoder: SiglipVisionModel
     transformer: HunyuanVideoFramepackTransformer3DModel
     sources: dict[str, str]
@@ -220,7 +220,8 @@ def load_models(
     logger.info("Loading VAE from %s", hunyuan)
     vae = place("vae", AutoencoderKLHunyuanVideo.from_pretrained(hunyuan / "vae", torch_dtype=encoder_dtype))
     logger.info("Loading image encoder from %s", redux)
-    feature_extractor = SiglipImageProcessor.from_pretrained(redux / "feature_extractor")
+    # The PIL backend, as FramePack ran it: a torchvision-based processor may resize differently.
+    feature_extractor = SiglipImageProcessorPil.from_pretrained(redux / "feature_extractor")
     image_encoder = place("image_encoder", SiglipVisionModel.from_pretrained(redux / "image_encoder", dtype=encoder_dtype))
     backend, _ = set_attention(transformer, attention, device)
     if compile:
