@@ -203,7 +203,8 @@ def _run(
         generator.set_state(resume.rng_state)
         yield Status(f"Resuming after section {resume.sections_done} of {len(plans)}")
     video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
-    writer = BackgroundVideoWriter(video)
+    # The settings travel inside the MP4 too, so a video alone is enough to re-run or vary it.
+    writer = BackgroundVideoWriter(video, {"comment": json.dumps({"framepack": settings.to_dict(), "job": paths.job_id})})
     cache = configure_cache(models.transformer, settings.step_cache, settings.cache_threshold)
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
     prompt_inputs = _prompt_inputs(models, cond)

@@ -140,3 +140,17 @@ class Checkpoint:
             segments=json.loads(meta["segments"]),
             **tensors,
         )
+
+
+def settings_of_output(path: str | Path) -> dict[str, Any]:
+    """The settings a previous output was made with, from its manifest (.json) or its video's metadata (.mp4)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))["settings"]
+        import av  # only needed here; the rest of this module writes files without it
+
+        with av.open(str(path)) as container:
+            return json.loads(container.metadata["comment"])["framepack"]
+    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:  # av's errors are OSErrors
+        raise ValueError(f"{path.name} holds no FramePack settings ({type(exc).__name__})") from None

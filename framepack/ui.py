@@ -20,6 +20,7 @@ from .conditioning import ImageError, load_image
 from .engine import Done, Error, Progress, SectionDone, Status
 from .memory import MemoryPlanError, check_before_loading
 from .models import ModelSource
+from .outputs import settings_of_output
 from .attention import ATTENTION_CHOICES
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
 from .worker import Job, JobEvent, Waiting, Worker
@@ -109,6 +110,25 @@ def event_updates(event: JobEvent) -> Updates:
             state, text = "Finished", f"Finished: {summary}"
         return skip, progress_html(1, state), frames_line(event.frames), str(event.video_path), text
     return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
+
+
+# The page's settings controls, in the order of `/generate`'s parameters after the image.
+PAGE_SETTINGS = (
+    "prompt", "negative_prompt", "seed", "total_second_length", "resolution", "latent_window_size", "steps", "cfg",
+    "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf",
+)  # fmt: skip
+
+
+def previous_settings(path: str | None) -> tuple[Any, ...]:
+    """Updates for the settings controls (then the status line) from a previous output's MP4 or manifest."""
+    if not path:
+        return (*(gr.skip() for _ in PAGE_SETTINGS), gr.skip())
+    try:
+        saved = settings_of_output(path)
+    except ValueError as exc:
+        return (*(gr.skip() for _ in PAGE_SETTINGS), error_message(str(exc)))
+    values = tuple(saved.get(name, gr.skip()) for name in PAGE_SETTINGS)
+    return (*values, f"Loaded the settings of {Path(path).name}; add the start image and press Start.")
 
 
 def image_path(value: Any) -> str | None:
@@ -249,6 +269,11 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
                         0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
                         info="0 is lossless; lower means better quality and larger files.",
                     )  # fmt: skip
+                with gr.Accordion("Load settings from a previous output", open=False):
+                    previous_input = gr.File(
+                        label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
+                        type="filepath", elem_id="fp-previous",
+                    )  # fmt: skip
             with gr.Column():
                 preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
                 progress_output = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
@@ -268,6 +293,9 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
         idle = (gr.update(interactive=True), gr.update(interactive=False))
 
         examples.click(lambda sample: sample[0], [examples], [prompt_input], queue=False, api_visibility="private")
+        previous_input.upload(
+            previous_settings, [previous_input], [*job_inputs[2:], message_output], queue=False, api_visibility="private"
+        )
         start_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
             generate,
             job_inputs,

@@ -191,8 +191,9 @@ class BackgroundVideoWriter:
     `finished` hands back, in order, (tag, the segment files of the video then) for each update on disk.
     """
 
-    def __init__(self, video: SegmentedVideo):
+    def __init__(self, video: SegmentedVideo, metadata: dict[str, str] | None = None):
         self.video = video
+        self.metadata = metadata  # written into every version of the file
         self._tasks: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         self._pending = 0
@@ -226,7 +227,7 @@ class BackgroundVideoWriter:
             final_frames, open_frames, path, tag = task
             try:
                 self.video.add_final(final_frames)
-                self.video.write(path, open_frames)
+                self.video.write(path, open_frames, self.metadata)
                 self._done.put((tag, list(self.video.segments)))
             except (OSError, ValueError, av.FFmpegError) as exc:  # handed to the engine's thread to report
                 self._done.put((tag, exc))

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
-from framepack.engine import Done, Error, SectionDone, generate, resume_job
+from framepack.engine import Done, Error, Progress, SectionDone, generate, resume_job
 from framepack.settings import Settings
 from framepack.video import probe, read_frames
 
@@ -48,7 +48,7 @@ def test_killed_job_resumes_to_the_uninterrupted_video(tmp_path):
 
         job = out / "killed"
         manifest = json.loads((job / "job.json").read_text())
-        assert manifest["state"] == "running" and 2 <= manifest["sections_done"] < 5
+        assert manifest["state"] == "running" and 1 <= manifest["sections_done"] < 5
         assert probe(job / "job.mp4").frames > 0  # what a kill leaves behind plays
 
         resumed = cli("resume", str(job / "job.mp4"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -73,6 +73,7 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
         if isinstance(event, SectionDone):
             manifest = json.loads((tmp_path / "job.json").read_text())
             states.append((manifest["state"], manifest["sections_done"]))
+        if isinstance(event, Progress) and event.section == 2:
             stop.set()
     assert isinstance(event, Done) and event.stopped
     assert states[0] == ("running", 1)
@@ -84,6 +85,8 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
     assert manifest["step_cache"] == {"method": "teacache", "threshold": 0.15}
     assert set(manifest["versions"]) >= {"torch", "diffusers", "transformers"}
     assert len(manifest["section_seconds"]) == event.sections_done
+    embedded = json.loads(probe(tmp_path / "job.mp4").metadata["comment"])
+    assert embedded == {"framepack": settings.to_dict(), "job": "job"}
 
     # The stopped job resumes in place and finishes; the checkpoint and segments are then removed.
     final = list(resume_job(tiny_models("f1"), tmp_path / "job.json", previews=False))[-1]
@@ -92,3 +95,20 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json", "job.latents.safetensors", "job.mp4"]
     nothing = list(resume_job(tiny_models("f1"), tmp_path / "job.json"))
     assert isinstance(nothing[-1], Error) and "nothing to resume" in nothing[-1].message
+
+
+def test_the_app_loads_settings_from_a_previous_output(tiny_models, tmp_path):
+    from framepack import ui
+
+    settings = Settings(variant="f1", total_second_length=1.2, steps=2, height=64, width=96, prompt="jump", seed=5,
+                        cfg=1.5, negative_prompt="still", mp4_crf=20)  # fmt: skip
+    done = list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, job_id="old", previews=False))[-1]
+    assert isinstance(done, Done)
+    for source in (tmp_path / "old.mp4", tmp_path / "old.json"):
+        *values, message = ui.previous_settings(str(source))
+        assert dict(zip(ui.PAGE_SETTINGS, values)) == {name: getattr(settings, name) for name in ui.PAGE_SETTINGS}
+        assert message.startswith("Loaded the settings of old.")
+    not_ours = tmp_path / "other.json"
+    not_ours.write_text("{}")
+    *_, message = ui.previous_settings(str(not_ours))
+    assert message.startswith("**Error:** other.json holds no FramePack settings")
