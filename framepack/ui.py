@@ -192,7 +192,20 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
             yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(str(exc))
             return
 
-        job = worker.submit(settings, image, owner=request.session_hash if request else None)
+        yield from follow(session, worker.submit(settings, image, owner=request.session_hash if request else None))
+
+    def resume(session: Session, previous: Any = None, request: gr.Request | None = None) -> Iterator[Updates]:
+        """Finish a stopped job of this app, named by its video or record; streams like `generate`."""
+        path = image_path(previous)
+        if path is None:
+            message = "no job to resume: drop the video (.mp4) or record (.json) of a stopped job first"
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(message)
+            return
+        name = Path(path).name.removesuffix(".json").removesuffix(".mp4")
+        yield from follow(session, worker.submit_resume(name, owner=request.session_hash if request else None))
+
+    def follow(session: Session, job: Job) -> Iterator[Updates]:
+        """Page updates from a job's events; the job stops when the stream ends for any reason."""
         session.jobs.append(job)
         try:
             yield None, progress_html(0, "Starting"), frames_line(0), None, "Starting"
@@ -269,11 +282,12 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
                         0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
                         info="0 is lossless; lower means better quality and larger files.",
                     )  # fmt: skip
-                with gr.Accordion("Load settings from a previous output", open=False):
+                with gr.Accordion("Previous output: load its settings, or resume it", open=False):
                     previous_input = gr.File(
                         label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
                         type="filepath", elem_id="fp-previous",
                     )  # fmt: skip
+                    resume_button = gr.Button("Resume this job", elem_id="fp-resume")
             with gr.Column():
                 preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
                 progress_output = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
@@ -307,6 +321,15 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
             show_progress="hidden",
         ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
         end_button.click(stop, [session], None, api_name="stop", concurrency_limit=None)
+        resume_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
+            resume,
+            [session, previous_input],
+            job_outputs,
+            api_name="resume",
+            concurrency_limit=MAX_ACTIVE_REQUESTS,
+            preprocess=False,
+            show_progress="hidden",
+        ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
         demo.unload(on_unload)
     demo.queue(max_size=64)
     return demo

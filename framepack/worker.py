@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Done, Error, Event, Status, generate
+from .engine import Done, Error, Event, Status, generate, resume_job
 from .memory import MemoryPlan
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import new_job_id
@@ -39,11 +39,14 @@ JobEvent = Event | Waiting
 class Job:
     """One submitted generation: its inputs, its stop event and the stream of its events."""
 
-    def __init__(self, worker: Worker, settings: Settings, image: np.ndarray, owner: str | None):
+    def __init__(
+        self, worker: Worker, settings: Settings | None, image: np.ndarray | None, owner: str | None, resume: Path | None = None
+    ):
         self.id = new_job_id()
         self.settings = settings
         self.image = image
         self.owner = owner
+        self.resume = resume  # a stopped job's manifest to go on with, instead of settings and image
         self.stop_event = threading.Event()
         self._worker = worker
         self._events: queue.Queue[JobEvent] = queue.Queue()
@@ -91,7 +94,13 @@ class Worker:
 
     def submit(self, settings: Settings, image: np.ndarray, owner: str | None = None) -> Job:
         """Queue a job and return it; iterate `job.events()` for its stream."""
-        job = Job(self, settings, image, owner)
+        return self._queue(Job(self, settings, image, owner))
+
+    def submit_resume(self, job_name: str, owner: str | None = None) -> Job:
+        """Queue the rest of the stopped job `job_name` (a job in this worker's outputs folder)."""
+        return self._queue(Job(self, None, None, owner, resume=self.output_dir / f"{job_name}.json"))
+
+    def _queue(self, job: Job) -> Job:
         with self._cond:
             if self._closed:
                 job._put(Error("The app is shutting down."))
@@ -182,7 +191,10 @@ class Worker:
                 logger.exception("Loading the models failed")
                 yield Error(f"Could not load the models: {type(exc).__name__}: {exc}", exc)
                 return
-        yield from generate(self._models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id)
+        if job.resume is not None:
+            yield from resume_job(self._models, job.resume, stop=job.stop_event)
+        else:
+            yield from generate(self._models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id)
 
 
 def _stopped_before_start() -> Done:

@@ -79,7 +79,7 @@ def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
         "cfg_rescale": 0, "gpu_memory_preservation": 6, "use_teacache": True, "mp4_crf": 16,
     }  # fmt: skip
     assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
-    assert sorted(endpoints) == ["/generate", "/stop"]
+    assert sorted(endpoints) == ["/generate", "/resume", "/stop"]
 
 
 def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_server):  # noqa: F811
@@ -125,6 +125,27 @@ def test_stop_mid_job_leaves_a_playable_video(client: Client):
     assert frames in stopped_frames(total_second_length=2.0)
     assert probe(saved_video(final[MESSAGE])).frames == frames
     assert f"Frames so far: {frames}" in final[INFO]
+
+
+def test_a_stopped_job_resumes_from_the_page(client: Client):
+    job = submit(client, prompt="a dog runs", seed=4, total_second_length=2.0, **FAST)  # 5 sections
+    for update in job:
+        if isinstance(update[VIDEO], str):
+            client.predict(api_name="/stop")
+            break
+    job.result()
+    stopped = saved_video(job.outputs()[-1][MESSAGE])
+    assert probe(stopped).frames in stopped_frames(total_second_length=2.0)
+
+    resumed = client.submit(handle_file(str(stopped)), api_name="/resume")
+    resumed.result()
+    final = resumed.outputs()[-1]
+    assert final[MESSAGE].startswith("Finished"), final[MESSAGE]
+    assert saved_video(final[MESSAGE]) == stopped and probe(stopped).frames == frames_of(total_second_length=2.0)
+
+    nothing = client.submit(handle_file(str(stopped.with_suffix(".json"))), api_name="/resume")
+    nothing.result()
+    assert "nothing to resume" in nothing.outputs()[-1][MESSAGE]
 
 
 def test_stop_from_another_session_does_not_touch_this_job(app_server):  # noqa: F811
