@@ -1,0 +1,78 @@
+"""Hostile inputs: every odd image either makes a video or gets a one-line reason, and nothing is corrupted."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import needs_shared
+from framepack.engine import Done, Error, generate
+from framepack.settings import Settings
+from framepack.video import probe
+
+pytestmark = needs_shared
+
+
+def save(image: Image.Image, path, fmt: str, **kw):
+    image.save(path, format=fmt, **kw)
+    return path
+
+
+def make_inputs(folder):
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    frames = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    animated = folder / "anim.gif"
+    frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:])
+    truncated = folder / "cut.png"
+    truncated.write_bytes(save(photo, io.BytesIO(), "PNG").getvalue()[:200])
+    text = folder / "notes.jpg"
+    text.write_text("hello")
+    return {
+        "png": (save(photo, folder / "a.png", "PNG"), True),
+        "jpeg with exif rotation": (save(photo, folder / "a.jpg", "JPEG", exif=exif.tobytes()), True),
+        "webp": (save(photo, folder / "a.webp", "WEBP"), True),
+        "bmp": (save(photo, folder / "a.bmp", "BMP"), True),
+        "rgba": (save(photo.convert("RGBA"), folder / "rgba.png", "PNG"), True),
+        "grayscale": (save(photo.convert("L"), folder / "gray.png", "PNG"), True),
+        "palette": (save(photo.convert("P"), folder / "pal.png", "PNG"), True),
+        "16-bit": (save(Image.fromarray(np.full((30, 40), 40000, np.uint16)), folder / "deep.png", "PNG"), True),
+        "one pixel": (save(Image.new("RGB", (1, 1), "green"), folder / "dot.png", "PNG"), True),
+        "animated": (animated, True),
+        "very large": (save(Image.new("RGB", (12000, 12000), "white"), folder / "huge.png", "PNG"), True),
+        "truncated": (truncated, False),
+        "not an image": (text, False),
+        "missing": (folder / "nope.png", False),
+    }
+
+
+def test_every_odd_image_works_or_gets_a_reason(tiny_models, tmp_path):
+    inputs = make_inputs(tmp_path)
+    out = tmp_path / "outputs"
+    settings = Settings(variant="f1", total_second_length=0.4, latent_window_size=3, steps=1, resolution=128, prompt="x")
+    for name, (path, works) in inputs.items():
+        events = list(generate(tiny_models("f1"), settings, path, out, job_id=name.replace(" ", "_"), previews=False))
+        last = events[-1]
+        if works:
+            assert isinstance(last, Done), f"{name}: {last}"
+            assert probe(last.video_path).frames == settings.num_frames, name
+        else:
+            assert isinstance(last, Error), name
+            assert "\n" not in last.message and path.name in last.message, last.message
+    # Failed inputs leave nothing behind; every file there is a finished, loadable output.
+    assert {p.suffix for p in out.iterdir()} == {".mp4", ".json", ".safetensors"}
+    assert len(list(out.glob("*.mp4"))) == sum(works for _, works in inputs.values())
+
+
+@pytest.mark.parametrize("prompt", ["", "🎥 Танцующая девушка, 跳舞的女孩 \u202e\x00 ok", "dance " * 400])
+def test_any_prompt(tiny_models, tmp_path, prompt):
+    settings = Settings(variant="f1", total_second_length=0.4, latent_window_size=3, steps=1, resolution=128, prompt=prompt)
+    events = list(generate(tiny_models("f1"), settings, make_inputs(tmp_path)["png"][0], tmp_path / "o", previews=False))
+    assert isinstance(events[-1], Done), events[-1]
+    notices = [e.message for e in events if "longer than 256 tokens" in getattr(e, "message", "")]
+    assert bool(notices) == (len(prompt) > 1000)
