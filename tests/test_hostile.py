@@ -76,3 +76,46 @@ def test_any_prompt(tiny_models, tmp_path, prompt):
     assert isinstance(events[-1], Done), events[-1]
     notices = [e.message for e in events if "longer than 256 tokens" in getattr(e, "message", "")]
     assert bool(notices) == (len(prompt) > 1000)
+
+
+def assert_every_file_usable(folder):
+    """Each video plays, each safetensors file loads and each record parses; no temporary file is left."""
+    import json
+
+    from safetensors.torch import load_file
+
+    for path in folder.iterdir():
+        assert not path.name.endswith(".tmp") and ".tmp." not in path.name, path
+        if path.suffix == ".mp4":
+            assert probe(path).frames > 0
+        elif path.suffix == ".safetensors":
+            assert load_file(path)
+        elif path.suffix == ".json":
+            assert json.loads(path.read_text())["state"] in ("running", "done", "stopped", "failed")
+
+
+@pytest.mark.parametrize("when", ["encoding", "sampling", "decoding", "section written", "last section"])
+def test_stopping_at_any_point_leaves_usable_files(tiny_models, tmp_path, when):
+    import threading
+
+    from framepack.engine import Progress, SectionDone, Status
+
+    settings = Settings(variant="original", total_second_length=1.2, latent_window_size=3, steps=2, resolution=128)
+    triggers = {
+        "encoding": lambda e: isinstance(e, Status) and e.message.startswith("Encoding"),
+        "sampling": lambda e: isinstance(e, Progress) and e.section == 2,
+        "decoding": lambda e: isinstance(e, Status) and e.message.startswith("Decoding section 2"),
+        "section written": lambda e: isinstance(e, SectionDone),
+        "last section": lambda e: isinstance(e, Progress) and e.section == e.sections and e.step == e.steps,
+    }
+    stop = threading.Event()
+    image = make_inputs(tmp_path)["png"][0]
+    out = tmp_path / "outputs"
+    for event in generate(tiny_models("original"), settings, image, out, job_id="job", stop=stop, previews=False):
+        if triggers[when](event):
+            stop.set()
+    assert isinstance(event, Done)
+    if out.exists():
+        assert_every_file_usable(out)
+    if event.video_path is not None:
+        assert probe(event.video_path).frames == event.frames
