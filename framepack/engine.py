@@ -213,13 +213,15 @@ def _run(
 
     record = JobRecord(paths, settings, models, cache, resume)  # written once a section exists
 
-    def written(wait: bool = False) -> Iterator[SectionDone]:
-        """Report the sections whose video update is on disk, and checkpoint them."""
+    def written(wait: bool = False) -> list[SectionDone]:
+        """Checkpoint the sections whose video update is on disk; their events, to report."""
+        events = []
         for (plan, frames, latents, counts, checkpoint), segments in writer.finished(wait):
             checkpoint.segments = [segment.name for segment in segments]
             checkpoint.save(paths.checkpoint)
             record.write("running", plan.index + 1)
-            yield SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, latents, counts)
+            events.append(SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, latents, counts))
+        return events
 
     stopped, outcome = False, "failed"
     try:
@@ -271,7 +273,10 @@ def _run(
         outcome = "stopped"
         raise
     finally:
-        # Whatever ends the job (done, stopped, an error, the consumer closing the stream), keep what was made.
+        # Whatever ends the job (done, stopped, an error, the consumer closing the stream), keep what was made:
+        # the pending video updates and their checkpoints too, so that a failed job can be resumed.
+        if outcome != "done":
+            written(wait=True)
         writer.close()
         sections_done = history.sections_done
         latents_path = save_latents(paths.latents, history.video_latents()) if sections_done else None

@@ -119,3 +119,34 @@ def test_stopping_at_any_point_leaves_usable_files(tiny_models, tmp_path, when):
         assert_every_file_usable(out)
     if event.video_path is not None:
         assert probe(event.video_path).frames == event.frames
+
+
+def test_out_of_gpu_memory_keeps_the_finished_sections(tiny_models, tmp_path):
+    import torch
+
+    from framepack.engine import Progress, resume_job
+
+    models = tiny_models("f1")
+    settings = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, resolution=128)
+    calls = {"n": 0}
+
+    def exhaust_in_section_two(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first call of the second section
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = models.transformer.register_forward_pre_hook(exhaust_in_section_two, with_kwargs=True)
+    try:
+        events = list(generate(models, settings, make_inputs(tmp_path)["png"][0], tmp_path / "o", job_id="job"))
+    finally:
+        handle.remove()
+    error = events[-1]
+    assert isinstance(error, Error) and error.message.startswith("Out of GPU memory")
+    assert "resolution" in error.message and "GPU memory to preserve" in error.message
+    assert max(e.section for e in events if isinstance(e, Progress)) == 1  # it failed as section 2 began
+    assert probe(tmp_path / "o" / "job.mp4").frames == 4 * 3 + 1  # the first F1 section and the start frame
+    assert_every_file_usable(tmp_path / "o")
+
+    # The same models go on working, and the job resumes from its finished section.
+    done = list(resume_job(models, tmp_path / "o" / "job.json", previews=False))[-1]
+    assert isinstance(done, Done) and probe(done.video_path).frames == settings.num_frames
