@@ -1,6 +1,6 @@
 """FramePack: next-frame-section image-to-video generation with a packed, constant-length frame context."""
 
-from .engine import Done, Error, Event, Progress, SectionDone, Status, generate
+from .engine import Done, Error, Event, Progress, SectionDone, Status, generate, resume_job
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .settings import Settings, SettingsError
 
@@ -18,4 +18,5 @@ __all__ = [
     "Status",
     "generate",
     "load_models",
+    "resume_job",
 ]

@@ -57,8 +57,9 @@ class ModelSource:
             object.__setattr__(self, "models_dir", Path(self.models_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
-    def describe(self, repo: str) -> str:
-        return str(self.models_dir / repo) if self.models_dir else f"hub:{repo}"
+    def describe(self, repo: str, folder: Path) -> str:
+        """Where `repo` was read from: the local folder, or the hub repo and the snapshot (revision) cached."""
+        return str(folder) if self.models_dir else f"{repo}@{folder.name}"
 
     def folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path:
         """The local folder holding `repo` (with at least `subfolders`), downloading it if allowed."""
@@ -238,9 +239,9 @@ def load_models(
         image_encoder=image_encoder,
         transformer=transformer,
         sources={
-            "hunyuan": source.describe(HUNYUAN_REPO),
-            "redux": source.describe(REDUX_REPO),
-            "transformer": source.describe(transformer_repo),
+            "hunyuan": source.describe(HUNYUAN_REPO, hunyuan),
+            "redux": source.describe(REDUX_REPO, redux),
+            "transformer": source.describe(transformer_repo, transformer_folder),
         },
         attention=backend,
         compiled=compile,

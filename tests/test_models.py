@@ -135,3 +135,12 @@ def test_dtypes_by_device():
     assert resolve_dtypes(None, torch.device("cuda")) == (torch.bfloat16, torch.float16)
     assert resolve_dtypes("float32", torch.device("cuda")) == (torch.float32, torch.float32)
     assert resolve_dtypes("bfloat16", torch.device("cpu")) == (torch.bfloat16, torch.float16)
+
+
+def test_sources_name_the_hub_revision_or_the_local_folder(tmp_path):
+    from pathlib import Path
+
+    snapshot = Path("hf_download/models--lllyasviel--FramePackI2V_HY/snapshots/0123abcd")
+    assert ModelSource().describe("lllyasviel/FramePackI2V_HY", snapshot) == "lllyasviel/FramePackI2V_HY@0123abcd"
+    local = tmp_path / "lllyasviel" / "FramePackI2V_HY"
+    assert ModelSource(models_dir=tmp_path).describe("lllyasviel/FramePackI2V_HY", local) == str(local)
