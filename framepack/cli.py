@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -12,7 +13,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine import Done, Error, Event, Progress, SectionDone, Status, find_checkpoint, generate, resume_job
+from .engine import (
+    Done,
+    Error,
+    Event,
+    Progress,
+    SectionDone,
+    Status,
+    extend_job,
+    find_checkpoint,
+    generate,
+    resume_job,
+)
 from .memory import MemoryPlanError, add_check_memory_parser, check_before_loading, run_check_memory
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import Checkpoint
@@ -60,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
     res = commands.add_parser("resume", help="finish a stopped or killed job, exactly as if it had not stopped")
     res.add_argument("path", type=Path, help="the job's manifest (.json), video (.mp4) or checkpoint")
+    res.add_argument("--add-seconds", type=float, help="make a finished F1 video this many seconds longer")
     for command in (gen, res):
         add_runtime_options(command)
     add_check_memory_parser(commands)
@@ -103,6 +116,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_resume(args: argparse.Namespace) -> int:
+    if args.add_seconds is not None:
+        return run_extend(args)
     try:
         checkpoint = Checkpoint.load(find_checkpoint(args.path))
         settings = Settings.from_dict(checkpoint.settings)
@@ -114,6 +129,23 @@ def run_resume(args: argparse.Namespace) -> int:
         return 1
     remaining = (settings.num_sections - checkpoint.sections_done) * settings.steps
     return _follow(lambda stop: resume_job(models, args.path, stop=stop, previews=False), remaining, args.quiet)
+
+
+def run_extend(args: argparse.Namespace) -> int:
+    stem = args.path.name.removesuffix(".json").removesuffix(".mp4")
+    try:
+        saved = Settings.from_dict(json.loads((args.path.parent / f"{stem}.json").read_text(encoding="utf-8"))["settings"])
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"error: cannot read the record of {args.path.name}: {exc}", file=sys.stderr)
+        return 2
+    models = _load(args, saved)
+    if models is None:
+        return 1
+    longer = saved.replace(total_second_length=round(saved.total_second_length + args.add_seconds, 6))
+    total_steps = max(0, longer.num_sections - saved.num_sections) * saved.steps
+    return _follow(
+        lambda stop: extend_job(models, args.path, args.add_seconds, stop=stop, previews=False), total_steps, args.quiet
+    )
 
 
 def _load(args: argparse.Namespace, settings: Settings) -> ModelSet | None:

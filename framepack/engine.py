@@ -39,7 +39,7 @@ from .outputs import Checkpoint, JobPaths, load_latents, new_job_id, save_latent
 from .packing import LatentHistory, SectionPlan, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
 from .settings import FPS, Settings, SettingsError
-from .video import BackgroundVideoWriter, FrameAssembler, SegmentedVideo, decode_latents, latent_preview
+from .video import BackgroundVideoWriter, FrameAssembler, SegmentedVideo, decode_latents, latent_preview, trim_mp4
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,59 @@ def resume_job(
     )  # fmt: skip
 
 
+def extend_job(
+    models: ModelSet, path: str | Path, seconds: float, *, stop: threading.Event | None = None, previews: bool = True
+) -> Iterator[Event]:
+    """Make a finished F1 video `seconds` longer, in place, exactly as if it had been made that long at once.
+
+    F1 generates forwards, so its state after the last section can be rebuilt from its outputs: the latents
+    (and the start image stored with them), the noise generator replayed for the sections made, the frames
+    still to blend re-decoded from the last latents, and the video itself cut before those frames.
+    """
+    try:
+        checkpoint, settings, paths = _extension(models, Path(path), seconds)
+    except (SettingsError, OSError, ValueError, KeyError) as exc:
+        yield Error(str(exc) if isinstance(exc, SettingsError) else f"cannot extend {Path(path).name}: {exc}", exc)
+        return
+    yield from generate(
+        models, settings, checkpoint.image.numpy(), paths.output_dir, stop=stop, job_id=paths.job_id,
+        previews=previews, resume=checkpoint,
+    )  # fmt: skip
+
+
+def _extension(models: ModelSet, path: Path, seconds: float) -> tuple[Checkpoint, Settings, JobPaths]:
+    stem = path.name.removesuffix(".latents.safetensors").removesuffix(".json").removesuffix(".mp4")
+    paths = JobPaths(path.parent, stem)
+    manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
+    settings = Settings.from_dict(manifest["settings"])
+    if settings.variant != "f1":
+        raise SettingsError("variant", "only F1 videos can be extended: the original variant generates from the end "
+                            "backwards, so its length is fixed when it starts")  # fmt: skip
+    if manifest["state"] != "done":
+        raise SettingsError("extend", f"{stem} is not finished: resume it first")
+    longer = settings.replace(total_second_length=round(settings.total_second_length + seconds, 6))
+    done = manifest["sections_done"]
+    if longer.num_sections <= done:
+        raise SettingsError("seconds", f"{seconds:g} s is less than half a section; nothing to add")
+    latents, image = load_latents(paths.latents), load_latents(paths.latents, "start_image")
+    w = settings.latent_window_size
+    for index, chunk in enumerate(latents[:, :, 1:].split(w, dim=2)):
+        save_latents(paths.section_latents(index), chunk)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    for _ in range(done):  # the noise the made sections drew
+        torch.randn((1, 16, w, *latents.shape[3:]), generator=generator, dtype=torch.float32)
+    # The frames a next section blends into are the end of the last decoded clip (see LatentHistory.add).
+    with phase(models, models.vae):
+        clip = decode_latents(models.vae, latents[:, :, -2 * w :] if done > 1 else latents)
+    open_frames = clip[:, :, -settings.frames_per_section :]
+    final_frames = 4 * latents.shape[2] - 3 - open_frames.shape[2]
+    trim_mp4(paths.video, paths.parts_dir / "00001.mp4", final_frames)
+    checkpoint = Checkpoint(
+        stem, longer.to_dict(), done, generator.get_state(), open_frames, final_frames, ["00001.mp4"], image
+    )
+    return checkpoint, longer, paths
+
+
 def _run(
     models: ModelSet,
     settings: Settings,
@@ -279,7 +332,8 @@ def _run(
             written(wait=True)
         writer.close()
         sections_done = history.sections_done
-        latents_path = save_latents(paths.latents, history.video_latents()) if sections_done else None
+        start_image = torch.from_numpy(image)
+        latents_path = save_latents(paths.latents, history.video_latents(), start_image) if sections_done else None
         if outcome == "done":  # nothing left to resume
             video.cleanup()
             paths.checkpoint.unlink(missing_ok=True)

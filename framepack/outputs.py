@@ -70,16 +70,20 @@ class JobPaths:
         return self.output_dir / f".{self.job_id}.parts"
 
 
-def load_latents(path: str | Path) -> torch.Tensor:
+def load_latents(path: str | Path, key: str = "latents") -> torch.Tensor:
     with safe_open(str(path), "pt") as f:
-        return f.get_tensor("latents")
+        return f.get_tensor(key)
 
 
-def save_latents(path: str | Path, latents: torch.Tensor, metadata: dict[str, str] | None = None) -> Path:
-    """Save the video's latents (1, 16, T, h, w) as float32 under key `latents`."""
+def save_latents(path: str | Path, latents: torch.Tensor, start_image: torch.Tensor | None = None) -> Path:
+    """Save the video's latents (1, 16, T, h, w) as float32 under key `latents`, and the (resized) start image
+    under `start_image` when given: with both, a finished F1 video can be extended."""
+    tensors = {"latents": latents.float().contiguous().cpu()}
+    if start_image is not None:
+        tensors["start_image"] = start_image.contiguous().cpu()
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file({"latents": latents.float().contiguous().cpu()}, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp))
     return path
 
 

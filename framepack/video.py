@@ -147,6 +147,26 @@ def concat_mp4(parts: list[Path], path: str | Path, metadata: dict[str, str] | N
     return path
 
 
+def trim_mp4(source: str | Path, path: str | Path, frames: int) -> Path:
+    """Copy the first `frames` frames of one of our MP4s without re-encoding; the cut must fall on a keyframe
+    (it does where a segment of ours begins)."""
+    path = Path(path)
+    with av.open(str(source)) as src:
+        stream = src.streams.video[0]
+        packets = [p for p in src.demux(stream) if p.dts is not None]
+        frame_ticks = min(p.duration for p in packets if p.duration)
+        cut = min(p.pts for p in packets) + frames * frame_ticks
+        if not any(p.is_keyframe and p.pts == cut for p in packets):
+            raise ValueError(f"{Path(source).name} has no keyframe at frame {frames}; it cannot be cut without re-encoding")
+        with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            out_stream = out.add_stream_from_template(stream)
+            for packet in packets:
+                if packet.pts < cut:
+                    packet.stream = out_stream
+                    out.mux(packet)
+    return path
+
+
 class SegmentedVideo:
     """An MP4 that grows section by section: final frames are encoded once into segment files in `parts_dir`,
     and `write` joins them, plus the still-open edge frames, into one playable file."""

@@ -112,3 +112,37 @@ def test_the_app_loads_settings_from_a_previous_output(tiny_models, tmp_path):
     not_ours.write_text("{}")
     *_, message = ui.previous_settings(str(not_ours))
     assert message.startswith("**Error:** other.json holds no FramePack settings")
+
+
+def test_a_finished_f1_video_extends_to_the_longer_uninterrupted_video(tiny_models, tmp_path):
+    from framepack.engine import extend_job
+
+    models = tiny_models("f1")
+    short = Settings(variant="f1", total_second_length=2.4, steps=2, height=64, width=96, prompt="run", seed=3)
+    assert isinstance(list(generate(models, short, IMAGE, tmp_path / "ext", job_id="job", previews=False))[-1], Done)
+    longer = short.replace(total_second_length=3.6)
+    assert isinstance(list(generate(models, longer, IMAGE, tmp_path / "one", job_id="job", previews=False))[-1], Done)
+
+    result = run_extend_cli(tmp_path / "ext" / "job.mp4", "1.2")
+    assert result.returncode == 0, result.stderr
+    expected = load_file(tmp_path / "one" / "job.latents.safetensors")["latents"]
+    assert torch.equal(load_file(tmp_path / "ext" / "job.latents.safetensors")["latents"], expected)
+    frames, expected_frames = read_frames(tmp_path / "ext" / "job.mp4"), read_frames(tmp_path / "one" / "job.mp4")
+    assert frames.shape == expected_frames.shape == (longer.num_frames, 64, 96, 3)
+    assert np.abs(frames.astype(float) - expected_frames).mean() < 3
+    manifest = json.loads((tmp_path / "ext" / "job.json").read_text())
+    assert manifest["state"] == "done" and manifest["sections_done"] == 3
+    assert manifest["settings"]["total_second_length"] == longer.total_second_length
+    assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == ["job.json", "job.latents.safetensors", "job.mp4"]
+
+    original = Settings(variant="original", total_second_length=1.2, steps=1, height=64, width=96)
+    list(generate(tiny_models("original"), original, IMAGE, tmp_path / "orig", job_id="job", previews=False))
+    refused = list(extend_job(tiny_models("original"), tmp_path / "orig" / "job.mp4", 1.2))[-1]
+    assert isinstance(refused, Error) and "only F1 videos can be extended" in refused.message
+
+
+def run_extend_cli(path: Path, seconds: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "framepack", "resume", str(path), "--add-seconds", seconds, "--models",
+               str(TINY_MODELS), "--quiet"]  # fmt: skip
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
