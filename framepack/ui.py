@@ -194,15 +194,19 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
 
         yield from follow(session, worker.submit(settings, image, owner=request.session_hash if request else None))
 
-    def resume(session: Session, previous: Any = None, request: gr.Request | None = None) -> Iterator[Updates]:
-        """Finish a stopped job of this app, named by its video or record; streams like `generate`."""
+    def resume(
+        session: Session, previous: Any = None, add_seconds: float = 0, request: gr.Request | None = None
+    ) -> Iterator[Updates]:
+        """Finish a stopped job of this app, named by its video or record, or make a finished F1 video
+        `add_seconds` longer; streams like `generate`."""
         path = image_path(previous)
         if path is None:
             message = "no job to resume: drop the video (.mp4) or record (.json) of a stopped job first"
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(message)
             return
         name = Path(path).name.removesuffix(".json").removesuffix(".mp4")
-        yield from follow(session, worker.submit_resume(name, owner=request.session_hash if request else None))
+        owner = request.session_hash if request else None
+        yield from follow(session, worker.submit_resume(name, owner=owner, add_seconds=float(add_seconds or 0)))
 
     def follow(session: Session, job: Job) -> Iterator[Updates]:
         """Page updates from a job's events; the job stops when the stream ends for any reason."""
@@ -287,6 +291,10 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
                         label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
                         type="filepath", elem_id="fp-previous",
                     )  # fmt: skip
+                    add_seconds_input = gr.Number(
+                        value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add (finished FramePack-F1 videos)",
+                        info="0 finishes a stopped job; more makes a finished F1 video longer.",
+                    )  # fmt: skip
                     resume_button = gr.Button("Resume this job", elem_id="fp-resume")
             with gr.Column():
                 preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
@@ -323,7 +331,7 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
         end_button.click(stop, [session], None, api_name="stop", concurrency_limit=None)
         resume_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
             resume,
-            [session, previous_input],
+            [session, previous_input, add_seconds_input],
             job_outputs,
             api_name="resume",
             concurrency_limit=MAX_ACTIVE_REQUESTS,

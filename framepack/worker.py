@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Done, Error, Event, Status, generate, resume_job
+from .engine import Done, Error, Event, Status, extend_job, generate, resume_job
 from .memory import MemoryPlan
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import new_job_id
@@ -47,6 +47,7 @@ class Job:
         self.image = image
         self.owner = owner
         self.resume = resume  # a stopped job's manifest to go on with, instead of settings and image
+        self.add_seconds = 0.0  # with `resume`: make the finished F1 video this much longer instead
         self.stop_event = threading.Event()
         self._worker = worker
         self._events: queue.Queue[JobEvent] = queue.Queue()
@@ -96,9 +97,12 @@ class Worker:
         """Queue a job and return it; iterate `job.events()` for its stream."""
         return self._queue(Job(self, settings, image, owner))
 
-    def submit_resume(self, job_name: str, owner: str | None = None) -> Job:
-        """Queue the rest of the stopped job `job_name` (a job in this worker's outputs folder)."""
-        return self._queue(Job(self, None, None, owner, resume=self.output_dir / f"{job_name}.json"))
+    def submit_resume(self, job_name: str, owner: str | None = None, add_seconds: float = 0.0) -> Job:
+        """Queue the rest of the stopped job `job_name` (a job in this worker's outputs folder), or with
+        `add_seconds` the extension of that finished F1 job."""
+        job = Job(self, None, None, owner, resume=self.output_dir / f"{job_name}.json")
+        job.add_seconds = add_seconds
+        return self._queue(job)
 
     def _queue(self, job: Job) -> Job:
         with self._cond:
@@ -192,7 +196,10 @@ class Worker:
                 yield Error(f"Could not load the models: {type(exc).__name__}: {exc}", exc)
                 return
         if job.resume is not None:
-            yield from resume_job(self._models, job.resume, stop=job.stop_event)
+            if job.add_seconds > 0:
+                yield from extend_job(self._models, job.resume, job.add_seconds, stop=job.stop_event)
+            else:
+                yield from resume_job(self._models, job.resume, stop=job.stop_event)
         else:
             yield from generate(self._models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id)
 

@@ -147,6 +147,11 @@ def test_a_stopped_job_resumes_from_the_page(client: Client):
     nothing.result()
     assert "nothing to resume" in nothing.outputs()[-1][MESSAGE]
 
+    # This app runs the original variant, whose length is fixed; the reason is shown.
+    refused = client.submit(handle_file(str(stopped)), add_seconds=2, api_name="/resume")
+    refused.result()
+    assert "only F1 videos can be extended" in refused.outputs()[-1][MESSAGE]
+
 
 def test_stop_from_another_session_does_not_touch_this_job(app_server):  # noqa: F811
     owner, other = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
@@ -247,7 +252,14 @@ def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
         assert client.config["title"] == "FramePack-F1"
         final = run(client, prompt="a robot waves", total_second_length=0.4, **FAST)[-1]
         assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == 13
-        assert saved_video(final[MESSAGE]).parent == (tmp_path / "out").resolve()
+        video = saved_video(final[MESSAGE])
+        assert video.parent == (tmp_path / "out").resolve()
+        # A finished F1 video grows by the seconds asked for, in place.
+        extended = client.submit(handle_file(str(video)), add_seconds=0.4, api_name="/resume")
+        extended.result()
+        last = extended.outputs()[-1]
+        assert last[MESSAGE].startswith("Finished"), last[MESSAGE]
+        assert saved_video(last[MESSAGE]) == video and probe(video).frames == 25
     finally:
         proc.terminate()
         proc.wait(timeout=30)
