@@ -331,6 +331,7 @@ def _run(
         if outcome != "done":
             written(wait=True)
         writer.close()
+        configure_cache(models.transformer, None)  # leave the shared transformer without this job's cache
         sections_done = history.sections_done
         start_image = torch.from_numpy(image)
         latents_path = save_latents(paths.latents, history.video_latents(), start_image) if sections_done else None
