@@ -27,7 +27,7 @@ from .engine import (
 )
 from .memory import MemoryPlanError, add_check_memory_parser, check_before_loading, run_check_memory
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
-from .outputs import Checkpoint
+from .outputs import Checkpoint, job_name
 from .attention import ATTENTION_CHOICES
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
 
@@ -132,7 +132,7 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def run_extend(args: argparse.Namespace) -> int:
-    stem = args.path.name.removesuffix(".json").removesuffix(".mp4")
+    stem = job_name(args.path)
     try:
         saved = Settings.from_dict(json.loads((args.path.parent / f"{stem}.json").read_text(encoding="utf-8"))["settings"])
     except (OSError, KeyError, ValueError) as exc:

@@ -35,7 +35,7 @@ from .conditioning import (
 )
 from .memory import MemoryPlanError, replan
 from .models import ModelSet
-from .outputs import Checkpoint, JobPaths, load_latents, new_job_id, save_latents, write_json
+from .outputs import Checkpoint, JobPaths, job_name, load_latents, new_job_id, save_latents, write_json
 from .packing import LatentHistory, SectionPlan, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
 from .settings import FPS, Settings, SettingsError
@@ -139,7 +139,7 @@ def generate(
 def find_checkpoint(path: str | Path) -> Path:
     """The checkpoint of the job that `path` (its manifest, video or checkpoint) belongs to."""
     path = Path(path)
-    stem = path.name.removesuffix(".checkpoint.safetensors").removesuffix(".json").removesuffix(".mp4")
+    stem = job_name(path)
     checkpoint = JobPaths(path.parent, stem).checkpoint
     if not checkpoint.is_file():
         raise SettingsError("resume", f"{path.name} has nothing to resume: no {checkpoint.name} (the job is done or was never started)")
@@ -183,7 +183,7 @@ def extend_job(
 
 
 def _extension(models: ModelSet, path: Path, seconds: float) -> tuple[Checkpoint, Settings, JobPaths]:
-    stem = path.name.removesuffix(".latents.safetensors").removesuffix(".json").removesuffix(".mp4")
+    stem = job_name(path)
     paths = JobPaths(path.parent, stem)
     manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
     settings = Settings.from_dict(manifest["settings"])

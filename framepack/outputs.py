@@ -31,6 +31,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def job_name(path: str | Path) -> str:
+    """The job a file of the outputs folder belongs to: its video, record, latents or checkpoint."""
+    name = Path(path).name
+    for suffix in (".checkpoint.safetensors", ".latents.safetensors", ".json", ".mp4"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def new_job_id() -> str:
     """A sortable, collision-free job name: time of day plus random bits (two app instances may share a folder)."""
     return time.strftime("%y%m%d_%H%M%S") + "_" + secrets.token_hex(3)

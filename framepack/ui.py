@@ -20,7 +20,7 @@ from .conditioning import ImageError, load_image
 from .engine import Done, Error, Progress, SectionDone, Status
 from .memory import MemoryPlanError, check_before_loading
 from .models import ModelSource
-from .outputs import settings_of_output
+from .outputs import job_name, settings_of_output
 from .attention import ATTENTION_CHOICES
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
 from .worker import Job, JobEvent, Waiting, Worker
@@ -204,7 +204,7 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
             message = "no job to resume: drop the video (.mp4) or record (.json) of a stopped job first"
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(message)
             return
-        name = Path(path).name.removesuffix(".json").removesuffix(".mp4")
+        name = job_name(path)
         owner = request.session_hash if request else None
         yield from follow(session, worker.submit_resume(name, owner=owner, add_seconds=float(add_seconds or 0)))
 
