@@ -33,7 +33,8 @@ def main() -> None:
     print(f"{args.variant} at {args.width}x{args.height}, {args.steps} steps/section, models: {args.models.name}")
     print(f"{'cache':>22} {'steps/s':>8} {'blocks run':>11}")
     for label, method, threshold in (("none", None, None), ("teacache 0.15", "teacache", 0.15),
-                                     ("teacache 0.25", "teacache", 0.25), ("first_block 0.05", "first_block", 0.05)):  # fmt: skip
+                                     ("teacache 0.25", "teacache", 0.25), ("magcache 0.1", "magcache", 0.1),
+                                     ("magcache 0.15", "magcache", 0.15), ("first_block 0.05", "first_block", 0.05)):  # fmt: skip
         settings = Settings(variant=args.variant, prompt="a girl dances", total_second_length=args.seconds,
                             steps=args.steps, height=args.height, width=args.width, use_teacache=method is not None,
                             cache_method=method or "teacache", cache_threshold=threshold)  # fmt: skip

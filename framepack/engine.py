@@ -258,7 +258,7 @@ def _run(
     video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
     # The settings travel inside the MP4 too, so a video alone is enough to re-run or vary it.
     writer = BackgroundVideoWriter(video, {"comment": json.dumps({"framepack": settings.to_dict(), "job": paths.job_id})})
-    cache = configure_cache(models.transformer, settings.step_cache, settings.cache_threshold)
+    cache = configure_cache(models.transformer, settings.step_cache, settings.cache_threshold, settings.steps)
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
     prompt_inputs = _prompt_inputs(models, cond)
     cache_text = f"{cache.method} (threshold {cache.threshold:g})" if cache else "off"

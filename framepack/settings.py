@@ -13,7 +13,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 FPS = 30
 MAX_SECONDS = 120.0
-CACHE_METHODS: tuple[str, ...] = ("teacache", "first_block")
+CACHE_METHODS: tuple[str, ...] = ("teacache", "magcache", "first_block")
 
 
 class SettingsError(ValueError):
@@ -30,8 +30,8 @@ class Settings:
 
     `height`/`width` override the bucket chosen from `resolution` when both are given. `dtype` is the
     transformer's compute dtype; `None` picks float32 on CPU and bfloat16 on an accelerator.
-    `use_teacache` turns step caching on; `cache_method` picks FramePack's TeaCache or diffusers' First Block
-    Cache, `cache_threshold` its threshold (None: the method's default, 0.15 for TeaCache).
+    `use_teacache` turns step caching on; `cache_method` picks FramePack's TeaCache, MagCache or diffusers'
+    First Block Cache, `cache_threshold` its threshold (None: the method's default, 0.15 for TeaCache).
     """
 
     variant: Variant = "original"

@@ -38,6 +38,7 @@ MAX_ACTIVE_REQUESTS = 8
 # Gradio copies every version of the growing video and every preview into its temp cache; prune it
 # every 30 minutes of files older than 2 hours (the finished video stays in the outputs folder).
 TEMP_CACHE_PRUNING = (1800, 7200)
+CACHE_LABELS = {"teacache": "TeaCache", "magcache": "MagCache", "first_block": "First Block Cache"}
 
 CSS = """
 .fp-progress { display: flex; flex-direction: column; gap: 6px; padding: 4px 0; }
@@ -248,7 +249,7 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
                 with gr.Group():
                     teacache_input = gr.Checkbox(
                         value=DEFAULTS.use_teacache,
-                        label="Use TeaCache",
+                        label=f"Use {CACHE_LABELS[(job_options or {}).get('cache_method') or 'teacache']}",
                         info="Faster, but hands and fingers may get slightly worse.",
                     )
                     seed_input = gr.Number(value=DEFAULTS.seed, label="Seed", precision=0)
@@ -374,8 +375,8 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
     add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (for GPUs with little memory)")
-    add("--cache-method", choices=CACHE_METHODS, default="teacache", help="what 'Use TeaCache' turns on")
-    add("--cache-threshold", type=float, default=None, help="its threshold (default 0.15 for TeaCache)")
+    add("--cache-method", choices=CACHE_METHODS, default="teacache", help="the step cache the page's checkbox turns on")
+    add("--cache-threshold", type=float, default=None, help="its threshold (default 0.15 teacache, 0.1 magcache, 0.05 first_block)")
     add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
     add("--auth-file", type=Path, metavar="PATH", help="file of user:password lines (# starts a comment)")
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import CASES, needs_shared
 from framepack.attention import ATTENTION_CHOICES, availability, choose_backend, set_attention
-from framepack.cache import configure_cache, has_teacache
+from framepack.cache import FRAMEPACK_MAG_RATIOS, configure_cache, has_teacache
 from framepack.engine import Done, SectionDone, Status, generate
 from framepack.models import compile_blocks
 from framepack.settings import Settings
@@ -70,31 +70,66 @@ def test_compiled_blocks_give_the_same_output(tiny_models):
     assert torch.allclose(transformer(**inputs)[0], reference, atol=1e-6)
 
 
+def hook_names(transformer) -> set[str]:
+    return {name for module in transformer.modules() if hasattr(module, "_diffusers_hook")
+            for name in module._diffusers_hook.hooks}  # fmt: skip
+
+
 @needs_shared
 def test_cache_methods_switch_cleanly(tiny_models):
     transformer = tiny_models("original").transformer
+    inputs = transformer_inputs()
+    reference = transformer(**inputs)[0]
+    hooks_before = hook_names(transformer)
     teacache = configure_cache(transformer, "teacache")
     assert teacache.threshold == 0.15 and has_teacache(transformer)
+    magcache = configure_cache(transformer, "magcache", steps=10)
+    assert magcache.threshold == 0.1 and not has_teacache(transformer) and transformer.is_cache_enabled
     first_block = configure_cache(transformer, "first_block", 0.1)
     assert first_block.method == "first_block" and not has_teacache(transformer) and transformer.is_cache_enabled
     assert configure_cache(transformer, None) is None
     assert not has_teacache(transformer) and not transformer.is_cache_enabled
+    assert hook_names(transformer) == hooks_before
+    assert torch.equal(transformer(**inputs)[0], reference)  # no hook left in the way
     with pytest.raises(ValueError):
         configure_cache(transformer, "magic")
 
 
+def magcache_runs(steps: int, threshold: float, max_skips: int = 3, retention: float = 0.2) -> int:
+    """How many of `steps` calls MagCache lets run the blocks: the rule of the MagCache paper, applied to the
+    published FramePack ratios (interpolated to `steps` by nearest neighbour)."""
+    ratios = [FRAMEPACK_MAG_RATIOS[round(i * 24 / (steps - 1))] for i in range(steps)]
+    runs, ratio, error, skipped = 0, 1.0, 0.0, 0
+    for step in range(steps):
+        if step >= int(retention * steps + 0.5):
+            ratio *= ratios[step]
+            error += abs(1 - ratio)
+            skipped += 1
+            if runs and error <= threshold and skipped <= max_skips:
+                continue
+            ratio, error, skipped = 1.0, 0.0, 0
+        runs += 1
+    return runs
+
+
 @needs_shared
-@pytest.mark.parametrize("method", ["teacache", "first_block"])
+@pytest.mark.parametrize("method", ["teacache", "magcache", "first_block"])
 def test_jobs_run_with_each_cache_and_report_it(tiny_models, tmp_path, method):
-    settings = Settings(variant="f1", total_second_length=1.2, steps=6, height=64, width=96, cache_method=method,
-                        cache_threshold=0.3)  # fmt: skip
+    threshold = {"teacache": 0.3, "magcache": 0.1, "first_block": 0.3}[method]
+    settings = Settings(variant="f1", total_second_length=1.2, steps=12, height=64, width=96, cache_method=method,
+                        cache_threshold=threshold, cfg=2.0)  # fmt: skip
     events = list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, previews=False))
     done = events[-1]
     assert isinstance(done, Done) and done.step_cache == method and done.attention == "sdpa"
-    assert any(isinstance(e, Status) and f"step cache: {method} (threshold 0.3)" in e.message for e in events)
-    section = next(e for e in events if isinstance(e, SectionDone))
-    if method == "teacache":
-        computed, skipped = section.cache_counts["positive"]
-        assert computed + skipped == 6 and skipped >= 1  # a high threshold skips some middle steps
+    assert any(isinstance(e, Status) and f"step cache: {method} (threshold {threshold:g})" in e.message for e in events)
+    counts = next(e for e in events if isinstance(e, SectionDone)).cache_counts
+    assert set(counts) == {"positive", "negative"}  # real CFG: each pass has its own cache
+    for computed, skipped in counts.values():
+        assert computed + skipped == 12
+        if method == "magcache":  # decided by the ratios alone, whatever the weights
+            assert computed == magcache_runs(12, threshold) < 12
+        else:
+            assert skipped >= 1  # a high threshold skips some middle steps
     transformer = tiny_models("f1").transformer  # shared with other callers: the job's cache is gone
     assert not has_teacache(transformer) and not transformer.is_cache_enabled
+    assert not any(name.startswith("framepack_") for name in hook_names(transformer))
