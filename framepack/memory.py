@@ -103,16 +103,24 @@ class DeviceMemory:
     vram_total: int | None
     ram_free: int | None
     ram_total: int | None
+    swap_free: int | None = None
+
+
+def _meminfo() -> dict[str, int] | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    fields = {}
+    for line in meminfo.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = int(value.split()[0]) * 1024  # the kernel reports kB
+    return fields
 
 
 def system_ram() -> tuple[int | None, int | None]:
     """(available, total) system RAM in bytes: /proc/meminfo on Linux, else psutil if installed, else unknown."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        fields = {}
-        for line in meminfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields[key] = int(value.split()[0]) * 1024  # the kernel reports kB
+    fields = _meminfo()
+    if fields is not None:
         return fields.get("MemAvailable"), fields.get("MemTotal")
     try:
         import psutil
@@ -122,21 +130,34 @@ def system_ram() -> tuple[int | None, int | None]:
     return memory.available, memory.total
 
 
+def system_swap() -> int | None:
+    """Free swap (a page file on Windows) in bytes, or None if unknown."""
+    fields = _meminfo()
+    if fields is not None:
+        return fields.get("SwapFree")
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.swap_memory().free
+
+
 def detect_device(device: str | torch.device | None = None) -> DeviceMemory:
     """The device to run on (the best available unless given) with its free and total memory, and free RAM."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device = torch.device(device)
     ram_free, ram_total = system_ram()
+    swap = system_swap()
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        return DeviceMemory(device, torch.cuda.get_device_name(device), free, total, ram_free, ram_total)
+        return DeviceMemory(device, torch.cuda.get_device_name(device), free, total, ram_free, ram_total, swap)
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
         # Apple GPUs share system memory; Metal's recommended working set is the usable share of it.
         total = torch.mps.recommended_max_memory()
         free = total - torch.mps.driver_allocated_memory()
-        return DeviceMemory(device, "Apple GPU", free, total, ram_free, ram_total)
-    return DeviceMemory(torch.device("cpu"), "CPU", None, None, ram_free, ram_total)
+        return DeviceMemory(device, "Apple GPU", free, total, ram_free, ram_total, swap)
+    return DeviceMemory(torch.device("cpu"), "CPU", None, None, ram_free, ram_total, swap)
 
 
 # ----------------------------------------------------------------------------------------------- sizes
@@ -531,7 +552,9 @@ class MemoryPlan:
     """Where everything lives in each phase, the estimated peaks, whether they fit, and what to change if not.
 
     `phases` are text encoding, image encoding, sampling, decoding; loading is `loading_ram`. Peaks are
-    estimates (see the activation functions); "fits" means each peak is at most what is free.
+    estimates (see the activation functions); "fits" means each peak is at most what is free. System memory
+    may count free swap too: FramePack's users run on 32 GB with a page file, since the encoders idle while the
+    transformer samples and the OS pages them out; it is slower, and the plan says so.
     """
 
     mode: str
@@ -553,6 +576,7 @@ class MemoryPlan:
     transformer_blocks: int = 0
     transformer_weights: str = ""
     unified_memory: bool = False
+    swap_free: int | None = None
     advice: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -570,7 +594,12 @@ class MemoryPlan:
 
     @property
     def fits_ram(self) -> bool:
-        return self.ram_free is None or self.peak_ram <= self.ram_free
+        return self.ram_free is None or self.peak_ram <= self.ram_free + (self.swap_free or 0)
+
+    @property
+    def swap_needed(self) -> int:
+        """Bytes of the peak beyond free RAM, to come from swap (0 when RAM alone is enough or unknown)."""
+        return 0 if self.ram_free is None else max(0, self.peak_ram - self.ram_free)
 
     @property
     def fits(self) -> bool:
@@ -592,7 +621,8 @@ class MemoryPlan:
             free = gb(self.vram_free) if self.vram_free is not None else "no GPU memory"
             problems.append(f"the GPU needs {gb(self.peak_gpu)} at peak ({where}) but {free} is free")
         if not self.fits_ram:
-            problems.append(f"system memory needs {gb(self.peak_ram)} at peak but {gb(self.ram_free)} is free")
+            swap = f" (and {gb(self.swap_free)} of swap)" if self.swap_free else ""
+            problems.append(f"system memory needs {gb(self.peak_ram)} at peak but {gb(self.ram_free)} is free{swap}")
         if not problems:
             return ""
         what = f"{self.variant} model at {_describe_sizes(self.frame_sizes)}"
@@ -604,8 +634,9 @@ class MemoryPlan:
         """What check-memory prints: mode, placement per phase, peaks, advice; the summary line last."""
         free_gpu = f"free GPU memory {gb(self.vram_free)}" if self.vram_free is not None else "no GPU"
         free_ram = gb(self.ram_free) if self.ram_free is not None else "unknown"
+        free_swap = gb(self.swap_free) if self.swap_free is not None else "unknown"
         lines = [
-            f"Device: {self.device}; {free_gpu}; free RAM {free_ram} (GB = 10^9 bytes)",
+            f"Device: {self.device}; {free_gpu}; free RAM {free_ram}; free swap {free_swap} (GB = 10^9 bytes)",
             f"Job: {self.variant} variant, {_describe_sizes(self.frame_sizes)}, latent window {self.window}, "
             f"transformer weights {self.transformer_weights}, "
             f"GPU memory to preserve {gb(self.preserve)}",
@@ -640,6 +671,7 @@ def _frame_sizes(resolution: int, height: int | None, width: int | None) -> tupl
 class _Request:
     vram_free: int | None
     ram_free: int | None
+    swap_free: int | None
     resolution: int
     height: int | None
     width: int | None
@@ -669,8 +701,10 @@ def plan_memory(
     sizes: ModelSizes | None = None,
     mode: str | None = None,
     advise: bool = True,
+    swap_free: int | None = None,
 ) -> MemoryPlan:
-    """Plan a job's memory for `vram_free` / `ram_free` bytes free (None: no GPU / RAM unknown).
+    """Plan a job's memory for `vram_free` / `ram_free` bytes free (None: no GPU / RAM unknown), with
+    `swap_free` bytes of swap to fall back on.
 
     Without `height`/`width` the plan covers every aspect bucket of `resolution` (the image decides the
     bucket later). `device` defaults to "cuda" when there is GPU memory, else "cpu". `sizes` defaults to the
@@ -679,7 +713,7 @@ def plan_memory(
     """
     device = torch.device(device if device is not None else "cuda" if vram_free is not None else "cpu")
     request = _Request(
-        vram_free, ram_free, resolution, height, width, window, variant, fp8, int(preserve_gb * GB), device, dtype,
+        vram_free, ram_free, swap_free, resolution, height, width, window, variant, fp8, int(preserve_gb * GB), device, dtype,
         sizes, mode,
     )  # fmt: skip
     transformer_dtype, encoder_dtype = resolve_dtypes(dtype, device)
@@ -710,7 +744,7 @@ def plan_memory(
         phases = tuple(replace(p, ram_bytes=p.ram_bytes + p.gpu_bytes) for p in plan.phases)
         plan = replace(plan, phases=phases, unified_memory=True)
     weights = "fp8 storage" if fp8 else str(sizes.transformer_dtype).removeprefix("torch.")
-    plan = replace(plan, transformer_weights=weights)
+    plan = replace(plan, transformer_weights=weights, swap_free=swap_free)
     if advise:
         plan = replace(plan, advice=_advice(plan, request), notes=plan.notes + _notes(plan))
     return plan
@@ -909,6 +943,11 @@ def _notes(plan: MemoryPlan) -> tuple[str, ...]:
         notes.append("this GPU shares system memory, so GPU figures are counted in RAM too")
     if plan.ram_free is None:
         notes.append("free RAM is unknown (no /proc/meminfo and psutil is not installed); RAM was not checked")
+    elif plan.fits and plan.swap_needed:
+        notes.append(
+            f"{gb(plan.swap_needed)} beyond free RAM will come from swap: it runs, but loading is slower and so "
+            f"is every phase whose weights were paged out (more RAM or --fp8 avoids it)"
+        )
     return tuple(notes)
 
 
@@ -924,7 +963,7 @@ def _advice(plan: MemoryPlan, request: _Request) -> tuple[str, ...]:
             dtype=request.dtype, sizes=request.sizes, mode=request.mode, advise=False,
         )  # fmt: skip
         base.update(changes)
-        return plan_memory(request.vram_free, request.ram_free, **base)
+        return plan_memory(request.vram_free, request.ram_free, swap_free=request.swap_free, **base)
 
     advice = []
     if not request.fp8 and request.sizes is None:  # fp8 sizes are known for the published model
@@ -945,8 +984,8 @@ def _advice(plan: MemoryPlan, request: _Request) -> tuple[str, ...]:
             advice.append(f"free {gb(plan.peak_gpu - plan.vram_free)} more GPU memory (close other programs using the GPU)")
     if not plan.fits_ram:
         advice.append(
-            f"free {gb(plan.peak_ram - plan.ram_free)} more system memory (close programs), or add RAM or swap "
-            f"(with swap it runs, slowly)"
+            f"free {gb(plan.peak_ram - plan.ram_free - (plan.swap_free or 0))} more system memory (close programs), "
+            f"or add RAM or swap (with swap it runs, slowly)"
         )
     if plan.mode == "low" and plan.fits_gpu and not plan.fits_ram:
         advice.append("a GPU with more than 60 GB free keeps the weights out of system memory")
@@ -1183,7 +1222,9 @@ def check_before_loading(
     if models_dir is not None:
         configs = ModelConfigs.from_folder(models_dir, settings.variant)
         sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8)
-    plan = plan_for_settings(settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes)
+    plan = plan_for_settings(
+        settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes, swap_free=memory.swap_free
+    )
     if not plan.fits:
         raise MemoryPlanError(plan)
     return plan
@@ -1200,6 +1241,7 @@ def add_check_memory_parser(subparsers: argparse._SubParsersAction) -> argparse.
     )
     parser.add_argument("--vram", type=float, help="free GPU memory in GB (default: this machine's; 0 = no GPU)")
     parser.add_argument("--ram", type=float, help="free system memory in GB (default: this machine's)")
+    parser.add_argument("--swap", type=float, help="free swap in GB (default: this machine's, or 0 with --ram)")
     parser.add_argument("--resolution", type=int, default=640, help="bucket resolution (default 640: every 640 bucket)")
     parser.add_argument("--height", type=int, help="explicit height, a multiple of 16 (needs --width)")
     parser.add_argument("--width", type=int, help="explicit width, a multiple of 16 (needs --height)")
@@ -1226,8 +1268,8 @@ def run_check_memory(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if (args.vram is not None and args.vram < 0) or (args.ram is not None and args.ram < 0):
-        print("error: --vram and --ram must not be negative", file=sys.stderr)
+    if any(value is not None and value < 0 for value in (args.vram, args.ram, args.swap)):
+        print("error: --vram, --ram and --swap must not be negative", file=sys.stderr)
         return 2
     if args.vram is None:
         detected = detect_device(args.device)
@@ -1236,7 +1278,9 @@ def run_check_memory(args: argparse.Namespace) -> int:
         # A given amount means a GPU of that much free memory (CUDA unless --device says otherwise); 0 means none.
         vram, device = (int(args.vram * GB), args.device or "cuda") if args.vram > 0 else (None, "cpu")
     ram = int(args.ram * GB) if args.ram is not None else system_ram()[0]
-    plan = plan_for_settings(settings, vram, ram, fp8=args.fp8, device=device)
+    # A given --ram describes a machine to plan for, whose swap is unknown unless given too.
+    swap = int(args.swap * GB) if args.swap is not None else 0 if args.ram is not None else system_swap()
+    plan = plan_for_settings(settings, vram, ram, fp8=args.fp8, device=device, swap_free=swap)
     print(plan.report())
     return 0 if plan.fits else 1
 
@@ -1266,8 +1310,9 @@ def replan(
         measured = detect_device(device).vram_free
         vram_free = current.vram_free if measured is None else measured + _held_by_us(device)
     plan = plan_for_settings(
-        settings, vram_free, current.ram_free, fp8=current.fp8, device=device, sizes=ModelSizes.of(models), mode=current.mode
-    )
+        settings, vram_free, current.ram_free, fp8=current.fp8, device=device, sizes=ModelSizes.of(models),
+        mode=current.mode, swap_free=current.swap_free,
+    )  # fmt: skip
     if not plan.fits:
         raise MemoryPlanError(plan)
     if plan.transformer != current.transformer:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,6 +343,22 @@ def test_too_little_ram_does_not_fit_and_fp8_is_suggested():
     assert ok.fits and ok.fp8
 
 
+def test_swap_makes_up_for_missing_ram_and_the_plan_says_so():
+    short = plan_memory(8 * GB, 32 * GB)
+    assert not short.fits_ram and short.swap_needed == short.peak_ram - 32 * GB > 0
+    assert "more system memory" in short.problem()
+    with_swap = plan_memory(8 * GB, 32 * GB, swap_free=short.swap_needed)
+    assert with_swap.fits and with_swap.peak_ram == short.peak_ram
+    assert any(f"{with_swap.swap_needed / GB:.1f} GB beyond free RAM will come from swap" in n for n in with_swap.notes)
+    assert not with_swap.transformer.pin_memory  # page-locked memory could not be paged out
+    too_little = plan_memory(8 * GB, 32 * GB, swap_free=short.swap_needed - GB)
+    assert not too_little.fits and "of swap)" in too_little.problem()
+    assert any(a.startswith("free 1.0 GB more system memory") for a in too_little.advice)
+    assert plan_memory(8 * GB, 64 * GB, swap_free=100 * GB).swap_needed == 0
+    memory_with_swap = DeviceMemory(GPU, "test GPU", 8 * GB, 8 * GB, 32 * GB, 32 * GB, short.swap_needed)
+    assert check_before_loading(Settings(), memory=memory_with_swap).fits
+
+
 @needs_shared
 def test_check_before_loading_sizes_a_local_model_root():
     here = memory.detect_device("cpu")
@@ -400,6 +417,16 @@ def test_check_memory_exits_1_with_advice_when_it_does_not_fit(capsys):
     assert code == 0 and "Mode: high" in "\n".join(lines) and "544x704" in "\n".join(lines)
 
 
+def test_check_memory_counts_swap_only_when_told(capsys):
+    code, lines, _ = check_memory("--vram", "8", "--ram", "32", capsys=capsys)  # --ram alone: no swap
+    assert code == 1 and "free swap 0.0 GB" in lines[0]
+    code, lines, _ = check_memory("--vram", "8", "--ram", "32", "--swap", "24", capsys=capsys)
+    assert code == 0 and SUMMARY.match(lines[-1])[3] == "fits"
+    assert any("will come from swap" in line for line in lines)
+    code, _, err = check_memory("--swap", "-1", capsys=capsys)
+    assert code == 2 and "must not be negative" in err
+
+
 def test_check_memory_rejects_bad_sizes(capsys):
     code, lines, err = check_memory("--vram", "6", "--height", "100", "--width", "64", capsys=capsys)
     assert code == 2 and lines == []
@@ -411,6 +438,8 @@ def test_detect_device_on_this_machine():
     assert found.device.type == "cpu" and found.vram_free is None
     if found.ram_total is not None:
         assert 0 < found.ram_free <= found.ram_total
+    if Path("/proc/meminfo").is_file():
+        assert found.swap_free is not None and found.swap_free >= 0
 
 
 # ---------------------------------------------------------------------------------------- placement
