@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import av
@@ -269,9 +270,7 @@ def _run(
     def written(wait: bool = False) -> list[SectionDone]:
         """Checkpoint the sections whose video update is on disk; their events, to report."""
         events = []
-        for (plan, frames, latents, counts, checkpoint), segments in writer.finished(wait):
-            checkpoint.segments = [segment.name for segment in segments]
-            checkpoint.save(paths.checkpoint)
+        for (plan, frames, latents, counts), _ in writer.finished(wait):
             record.write("running", plan.index + 1)
             events.append(SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, latents, counts))
         return events
@@ -315,8 +314,9 @@ def _run(
             )  # fmt: skip
             record.timings.append(round(time.perf_counter() - section_started, 3))
             # Encoding runs on the writer's thread while the next section samples.
-            tag = (plan, assembler.num_frames, result, counts, checkpoint)
-            writer.submit(final, assembler.open_frames(), paths.video, tag)
+            tag = (plan, assembler.num_frames, result, counts)
+            # The checkpoint follows its section's video update, on the writer's thread: off the sampling path.
+            writer.submit(final, assembler.open_frames(), paths.video, tag, partial(checkpoint.save_after, paths.checkpoint))
             if stop.is_set():
                 stopped = not plan.is_last
                 break

@@ -122,9 +122,13 @@ class Checkpoint:
     image: torch.Tensor
 
     def save(self, path: str | Path) -> Path:
+        open_frames = self.open_frames.float()
+        half = open_frames.half()
+        if torch.equal(half.float(), open_frames):
+            open_frames = half  # frames of a float16 VAE (the GPU's): half the bytes, nothing lost
         tensors = {
             "rng_state": self.rng_state.contiguous(),
-            "open_frames": self.open_frames.float().contiguous(),
+            "open_frames": open_frames.contiguous(),
             "image": self.image.contiguous(),
         }
         meta = {
@@ -139,11 +143,17 @@ class Checkpoint:
             save_file(tensors, str(tmp), metadata=meta)
         return path
 
+    def save_after(self, path: str | Path, segments: list[Path]) -> Path:
+        """Save once the video update with these segment files is on disk."""
+        self.segments = [segment.name for segment in segments]
+        return self.save(path)
+
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
             tensors = {key: f.get_tensor(key) for key in f.keys()}
+        tensors["open_frames"] = tensors["open_frames"].float()
         return cls(
             job_id=meta["job_id"],
             settings=json.loads(meta["settings"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,8 +208,9 @@ class SegmentedVideo:
 class BackgroundVideoWriter:
     """Runs a `SegmentedVideo`'s encoding on its own thread, so it overlaps the next section's sampling.
 
-    `submit` queues one update (newly final frames, the open edge, the file to rewrite) and returns at once;
-    `finished` hands back, in order, (tag, the segment files of the video then) for each update on disk.
+    `submit` queues one update (newly final frames, the open edge, the file to rewrite, and what to do once
+    it is on disk, called on the writer's thread with the segment files) and returns at once; `finished`
+    hands back, in order, (tag, the segment files of the video then) for each update done.
     """
 
     def __init__(self, video: SegmentedVideo, metadata: dict[str, str] | None = None):
@@ -220,9 +222,16 @@ class BackgroundVideoWriter:
         self._thread = threading.Thread(target=self._work, name="framepack-video-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, final_frames: np.ndarray, open_frames: np.ndarray, path: Path, tag: object) -> None:
+    def submit(
+        self,
+        final_frames: np.ndarray,
+        open_frames: np.ndarray,
+        path: Path,
+        tag: object,
+        then: Callable[[list[Path]], object] | None = None,
+    ) -> None:
         self._pending += 1
-        self._tasks.put((final_frames, open_frames, path, tag))
+        self._tasks.put((final_frames, open_frames, path, tag, then))
 
     def finished(self, wait: bool = False) -> list[tuple[object, list[Path]]]:
         """Completed updates; with `wait`, after all submitted ones complete. Re-raises a writer error."""
@@ -244,11 +253,14 @@ class BackgroundVideoWriter:
 
     def _work(self) -> None:
         while (task := self._tasks.get()) is not None:
-            final_frames, open_frames, path, tag = task
+            final_frames, open_frames, path, tag, then = task
             try:
                 self.video.add_final(final_frames)
                 self.video.write(path, open_frames, self.metadata)
-                self._done.put((tag, list(self.video.segments)))
+                segments = list(self.video.segments)
+                if then is not None:
+                    then(segments)
+                self._done.put((tag, segments))
             except (OSError, ValueError, av.FFmpegError) as exc:  # handed to the engine's thread to report
                 self._done.put((tag, exc))
 

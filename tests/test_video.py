@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
+from framepack.outputs import Checkpoint
 from framepack.video import (
+    BackgroundVideoWriter,
     FrameAssembler,
     SegmentedVideo,
     blend,
@@ -117,3 +122,34 @@ def test_segmented_video_grows_without_reencoding(tmp_path, prepend):
     assert segments == ["00001.mp4", "00002.mp4", "edge.mp4"]  # each final frame encoded once
     video.cleanup()
     assert not (tmp_path / "parts").exists()
+
+
+def test_background_writer_runs_the_follow_up_on_its_thread_after_the_update(tmp_path):
+    video = SegmentedVideo(tmp_path / "parts", prepend=False)
+    writer = BackgroundVideoWriter(video)
+    seen = []
+
+    def then(segments):
+        seen.append((threading.current_thread().name, [p.name for p in segments], (tmp_path / "video.mp4").is_file()))
+
+    writer.submit(gradient_frames(4, 0), gradient_frames(2, 4), tmp_path / "video.mp4", "first", then)
+    writer.submit(np.zeros((0, 32, 48, 3), np.uint8), gradient_frames(2, 4), tmp_path / "video.mp4", "second")
+    done = writer.finished(wait=True)
+    writer.close()
+    assert [tag for tag, _ in done] == ["first", "second"]
+    assert seen == [("framepack-video-writer", ["00001.mp4"], True)]
+
+
+def test_checkpoint_keeps_float16_frames_in_half_the_bytes_and_others_exactly(tmp_path):
+    def checkpoint(frames):
+        return Checkpoint("job", {}, 1, torch.zeros(4, dtype=torch.uint8), frames, 0, [], torch.zeros(2, 2, 3))
+
+    from_half_vae = torch.randn(1, 3, 5, 8, 8).half().float()
+    full = torch.randn(1, 3, 5, 8, 8)
+    for frames, stored in ((from_half_vae, "F16"), (full, "F32")):
+        path = checkpoint(frames).save_after(tmp_path / "c.safetensors", [tmp_path / "00001.mp4"])
+        with safe_open(str(path), "pt") as f:
+            assert f.get_slice("open_frames").get_dtype() == stored
+        loaded = Checkpoint.load(path)
+        assert loaded.open_frames.dtype == torch.float32 and torch.equal(loaded.open_frames, frames)
+        assert loaded.segments == ["00001.mp4"]
