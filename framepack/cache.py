@@ -3,8 +3,9 @@ diffusers' own MagCache or First Block Cache.
 
 TeaCache watches how much the first block's modulated input changes between steps (rescaled by a polynomial
 fitted for HunyuanVideo). While the accumulated change stays under the threshold the whole block stack is
-skipped and the residual it added last time is reused. diffusers keys the state by the `cache_context` name,
-so the positive ("cond") and negative ("uncond") passes of real CFG keep separate caches.
+skipped and the residual it added last time is reused. MagCache decides the same from calibrated ratios of
+the residual's magnitude between steps, so its skips depend on the step schedule alone. diffusers keys the
+state by the `cache_context` name, so the positive and negative passes of real CFG keep separate caches.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from .conditioning import (
 from .memory import MemoryPlanError, replan
 from .models import ModelSet
 from .outputs import Checkpoint, JobPaths, job_name, load_latents, new_job_id, save_latents, write_json
-from .packing import LatentHistory, SectionPlan, plan_sections
+from .packing import LatentHistory, SectionPlan, join_sections, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
 from .settings import FPS, Settings, SettingsError
 from .video import BackgroundVideoWriter, FrameAssembler, SegmentedVideo, decode_latents, latent_preview, trim_mp4
@@ -334,7 +334,12 @@ def _run(
         configure_cache(models.transformer, None)  # leave the shared transformer without this job's cache
         sections_done = history.sections_done
         start_image = torch.from_numpy(image)
-        latents_path = save_latents(paths.latents, history.video_latents(), start_image) if sections_done else None
+        if sections_done:
+            sections = [load_latents(paths.section_latents(i)) for i in range(sections_done)]
+            video_latents = join_sections(settings.variant, history.start_latent, sections)
+            latents_path = save_latents(paths.latents, video_latents, start_image)
+        else:
+            latents_path = None
         if outcome == "done":  # nothing left to resume
             video.cleanup()
             paths.checkpoint.unlink(missing_ok=True)

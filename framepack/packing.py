@@ -78,38 +78,46 @@ class PackedContext:
 
 
 class LatentHistory:
-    """The generated latents of one job in time order, and the context each section sees.
+    """The growing edge of one job's latents, and the context each section sees.
 
     Where the history is shorter than the context it is padded with zero frames: after the video for the
     original variant (which grows towards the start), before it for F1 (which grows towards the end).
-    Sections are kept as separate chunks so that adding one costs the same however long the video is.
+    Sections are kept as separate chunks, and only those a later section packs into its context or decodes,
+    so adding one costs the same time and memory however long the video is (the engine keeps every
+    section's latents on disk; `join_sections` puts them together).
     """
 
     def __init__(self, variant: str, start_latent: torch.Tensor, window: int):
         self.variant = variant
         self.window = window
         self.start_latent = start_latent.float().cpu()
-        # The video's latents in time order, one chunk per section; F1's video begins with the start latent.
+        # The edge of the video's latents in time order, one chunk per section; F1's video begins with the
+        # start latent.
         self.chunks: list[torch.Tensor] = [] if variant == "original" else [self.start_latent]
         self.sections_done = 0
+        # The most a later section reads: its context, or the two windows (and start latent) it decodes.
+        self.keep = max(CONTEXT_FRAMES, 2 * window + 1)
 
     @property
     def prepends(self) -> bool:
         """Whether new sections go before the existing video (the original's backwards generation)."""
         return self.variant == "original"
 
-    @property
-    def num_frames(self) -> int:
-        return sum(chunk.shape[2] for chunk in self.chunks)
-
     def restore(self, sections: list[torch.Tensor]) -> None:
         """Continue from a checkpoint: `sections` are the chunks `add` kept (`newest`), in generation order."""
         for chunk in sections:
-            if self.prepends:
-                self.chunks.insert(0, chunk.float().cpu())
-            else:
-                self.chunks.append(chunk.float().cpu())
+            self._push(chunk.float().cpu())
         self.sections_done = len(sections)
+
+    def _push(self, chunk: torch.Tensor) -> None:
+        """Add a chunk at the growing edge and forget the chunks beyond `keep` frames from it."""
+        if self.prepends:
+            self.chunks.insert(0, chunk)
+        else:
+            self.chunks.append(chunk)
+        far = -1 if self.prepends else 0
+        while sum(c.shape[2] for c in self.chunks) - self.chunks[far].shape[2] >= self.keep:
+            self.chunks.pop(far)
 
     @property
     def newest(self) -> torch.Tensor:
@@ -152,15 +160,19 @@ class LatentHistory:
         if self.prepends:
             if plan.is_last:
                 generated = torch.cat([self.start_latent, generated], dim=2)
-            self.chunks.insert(0, generated)
+            self._push(generated)
             if plan.index == 0:
                 return generated
             return self._edge(2 * w + (1 if plan.is_last else 0), front=True)
-        self.chunks.append(generated)
+        self._push(generated)
         if plan.index == 0:
-            return self.video_latents()
+            return torch.cat([self.start_latent, generated], dim=2)
         return self._edge(2 * w, front=False)
 
-    def video_latents(self) -> torch.Tensor:
-        """The real latents of the video so far in time order, start latent included where it belongs."""
-        return torch.cat(self.chunks, dim=2)
+
+def join_sections(variant: str, start_latent: torch.Tensor, sections: list[torch.Tensor]) -> torch.Tensor:
+    """A job's video latents in time order from its sections' latents (`LatentHistory.newest` of each, in
+    generation order): F1's video begins with the start latent; the original's last section carries it."""
+    if variant == "original":
+        return torch.cat([s.float() for s in reversed(sections)], dim=2)
+    return torch.cat([start_latent.float(), *(s.float() for s in sections)], dim=2)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import CASE_NAMES, load_case, needs_shared
 from framepack.conditioning import encode_conditioning, load_image, resize_and_center_crop
 from framepack.engine import Done, SectionDone, generate
-from framepack.packing import LatentHistory, plan_sections
+from framepack.packing import LatentHistory, join_sections, plan_sections
 from framepack.settings import Settings
 from framepack.video import FrameAssembler, decode_latents, probe, read_frames
 
@@ -99,11 +99,13 @@ def test_sectioned_decode_of_golden_latents_is_exact(case):
     raw, expected, settings = case["raw"], case["expected"], case["settings"]
     history = LatentHistory(settings.variant, expected["start_latent"], settings.latent_window_size)
     assembler = FrameAssembler(settings.frames_per_section, prepend=history.prepends)
-    final = []
+    final, sections = [], []
     for plan in plan_sections(settings.variant, settings.num_sections, settings.latent_window_size):
         clip = decode_latents(case["models"].vae, history.add(plan, expected[f"section_{plan.index:03d}"]))
         final.append(assembler.add(clip))
-    assert torch.equal(history.video_latents(), expected["video_latents"])
+        sections.append(history.newest)
+    video_latents = join_sections(settings.variant, expected["start_latent"], sections)
+    assert torch.equal(video_latents, expected["video_latents"])
     parts = [assembler.open_frames(), *reversed(final)] if history.prepends else [*final, assembler.open_frames()]
     frames = np.concatenate([p for p in parts if len(p)])
     np.testing.assert_array_equal(frames, expected["video_frames_uint8"].numpy())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framepack.packing import CONTEXT_FRAMES, LatentHistory, original_paddings, plan_sections
+from framepack.packing import CONTEXT_FRAMES, LatentHistory, join_sections, original_paddings, plan_sections
 from framepack.settings import Settings
 
 
@@ -84,7 +84,9 @@ def test_original_history_context_and_decode_ranges():
 
     # The last section gets the start latent prepended and decodes 2 windows + 1.
     assert flat(history.add(plans[2], frames(1, 2))) == [100, 1, 2, 3, 4]
-    assert flat(history.video_latents()) == [100, 1, 2, 3, 4, 5, 6]
+    assert flat(history.newest) == [100, 1, 2]
+    sections = [frames(5, 6), frames(3, 4), history.newest]
+    assert flat(join_sections("original", frames(100), sections)) == [100, 1, 2, 3, 4, 5, 6]
     assert history.sections_done == 3
 
 
@@ -104,14 +106,35 @@ def test_f1_history_context_and_decode_ranges():
     ctx = history.context()
     assert flat(ctx.clean) == [100, 6] and flat(ctx.history_2x) == [4, 5]
     assert flat(ctx.history_4x) == [0] * 12 + [100, 1, 2, 3]
-    assert flat(history.video_latents()) == [100, 1, 2, 3, 4, 5, 6]
+    sections = [frames(1, 2), frames(3, 4), frames(5, 6)]
+    assert flat(join_sections("f1", frames(100), sections)) == [100, 1, 2, 3, 4, 5, 6]
     assert history.sections_done == 3
 
 
-def test_context_holds_only_nineteen_frames_of_a_long_history():
-    history = LatentHistory("original", frames(100), 9)
-    for plan in plan_sections("original", 6, 9):
-        history.add(plan, torch.full((1, 1, 9, 1, 1), float(plan.index)))
-    ctx = history.context()
-    assert ctx.clean.shape[2] + ctx.history_2x.shape[2] + ctx.history_4x.shape[2] == 2 + CONTEXT_FRAMES - 1
-    assert history.video_latents().shape[2] == 6 * 9 + 1
+@pytest.mark.parametrize("variant", ["original", "f1"])
+@pytest.mark.parametrize("window", [1, 4, 9, 16])
+def test_a_long_history_keeps_only_what_later_sections_read(variant, window):
+    """Memory stays flat: the history keeps the context's 19 frames or the 2 windows + 1 a section decodes,
+    and gives the same context and decode ranges as a history that kept everything."""
+    sections = 40
+    history = LatentHistory(variant, torch.full((1, 1, 1, 1, 1), 1000.0), window)
+    made = []
+    for plan in plan_sections(variant, sections, window):
+        made.append(torch.arange(plan.index * window, (plan.index + 1) * window, dtype=torch.float32).view(1, 1, -1, 1, 1))
+        decoded = history.add(plan, made[-1])
+        video = join_sections(variant, history.start_latent, [*made[:-1], history.newest])
+        # The decode range is the growing edge of the whole video, and so is the context.
+        if plan.index > 0:
+            edge = video[:, :, : decoded.shape[2]] if history.prepends else video[:, :, -decoded.shape[2] :]
+            assert torch.equal(decoded, edge)
+        kept = sum(chunk.shape[2] for chunk in history.chunks)
+        assert kept < history.keep + window + 1  # never more than one chunk beyond what is read
+        if len(made) < sections:
+            ctx = history.context()
+            side = video[:, :, : CONTEXT_FRAMES] if history.prepends else video[:, :, -CONTEXT_FRAMES:]
+            packed = torch.cat([ctx.clean[:, :, 1:], ctx.history_2x, ctx.history_4x], dim=2)
+            if not history.prepends:
+                packed = torch.cat([ctx.history_4x, ctx.history_2x, ctx.clean[:, :, 1:]], dim=2)
+            if video.shape[2] >= CONTEXT_FRAMES:
+                assert torch.equal(packed, side)
+    assert join_sections(variant, history.start_latent, made[:-1] + [history.newest]).shape[2] == sections * window + 1
