@@ -268,7 +268,7 @@ def _run(
     record = JobRecord(paths, settings, models, cache, resume)  # written once a section exists
 
     def written(wait: bool = False) -> list[SectionDone]:
-        """Checkpoint the sections whose video update is on disk; their events, to report."""
+        """Record the sections whose video update and checkpoint are on disk; their events, to report."""
         events = []
         for (plan, frames, latents, counts), _ in writer.finished(wait):
             record.write("running", plan.index + 1)
