@@ -944,9 +944,10 @@ def _notes(plan: MemoryPlan) -> tuple[str, ...]:
     if plan.ram_free is None:
         notes.append("free RAM is unknown (no /proc/meminfo and psutil is not installed); RAM was not checked")
     elif plan.fits and plan.swap_needed:
+        remedy = "more RAM" if plan.fp8 else "more RAM or --fp8"
         notes.append(
             f"{gb(plan.swap_needed)} beyond free RAM will come from swap: it runs, but loading is slower and so "
-            f"is every phase whose weights were paged out (more RAM or --fp8 avoids it)"
+            f"is every phase whose weights were paged out ({remedy} avoids it)"
         )
     return tuple(notes)
 
