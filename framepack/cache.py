@@ -172,6 +172,7 @@ _CALLS_HOOK = "framepack_transformer_calls"  # outermost hook on the first block
 _RUNS_HOOK = "framepack_block_stack_runs"  # innermost hook on the last block: calls that ran the whole stack
 
 DEFAULT_THRESHOLDS = {"teacache": 0.15, "magcache": 0.1, "first_block": 0.05}
+DEFAULT_THRESHOLDS_TEXT = ", ".join(f"{threshold:g} {method}" for method, threshold in DEFAULT_THRESHOLDS.items())
 
 
 class StepCache:

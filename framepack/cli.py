@@ -29,6 +29,7 @@ from .memory import MemoryPlanError, add_check_memory_parser, check_before_loadi
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import Checkpoint, job_name
 from .attention import ATTENTION_CHOICES
+from .cache import DEFAULT_THRESHOLDS_TEXT
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
 
 # CLI option -> Settings field, for options whose names differ. Options left out keep the Settings default.
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg-rescale", type=float, help=f"CFG re-scale 0..1 (default {defaults.cfg_rescale:g})")
     gen.add_argument("--teacache", action=argparse.BooleanOptionalAction, help="TeaCache: faster, slightly worse hands (default on)")
     gen.add_argument("--cache-method", choices=CACHE_METHODS, help="step cache: FramePack's TeaCache, MagCache or diffusers' First Block Cache")
-    gen.add_argument("--cache-threshold", type=float, help="step cache threshold (default 0.15 teacache, 0.1 magcache, 0.05 first_block)")
+    gen.add_argument("--cache-threshold", type=float, help=f"step cache threshold (default {DEFAULT_THRESHOLDS_TEXT})")
     gen.add_argument("--resolution", type=int, help=f"bucket target, 128 to 960 (default {defaults.resolution})")
     gen.add_argument("--height", type=int, help="explicit height, a multiple of 16 (overrides the bucket; needs --width)")
     gen.add_argument("--width", type=int, help="explicit width, a multiple of 16 (overrides the bucket; needs --height)")

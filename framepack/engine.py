@@ -270,7 +270,7 @@ def _run(
     def written(wait: bool = False) -> list[SectionDone]:
         """Record the sections whose video update and checkpoint are on disk; their events, to report."""
         events = []
-        for (plan, frames, latents, counts), _ in writer.finished(wait):
+        for plan, frames, latents, counts in writer.finished(wait):
             record.write("running", plan.index + 1)
             events.append(SectionDone(plan.index + 1, len(plans), paths.video, frames, frames / FPS, latents, counts))
         return events

@@ -22,6 +22,7 @@ from .memory import MemoryPlanError, check_before_loading
 from .models import ModelSource
 from .outputs import job_name, settings_of_output
 from .attention import ATTENTION_CHOICES
+from .cache import DEFAULT_THRESHOLDS_TEXT
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
 from .worker import Job, JobEvent, Waiting, Worker
 
@@ -249,7 +250,7 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
                 with gr.Group():
                     teacache_input = gr.Checkbox(
                         value=DEFAULTS.use_teacache,
-                        label=f"Use {CACHE_LABELS[(job_options or {}).get('cache_method') or 'teacache']}",
+                        label=f"Use {CACHE_LABELS[(job_options or {}).get('cache_method', DEFAULTS.cache_method)]}",
                         info="Faster, but hands and fingers may get slightly worse.",
                     )
                     seed_input = gr.Number(value=DEFAULTS.seed, label="Seed", precision=0)
@@ -376,7 +377,7 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
     add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (for GPUs with little memory)")
     add("--cache-method", choices=CACHE_METHODS, default="teacache", help="the step cache the page's checkbox turns on")
-    add("--cache-threshold", type=float, default=None, help="its threshold (default 0.15 teacache, 0.1 magcache, 0.05 first_block)")
+    add("--cache-threshold", type=float, default=None, help=f"its threshold (default {DEFAULT_THRESHOLDS_TEXT})")
     add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
     add("--auth-file", type=Path, metavar="PATH", help="file of user:password lines (# starts a comment)")
     args = parser.parse_args(argv)

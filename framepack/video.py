@@ -210,7 +210,7 @@ class BackgroundVideoWriter:
 
     `submit` queues one update (newly final frames, the open edge, the file to rewrite, and what to do once
     it is on disk, called on the writer's thread with the segment files) and returns at once; `finished`
-    hands back, in order, (tag, the segment files of the video then) for each update done.
+    hands back, in order, the tags of the updates done.
     """
 
     def __init__(self, video: SegmentedVideo, metadata: dict[str, str] | None = None):
@@ -233,7 +233,7 @@ class BackgroundVideoWriter:
         self._pending += 1
         self._tasks.put((final_frames, open_frames, path, tag, then))
 
-    def finished(self, wait: bool = False) -> list[tuple[object, list[Path]]]:
+    def finished(self, wait: bool = False) -> list[object]:
         """Completed updates; with `wait`, after all submitted ones complete. Re-raises a writer error."""
         results = []
         while self._pending:
@@ -244,7 +244,7 @@ class BackgroundVideoWriter:
             self._pending -= 1
             if isinstance(outcome, BaseException):
                 raise outcome
-            results.append((tag, outcome))
+            results.append(tag)
         return results
 
     def close(self) -> None:
@@ -257,10 +257,9 @@ class BackgroundVideoWriter:
             try:
                 self.video.add_final(final_frames)
                 self.video.write(path, open_frames, self.metadata)
-                segments = list(self.video.segments)
                 if then is not None:
-                    then(segments)
-                self._done.put((tag, segments))
+                    then(list(self.video.segments))
+                self._done.put((tag, None))
             except (OSError, ValueError, av.FFmpegError) as exc:  # handed to the engine's thread to report
                 self._done.put((tag, exc))
 
