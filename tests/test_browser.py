@@ -36,7 +36,7 @@ def browser() -> Iterator:
             browser.close()
 
 
-def start_job(browser, url: str, seconds: float):
+def start_job(browser, url: str, seconds: float, steps: int = 3):
     """Open the page, upload the image, choose a small job and press Start; returns the page."""
     from playwright.sync_api import expect
 
@@ -45,7 +45,7 @@ def start_job(browser, url: str, seconds: float):
     page.locator("#fp-image input[type=file]").set_input_files(str(IMAGE))
     expect(page.locator("#fp-image img")).to_be_visible()  # the upload has finished
     page.locator("#fp-prompt textarea").fill("The girl dances gracefully, with clear movements, full of charm.")
-    for elem_id, value in (("fp-length", seconds), ("fp-resolution", 128), ("fp-steps", 3)):
+    for elem_id, value in (("fp-length", seconds), ("fp-resolution", 128), ("fp-steps", steps)):
         number = page.locator(f"#{elem_id} input[type=number]")
         number.fill(str(value))
         number.press("Enter")
@@ -90,7 +90,9 @@ def test_closing_the_tab_stops_its_job(browser, app_server):  # noqa: F811
     from framepack.video import probe
 
     before = set(app_server.outputs.glob("*.mp4"))
-    page = start_job(browser, app_server.url, seconds=3.6)  # three sections: 109 frames if it ran to the end
+    # Three sections, 109 frames if it ran to the end; enough steps that a section outlasts the time the page
+    # takes to show the first one and report the closed tab.
+    page = start_job(browser, app_server.url, seconds=3.6, steps=15)
     page.wait_for_function(VIDEO_SHOWN, timeout=90_000)  # the first section is finished
     page.close()
 
