@@ -21,13 +21,13 @@ from .engine import (
     SectionDone,
     Status,
     extend_job,
-    find_checkpoint,
     generate,
+    job_paths,
+    read_checkpoint,
     resume_job,
 )
 from .memory import MemoryPlanError, add_check_memory_parser, check_before_loading, run_check_memory
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
-from .outputs import Checkpoint, job_name
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
@@ -120,9 +120,9 @@ def run_resume(args: argparse.Namespace) -> int:
     if args.add_seconds is not None:
         return run_extend(args)
     try:
-        checkpoint = Checkpoint.load(find_checkpoint(args.path))
+        checkpoint = read_checkpoint(job_paths(args.path))
         settings = Settings.from_dict(checkpoint.settings)
-    except (SettingsError, OSError) as exc:
+    except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     models = _load(args, settings)
@@ -133,9 +133,8 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def run_extend(args: argparse.Namespace) -> int:
-    stem = job_name(args.path)
     try:
-        saved = Settings.from_dict(json.loads((args.path.parent / f"{stem}.json").read_text(encoding="utf-8"))["settings"])
+        saved = Settings.from_dict(json.loads(job_paths(args.path).manifest.read_text(encoding="utf-8"))["settings"])
     except (OSError, KeyError, ValueError) as exc:
         print(f"error: cannot read the record of {args.path.name}: {exc}", file=sys.stderr)
         return 2
@@ -185,6 +184,9 @@ def _follow(start: Callable[[threading.Event], Iterator[Event]], total_steps: in
             elif isinstance(event, Error):
                 bar.close()
                 print(f"error: {event.message}", file=sys.stderr)
+                if event.exception is not None and not isinstance(event.exception, ValueError):
+                    # This is the user's own machine: the detail the app keeps for its log helps here.
+                    print(f"detail: {type(event.exception).__name__}: {event.exception}", file=sys.stderr)
                 return 1
             elif isinstance(event, Done):
                 bar.close()

@@ -183,9 +183,13 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
             pil = Image.open(source)
             pil.load()
         except FileNotFoundError:
-            raise ImageError(f"image file not found: {source}") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageError(f"cannot read {Path(str(source)).name} as an image ({exc})") from None
+            raise ImageError(f"image file not found: {Path(str(source)).name}") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{Path(str(source)).name} has too many pixels to read safely ({exc})") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            # The library's message may name the full path; the file's name is enough.
+            reason = str(exc).replace(str(source), Path(str(source)).name)
+            raise ImageError(f"cannot read {Path(str(source)).name} as an image ({reason})") from None
     pil = ImageOps.exif_transpose(pil)
     if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping.

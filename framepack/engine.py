@@ -13,7 +13,7 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from .cache import StepCache, configure_cache
 from .conditioning import (
@@ -36,11 +37,32 @@ from .conditioning import (
 )
 from .memory import MemoryPlanError, replan
 from .models import ModelSet
-from .outputs import Checkpoint, JobPaths, job_name, load_latents, new_job_id, save_latents, write_json
+from .outputs import (
+    LOCAL_USER,
+    Checkpoint,
+    JobBusyError,
+    JobPaths,
+    is_job_name,
+    job_name,
+    load_latents,
+    new_job_id,
+    save_latents,
+    working_on,
+    write_json,
+)
 from .packing import LatentHistory, SectionPlan, join_sections, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
 from .settings import FPS, Settings, SettingsError
-from .video import BackgroundVideoWriter, FrameAssembler, SegmentedVideo, decode_latents, latent_preview, trim_mp4
+from .video import (
+    BackgroundVideoWriter,
+    FrameAssembler,
+    SegmentedVideo,
+    VideoWriterError,
+    decode_latents,
+    describe_write_error,
+    latent_preview,
+    trim_mp4,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,51 +138,22 @@ def generate(
     stop: threading.Event | None = None,
     job_id: str | None = None,
     previews: bool = True,
-    resume: Checkpoint | None = None,
+    owner: str = LOCAL_USER,
 ) -> Iterator[Event]:
-    """Run one job and yield its events; the last one is always `Done` or `Error`.
+    """Run one job and yield its events; the last one is always `Done` or `Error`, whatever fails.
 
-    With `resume` (a job's checkpoint, see `resume_job`) the job goes on after its last finished section.
+    `owner` is recorded with the job: only they may resume or extend it (the app checks).
     """
-    try:
-        yield from _run(models, settings, image, Path(output_dir), stop or threading.Event(), job_id, previews, resume)
-    except (SettingsError, ImageError, MemoryPlanError) as exc:
-        yield Error(str(exc), exc)
-    except torch.OutOfMemoryError as exc:
-        yield Error(
-            "Out of GPU memory. Finished sections are kept. Try a smaller resolution, fewer seconds per "
-            "section (latent window), more 'GPU memory to preserve', or close other programs using the GPU.",
-            exc,
-        )
-    except Exception as exc:  # the user must get a message whatever broke; the traceback goes to the log
-        logger.exception("Generation failed")
-        yield Error(f"Generation failed: {type(exc).__name__}: {exc}", exc)
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint of the job that `path` (its manifest, video or checkpoint) belongs to."""
-    path = Path(path)
-    stem = job_name(path)
-    checkpoint = JobPaths(path.parent, stem).checkpoint
-    if not checkpoint.is_file():
-        raise SettingsError("resume", f"{path.name} has nothing to resume: no {checkpoint.name} (the job is done or was never started)")
-    return checkpoint
+    paths = JobPaths(Path(output_dir), job_id or new_job_id())
+    yield from _guarded(_new_job(models, settings, image, paths, stop or threading.Event(), previews, owner))
 
 
 def resume_job(
     models: ModelSet, path: str | Path, *, stop: threading.Event | None = None, previews: bool = True
 ) -> Iterator[Event]:
-    """Go on with the stopped or killed job that `path` belongs to, in its own folder, under its own name."""
-    try:
-        checkpoint = Checkpoint.load(find_checkpoint(path))
-    except SettingsError as exc:
-        yield Error(str(exc), exc)
-        return
-    settings = Settings.from_dict(checkpoint.settings)
-    yield from generate(
-        models, settings, checkpoint.image.numpy(), Path(path).parent, stop=stop, job_id=checkpoint.job_id,
-        previews=previews, resume=checkpoint,
-    )  # fmt: skip
+    """Go on with the stopped or killed job that `path` (its video, record or checkpoint) belongs to, in its
+    own folder, under its own name."""
+    yield from _guarded(_resume(models, job_paths(path), stop or threading.Event(), previews))
 
 
 def extend_job(
@@ -172,33 +165,140 @@ def extend_job(
     (and the start image stored with them), the noise generator replayed for the sections made, the frames
     still to blend re-decoded from the last latents, and the video itself cut before those frames.
     """
+    yield from _guarded(_extend(models, job_paths(path), seconds, stop or threading.Event(), previews))
+
+
+def job_paths(path: str | Path) -> JobPaths:
+    """The files of the job that `path` (its video, record, latents or checkpoint) belongs to."""
+    path = Path(path)
+    return JobPaths(path.parent, job_name(path))
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a user is told when a job fails: what went wrong and what to do, never a server path or a
+    traceback (an unexpected failure's details go to the log)."""
+    if isinstance(exc, (SettingsError, ImageError, MemoryPlanError, JobBusyError)):
+        return str(exc)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (
+            "Out of GPU memory. Finished sections are kept. Try a smaller resolution, fewer seconds per "
+            "section (latent window), more 'GPU memory to preserve', or close other programs using the GPU."
+        )
+    if isinstance(exc, (VideoWriterError, OSError, SafetensorError)):
+        logger.error("Writing a job's files failed", exc_info=exc)
+        cause = exc.__cause__ if isinstance(exc, VideoWriterError) and exc.__cause__ else exc
+        return (
+            f"Writing the job's files failed ({describe_write_error(cause)}). Finished sections are kept: "
+            "make room in the outputs folder, then resume the job."
+        )
+    logger.error("A job failed", exc_info=exc)
+    return (
+        f"The job failed ({type(exc).__name__}). Finished sections are kept and can be resumed; "
+        "the details are in the app's log."
+    )
+
+
+def _guarded(events: Iterator[Event]) -> Iterator[Event]:
+    """A job's events, with whatever it raises turned into a final `Error`: a failed job never takes its
+    consumer (the app's worker, the CLI) down with it."""
     try:
-        checkpoint, settings, paths = _extension(models, Path(path), seconds)
-    except (SettingsError, OSError, ValueError, KeyError) as exc:
-        yield Error(str(exc) if isinstance(exc, SettingsError) else f"cannot extend {Path(path).name}: {exc}", exc)
-        return
-    yield from generate(
-        models, settings, checkpoint.image.numpy(), paths.output_dir, stop=stop, job_id=paths.job_id,
-        previews=previews, resume=checkpoint,
-    )  # fmt: skip
+        yield from events
+    except Exception as exc:
+        yield Error(failure_message(exc), exc)
 
 
-def _extension(models: ModelSet, path: Path, seconds: float) -> tuple[Checkpoint, Settings, JobPaths]:
-    stem = job_name(path)
-    paths = JobPaths(path.parent, stem)
-    manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
-    settings = Settings.from_dict(manifest["settings"])
+def _new_job(
+    models: ModelSet,
+    settings: Settings,
+    image: str | Path | Image.Image | np.ndarray,
+    paths: JobPaths,
+    stop: threading.Event,
+    previews: bool,
+    owner: str,
+) -> Iterator[Event]:
+    if not is_job_name(paths.job_id):
+        raise SettingsError("job_name", f"{paths.job_id!r} cannot name files: use letters, digits, '_', '-' and '.'")
+    yield from _locked(paths, lambda: _run(models, settings, image, paths, stop, previews, None, owner))
+
+
+def _locked(paths: JobPaths, job: Callable[[], Iterator[Event]]) -> Iterator[Event]:
+    """The events of `job` (called once the job's lock is held), its `Done` only once the lock is released and
+    the parts folder tidied: whoever sees `Done` sees the files as they stay."""
+    done = None
+    with working_on(paths):
+        for event in job():
+            if isinstance(event, Done):
+                done = event
+            else:
+                yield event
+    if done is not None:
+        yield done
+
+
+def _resume(models: ModelSet, paths: JobPaths, stop: threading.Event, previews: bool) -> Iterator[Event]:
+    def job() -> Iterator[Event]:
+        checkpoint = read_checkpoint(paths)  # under the lock, which also removed what a killed process left
+        settings = Settings.from_dict(checkpoint.settings)
+        image = checkpoint.image.numpy()
+        yield from _run(models, settings, image, paths, stop, previews, checkpoint, checkpoint.owner)
+
+    yield from _locked(paths, job)
+
+
+def read_checkpoint(paths: JobPaths) -> Checkpoint:
+    """The job's checkpoint, checked: it loads, its settings are valid and the files it needs are there."""
+    if not is_job_name(paths.job_id) or not paths.checkpoint.is_file():
+        raise SettingsError("resume", f"{paths.job_id} has nothing to resume (the job is done, or no section of it finished)")
+    try:
+        checkpoint = Checkpoint.load(paths.checkpoint)
+        Settings.from_dict(checkpoint.settings)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # a SettingsError is a ValueError
+        raise SettingsError(
+            "resume",
+            f"the checkpoint of {paths.job_id} is damaged or was written by another version of the app "
+            f"({type(exc).__name__}); its video and latents so far are kept, but it cannot be resumed",
+        ) from exc
+    needed = [paths.section_latents(i) for i in range(checkpoint.sections_done)]
+    needed += [paths.parts_dir / name for name in checkpoint.segments]
+    if missing := [path.name for path in needed if not path.is_file()]:
+        raise SettingsError("resume", f"{paths.job_id} cannot be resumed: {len(missing)} of its saved parts are missing")
+    return checkpoint
+
+
+def _extend(models: ModelSet, paths: JobPaths, seconds: float, stop: threading.Event, previews: bool) -> Iterator[Event]:
+    def job() -> Iterator[Event]:
+        checkpoint, settings = _extension(models, paths, seconds)  # if it fails, what it wrote goes with the parts
+        image = checkpoint.image.numpy()
+        yield from _run(models, settings, image, paths, stop, previews, checkpoint, checkpoint.owner)
+
+    yield from _locked(paths, job)
+
+
+def _extension(models: ModelSet, paths: JobPaths, seconds: float) -> tuple[Checkpoint, Settings]:
+    stem = paths.job_id
+    try:
+        manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
+        settings = Settings.from_dict(manifest["settings"])
+        state, done = manifest["state"], int(manifest["sections_done"])
+    except FileNotFoundError:
+        raise SettingsError("extend", f"there is no job named {stem}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SettingsError("extend", f"the record of {stem} is damaged ({type(exc).__name__})") from exc
     if settings.variant != "f1":
         raise SettingsError("variant", "only F1 videos can be extended: the original variant generates from the end "
                             "backwards, so its length is fixed when it starts")  # fmt: skip
-    if manifest["state"] != "done":
+    if state != "done":
         raise SettingsError("extend", f"{stem} is not finished: resume it first")
     longer = settings.replace(total_second_length=round(settings.total_second_length + seconds, 6))
-    done = manifest["sections_done"]
     if longer.num_sections <= done:
         raise SettingsError("seconds", f"{seconds:g} s is less than half a section; nothing to add")
-    latents, image = load_latents(paths.latents), load_latents(paths.latents, "start_image")
+    try:
+        latents, image = load_latents(paths.latents), load_latents(paths.latents, "start_image")
+    except (OSError, SafetensorError) as exc:
+        raise SettingsError("extend", f"the latents of {stem} are missing or damaged ({type(exc).__name__})") from exc
     w = settings.latent_window_size
+    if latents.ndim != 5 or latents.shape[2] != done * w + 1:
+        raise SettingsError("extend", f"the latents of {stem} do not match its record ({done} sections)")
     for index, chunk in enumerate(latents[:, :, 1:].split(w, dim=2)):
         save_latents(paths.section_latents(index), chunk)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
@@ -210,29 +310,30 @@ def _extension(models: ModelSet, path: Path, seconds: float) -> tuple[Checkpoint
     open_frames = clip[:, :, -settings.frames_per_section :]
     final_frames = 4 * latents.shape[2] - 3 - open_frames.shape[2]
     trim_mp4(paths.video, paths.parts_dir / "00001.mp4", final_frames)
+    owner = manifest.get("owner", LOCAL_USER)
     checkpoint = Checkpoint(
-        stem, longer.to_dict(), done, generator.get_state(), open_frames, final_frames, ["00001.mp4"], image
+        stem, longer.to_dict(), done, generator.get_state(), open_frames, final_frames, ["00001.mp4"], image, owner
     )
-    return checkpoint, longer, paths
+    return checkpoint, longer
 
 
 def _run(
     models: ModelSet,
     settings: Settings,
     image_source: str | Path | Image.Image | np.ndarray,
-    output_dir: Path,
+    paths: JobPaths,
     stop: threading.Event,
-    job_id: str | None,
     previews: bool,
     resume: Checkpoint | None,
+    owner: str,
 ) -> Iterator[Event]:
+    """The job itself; the caller holds its lock. With `resume`, it goes on after the checkpoint's sections."""
     started = time.perf_counter()
     if models.variant != settings.variant:
         raise SettingsError("variant", f"the loaded models are the {models.variant} variant, not {settings.variant}")
     image = load_image(image_source)
     height, width = target_size(image, settings.resolution, settings.height, settings.width)
     image = resize_and_center_crop(image, width, height)
-    paths = JobPaths(output_dir, job_id or new_job_id())
 
     yield Status("Encoding prompt and image")
     if prompt_token_count(models, settings.prompt) > LLAMA_MAX_TOKENS:
@@ -256,16 +357,13 @@ def _run(
         segments = [paths.parts_dir / name for name in resume.segments]
         generator.set_state(resume.rng_state)
         yield Status(f"Resuming after section {resume.sections_done} of {len(plans)}")
-    video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
-    # The settings travel inside the MP4 too, so a video alone is enough to re-run or vary it.
-    writer = BackgroundVideoWriter(video, {"comment": json.dumps({"framepack": settings.to_dict(), "job": paths.job_id})})
-    cache = configure_cache(models.transformer, settings.step_cache, settings.cache_threshold, settings.steps)
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
     prompt_inputs = _prompt_inputs(models, cond)
-    cache_text = f"{cache.method} (threshold {cache.threshold:g})" if cache else "off"
-    yield Status(f"Sampling {len(plans)} sections at {width}x{height}; attention: {models.attention}; step cache: {cache_text}")
+    record = JobRecord(paths, settings, models, resume, owner)  # written once a section is on disk
 
-    record = JobRecord(paths, settings, models, cache, resume)  # written once a section exists
+    video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
+    # The settings travel inside the MP4 too, so a video alone is enough to re-run or vary it.
+    writer = BackgroundVideoWriter(video, {"comment": json.dumps({"framepack": settings.to_dict()})})
 
     def written(wait: bool = False) -> list[SectionDone]:
         """Record the sections whose video update and checkpoint are on disk; their events, to report."""
@@ -277,6 +375,11 @@ def _run(
 
     stopped, outcome = False, "failed"
     try:
+        # Set up inside the guard: whatever happens from here on, the transformer is left without it.
+        cache = configure_cache(models.transformer, settings.step_cache, settings.cache_threshold, settings.steps)
+        record.cache = cache
+        cache_text = f"{cache.method} (threshold {cache.threshold:g})" if cache else "off"
+        yield Status(f"Sampling {len(plans)} sections at {width}x{height}; attention: {models.attention}; step cache: {cache_text}")
         for plan in plans[history.sections_done :]:
             section_started = time.perf_counter()
             if cache is not None:
@@ -295,6 +398,8 @@ def _run(
                 preview = latent_preview(step.denoised) if previews else None
                 yield Progress(plan.index + 1, len(plans), step.step + 1, step.total, assembler.num_frames, preview)
                 yield from written()
+                if writer.error is not None:
+                    raise writer.error
                 if stop.is_set():
                     break
             if stop.is_set() and step.step + 1 < step.total:
@@ -310,7 +415,7 @@ def _run(
             save_latents(paths.section_latents(plan.index), history.newest)
             checkpoint = Checkpoint(
                 paths.job_id, settings.to_dict(), history.sections_done, generator.get_state(), assembler.open,
-                assembler.final_frames, [], torch.from_numpy(image),
+                assembler.final_frames, [], torch.from_numpy(image), owner,
             )  # fmt: skip
             record.timings.append(round(time.perf_counter() - section_started, 3))
             # Encoding runs on the writer's thread while the next section samples.
@@ -321,6 +426,8 @@ def _run(
                 stopped = not plan.is_last
                 break
         yield from written(wait=True)
+        if writer.error is not None:
+            raise writer.error
         outcome = "stopped" if stopped else "done"
     except GeneratorExit:  # the consumer closed the stream: a stop, not a failure
         outcome = "stopped"
@@ -332,19 +439,7 @@ def _run(
             written(wait=True)
         writer.close()
         configure_cache(models.transformer, None)  # leave the shared transformer without this job's cache
-        sections_done = history.sections_done
-        start_image = torch.from_numpy(image)
-        if sections_done:
-            sections = [load_latents(paths.section_latents(i)) for i in range(sections_done)]
-            video_latents = join_sections(settings.variant, history.start_latent, sections)
-            latents_path = save_latents(paths.latents, video_latents, start_image)
-        else:
-            latents_path = None
-        if outcome == "done":  # nothing left to resume
-            video.cleanup()
-            paths.checkpoint.unlink(missing_ok=True)
-        if sections_done:
-            record.write(outcome, sections_done)
+        latents_path = _finish(paths, settings, history.start_latent, torch.from_numpy(image), record, outcome)
 
     frames = assembler.num_frames
     yield Done(
@@ -352,7 +447,7 @@ def _run(
         latents_path=latents_path,
         frames=frames,
         seconds=frames / FPS,
-        sections_done=sections_done,
+        sections_done=record.sections_done,
         stopped=stopped,
         elapsed=time.perf_counter() - started,
         attention=models.attention,
@@ -360,22 +455,42 @@ def _run(
     )
 
 
-class JobRecord:
-    """The job's manifest (`<job>.json`): settings, models, runtime, state and timings, rewritten atomically."""
+def _finish(
+    paths: JobPaths, settings: Settings, start_latent: torch.Tensor, start_image: torch.Tensor, record: JobRecord,
+    outcome: str,
+) -> Path | None:
+    """Leave the job's files finished or resumable, in an order where a crash at any point does the same: the
+    video's latents, then the record, then (for a done job) the checkpoint. The parts folder goes last, when
+    the job's lock is released. Returns the latents file, if any section is on disk."""
+    sections_done = record.sections_done  # sections whose video update and checkpoint are on disk
+    if not sections_done:
+        return None
+    sections = [load_latents(paths.section_latents(i)) for i in range(sections_done)]
+    save_latents(paths.latents, join_sections(settings.variant, start_latent, sections), start_image)
+    record.write(outcome, sections_done)
+    if outcome == "done":  # nothing left to resume
+        paths.checkpoint.unlink(missing_ok=True)
+    return paths.latents
 
-    def __init__(
-        self, paths: JobPaths, settings: Settings, models: ModelSet, cache: StepCache | None, resume: Checkpoint | None
-    ):
-        self.paths, self.settings, self.models, self.cache = paths, settings, models, cache
+
+class JobRecord:
+    """The job's manifest (`<job>.json`): settings, models, owner, runtime, state and timings, rewritten atomically."""
+
+    def __init__(self, paths: JobPaths, settings: Settings, models: ModelSet, resume: Checkpoint | None, owner: str):
+        self.paths, self.settings, self.models, self.owner = paths, settings, models, owner
+        self.cache: StepCache | None = None
         previous = json.loads(paths.manifest.read_text()) if resume is not None and paths.manifest.is_file() else {}
-        self.timings: list[float] = previous.get("section_seconds", [])
+        self.timings: list[float] = previous.get("section_seconds", [])[: resume.sections_done if resume else 0]
+        self.sections_done = resume.sections_done if resume is not None else 0
 
     def write(self, state: str, sections_done: int) -> None:
+        self.sections_done = sections_done
         models = self.models
         write_json(self.paths.manifest, {
             "state": state,
             "sections_done": sections_done,
             "sections": self.settings.num_sections,
+            "owner": self.owner,
             "settings": self.settings.to_dict(),
             "seed": self.settings.seed,
             "variant": self.settings.variant,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 
@@ -22,13 +24,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # see TEMPORARY
     try:
         yield tmp
         os.chmod(tmp, 0o644)  # some writers create private files; outputs are meant to be shared like any video
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# What `atomic_path` writes before the rename: `.<file name>.<8 hex digits>.tmp`. A process killed mid-write
+# leaves one behind; `tidy_job` removes those of a job nobody is working on.
+TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
+# Job names are file name stems: no folders, no leading dot (hidden files are the app's own).
+JOB_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+# The owner of jobs made by the command line, or by the app when it serves only this machine without logins.
+LOCAL_USER = "local"
+
+
+def is_job_name(name: str) -> bool:
+    """Whether `name` can name a job's files (so an uploaded file's name cannot reach outside the folder)."""
+    return bool(JOB_NAME.fullmatch(name)) and not name.endswith(".")
 
 
 def job_name(path: str | Path) -> str:
@@ -77,6 +93,143 @@ class JobPaths:
         """The encoded video segments while the job is unfinished (a resume needs them); removed when it is done."""
         return self.output_dir / f".{self.job_id}.parts"
 
+    def temporaries(self) -> list[Path]:
+        """Unfinished atomic writes of this job's files, in the outputs folder and its parts folder."""
+        own = {self.video.name, self.latents.name, self.manifest.name, self.checkpoint.name}
+        found = [p for p in _listdir(self.output_dir) if (m := TEMPORARY.fullmatch(p.name)) and m.group(1) in own]
+        return found + [p for p in _listdir(self.parts_dir) if TEMPORARY.fullmatch(p.name)]
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+if os.name == "nt":
+    import msvcrt
+
+    def _try_lock(file: Any) -> None:
+        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+
+    def _unlock(file: Any) -> None:
+        msvcrt.locking(file.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(file: Any) -> None:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(file: Any) -> None:
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+class JobLock:
+    """Held while a job is worked on: an OS lock on a file in the job's parts folder.
+
+    The OS releases it when its process ends, however it ends (a SIGKILL too), so a resume or an app start can
+    tell a live job's files from the ones a killed process left behind; and a job cannot run twice at once,
+    from two tabs or two processes sharing the outputs folder.
+    """
+
+    def __init__(self, paths: JobPaths):
+        self.path = paths.parts_dir / "lock"
+        self._file: Any = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False if someone is working on the job."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+b")  # noqa: SIM115  (held open until released)
+        try:
+            _try_lock(file)
+        except OSError:
+            file.close()
+            return False
+        self._file = file
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            _unlock(self._file)
+            self._file.close()
+            self._file = None
+
+
+def tidy_job(paths: JobPaths) -> None:
+    """Remove the unfinished atomic writes of a job nobody is working on (the caller holds its lock)."""
+    for path in paths.temporaries():
+        path.unlink(missing_ok=True)
+
+
+def remove_parts_if_unneeded(paths: JobPaths) -> None:
+    """The parts folder serves only a resume: without a checkpoint it is of no use (call after the lock is
+    released: Windows cannot remove an open file)."""
+    if not paths.checkpoint.exists():
+        shutil.rmtree(paths.parts_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def working_on(paths: JobPaths) -> Iterator[None]:
+    """Hold the job's lock while the body works on its files; raises `JobBusyError` if someone else is.
+
+    On entry, what a killed process left of the job is removed; on exit, the parts folder goes unless a
+    checkpoint still needs it.
+    """
+    lock = JobLock(paths)
+    if not lock.acquire():
+        raise JobBusyError(f"{paths.job_id} is being worked on already (in this app or another process)")
+    try:
+        tidy_job(paths)
+        yield
+    finally:
+        lock.release()
+        remove_parts_if_unneeded(paths)
+
+
+class JobBusyError(RuntimeError):
+    """The job is running elsewhere: in another tab of this app or in another process."""
+
+
+def sweep_outputs(output_dir: str | Path) -> int:
+    """Tidy every job of the folder that nobody is working on (at app start); returns how many were tidied."""
+    output_dir = Path(output_dir)
+    jobs = set()
+    for entry in _listdir(output_dir):
+        if entry.is_dir() and entry.name.startswith(".") and entry.name.endswith(".parts"):
+            jobs.add(entry.name[1:].removesuffix(".parts"))
+        elif match := TEMPORARY.fullmatch(entry.name):
+            jobs.add(job_name(match.group(1)))
+    tidied = 0
+    for job in sorted(jobs):
+        if not is_job_name(job):
+            continue
+        paths = JobPaths(output_dir, job)
+        try:
+            with working_on(paths):
+                tidied += 1
+        except JobBusyError:
+            continue
+    return tidied
+
+
+def job_owner(paths: JobPaths) -> str | None:
+    """Who the job belongs to, from its record (or its checkpoint, before the record's first write); None if
+    there is no such job. Jobs recorded before owners were recorded belong to the local user."""
+    if paths.manifest.is_file():
+        try:
+            return json.loads(paths.manifest.read_text(encoding="utf-8")).get("owner", LOCAL_USER)
+        except (OSError, ValueError, AttributeError):
+            return None
+    if paths.checkpoint.is_file():
+        try:
+            with safe_open(str(paths.checkpoint), "pt") as f:
+                return f.metadata().get("owner", LOCAL_USER)
+        except (OSError, SafetensorError):
+            return None
+    return None
+
 
 def load_latents(path: str | Path, key: str = "latents") -> torch.Tensor:
     with safe_open(str(path), "pt") as f:
@@ -109,7 +262,7 @@ class Checkpoint:
     The sections' latents are in the job's parts folder (one file each, written once). `rng_state` is the noise
     generator after the last section's draw, `open_frames` the float frames a later section still blends into,
     `segments` the encoded final frames (file names in the parts folder, time order), `image` the resized
-    start image.
+    start image, `owner` who may resume it.
     """
 
     job_id: str
@@ -120,6 +273,7 @@ class Checkpoint:
     final_frames: int
     segments: list[str]
     image: torch.Tensor
+    owner: str = LOCAL_USER
 
     def save(self, path: str | Path) -> Path:
         open_frames = self.open_frames.float()
@@ -137,6 +291,7 @@ class Checkpoint:
             "sections_done": str(self.sections_done),
             "final_frames": str(self.final_frames),
             "segments": json.dumps(self.segments),
+            "owner": self.owner,
         }
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -160,6 +315,7 @@ class Checkpoint:
             sections_done=int(meta["sections_done"]),
             final_frames=int(meta["final_frames"]),
             segments=json.loads(meta["segments"]),
+            owner=meta.get("owner", LOCAL_USER),
             **tensors,
         )
 

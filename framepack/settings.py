@@ -14,6 +14,8 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 FPS = 30
 MAX_SECONDS = 120.0
 CACHE_METHODS: tuple[str, ...] = ("teacache", "magcache", "first_block")
+# Llama reads 256 tokens of a prompt; this bounds what one request can make the app tokenize and store.
+MAX_PROMPT_CHARACTERS = 10_000
 
 
 class SettingsError(ValueError):
@@ -57,6 +59,9 @@ class Settings:
     def __post_init__(self) -> None:
         for spec in _CHECKS:
             spec.check(self)
+        for name in ("prompt", "negative_prompt"):
+            if len(getattr(self, name)) > MAX_PROMPT_CHARACTERS:
+                raise SettingsError(name, f"is {len(getattr(self, name))} characters long; at most {MAX_PROMPT_CHARACTERS}")
         if self.variant not in VARIANTS:
             raise SettingsError("variant", f"must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.cache_method not in CACHE_METHODS:

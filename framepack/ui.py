@@ -3,13 +3,21 @@
 Each browser session (and each gradio_client) has its own jobs in a `gr.State`; the Start handler streams
 page updates from its job's events and stops the job when the stream ends for any reason (End, a closed
 tab, a cancelled API call).
+
+Every job belongs to a user: the login with `--auth`; without logins, the person at this machine when the app
+serves only this machine, or else each browser session. Only a job's owner can resume or extend it, or list
+it. The outputs folder is never served: the page gets a copy of each video in a private folder of Gradio's
+cache, under a name nobody else can guess, and names outputs relative to the outputs folder.
 """
 
 import argparse
 import html
 import logging
+import os
+import secrets
+import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +28,11 @@ from .conditioning import ImageError, load_image
 from .engine import Done, Error, Progress, SectionDone, Status
 from .memory import MemoryPlanError, check_before_loading
 from .models import ModelSource
-from .outputs import job_name, settings_of_output
+from .outputs import LOCAL_USER, job_name, settings_of_output, sweep_outputs
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
-from .worker import Job, JobEvent, Waiting, Worker
+from .worker import MAX_JOBS_PER_OWNER, Job, JobEvent, Waiting, Worker
 
 DEFAULTS = Settings()
 TITLES = {"original": "FramePack", "f1": "FramePack-F1"}
@@ -36,6 +44,9 @@ EXAMPLE_PROMPTS = (
 )
 # Jobs beyond this many wait in Gradio's own queue instead of holding a server thread each.
 MAX_ACTIVE_REQUESTS = 8
+# Uploads (images; videos to extend) larger than this are refused by Gradio with a message.
+MAX_UPLOAD_MB = 500
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 # Gradio copies every version of the growing video and every preview into its temp cache; prune it
 # every 30 minutes of files older than 2 hours (the finished video stays in the outputs folder).
 TEMP_CACHE_PRUNING = (1800, 7200)
@@ -84,8 +95,9 @@ def error_message(text: str) -> str:
     return f"**Error:** {text}"
 
 
-def event_updates(event: JobEvent) -> Updates:
-    """The page updates for one job event; outputs that do not change are skipped."""
+def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> Updates:
+    """The page updates for one job event; outputs that do not change are skipped. `show_video` gives the
+    page its own copy of a video of the outputs folder."""
     skip = gr.skip()
     if isinstance(event, Waiting):
         text = f"Waiting for the GPU: position {event.position} in line"
@@ -99,18 +111,18 @@ def event_updates(event: JobEvent) -> Updates:
         return preview, bar, frames_line(event.frames), skip, f"Sampling {where.lower()}"
     if isinstance(event, SectionDone):
         text = f"Section {event.section} of {event.sections} finished"
-        return skip, skip, frames_line(event.frames), str(event.video_path), text
+        return skip, skip, frames_line(event.frames), show_video(event.video_path), text
     if isinstance(event, Done):
         if event.video_path is None:
             text = "Stopped before the first section was finished; no video was written."
             return skip, progress_html(0, "Stopped"), skip, None, text
         made = f"{event.frames} frames ({event.seconds:.2f} s of video) in {event.elapsed:.1f} s"
-        summary = f"{made}, saved to `{event.video_path}`"
+        summary = f"{made}, saved as `{event.video_path.name}` in the outputs folder"
         if event.stopped:
             state, text = "Stopped", f"Stopped after {event.sections_done} section(s): {summary}"
         else:
             state, text = "Finished", f"Finished: {summary}"
-        return skip, progress_html(1, state), frames_line(event.frames), str(event.video_path), text
+        return skip, progress_html(1, state), frames_line(event.frames), show_video(event.video_path), text
     return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
 
 
@@ -140,13 +152,50 @@ def image_path(value: Any) -> str | None:
     return value or None
 
 
-def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None = None) -> gr.Blocks:
+class PageCopies:
+    """The page's own copies of one job's videos, in a folder of Gradio's cache with an unguessable name.
+
+    Gradio serves its cache, never the outputs folder, and hands each path only to the page it answers, so a
+    job's video reaches its owner's page and no one else's. Each version gets a folder of its own (the video
+    is rewritten after every section); a hard link costs nothing where the cache shares the disk.
+    """
+
+    def __init__(self, cache_dir: str | Path):
+        self.folder = Path(cache_dir) / f"framepack-{secrets.token_urlsafe(24)}"
+        self.count = 0
+
+    def __call__(self, video: Path) -> str:
+        self.count += 1
+        target = self.folder / str(self.count) / video.name
+        target.parent.mkdir(parents=True)
+        try:
+            os.link(video, target)  # the outputs are replaced, never changed in place: a link is a snapshot
+        except OSError:
+            shutil.copyfile(video, target)
+        return str(target)
+
+
+def build_app(
+    worker: Worker, variant: str, job_options: dict[str, Any] | None = None, identity: str = "local"
+) -> gr.Blocks:
     """The page: inputs and settings on the left, the live preview, progress and growing video on the right.
 
     `job_options` are settings fixed for the app's lifetime (e.g. the step cache method), given as flags.
+    `identity` says who owns a job: "login" (the user logged in with `--auth`), "session" (each browser
+    session: the app is open to others without logins) or "local" (the one person at this machine).
     """
     title = TITLES[variant]
     job_options = job_options or {}
+
+    def owner_of(request: gr.Request | None) -> str:
+        if request is None or identity == "local":
+            return LOCAL_USER
+        if identity == "login":
+            return f"user:{request.username}"
+        return f"session:{request.session_hash}"
+
+    def session_of(request: gr.Request | None) -> str | None:
+        return request.session_hash if request else None
 
     def generate(
         session: Session,
@@ -194,7 +243,7 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
             yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(str(exc))
             return
 
-        yield from follow(session, worker.submit(settings, image, owner=request.session_hash if request else None))
+        yield from follow(session, worker.submit(settings, image, owner_of(request), session_of(request)))
 
     def resume(
         session: Session, previous: Any = None, add_seconds: float = 0, request: gr.Request | None = None
@@ -206,19 +255,20 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
             message = "no job to resume: drop the video (.mp4) or record (.json) of a stopped job first"
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(message)
             return
-        name = job_name(path)
-        owner = request.session_hash if request else None
-        yield from follow(session, worker.submit_resume(name, owner=owner, add_seconds=float(add_seconds or 0)))
+        # The file's name says which job is meant; whether the caller may touch it is the job record's say.
+        job = worker.submit_resume(job_name(path), owner_of(request), session_of(request), float(add_seconds or 0))
+        yield from follow(session, job)
 
     def follow(session: Session, job: Job) -> Iterator[Updates]:
         """Page updates from a job's events; the job stops when the stream ends for any reason."""
         session.jobs.append(job)
+        copies = PageCopies(demo.GRADIO_CACHE)
         try:
             yield None, progress_html(0, "Starting"), frames_line(0), None, "Starting"
             for event in job.events():
                 if isinstance(event, Error):
                     gr.Warning(event.message)  # a toast too, in case the status line is scrolled away
-                yield event_updates(event)
+                yield event_updates(event, copies)
         finally:
             # Also runs when Gradio closes the generator: a closed tab or a cancelled API call.
             job.cancel()
@@ -230,7 +280,11 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
 
     def on_unload(request: gr.Request) -> None:
         # A closed tab stops its job at once, even one still waiting in line for the GPU.
-        worker.cancel_owner(request.session_hash)
+        worker.cancel_session(request.session_hash)
+
+    def list_jobs(request: gr.Request) -> list[dict[str, Any]]:
+        """The caller's previous jobs in the outputs folder, newest first (nobody else's)."""
+        return worker.jobs_of(owner_of(request))
 
     with gr.Blocks(title=title, delete_cache=TEMP_CACHE_PRUNING) as demo:
         session = gr.State(Session())  # deep-copied for every new session
@@ -330,7 +384,8 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
             preprocess=False,
             show_progress="hidden",
         ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
-        end_button.click(stop, [session], None, api_name="stop", concurrency_limit=None)
+        # Outside the queue: End works however many jobs wait in line.
+        end_button.click(stop, [session], None, api_name="stop", queue=False)
         resume_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
             resume,
             [session, previous_input, add_seconds_input],
@@ -341,6 +396,7 @@ def build_app(worker: Worker, variant: str, job_options: dict[str, Any] | None =
             show_progress="hidden",
         ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
         demo.unload(on_unload)
+        gr.api(list_jobs, api_name="jobs", queue=False)
     demo.queue(max_size=64)
     return demo
 
@@ -380,7 +436,12 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
     add("--cache-threshold", type=float, default=None, help=f"its threshold (default {DEFAULT_THRESHOLDS_TEXT})")
     add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
     add("--auth-file", type=Path, metavar="PATH", help="file of user:password lines (# starts a comment)")
+    add("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, metavar="MB", help=f"largest upload (default {MAX_UPLOAD_MB})")
+    add("--max-jobs-per-user", type=int, default=MAX_JOBS_PER_OWNER, metavar="N",
+        help=f"jobs one user may have waiting or running (default {MAX_JOBS_PER_OWNER})")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.max_upload_mb <= 0 or args.max_jobs_per_user < 1:
+        parser.error("--max-upload-mb and --max-jobs-per-user must be positive")
     try:
         args.credentials = parse_credentials(args)
         Settings(cache_threshold=args.cache_threshold)  # refuse a bad flag at start-up, not on the first job
@@ -408,30 +469,41 @@ class App:
 
 
 def create_app(variant: str, args: argparse.Namespace) -> App:
-    """Build the worker and the page from parsed arguments; warns about an open `--share` link."""
+    """Build the worker and the page from parsed arguments; warns when anyone may use the app without a login."""
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
     # The same memory check as the CLI's, before anything loads: a plan that does not fit stops the app here.
     plan = check_before_loading(Settings(variant=variant), fp8=args.fp8, models_dir=args.models)
     print(plan.summary(), file=sys.stderr)
+    if tidied := sweep_outputs(outputs):
+        logging.getLogger(__name__).info("Removed what interrupted writes left of %d job(s) in the outputs folder", tidied)
     source = ModelSource(models_dir=args.models)
-    worker = Worker(variant, source, outputs, attention=args.attention, compile=args.compile, plan=plan)
-    if args.share and not args.credentials:
+    worker = Worker(
+        variant, source, outputs, attention=args.attention, compile=args.compile, plan=plan,
+        max_jobs_per_owner=args.max_jobs_per_user,
+    )  # fmt: skip
+    public = args.share or args.server not in LOCAL_ADDRESSES
+    if public and not args.credentials:
+        where = "the link" if args.share else f"access to {args.server}:{args.port}"
         print(
-            "WARNING: --share without --auth or --auth-file: anyone with the link can use this app and your GPU.",
+            f"WARNING: {'--share' if args.share else '--server ' + args.server} without --auth or --auth-file: anyone "
+            f"with {where} can use this app and your GPU (each browser session sees only its own jobs).",
             file=sys.stderr,
         )
+    identity = "login" if args.credentials else "session" if public else "local"
     launch_kwargs = {
         "server_name": args.server,
         "server_port": args.port,
         "share": args.share,
         "inbrowser": args.inbrowser,
         "auth": args.credentials or None,
-        "allowed_paths": [str(outputs)],
+        # Never served as it is: each page gets copies of its own videos (see PageCopies).
+        "blocked_paths": [str(outputs)],
+        "max_file_size": int(args.max_upload_mb * 1024 * 1024),
         "css": CSS,
     }
     job_options = {"cache_method": args.cache_method, "cache_threshold": args.cache_threshold}
-    return App(build_app(worker, variant, job_options), worker, launch_kwargs)
+    return App(build_app(worker, variant, job_options, identity), worker, launch_kwargs)
 
 
 def main(variant: str, argv: Sequence[str] | None = None) -> None:

@@ -6,6 +6,7 @@ segments, and the MP4 the user sees is a remux of those segments (no re-encoding
 
 from __future__ import annotations
 
+import errno
 import queue
 import shutil
 import threading
@@ -205,12 +206,21 @@ class SegmentedVideo:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
 
+class VideoWriterError(RuntimeError):
+    """An update of the video could not be written; the updates after it were not attempted."""
+
+
 class BackgroundVideoWriter:
     """Runs a `SegmentedVideo`'s encoding on its own thread, so it overlaps the next section's sampling.
 
     `submit` queues one update (newly final frames, the open edge, the file to rewrite, and what to do once
     it is on disk, called on the writer's thread with the segment files) and returns at once; `finished`
     hands back, in order, the tags of the updates done.
+
+    After an update fails, the later ones are not attempted (a video with a gap, or a checkpoint naming a
+    segment that was never written, would be worse than stopping): each is reported failed with the first
+    error. Whatever stops the thread, every submitted update gets an outcome, so `finished(wait=True)`
+    never waits on a thread that died.
     """
 
     def __init__(self, video: SegmentedVideo, metadata: dict[str, str] | None = None):
@@ -219,6 +229,9 @@ class BackgroundVideoWriter:
         self._tasks: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         self._pending = 0
+        self.error: VideoWriterError | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._work, name="framepack-video-writer", daemon=True)
         self._thread.start()
 
@@ -230,38 +243,69 @@ class BackgroundVideoWriter:
         tag: object,
         then: Callable[[list[Path]], object] | None = None,
     ) -> None:
-        self._pending += 1
-        self._tasks.put((final_frames, open_frames, path, tag, then))
+        with self._lock:
+            self._pending += 1
+            if self._stopped:  # the thread has ended: nobody would take it
+                self._done.put((tag, VideoWriterError("the video writer stopped")))
+            else:
+                self._tasks.put((final_frames, open_frames, path, tag, then))
 
     def finished(self, wait: bool = False) -> list[object]:
-        """Completed updates; with `wait`, after all submitted ones complete. Re-raises a writer error."""
+        """Tags of the updates completed since the last call, in order; with `wait`, after every submitted
+        update has an outcome. Once one has failed, `error` holds its error and no later tag is handed back."""
         results = []
-        while self._pending:
+        while self._pending and self.error is None:
             try:
-                tag, outcome = self._done.get(block=wait)
+                tag, error = self._done.get(block=wait)
             except queue.Empty:
                 break
             self._pending -= 1
-            if isinstance(outcome, BaseException):
-                raise outcome
-            results.append(tag)
+            if error is None:
+                results.append(tag)
+            else:
+                self.error = VideoWriterError(f"writing the video failed: {describe_write_error(error)}")
+                self.error.__cause__ = error
         return results
 
     def close(self) -> None:
+        """End the thread after the queued updates."""
         self._tasks.put(None)
         self._thread.join()
 
     def _work(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            final_frames, open_frames, path, tag, then = task
-            try:
-                self.video.add_final(final_frames)
-                self.video.write(path, open_frames, self.metadata)
-                if then is not None:
-                    then(list(self.video.segments))
-                self._done.put((tag, None))
-            except (OSError, ValueError, av.FFmpegError) as exc:  # handed to the engine's thread to report
-                self._done.put((tag, exc))
+        error: BaseException | None = None
+        try:
+            while (task := self._tasks.get()) is not None:
+                final_frames, open_frames, path, tag, then = task
+                try:
+                    if error is None:
+                        self.video.add_final(final_frames)
+                        self.video.write(path, open_frames, self.metadata)
+                        if then is not None:
+                            then(list(self.video.segments))
+                except Exception as exc:  # any failure (a full disk, a codec error) goes to the engine's thread
+                    error = exc
+                except BaseException:  # the thread itself is ending: this update did not happen either
+                    error = VideoWriterError("the video writer stopped")
+                    raise
+                finally:
+                    self._done.put((tag, error))
+        finally:
+            with self._lock:  # whatever ended the thread, every update still queued gets an outcome
+                self._stopped = True
+                while not self._tasks.empty():
+                    if (task := self._tasks.get_nowait()) is not None:
+                        self._done.put((task[3], error or VideoWriterError("the video writer stopped")))
+
+
+def describe_write_error(error: BaseException) -> str:
+    """One line for a failed write: a full disk is named as such (safetensors and PyAV word it their own way)."""
+    text = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text:
+        return "the disk is full"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return type(error).__name__
 
 
 @dataclass(frozen=True)

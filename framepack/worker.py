@@ -3,11 +3,15 @@
 Every job has its own stop event and its own event queue, so a caller (a browser session, an API client)
 only ever sees its own job. Jobs wait in a FIFO while another job runs; a waiting job's stream reports its
 place in line. The model set is loaded once, on the first job, and reused.
+
+Every job has an owner; a previous job is resumed or extended only by its owner, as its record says (never as
+the name of an uploaded file says). Whatever a job raises ends that job with a message, never the worker.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import queue
 import threading
@@ -17,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Done, Error, Event, Status, extend_job, generate, resume_job
+from .engine import Done, Error, Event, Status, extend_job, failure_message, generate, resume_job
 from .memory import MemoryPlan
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
-from .outputs import new_job_id
+from .outputs import LOCAL_USER, JobPaths, is_job_name, job_owner, new_job_id
 from .settings import Settings
+
+# Jobs one owner may have waiting or running at once: one user cannot fill the line for everyone.
+MAX_JOBS_PER_OWNER = 4
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +47,19 @@ class Job:
     """One submitted generation: its inputs, its stop event and the stream of its events."""
 
     def __init__(
-        self, worker: Worker, settings: Settings | None, image: np.ndarray | None, owner: str | None, resume: Path | None = None
+        self,
+        worker: Worker,
+        settings: Settings | None,
+        image: np.ndarray | None,
+        owner: str,
+        session: str | None = None,
+        resume: Path | None = None,
     ):
-        self.id = new_job_id()
+        self.id = new_job_id() if resume is None else resume.stem
         self.settings = settings
         self.image = image
-        self.owner = owner
+        self.owner = owner  # who may see and resume the job
+        self.session = session  # the browser tab following it, whose closing stops it
         self.resume = resume  # a stopped job's manifest to go on with, instead of settings and image
         self.add_seconds = 0.0  # with `resume`: make the finished F1 video this much longer instead
         self.stop_event = threading.Event()
@@ -80,8 +94,10 @@ class Worker:
         attention: str = "auto",
         compile: bool = False,
         plan: MemoryPlan | None = None,
+        max_jobs_per_owner: int = MAX_JOBS_PER_OWNER,
     ):
         self.variant = variant
+        self.max_jobs_per_owner = max_jobs_per_owner
         self.source = source
         self.attention, self.compile, self.plan = attention, compile, plan
         self.output_dir = Path(output_dir)
@@ -93,22 +109,50 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="framepack-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, settings: Settings, image: np.ndarray, owner: str | None = None) -> Job:
+    def submit(self, settings: Settings, image: np.ndarray, owner: str = LOCAL_USER, session: str | None = None) -> Job:
         """Queue a job and return it; iterate `job.events()` for its stream."""
-        return self._queue(Job(self, settings, image, owner))
+        return self._queue(Job(self, settings, image, owner, session))
 
-    def submit_resume(self, job_name: str, owner: str | None = None, add_seconds: float = 0.0) -> Job:
+    def submit_resume(
+        self, job_name: str, owner: str = LOCAL_USER, session: str | None = None, add_seconds: float = 0.0
+    ) -> Job:
         """Queue the rest of the stopped job `job_name` (a job in this worker's outputs folder), or with
-        `add_seconds` the extension of that finished F1 job."""
-        job = Job(self, None, None, owner, resume=self.output_dir / f"{job_name}.json")
+        `add_seconds` the extension of that finished F1 job; only its owner may."""
+        paths = JobPaths(self.output_dir, job_name)
+        job = Job(self, None, None, owner, session, resume=paths.manifest)
         job.add_seconds = add_seconds
+        if not is_job_name(job_name) or job_owner(paths) != owner:
+            # The same answer whether the job does not exist or is someone else's: nothing leaks.
+            return _refused(job, f"you have no job named {job_name!r} in this app's outputs")
         return self._queue(job)
+
+    def jobs_of(self, owner: str) -> list[dict[str, object]]:
+        """The owner's previous jobs in the outputs folder, newest first: name, state, sections and length."""
+        jobs = []
+        for manifest in self.output_dir.glob("*.json"):
+            paths = JobPaths(self.output_dir, manifest.stem)
+            if not is_job_name(manifest.stem) or job_owner(paths) != owner:
+                continue
+            try:
+                record = json.loads(manifest.read_text(encoding="utf-8"))
+                seconds = float(record["settings"]["total_second_length"])
+                entry = {"job": manifest.stem, "state": record["state"], "sections_done": record["sections_done"],
+                         "sections": record["sections"], "seconds": seconds, "video": paths.video.name}  # fmt: skip
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged record is no one's listing
+            jobs.append((manifest.stat().st_mtime, entry))
+        return [entry for _, entry in sorted(jobs, key=lambda item: item[0], reverse=True)]
 
     def _queue(self, job: Job) -> Job:
         with self._cond:
             if self._closed:
-                job._put(Error("The app is shutting down."))
-                return job
+                return _refused(job, "The app is shutting down.")
+            active = [j for j in (self._running, *self._pending) if j is not None]
+            if sum(j.owner == job.owner for j in active) >= self.max_jobs_per_owner:
+                limit = self.max_jobs_per_owner
+                return _refused(job, f"you already have {limit} jobs waiting or running; wait for one to end or stop one")
+            if job.resume is not None and any(j.resume == job.resume for j in active):
+                return _refused(job, f"{job.id} is already waiting or running")
             self._pending.append(job)
             if self._running is not None or len(self._pending) > 1:
                 self._announce_positions()
@@ -125,10 +169,10 @@ class Worker:
             self._announce_positions()
         job._put(_stopped_before_start())
 
-    def cancel_owner(self, owner: str) -> int:
-        """Cancel every waiting or running job of `owner` (a closed browser session); returns how many."""
+    def cancel_session(self, session: str) -> int:
+        """Cancel every waiting or running job a browser session follows (it was closed); returns how many."""
         with self._cond:
-            jobs = [j for j in (self._running, *self._pending) if j is not None and j.owner == owner]
+            jobs = [j for j in (self._running, *self._pending) if j is not None and j.session == session]
         for job in jobs:
             job.cancel()
         return len(jobs)
@@ -163,6 +207,8 @@ class Worker:
                 self._announce_positions()
             try:
                 self._run(job)
+            except Exception:  # never reached by design; if it is, the next job must still run
+                logger.exception("The worker failed on job %s", job.id)
             finally:
                 with self._cond:
                     self._running = None
@@ -172,6 +218,9 @@ class Worker:
         try:
             for last in self._job_events(job):
                 job._put(last)
+        except Exception as exc:  # the engine turns its failures into events; this catches what is outside it
+            last = Error(failure_message(exc), exc)
+            job._put(last)
         finally:
             # Whatever happened, the stream must end, or its reader would block forever.
             if not isinstance(last, (Done, Error)):
@@ -189,11 +238,12 @@ class Worker:
                     self.variant, self.source, attention=self.attention, compile=self.compile, plan=self.plan
                 )
             except ModelsMissingError as exc:
-                yield Error(str(exc), exc)
+                logger.error("%s", exc)
+                yield Error("The model files are missing on this machine; whoever runs the app can see which in its log.", exc)
                 return
             except Exception as exc:  # any loading failure must reach the user; the traceback goes to the log
                 logger.exception("Loading the models failed")
-                yield Error(f"Could not load the models: {type(exc).__name__}: {exc}", exc)
+                yield Error(f"Could not load the models ({type(exc).__name__}); the details are in the app's log.", exc)
                 return
         if job.resume is not None:
             if job.add_seconds > 0:
@@ -201,7 +251,15 @@ class Worker:
             else:
                 yield from resume_job(self._models, job.resume, stop=job.stop_event)
         else:
-            yield from generate(self._models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id)
+            yield from generate(
+                self._models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id, owner=job.owner
+            )
+
+
+def _refused(job: Job, message: str) -> Job:
+    """The job, never queued: its stream is one `Error`."""
+    job._put(Error(message))
+    return job
 
 
 def _stopped_before_start() -> Done:

@@ -54,11 +54,11 @@ def texts(updates: list[tuple], index: int) -> list[str]:
     return [u[index] for u in updates if isinstance(u[index], str)]
 
 
-def saved_video(message: str) -> Path:
-    """The server-side video path the final message names."""
-    match = re.search(r"saved to `([^`]+\.mp4)`", message)
+def saved_video(message: str, outputs: Path) -> Path:
+    """The video in the outputs folder that the final message names (by its name only: no server paths)."""
+    match = re.search(r"saved as `([^`/\\]+\.mp4)` in the outputs folder", message)
     assert match, message
-    return Path(match.group(1))
+    return outputs / match.group(1)
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
         "cfg_rescale": 0, "gpu_memory_preservation": 6, "use_teacache": True, "mp4_crf": 16,
     }  # fmt: skip
     assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
-    assert sorted(endpoints) == ["/generate", "/resume", "/stop"]
+    assert sorted(endpoints) == ["/generate", "/jobs", "/resume", "/stop"]
 
 
 def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_server):  # noqa: F811
@@ -106,13 +106,15 @@ def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_s
     assert final[MESSAGE].startswith("Finished")
 
     # The outputs folder holds the video and its latents, and no intermediate copies.
-    video = saved_video(final[MESSAGE])
-    assert video.parent == app_server.outputs and probe(video).frames == 25
+    video = saved_video(final[MESSAGE], app_server.outputs)
+    assert probe(video).frames == 25
+    # The page got its own copy, not a path into the outputs folder.
+    assert Path(final[VIDEO]).name == video.name and app_server.outputs not in Path(final[VIDEO]).parents
     job_files = sorted(p.name for p in app_server.outputs.iterdir() if video.stem.split(".")[0] in p.name)
     assert job_files == [f"{video.stem}.json", f"{video.stem}.latents.safetensors", video.name]
 
 
-def test_stop_mid_job_leaves_a_playable_video(client: Client):
+def test_stop_mid_job_leaves_a_playable_video(client: Client, app_server):  # noqa: F811
     job = submit(client, prompt="a cat walks", seed=3, total_second_length=2.0, **FAST)  # 5 sections
     stop_sent = False
     for update in job:
@@ -123,25 +125,26 @@ def test_stop_mid_job_leaves_a_playable_video(client: Client):
     assert stop_sent and final[MESSAGE].startswith("Stopped after"), final[MESSAGE]
     frames = probe(final[VIDEO]).frames
     assert frames in stopped_frames(total_second_length=2.0)
-    assert probe(saved_video(final[MESSAGE])).frames == frames
+    assert probe(saved_video(final[MESSAGE], app_server.outputs)).frames == frames
     assert f"Frames so far: {frames}" in final[INFO]
 
 
-def test_a_stopped_job_resumes_from_the_page(client: Client):
+def test_a_stopped_job_resumes_from_the_page(client: Client, app_server):  # noqa: F811
     job = submit(client, prompt="a dog runs", seed=4, total_second_length=2.0, **FAST)  # 5 sections
     for update in job:
         if isinstance(update[VIDEO], str):
             client.predict(api_name="/stop")
             break
     job.result()
-    stopped = saved_video(job.outputs()[-1][MESSAGE])
+    stopped = saved_video(job.outputs()[-1][MESSAGE], app_server.outputs)
     assert probe(stopped).frames in stopped_frames(total_second_length=2.0)
 
     resumed = client.submit(handle_file(str(stopped)), api_name="/resume")
     resumed.result()
     final = resumed.outputs()[-1]
     assert final[MESSAGE].startswith("Finished"), final[MESSAGE]
-    assert saved_video(final[MESSAGE]) == stopped and probe(stopped).frames == frames_of(total_second_length=2.0)
+    assert saved_video(final[MESSAGE], app_server.outputs) == stopped
+    assert probe(stopped).frames == frames_of(total_second_length=2.0)
 
     nothing = client.submit(handle_file(str(stopped.with_suffix(".json"))), api_name="/resume")
     nothing.result()
@@ -176,7 +179,7 @@ def test_two_concurrent_clients_get_their_own_results(app_server):  # noqa: F811
         assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == frames
         # Every video this client saw is its own job's (one file name), never the other's.
         own = {Path(v).name for v in texts(updates, VIDEO)}
-        assert own == {saved_video(final[MESSAGE]).name}
+        assert own == {saved_video(final[MESSAGE], app_server.outputs).name}
         names.append(own)
     assert names[0] != names[1]
     # One GPU: one of the jobs waited for the other, and its page said so.
@@ -228,7 +231,17 @@ def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, caps
     open_app = ui.create_app("f1", ui.parse_args(["--share", *out]))
     open_app.worker.close()
     assert "anyone with the link can use" in capsys.readouterr().err
-    assert open_app.launch_kwargs["allowed_paths"] == [str((tmp_path / "out").resolve())]
+    # The outputs folder is never served as it is; uploads have a size limit.
+    assert open_app.launch_kwargs["blocked_paths"] == [str((tmp_path / "out").resolve())]
+    assert "allowed_paths" not in open_app.launch_kwargs
+    assert open_app.launch_kwargs["max_file_size"] == 500 * 1024 * 1024
+
+    network = ui.create_app("original", ui.parse_args(["--server", "0.0.0.0", *out]))
+    network.worker.close()
+    assert "--server 0.0.0.0 without --auth" in capsys.readouterr().err
+    local = ui.create_app("original", ui.parse_args(["--server", "127.0.0.1", *out]))
+    local.worker.close()
+    assert "WARNING" not in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ui.parse_args(["--auth", "nopassword"])
 
@@ -252,14 +265,13 @@ def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
         assert client.config["title"] == "FramePack-F1"
         final = run(client, prompt="a robot waves", total_second_length=0.4, **FAST)[-1]
         assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == 13
-        video = saved_video(final[MESSAGE])
-        assert video.parent == (tmp_path / "out").resolve()
+        video = saved_video(final[MESSAGE], tmp_path / "out")
         # A finished F1 video grows by the seconds asked for, in place.
         extended = client.submit(handle_file(str(video)), add_seconds=0.4, api_name="/resume")
         extended.result()
         last = extended.outputs()[-1]
         assert last[MESSAGE].startswith("Finished"), last[MESSAGE]
-        assert saved_video(last[MESSAGE]) == video and probe(video).frames == 25
+        assert saved_video(last[MESSAGE], tmp_path / "out") == video and probe(video).frames == 25
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -275,13 +287,13 @@ def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path
     worker = Worker("original", ModelSource(models_dir=MODELS), tmp_path)
     try:
         image = load_image(IMAGE)
-        running = worker.submit(Settings(**FAST, total_second_length=0.4), image, owner="tab-1")
+        running = worker.submit(Settings(**FAST, total_second_length=0.4), image, session="tab-1")
         first = running.events()
         assert next(first) == Status("Loading models (first job only)")  # it runs: the worker took it
-        waiting = worker.submit(Settings(**FAST, total_second_length=0.4), image, owner="tab-2")
+        waiting = worker.submit(Settings(**FAST, total_second_length=0.4), image, session="tab-2")
         events = waiting.events()
         assert next(events) == Waiting(1)
-        assert worker.cancel_owner("tab-2") == 1
+        assert worker.cancel_session("tab-2") == 1
         rest = list(events)  # ends at once, while the first job still runs
         assert len(rest) == 1 and isinstance(rest[0], Done) and rest[0].stopped and rest[0].video_path is None
         first = list(first)
@@ -291,7 +303,7 @@ def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path
         worker.close()
 
 
-def test_missing_models_give_a_clear_message(tmp_path: Path):
+def test_missing_models_give_a_clear_message(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     from framepack.conditioning import load_image
     from framepack.engine import Error
     from framepack.models import ModelSource
@@ -302,5 +314,7 @@ def test_missing_models_give_a_clear_message(tmp_path: Path):
         *_, last = worker.submit(Settings(variant="f1", **FAST), load_image(IMAGE)).events()
     finally:
         worker.close()
-    assert isinstance(last, Error) and "Model files not found" in last.message
+    # The page says what is wrong without the server's folders; the log, for whoever runs the app, says which.
+    assert isinstance(last, Error) and "model files are missing" in last.message and str(tmp_path) not in last.message
+    assert "Model files not found" in caplog.text and str(tmp_path / "empty") in caplog.text
     assert ui.event_updates(last)[MESSAGE] == f"**Error:** {last.message}"

@@ -85,8 +85,10 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
     assert manifest["step_cache"] == {"method": "teacache", "threshold": 0.15}
     assert set(manifest["versions"]) >= {"torch", "diffusers", "transformers"}
     assert len(manifest["section_seconds"]) == event.sections_done
+    assert manifest["owner"] == "local"
+    # The settings travel with the video; the job's name does not (it is the owner's business).
     embedded = json.loads(probe(tmp_path / "job.mp4").metadata["comment"])
-    assert embedded == {"framepack": settings.to_dict(), "job": "job"}
+    assert embedded == {"framepack": settings.to_dict()}
 
     # The stopped job resumes in place and finishes; the checkpoint and segments are then removed.
     final = list(resume_job(tiny_models("f1"), tmp_path / "job.json", previews=False))[-1]
