@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ CASE_NAMES = sorted(p.name for p in CASES.iterdir()) if CASES.is_dir() else []
 needs_shared = pytest.mark.skipif(
     not TINY_MODELS.is_dir(), reason=f"the shared fixtures are not beside the checkout ({TINY} is missing)"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Without the fixtures the golden and model tests skip; in CI that would pass a run that tested little.
+    if os.environ.get("CI", "").lower() in ("true", "1") and not TINY_MODELS.is_dir():
+        raise pytest.UsageError(f"CI is set but the shared fixtures are missing: {TINY} (they must sit beside the checkout)")
 
 
 def load_case(name: str) -> tuple[dict, Path]:

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -31,38 +32,123 @@ def cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, env=env, text=True, **kwargs)
 
 
-def test_killed_job_resumes_to_the_uninterrupted_video(tmp_path):
-    for variant in ("original", "f1"):
-        out = tmp_path / variant
-        whole = cli("generate", "--variant", variant, "--image", str(IMAGE), *JOB, "--output-dir", str(out / "whole"),
-                    "--job-name", "job", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        killed = cli("generate", "--variant", variant, "--image", str(IMAGE), *JOB, "--output-dir", str(out / "killed"),
-                     "--job-name", "job", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-        for line in killed.stderr:  # blocks until the job reports its progress
-            if "Decoding section 4 of 5" in line:
-                killed.send_signal(signal.SIGKILL)
-                break
-        killed.wait(timeout=120)
-        assert killed.returncode == -signal.SIGKILL
-        assert whole.wait(timeout=300) == 0
+# Runs the CLI in a process that kills itself (SIGKILL: no cleanup of any kind) at an exact point: in the middle of
+# the `number`-th atomic write of the file named `target`, after its temporary file is written and before the
+# rename that would publish it. Where the kill lands does not depend on timing.
+KILL_DURING_WRITE = """
+import contextlib, os, signal, sys
+import framepack.outputs as outputs, framepack.video as video
+from framepack.cli import main
 
-        job = out / "killed"
-        manifest = json.loads((job / "job.json").read_text())
-        assert manifest["state"] == "running" and 1 <= manifest["sections_done"] < 5
-        assert probe(job / "job.mp4").frames > 0  # what a kill leaves behind plays
+target, number, writes = sys.argv[1], int(sys.argv[2]), 0
+atomic_path = outputs.atomic_path
 
-        resumed = cli("resume", str(job / "job.mp4"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        stdout, stderr = resumed.communicate(timeout=300)
-        assert resumed.returncode == 0, stderr
-        assert f"Resuming after section {manifest['sections_done']} of 5" in stderr
+@contextlib.contextmanager
+def killing_atomic_path(path):
+    global writes
+    with atomic_path(path) as tmp:
+        yield tmp
+        writes += os.path.basename(path) == target
+        if writes == number:
+            os.kill(os.getpid(), signal.SIGKILL)
 
-        expected = load_file(out / "whole" / "job.latents.safetensors")["latents"]
-        assert torch.equal(load_file(job / "job.latents.safetensors")["latents"], expected)
-        frames, expected_frames = read_frames(job / "job.mp4"), read_frames(out / "whole" / "job.mp4")
-        assert frames.shape == expected_frames.shape == (4 * (5 * 9 + 1) - 3, 64, 96, 3)
-        assert np.abs(frames.astype(float) - expected_frames).mean() < 3  # same frames, encoded again
-        assert json.loads((job / "job.json").read_text())["state"] == "done"
-        assert sorted(p.name for p in job.iterdir()) == ["job.json", "job.latents.safetensors", "job.mp4"]
+outputs.atomic_path = video.atomic_path = killing_atomic_path
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def kill_during_write(target: str, number: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", KILL_DURING_WRITE, target, str(number), *args, "--models", str(TINY_MODELS), "--quiet"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "variant, target, number, resumes_after",
+    [
+        ("original", "job.checkpoint.safetensors", 2, 1),  # a section's checkpoint
+        ("original", "job.mp4", 3, 2),  # a section's video update (its checkpoint comes after it)
+        ("original", "job.latents.safetensors", 1, 5),  # the video's latents, once all sections are done
+        ("original", "job.json", 6, 5),  # the record that says "done" (five sections said "running" before)
+        ("f1", "job.mp4", 2, 1),
+    ],
+)
+def test_killed_job_resumes_to_the_uninterrupted_video(tmp_path, uninterrupted, variant, target, number, resumes_after):
+    out = tmp_path / "killed"
+    killed = kill_during_write(target, number, "generate", "--variant", variant, "--image", str(IMAGE), *JOB,
+                               "--output-dir", str(out), "--job-name", "job")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # The kill left a half-written file behind, and everything published before it is whole.
+    assert [p.name for p in out.iterdir() if p.name.startswith(f".{target}.")], sorted(p.name for p in out.iterdir())
+    manifest = json.loads((out / "job.json").read_text())
+    assert manifest["state"] == "running" and 1 <= manifest["sections_done"] <= 5
+    assert probe(out / "job.mp4").frames > 0  # what a kill leaves behind plays
+
+    resumed = cli("resume", str(out / "job.mp4"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert f"Resuming after section {resumes_after} of 5" in stderr
+
+    whole = uninterrupted(variant)
+    assert torch.equal(load_file(out / "job.latents.safetensors")["latents"], load_file(whole / "job.latents.safetensors")["latents"])
+    frames, expected_frames = read_frames(out / "job.mp4"), read_frames(whole / "job.mp4")
+    assert frames.shape == expected_frames.shape == (4 * (5 * 9 + 1) - 3, 64, 96, 3)
+    assert np.abs(frames.astype(float) - expected_frames).mean() < 3  # same frames, encoded again
+    assert json.loads((out / "job.json").read_text())["state"] == "done"
+    # Nothing is left of the kill: no temporary file, no parts folder, no checkpoint.
+    assert sorted(p.name for p in out.iterdir()) == ["job.json", "job.latents.safetensors", "job.mp4"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The outputs of the uninterrupted job, per variant (made once)."""
+    made = {}
+
+    def get(variant: str) -> Path:
+        if variant not in made:
+            folder = tmp_path_factory.mktemp(f"whole-{variant}")
+            whole = cli("generate", "--variant", variant, "--image", str(IMAGE), *JOB, "--output-dir", str(folder),
+                        "--job-name", "job", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            assert whole.wait(timeout=300) == 0, whole.stderr.read()
+            made[variant] = folder
+        return made[variant]
+
+    return get
+
+
+def test_the_app_tidies_what_killed_jobs_left_and_spares_live_ones(tmp_path):
+    from framepack.outputs import JobLock, JobPaths, sweep_outputs
+
+    def leftovers(job: str, resumable: bool) -> JobPaths:
+        paths = JobPaths(tmp_path, job)
+        paths.parts_dir.mkdir()
+        (paths.parts_dir / "00001.mp4").write_bytes(b"segment")
+        (paths.parts_dir / ".00002.mp4.0123abcd.tmp").write_bytes(b"half a segment")
+        (tmp_path / f".{job}.checkpoint.safetensors.89abcdef.tmp").write_bytes(b"half a checkpoint")
+        paths.video.write_bytes(b"video")
+        if resumable:
+            paths.checkpoint.write_bytes(b"checkpoint")
+        return paths
+
+    resumable, finished, live = leftovers("resumable", True), leftovers("finished", False), leftovers("live", True)
+    stray = tmp_path / ".gone.json.00ff00ff.tmp"  # a job killed before its first section: no parts folder
+    stray.write_text("{")
+    other = tmp_path / ".notes.txt"  # not ours: never touched
+    other.write_text("keep")
+    lock = JobLock(live)  # another process is working on this one
+    assert lock.acquire()
+    try:
+        assert sweep_outputs(tmp_path) == 3
+    finally:
+        lock.release()
+    # A resumable job keeps its parts but not its half-written files; a finished one keeps only its outputs.
+    assert sorted(p.name for p in resumable.parts_dir.iterdir()) == ["00001.mp4", "lock"]
+    assert not finished.parts_dir.exists() and finished.video.is_file()
+    assert not stray.exists() and other.read_text() == "keep"
+    # The live job's files are all still there.
+    assert (live.parts_dir / ".00002.mp4.0123abcd.tmp").exists()
+    assert (tmp_path / ".live.checkpoint.safetensors.89abcdef.tmp").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".resumable.", ".finished.")) and p.suffix == ".tmp"]
 
 
 def test_manifest_records_the_job(tiny_models, tmp_path):

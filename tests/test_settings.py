@@ -21,7 +21,8 @@ def test_defaults_users_know():
      ({"variant": "f2"}, "variant"), ({"height": 100, "width": 96}, "height"), ({"height": 64}, "width"),
      ({"steps": 2.5}, "steps"), ({"cfg": "lots"}, "cfg"), ({"use_teacache": "maybe"}, "use_teacache"),
      ({"total_second_length": float("nan")}, "total_second_length"), ({"prompt": None}, "prompt"),
-     ({"dtype": "int8"}, "dtype"), ({"latent_window_size": 0}, "latent_window_size")],
+     ({"dtype": "int8"}, "dtype"), ({"latent_window_size": 0}, "latent_window_size"),
+     ({"prompt": "x" * 10_001}, "prompt"), ({"negative_prompt": "y" * 20_000}, "negative_prompt")],
 )  # fmt: skip
 def test_bad_values_name_the_field(changes, field):
     with pytest.raises(SettingsError) as info:
@@ -39,3 +40,29 @@ def test_form_values_are_coerced():
 def test_round_trip_through_a_dict():
     s = Settings(prompt="a cat", seed=7, height=64, width=96)
     assert Settings.from_dict({**s.to_dict(), "unrelated": 1}) == s
+
+
+def test_ci_fails_instead_of_skipping_when_the_fixtures_are_missing(tmp_path):
+    """A green CI must mean the golden tests ran: a checkout without `../shared` beside it fails under CI=true."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = tmp_path / "checkout" / "tests"
+    tests.mkdir(parents=True)
+    shutil.copy(Path(__file__).with_name("conftest.py"), tests)
+    (tests / "test_needs_models.py").write_text(
+        "from conftest import needs_shared\n\n@needs_shared\ndef test_golden():\n    pass\n"
+    )
+
+    def pytest_run(ci: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CI": ci}
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)]
+        return subprocess.run(command, cwd=tests.parent, env=env, capture_output=True, text=True, timeout=120)
+
+    in_ci = pytest_run("true")
+    assert in_ci.returncode != 0 and "the shared fixtures are missing" in in_ci.stdout + in_ci.stderr
+    outside_ci = pytest_run("")
+    assert outside_ci.returncode == 0 and "1 skipped" in outside_ci.stdout

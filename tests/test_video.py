@@ -140,6 +140,39 @@ def test_background_writer_runs_the_follow_up_on_its_thread_after_the_update(tmp
     assert seen == [("framepack-video-writer", ["00001.mp4"], True)]
 
 
+def test_a_failed_update_stops_the_writer_without_a_gap_and_nothing_waits_forever(tmp_path):
+    from safetensors import SafetensorError
+
+    from framepack.video import VideoWriterError
+
+    video = SegmentedVideo(tmp_path / "parts", prepend=False)
+    writer = BackgroundVideoWriter(video)
+    saved = []
+
+    def checkpoint(segments):  # the second checkpoint finds the disk full, in safetensors' own words
+        if len(segments) == 2:
+            raise SafetensorError("No space left on device (os error 28)")
+        saved.append([p.name for p in segments])
+
+    for index, tag in enumerate(("first", "second", "third")):
+        writer.submit(gradient_frames(4, 4 * index), gradient_frames(2, 4), tmp_path / "video.mp4", tag, checkpoint)
+    assert writer.finished(wait=True) == ["first"]  # returns: the failure does not leave it waiting
+    assert isinstance(writer.error, VideoWriterError) and "the disk is full" in str(writer.error)
+    assert isinstance(writer.error.__cause__, SafetensorError)
+    assert writer.finished(wait=True) == []
+    writer.close()
+    # The third update was not attempted: no segment after the failed one, no checkpoint naming it.
+    assert saved == [["00001.mp4"]]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["00001.mp4", "00002.mp4", "edge.mp4"]
+
+
+def test_an_update_submitted_after_the_writer_ended_still_gets_an_outcome(tmp_path):
+    writer = BackgroundVideoWriter(SegmentedVideo(tmp_path / "parts", prepend=False))
+    writer.close()
+    writer.submit(gradient_frames(4, 0), gradient_frames(2, 4), tmp_path / "video.mp4", "late")
+    assert writer.finished(wait=True) == [] and "the video writer stopped" in str(writer.error.__cause__)
+
+
 def test_checkpoint_keeps_float16_frames_in_half_the_bytes_and_others_exactly(tmp_path):
     def checkpoint(frames):
         return Checkpoint("job", {}, 1, torch.zeros(4, dtype=torch.uint8), frames, 0, [], torch.zeros(2, 2, 3))
