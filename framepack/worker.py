@@ -104,7 +104,7 @@ class Worker:
         self._models: ModelSet | None = None
         self._pending: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
-        self._closed = False
+        self._closed: str | None = None  # once set, why no job is taken any more
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="framepack-worker", daemon=True)
         self._thread.start()
@@ -146,7 +146,7 @@ class Worker:
     def _queue(self, job: Job) -> Job:
         with self._cond:
             if self._closed:
-                return _refused(job, "The app is shutting down.")
+                return _refused(job, self._closed)
             active = [j for j in (self._running, *self._pending) if j is not None]
             if sum(j.owner == job.owner for j in active) >= self.max_jobs_per_owner:
                 limit = self.max_jobs_per_owner
@@ -179,15 +179,20 @@ class Worker:
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the running job, end the waiting ones and the worker thread."""
+        self._end_waiting("The app is shutting down.")
         with self._cond:
-            self._closed = True
-            waiting, self._pending = list(self._pending), collections.deque()
             if self._running is not None:
                 self._running.stop_event.set()
             self._cond.notify()
-        for job in waiting:
-            job._put(Error("The app is shutting down."))
         self._thread.join(timeout)
+
+    def _end_waiting(self, reason: str) -> None:
+        """Take no more jobs, and end the streams of those in line (with `reason`, unless one was given first)."""
+        with self._cond:
+            self._closed = self._closed or reason
+            waiting, self._pending = list(self._pending), collections.deque()
+        for job in waiting:
+            job._put(Error(self._closed))
 
     def _announce_positions(self) -> None:
         # Called with the lock held; only changed positions are sent, so a stream is not flooded.
@@ -197,21 +202,25 @@ class Worker:
                 job._put(Waiting(index))
 
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                job = self._running = self._pending.popleft()
-                self._announce_positions()
-            try:
-                self._run(job)
-            except Exception:  # never reached by design; if it is, the next job must still run
-                logger.exception("The worker failed on job %s", job.id)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._running = None
+                    while not self._pending and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    job = self._running = self._pending.popleft()
+                    self._announce_positions()
+                try:
+                    self._run(job)
+                except Exception:  # never reached by design; if it is, the next job must still run
+                    logger.exception("The worker failed on job %s", job.id)
+                finally:
+                    with self._cond:
+                        self._running = None
+        finally:
+            # However this thread ends, no job may wait in line for it: later ones are refused, waiting ones end.
+            self._end_waiting("The app's worker stopped; see the app's log.")
 
     def _run(self, job: Job) -> None:
         last: JobEvent | None = None

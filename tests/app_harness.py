@@ -3,6 +3,7 @@
 Import `app_server` into a test module to use it as a fixture.
 """
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,18 +35,25 @@ class AppServer:
     outputs: Path
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    """The original-variant app on the tiny models, built from the command line as `main` builds it."""
+@contextlib.contextmanager
+def running_app(outputs: Path, *args: str, variant: str = "original") -> Iterator[AppServer]:
+    """The app on the tiny models, built from its command line (plus `args`) as `main` builds it."""
     if not MODELS.is_dir():
         pytest.skip(f"the tiny FramePack models are not beside the checkout ({MODELS} is missing)")
     from framepack import ui
 
-    outputs = tmp_path_factory.mktemp("outputs")
     port = free_port()
-    app = ui.create_app("original", ui.parse_args(["--models", str(MODELS), "--outputs", str(outputs), "--port", str(port)]))
+    argv = ["--models", str(MODELS), "--outputs", str(outputs), "--port", str(port), *args]
+    app = ui.create_app(variant, ui.parse_args(argv, variant))
     app.launch(prevent_thread_lock=True, quiet=True)
     try:
         yield AppServer(f"http://127.0.0.1:{port}", outputs)
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The original-variant app on the tiny models, serving this machine only."""
+    with running_app(tmp_path_factory.mktemp("outputs")) as server:
+        yield server

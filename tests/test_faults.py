@@ -243,3 +243,23 @@ def test_a_job_cannot_run_twice_at_once(workers):
     finally:
         lock.release()
     assert isinstance(events_of(worker.submit_resume(video.stem))[-1], Done)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_if_the_worker_thread_ends_no_job_waits_for_it(tmp_path, monkeypatch):
+    """Even a failure no `except Exception` catches (here: SystemExit in the worker's thread) ends the waiting
+    jobs' streams and refuses later jobs, instead of leaving pages waiting forever."""
+    worker = Worker("original", ModelSource(models_dir=TINY_MODELS), tmp_path)
+    release = threading.Event()
+
+    def dying(job):
+        release.wait()
+        raise SystemExit("the worker thread ends")
+
+    monkeypatch.setattr(worker, "_job_events", dying)
+    running, waiting = submit(worker), submit(worker)
+    release.set()
+    assert isinstance(events_of(running)[-1], Error)
+    assert events_of(waiting)[-1] == Error("The app's worker stopped; see the app's log.")
+    assert events_of(submit(worker))[-1] == Error("The app's worker stopped; see the app's log.")
+    worker.close()
