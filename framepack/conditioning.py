@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,10 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PRO
 from PIL import Image, ImageOps
 
 from .models import ModelSet
+
+if TYPE_CHECKING:
+    from .controls import JobImages, SectionSchedule
+    from .settings import Settings
 
 # FramePack's 640 buckets as (height, width); every side is a multiple of 16 and the areas are close to 640².
 BUCKETS_640: tuple[tuple[int, int], ...] = (
@@ -63,6 +68,15 @@ class PromptEmbeds:
 
     def zeros_like(self) -> PromptEmbeds:
         return PromptEmbeds(torch.zeros_like(self.llama), self.llama_mask, torch.zeros_like(self.clip_pooler))
+
+    def blend(self, other: PromptEmbeds, weight: float) -> PromptEmbeds:
+        """(1 - weight) of this prompt and `weight` of `other`; the shorter Llama states are zero-padded, as the
+        transformer sees them, and the result attends to the tokens of both."""
+        length = max(self.llama.shape[1], other.llama.shape[1])
+        ours, theirs = self.padded(length)[0], other.padded(length)[0]
+        llama = torch.lerp(ours, theirs, weight)
+        mask = torch.ones(llama.shape[:2], dtype=self.llama_mask.dtype, device=llama.device)
+        return PromptEmbeds(llama, mask, torch.lerp(self.clip_pooler, other.clip_pooler, weight))
 
     def padded(self, length: int = TEXT_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
         """The Llama states zero-padded (or cropped) to `length`, with a boolean mask of the real tokens."""
@@ -134,26 +148,71 @@ def encode_image_embeds(models: ModelSet, image: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class Conditioning:
-    """All a job's sampler needs besides the latents: both prompts, the image embedding and the start latent."""
+    """All a job's sampler needs besides the latents: each prompt a section uses (encoded once per job), the
+    negative prompt, the image embedding, the start, end and keyframe latents, and the section schedule.
 
-    positive: PromptEmbeds
+    `section` is the one place where a section's conditioning is decided.
+    """
+
+    embeds: dict[str, PromptEmbeds]  # by prompt text
+    section_prompts: tuple[str, ...]  # the governing prompt of each section, in time order
     negative: PromptEmbeds
     image_embeds: torch.Tensor
     start_latent: torch.Tensor
-    image: np.ndarray  # the resized and cropped start image, uint8 HxWx3
+    keyframe_latents: list[torch.Tensor]
+    end_latent: torch.Tensor | None  # already times the end strength
+    schedule: SectionSchedule
+    blend_sections: int = 0  # sections over which a new prompt fades in (0: it applies at once)
+
+    @property
+    def positive(self) -> PromptEmbeds:
+        """The first section's prompt (the only one, without timed prompts)."""
+        return self.embeds[self.section_prompts[0]]
+
+    def section(self, generation_index: int) -> tuple[PromptEmbeds, torch.Tensor]:
+        """The prompt embeddings and the start-slot latent of the section generated `generation_index`-th."""
+        t = self.schedule.time_index(generation_index)
+        slot = self.schedule.start_slot[t]
+        start_slot = self.start_latent if slot < 0 else self.keyframe_latents[slot]
+        return self._prompt(t), start_slot
+
+    def _prompt(self, t: int) -> PromptEmbeds:
+        text = self.section_prompts[t]
+        change = t  # the first section of this prompt's run
+        while change > 0 and self.section_prompts[change - 1] == text:
+            change -= 1
+        if change == 0 or t - change >= self.blend_sections:
+            return self.embeds[text]
+        # The k-th section after a change is (k+1)/(K+1) of the way from the previous prompt to the new one.
+        weight = (t - change + 1) / (self.blend_sections + 1)
+        return self.embeds[self.section_prompts[change - 1]].blend(self.embeds[text], weight)
 
 
 @torch.no_grad()
-def encode_conditioning(models: ModelSet, image: np.ndarray, prompt: str, negative_prompt: str, cfg: float) -> Conditioning:
-    """Encode a job's inputs. The negative prompt is only encoded when real CFG uses it (cfg != 1)."""
-    positive = encode_prompt(models, prompt)
-    negative = positive.zeros_like() if cfg == 1 else encode_prompt(models, negative_prompt)
+def encode_conditioning(models: ModelSet, settings: Settings, images: JobImages, schedule: SectionSchedule) -> Conditioning:
+    """Encode a job's inputs: each prompt some section uses once, the negative prompt only when real CFG uses
+    it (cfg != 1), the start image through SigLIP and the VAE, and the end frame and keyframes through the VAE."""
+    texts = [settings.prompt if k < 0 else settings.prompts[k][1] for k in schedule.prompt_index]
+    embeds = {text: encode_prompt(models, text) for text in dict.fromkeys(texts)}
+    # With CFG off the negative is never evaluated; zeros shaped like the base prompt's, as FramePack does.
+    if settings.cfg == 1:
+        base = embeds.get(settings.prompt) or encode_prompt(models, settings.prompt)
+        negative = base.zeros_like()
+    else:
+        negative = encode_prompt(models, settings.negative_prompt)
+    end_latent = None
+    if images.end is not None:
+        end_latent = encode_start_latent(models, images.end) * settings.end_strength
     return Conditioning(
-        positive=positive,
+        embeds=embeds,
+        section_prompts=tuple(texts),
         negative=negative,
-        image_embeds=encode_image_embeds(models, image),
-        start_latent=encode_start_latent(models, image),
-        image=image,
+        image_embeds=encode_image_embeds(models, images.start),
+        start_latent=encode_start_latent(models, images.start),
+        keyframe_latents=[encode_start_latent(models, image) for _, image in images.keyframes],
+        end_latent=end_latent,
+        schedule=schedule,
+        blend_sections=settings.prompt_blend_sections,
     )
 
 

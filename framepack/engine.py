@@ -17,24 +17,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 
 from .cache import StepCache, configure_cache
-from .conditioning import (
-    LLAMA_MAX_TOKENS,
-    Conditioning,
-    ImageError,
-    encode_conditioning,
-    load_image,
-    prompt_token_count,
-    resize_and_center_crop,
-    target_size,
-)
+from .conditioning import LLAMA_MAX_TOKENS, Conditioning, ImageError, encode_conditioning, prompt_token_count
+from .controls import ImageSource, JobImages, JobInputs, describe_schedule, plan_schedule, prepare_images, timeline
 from .memory import MemoryPlanError, replan
 from .models import ModelSet
 from .outputs import (
@@ -52,7 +44,7 @@ from .outputs import (
 )
 from .packing import LatentHistory, SectionPlan, join_sections, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
-from .settings import FPS, Settings, SettingsError
+from .settings import EPSILON, FPS, Settings, SettingsError, parse_timed_prompt
 from .video import (
     BackgroundVideoWriter,
     FrameAssembler,
@@ -84,6 +76,7 @@ class Progress:
     steps: int
     frames: int  # frames of video finished before this section
     preview: np.ndarray | None  # latent preview of the step's x0 prediction, uint8 (h, T*w, 3)
+    span: tuple[float, float] = (0.0, 0.0)  # the section's time range in the video, seconds
 
     @property
     def fraction(self) -> float:
@@ -132,7 +125,7 @@ Event = Status | Progress | SectionDone | Done | Error
 def generate(
     models: ModelSet,
     settings: Settings,
-    image: str | Path | Image.Image | np.ndarray,
+    inputs: JobInputs | ImageSource | None,
     output_dir: str | Path = "outputs",
     *,
     stop: threading.Event | None = None,
@@ -142,10 +135,13 @@ def generate(
 ) -> Iterator[Event]:
     """Run one job and yield its events; the last one is always `Done` or `Error`, whatever fails.
 
+    `inputs` is the start image, or `JobInputs` with an end image and keyframes too (None: a grey blank start).
     `owner` is recorded with the job: only they may resume or extend it (the app checks).
     """
+    if not isinstance(inputs, JobInputs):
+        inputs = JobInputs(inputs)
     paths = JobPaths(Path(output_dir), job_id or new_job_id())
-    yield from _guarded(_new_job(models, settings, image, paths, stop or threading.Event(), previews, owner))
+    yield from _guarded(_new_job(models, settings, inputs, paths, stop or threading.Event(), previews, owner))
 
 
 def resume_job(
@@ -157,15 +153,22 @@ def resume_job(
 
 
 def extend_job(
-    models: ModelSet, path: str | Path, seconds: float, *, stop: threading.Event | None = None, previews: bool = True
+    models: ModelSet,
+    path: str | Path,
+    seconds: float,
+    *,
+    prompt: str = "",
+    stop: threading.Event | None = None,
+    previews: bool = True,
 ) -> Iterator[Event]:
     """Make a finished F1 video `seconds` longer, in place, exactly as if it had been made that long at once.
+    `prompt` may add timed prompts for the added seconds ("[6s: he sits down]").
 
     F1 generates forwards, so its state after the last section can be rebuilt from its outputs: the latents
     (and the start image stored with them), the noise generator replayed for the sections made, the frames
     still to blend re-decoded from the last latents, and the video itself cut before those frames.
     """
-    yield from _guarded(_extend(models, job_paths(path), seconds, stop or threading.Event(), previews))
+    yield from _guarded(_extend(models, job_paths(path), seconds, prompt, stop or threading.Event(), previews))
 
 
 def job_paths(path: str | Path) -> JobPaths:
@@ -210,7 +213,7 @@ def _guarded(events: Iterator[Event]) -> Iterator[Event]:
 def _new_job(
     models: ModelSet,
     settings: Settings,
-    image: str | Path | Image.Image | np.ndarray,
+    inputs: JobInputs,
     paths: JobPaths,
     stop: threading.Event,
     previews: bool,
@@ -218,7 +221,7 @@ def _new_job(
 ) -> Iterator[Event]:
     if not is_job_name(paths.job_id):
         raise SettingsError("job_name", f"{paths.job_id!r} cannot name files: use letters, digits, '_', '-' and '.'")
-    yield from _locked(paths, lambda: _run(models, settings, image, paths, stop, previews, None, owner))
+    yield from _locked(paths, lambda: _run(models, settings, inputs, paths, stop, previews, None, owner))
 
 
 def _locked(paths: JobPaths, job: Callable[[], Iterator[Event]]) -> Iterator[Event]:
@@ -239,8 +242,8 @@ def _resume(models: ModelSet, paths: JobPaths, stop: threading.Event, previews: 
     def job() -> Iterator[Event]:
         checkpoint = read_checkpoint(paths)  # under the lock, which also removed what a killed process left
         settings = Settings.from_dict(checkpoint.settings)
-        image = checkpoint.image.numpy()
-        yield from _run(models, settings, image, paths, stop, previews, checkpoint, checkpoint.owner)
+        inputs = JobImages.from_tensors(checkpoint.images, checkpoint.image_metadata).inputs()
+        yield from _run(models, settings, inputs, paths, stop, previews, checkpoint, checkpoint.owner)
 
     yield from _locked(paths, job)
 
@@ -265,16 +268,18 @@ def read_checkpoint(paths: JobPaths) -> Checkpoint:
     return checkpoint
 
 
-def _extend(models: ModelSet, paths: JobPaths, seconds: float, stop: threading.Event, previews: bool) -> Iterator[Event]:
+def _extend(
+    models: ModelSet, paths: JobPaths, seconds: float, prompt: str, stop: threading.Event, previews: bool
+) -> Iterator[Event]:
     def job() -> Iterator[Event]:
-        checkpoint, settings = _extension(models, paths, seconds)  # if it fails, what it wrote goes with the parts
-        image = checkpoint.image.numpy()
-        yield from _run(models, settings, image, paths, stop, previews, checkpoint, checkpoint.owner)
+        checkpoint, settings = _extension(models, paths, seconds, prompt)  # if it fails, its files go with the parts
+        inputs = JobImages.from_tensors(checkpoint.images, checkpoint.image_metadata).inputs()
+        yield from _run(models, settings, inputs, paths, stop, previews, checkpoint, checkpoint.owner)
 
     yield from _locked(paths, job)
 
 
-def _extension(models: ModelSet, paths: JobPaths, seconds: float) -> tuple[Checkpoint, Settings]:
+def _extension(models: ModelSet, paths: JobPaths, seconds: float, prompt: str) -> tuple[Checkpoint, Settings]:
     stem = paths.job_id
     try:
         manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
@@ -292,9 +297,10 @@ def _extension(models: ModelSet, paths: JobPaths, seconds: float) -> tuple[Check
     longer = settings.replace(total_second_length=round(settings.total_second_length + seconds, 6))
     if longer.num_sections <= done:
         raise SettingsError("seconds", f"{seconds:g} s is less than half a section; nothing to add")
+    longer = longer.replace(prompts=settings.prompts + _added_prompts(prompt, done * 4 * settings.latent_window_size / FPS))
     try:
-        latents, image = load_latents(paths.latents), load_latents(paths.latents, "start_image")
-    except (OSError, SafetensorError) as exc:
+        latents, images = load_latents(paths.latents), JobImages.load(paths.latents)
+    except (OSError, SafetensorError, KeyError, ValueError) as exc:
         raise SettingsError("extend", f"the latents of {stem} are missing or damaged ({type(exc).__name__})") from exc
     w = settings.latent_window_size
     if latents.ndim != 5 or latents.shape[2] != done * w + 1:
@@ -311,16 +317,28 @@ def _extension(models: ModelSet, paths: JobPaths, seconds: float) -> tuple[Check
     final_frames = 4 * latents.shape[2] - 3 - open_frames.shape[2]
     trim_mp4(paths.video, paths.parts_dir / "00001.mp4", final_frames)
     owner = manifest.get("owner", LOCAL_USER)
+    tensors, metadata = images.to_tensors()
     checkpoint = Checkpoint(
-        stem, longer.to_dict(), done, generator.get_state(), open_frames, final_frames, ["00001.mp4"], image, owner
-    )
+        stem, longer.to_dict(), done, generator.get_state(), open_frames, final_frames, ["00001.mp4"], tensors, owner,
+        metadata,
+    )  # fmt: skip
     return checkpoint, longer
+
+
+def _added_prompts(prompt: str, made: float) -> tuple[tuple[float, str], ...]:
+    """The timed prompts an extension adds; they may govern only the sections it adds (from `made` seconds)."""
+    base, pairs = parse_timed_prompt(prompt)
+    if base:
+        raise SettingsError("prompt", f"give the added seconds' prompts as timed groups, e.g. [{made:g}s: he sits down]")
+    if early := [seconds for seconds, _ in pairs if seconds < made - EPSILON]:
+        raise SettingsError("prompt", f"{early[0]:g} s is in the part already made; an extension's timed prompts start at {made:g} s or later")  # fmt: skip
+    return pairs
 
 
 def _run(
     models: ModelSet,
     settings: Settings,
-    image_source: str | Path | Image.Image | np.ndarray,
+    inputs: JobInputs,
     paths: JobPaths,
     stop: threading.Event,
     previews: bool,
@@ -331,22 +349,25 @@ def _run(
     started = time.perf_counter()
     if models.variant != settings.variant:
         raise SettingsError("variant", f"the loaded models are the {models.variant} variant, not {settings.variant}")
-    image = load_image(image_source)
-    height, width = target_size(image, settings.resolution, settings.height, settings.width)
-    image = resize_and_center_crop(image, width, height)
+    images = prepare_images(inputs, settings)
+    schedule = plan_schedule(settings, images.keyframe_times, images.end is not None)
+    height, width = images.start.shape[:2]
+    if inputs.image is None:
+        yield Status(f"No start image: starting from a {inputs.blank_start} frame")
 
     yield Status("Encoding prompt and image")
-    if prompt_token_count(models, settings.prompt) > LLAMA_MAX_TOKENS:
-        yield Status(f"The prompt is longer than {LLAMA_MAX_TOKENS} tokens; the text past that is ignored")
+    for text in dict.fromkeys([settings.prompt, *(text for _, text in settings.prompts)]):
+        if prompt_token_count(models, text) > LLAMA_MAX_TOKENS:
+            yield Status(f"A prompt is longer than {LLAMA_MAX_TOKENS} tokens; the text past that is ignored: {text[:40]}...")
     if models.placement is not None:
         # "GPU memory to preserve" and the size decide how many transformer blocks stay on the GPU.
         models.placement = replan(models, models.placement, settings)
     with phase(models, models.text_encoder_2, models.image_encoder, models.vae):
-        cond = encode_conditioning(models, image, settings.prompt, settings.negative_prompt, settings.cfg)
+        cond = encode_conditioning(models, settings, images, schedule)
 
     window = settings.latent_window_size
     plans = plan_sections(settings.variant, settings.num_sections, window)
-    history = LatentHistory(settings.variant, cond.start_latent, window)
+    history = LatentHistory(settings.variant, cond.start_latent, window, cond.end_latent)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     if resume is None:
         assembler = FrameAssembler(settings.frames_per_section, history.prepends)
@@ -358,12 +379,16 @@ def _run(
         generator.set_state(resume.rng_state)
         yield Status(f"Resuming after section {resume.sections_done} of {len(plans)}")
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
-    prompt_inputs = _prompt_inputs(models, cond)
-    record = JobRecord(paths, settings, models, resume, owner)  # written once a section is on disk
+    image_tensors, image_metadata = images.to_tensors()  # saved with every checkpoint, for a resume
+    record = JobRecord(paths, settings, models, resume, owner, inputs.describe())  # written once a section is on disk
+    record.schedule = describe_schedule(schedule, settings, images.end is not None)
+    if settings.prompts or images.keyframes or images.end is not None:
+        yield Status("Sections (time order):\n" + "\n".join(timeline(record.schedule)))
 
     video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
-    # The settings travel inside the MP4 too, so a video alone is enough to re-run or vary it.
-    writer = BackgroundVideoWriter(video, {"comment": json.dumps({"framepack": settings.to_dict()})})
+    # The settings (and what the images were) travel inside the MP4 too: a video alone is enough to vary it.
+    metadata = {"comment": json.dumps({"framepack": settings.to_dict(), "inputs": record.inputs})}
+    writer = BackgroundVideoWriter(video, metadata)
 
     def written(wait: bool = False) -> list[SectionDone]:
         """Record the sections whose video update and checkpoint are on disk; their events, to report."""
@@ -385,10 +410,9 @@ def _run(
             if cache is not None:
                 cache.reset()
             noise = torch.randn((1, 16, window, height // 8, width // 8), generator=generator, dtype=torch.float32)
-            section_inputs = _section_inputs(models, history, plan)
             denoise = make_denoiser(
                 models.transformer,
-                {name: {**inputs, **section_inputs} for name, inputs in prompt_inputs.items()},
+                _section_inputs(models, cond, history, plan),
                 cfg=settings.cfg,
                 cfg_rescale=settings.cfg_rescale,
                 distilled_cfg=settings.distilled_cfg,
@@ -396,7 +420,10 @@ def _run(
             )
             for step in sample_unipc(denoise, noise.to(models.device), sigmas.to(models.device)):
                 preview = latent_preview(step.denoised) if previews else None
-                yield Progress(plan.index + 1, len(plans), step.step + 1, step.total, assembler.num_frames, preview)
+                yield Progress(
+                    plan.index + 1, len(plans), step.step + 1, step.total, assembler.num_frames, preview,
+                    schedule.section_range(plan.index, window),
+                )  # fmt: skip
                 yield from written()
                 if writer.error is not None:
                     raise writer.error
@@ -415,7 +442,7 @@ def _run(
             save_latents(paths.section_latents(plan.index), history.newest)
             checkpoint = Checkpoint(
                 paths.job_id, settings.to_dict(), history.sections_done, generator.get_state(), assembler.open,
-                assembler.final_frames, [], torch.from_numpy(image), owner,
+                assembler.final_frames, [], image_tensors, owner, image_metadata,
             )  # fmt: skip
             record.timings.append(round(time.perf_counter() - section_started, 3))
             # Encoding runs on the writer's thread while the next section samples.
@@ -439,7 +466,7 @@ def _run(
             written(wait=True)
         writer.close()
         configure_cache(models.transformer, None)  # leave the shared transformer without this job's cache
-        latents_path = _finish(paths, settings, history.start_latent, torch.from_numpy(image), record, outcome)
+        latents_path = _finish(paths, settings, history.start_latent, images, record, outcome)
 
     frames = assembler.num_frames
     yield Done(
@@ -456,8 +483,7 @@ def _run(
 
 
 def _finish(
-    paths: JobPaths, settings: Settings, start_latent: torch.Tensor, start_image: torch.Tensor, record: JobRecord,
-    outcome: str,
+    paths: JobPaths, settings: Settings, start_latent: torch.Tensor, images: JobImages, record: JobRecord, outcome: str,
 ) -> Path | None:
     """Leave the job's files finished or resumable, in an order where a crash at any point does the same: the
     video's latents, then the record, then (for a done job) the checkpoint. The parts folder goes last, when
@@ -466,7 +492,7 @@ def _finish(
     if not sections_done:
         return None
     sections = [load_latents(paths.section_latents(i)) for i in range(sections_done)]
-    save_latents(paths.latents, join_sections(settings.variant, start_latent, sections), start_image)
+    save_latents(paths.latents, join_sections(settings.variant, start_latent, sections), *images.to_tensors())
     record.write(outcome, sections_done)
     if outcome == "done":  # nothing left to resume
         paths.checkpoint.unlink(missing_ok=True)
@@ -476,10 +502,21 @@ def _finish(
 class JobRecord:
     """The job's manifest (`<job>.json`): settings, models, owner, runtime, state and timings, rewritten atomically."""
 
-    def __init__(self, paths: JobPaths, settings: Settings, models: ModelSet, resume: Checkpoint | None, owner: str):
+    def __init__(
+        self,
+        paths: JobPaths,
+        settings: Settings,
+        models: ModelSet,
+        resume: Checkpoint | None,
+        owner: str,
+        inputs: dict[str, Any] | None,
+    ):
         self.paths, self.settings, self.models, self.owner = paths, settings, models, owner
         self.cache: StepCache | None = None
+        self.schedule: list[dict[str, Any]] = []
         previous = json.loads(paths.manifest.read_text()) if resume is not None and paths.manifest.is_file() else {}
+        # The input files' names and SHA-256: a resumed job is given their pixels, so the first record says.
+        self.inputs = previous.get("inputs") or inputs
         self.timings: list[float] = previous.get("section_seconds", [])[: resume.sections_done if resume else 0]
         self.sections_done = resume.sections_done if resume is not None else 0
 
@@ -492,6 +529,8 @@ class JobRecord:
             "sections": self.settings.num_sections,
             "owner": self.owner,
             "settings": self.settings.to_dict(),
+            "inputs": self.inputs,
+            "schedule": self.schedule,
             "seed": self.settings.seed,
             "variant": self.settings.variant,
             "models": models.sources,
@@ -520,27 +559,16 @@ def phase(models: ModelSet, *modules: torch.nn.Module) -> contextlib.AbstractCon
     return models.placement.phase(*modules) if models.placement is not None else contextlib.nullcontext()
 
 
-def _prompt_inputs(models: ModelSet, cond: Conditioning) -> dict[str, dict[str, torch.Tensor]]:
-    """The transformer's inputs that stay the same for the whole job, per prompt ("positive"/"negative")."""
+def _section_inputs(
+    models: ModelSet, cond: Conditioning, history: LatentHistory, plan: SectionPlan
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The transformer's inputs for one section, per pass ("positive"/"negative"): the section's prompt and
+    packed context (its start slot, and the history at 1x/2x/4x) with the RoPE frame indices of everything."""
     device, dtype = models.device, models.dtype
-    image_embeds = cond.image_embeds.to(device, dtype)
-    inputs = {}
-    for name, embeds in (("positive", cond.positive), ("negative", cond.negative)):
-        states, mask = embeds.padded()
-        inputs[name] = {
-            "encoder_hidden_states": states.to(device, dtype),
-            "encoder_attention_mask": mask.to(device),
-            "pooled_projections": embeds.clip_pooler.to(device, dtype),
-            "image_embeds": image_embeds,
-        }
-    return inputs
-
-
-def _section_inputs(models: ModelSet, history: LatentHistory, plan: SectionPlan) -> dict[str, torch.Tensor]:
-    """The packed history context of one section and the RoPE frame indices of everything in it."""
-    device, dtype = models.device, models.dtype
-    context = history.context()
-    return {
+    positive, start_slot = cond.section(plan.index)
+    context = history.context(start_slot)
+    shared = {
+        "image_embeds": cond.image_embeds.to(device, dtype),
         "indices_latents": plan.latent_indices.to(device),
         "latents_clean": context.clean.to(device, dtype),
         "indices_latents_clean": plan.clean_indices.to(device),
@@ -549,3 +577,13 @@ def _section_inputs(models: ModelSet, history: LatentHistory, plan: SectionPlan)
         "latents_history_4x": context.history_4x.to(device, dtype),
         "indices_latents_history_4x": plan.clean_4x_indices.to(device),
     }
+    inputs = {}
+    for name, embeds in (("positive", positive), ("negative", cond.negative)):
+        states, mask = embeds.padded()
+        inputs[name] = {
+            "encoder_hidden_states": states.to(device, dtype),
+            "encoder_attention_mask": mask.to(device),
+            "pooled_projections": embeds.clip_pooler.to(device, dtype),
+            **shared,
+        }
+    return inputs

@@ -10,7 +10,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
 # Job names are file name stems: no folders, no leading dot (hidden files are the app's own).
 JOB_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+# Metadata keys that describe a job's images in its checkpoint and latents files (see `JobImages`).
+IMAGE_METADATA = ("keyframe_times",)
 # The owner of jobs made by the command line, or by the app when it serves only this machine without logins.
 LOCAL_USER = "local"
 
@@ -236,15 +238,16 @@ def load_latents(path: str | Path, key: str = "latents") -> torch.Tensor:
         return f.get_tensor(key)
 
 
-def save_latents(path: str | Path, latents: torch.Tensor, start_image: torch.Tensor | None = None) -> Path:
-    """Save the video's latents (1, 16, T, h, w) as float32 under key `latents`, and the (resized) start image
-    under `start_image` when given: with both, a finished F1 video can be extended."""
+def save_latents(
+    path: str | Path, latents: torch.Tensor, images: dict[str, torch.Tensor] | None = None, metadata: dict[str, str] | None = None
+) -> Path:
+    """Save the video's latents (1, 16, T, h, w) as float32 under key `latents`, and beside them the job's
+    (resized) images with their `metadata` when given: with those, a finished F1 video can be extended."""
     tensors = {"latents": latents.float().contiguous().cpu()}
-    if start_image is not None:
-        tensors["start_image"] = start_image.contiguous().cpu()
+    tensors.update({name: image.contiguous().cpu() for name, image in (images or {}).items()})
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
@@ -261,8 +264,8 @@ class Checkpoint:
 
     The sections' latents are in the job's parts folder (one file each, written once). `rng_state` is the noise
     generator after the last section's draw, `open_frames` the float frames a later section still blends into,
-    `segments` the encoded final frames (file names in the parts folder, time order), `image` the resized
-    start image, `owner` who may resume it.
+    `segments` the encoded final frames (file names in the parts folder, time order), `images` the job's
+    resized images (`JobImages.to_tensors`, with `image_metadata`), `owner` who may resume it.
     """
 
     job_id: str
@@ -272,8 +275,9 @@ class Checkpoint:
     open_frames: torch.Tensor
     final_frames: int
     segments: list[str]
-    image: torch.Tensor
+    images: dict[str, torch.Tensor]
     owner: str = LOCAL_USER
+    image_metadata: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         open_frames = self.open_frames.float()
@@ -283,9 +287,10 @@ class Checkpoint:
         tensors = {
             "rng_state": self.rng_state.contiguous(),
             "open_frames": open_frames.contiguous(),
-            "image": self.image.contiguous(),
+            **{name: image.contiguous() for name, image in self.images.items()},
         }
         meta = {
+            **self.image_metadata,
             "job_id": self.job_id,
             "settings": json.dumps(self.settings),
             "sections_done": str(self.sections_done),
@@ -308,15 +313,20 @@ class Checkpoint:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-        tensors["open_frames"] = tensors["open_frames"].float()
+        rng_state, open_frames = tensors.pop("rng_state"), tensors.pop("open_frames").float()
+        if "image" in tensors:  # written before a job had more images than its start image
+            tensors["start_image"] = tensors.pop("image")
         return cls(
             job_id=meta["job_id"],
             settings=json.loads(meta["settings"]),
             sections_done=int(meta["sections_done"]),
+            rng_state=rng_state,
+            open_frames=open_frames,
             final_frames=int(meta["final_frames"]),
             segments=json.loads(meta["segments"]),
+            images=tensors,
             owner=meta.get("owner", LOCAL_USER),
-            **tensors,
+            image_metadata={key: meta[key] for key in IMAGE_METADATA if key in meta},
         )
 
 

@@ -87,10 +87,15 @@ class LatentHistory:
     section's latents on disk; `join_sections` puts them together).
     """
 
-    def __init__(self, variant: str, start_latent: torch.Tensor, window: int):
+    def __init__(self, variant: str, start_latent: torch.Tensor, window: int, end_latent: torch.Tensor | None = None):
         self.variant = variant
         self.window = window
         self.start_latent = start_latent.float().cpu()
+        # The original variant's end frame: the first frame after the video, behind every generated latent (so
+        # it is the first section's 1x context, then in later sections' 2x/4x while within reach); never decoded.
+        self.beyond = [end_latent.float().cpu()] if end_latent is not None else []
+        if self.beyond and variant != "original":
+            raise ValueError("only the original variant has an end frame")
         # The edge of the video's latents in time order, one chunk per section; F1's video begins with the
         # start latent.
         self.chunks: list[torch.Tensor] = [] if variant == "original" else [self.start_latent]
@@ -137,16 +142,20 @@ class LatentHistory:
         video = torch.cat(picked, dim=2)
         return video[:, :, :frames] if front else video[:, :, -frames:]
 
-    def context(self) -> PackedContext:
+    def context(self, start_slot: torch.Tensor | None = None) -> PackedContext:
+        """The packed context of the next section; `start_slot` takes the start latent's place in its clean
+        start slot (a keyframe), without changing the video's first frame."""
         latent = self.start_latent
         zeros = latent.new_zeros(*latent.shape[:2], CONTEXT_FRAMES, *latent.shape[3:])
         if self.prepends:
-            padded = torch.cat([self._edge(CONTEXT_FRAMES, front=True), zeros], dim=2) if self.chunks else zeros
+            edge = [self._edge(CONTEXT_FRAMES, front=True)] if self.chunks else []
+            padded = torch.cat([*edge, *self.beyond, zeros], dim=2)
             x1, x2, x4 = padded[:, :, :CONTEXT_FRAMES].split([CONTEXT_1X, CONTEXT_2X, CONTEXT_4X], dim=2)
         else:
             tail = torch.cat([zeros, self._edge(CONTEXT_FRAMES, front=False)], dim=2)[:, :, -CONTEXT_FRAMES:]
             x4, x2, x1 = tail.split([CONTEXT_4X, CONTEXT_2X, CONTEXT_1X], dim=2)
-        return PackedContext(clean=torch.cat([latent, x1], dim=2), history_2x=x2, history_4x=x4)
+        slot = latent if start_slot is None else start_slot.float().cpu()
+        return PackedContext(clean=torch.cat([slot, x1], dim=2), history_2x=x2, history_4x=x4)
 
     def add(self, plan: SectionPlan, generated: torch.Tensor) -> torch.Tensor:
         """Add a sampled section; returns the latents to decode for this section's video update.

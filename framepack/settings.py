@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +17,10 @@ MAX_SECONDS = 120.0
 CACHE_METHODS: tuple[str, ...] = ("teacache", "magcache", "first_block")
 # Llama reads 256 tokens of a prompt; this bounds what one request can make the app tokenize and store.
 MAX_PROMPT_CHARACTERS = 10_000
+EPSILON = 1e-6  # a timed control at exactly a section start governs it, however that start rounds
+# A timed prompt group: "[2.4s: the man waves]". Any other bracket in a prompt is a malformed group.
+_GROUP = re.compile(r"\[\s*(\d+(?:\.\d+)?|\.\d+)\s*s\s*:\s*([^\[\]]*?)\s*\]")
+TimedPrompts = tuple[tuple[float, str], ...]
 
 
 class SettingsError(ValueError):
@@ -34,10 +39,16 @@ class Settings:
     transformer's compute dtype; `None` picks float32 on CPU and bfloat16 on an accelerator.
     `use_teacache` turns step caching on; `cache_method` picks FramePack's TeaCache, MagCache or diffusers'
     First Block Cache, `cache_threshold` its threshold (None: the method's default, 0.15 for TeaCache).
+
+    `prompts` are timed prompts, (seconds, text) pairs (or "[2.4s: text]" groups inside `prompt`, parsed out
+    of it): each section is conditioned on the one in force at its start, `prompt` being the base prompt
+    before the first. `prompt_blend_sections` fades a new prompt in over that many sections (0: at once).
+    `end_strength` scales the end frame's latent, when the job has one.
     """
 
     variant: Variant = "original"
     prompt: str = ""
+    prompts: TimedPrompts = ()
     negative_prompt: str = ""
     seed: int = 31337
     total_second_length: float = 5.0
@@ -55,6 +66,8 @@ class Settings:
     gpu_memory_preservation: float = 6.0
     mp4_crf: int = 16
     dtype: str | None = None
+    end_strength: float = 1.0
+    prompt_blend_sections: int = 0
 
     def __post_init__(self) -> None:
         for spec in _CHECKS:
@@ -62,6 +75,7 @@ class Settings:
         for name in ("prompt", "negative_prompt"):
             if len(getattr(self, name)) > MAX_PROMPT_CHARACTERS:
                 raise SettingsError(name, f"is {len(getattr(self, name))} characters long; at most {MAX_PROMPT_CHARACTERS}")
+        self._check_prompts()
         if self.variant not in VARIANTS:
             raise SettingsError("variant", f"must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.cache_method not in CACHE_METHODS:
@@ -74,6 +88,26 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value % 16:
                 raise SettingsError(name, f"must be a multiple of 16, got {value}")
+
+    def _check_prompts(self) -> None:
+        """Timed prompts come as `prompts` pairs or inside `prompt` as "[2.4s: text]" groups (then parsed out)."""
+        prompts = _coerce_prompts(self.prompts)
+        base, inline = parse_timed_prompt(self.prompt)
+        if inline and prompts:
+            raise SettingsError("prompts", "give timed prompts inside the prompt or as a list, not both")
+        prompts = inline or prompts
+        check_distinct("prompts", [seconds for seconds, _ in prompts], "timed prompts")
+        last = (self.num_sections - 1) * 4 * self.latent_window_size / FPS
+        for seconds, _ in prompts:
+            if seconds > last + EPSILON:
+                raise SettingsError("prompts", f"{seconds:g} s governs no section: the last section starts at {last:g} s, the last usable time")  # fmt: skip
+        object.__setattr__(self, "prompt", base if inline else self.prompt)
+        object.__setattr__(self, "prompts", prompts)
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as a user types it: the base prompt and its timed groups."""
+        return format_timed_prompt(self.prompt, self.prompts)
 
     @property
     def step_cache(self) -> str | None:
@@ -98,13 +132,75 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["prompts"] = [list(pair) for pair in self.prompts]  # JSON's shape, as `from_dict` reads it back
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
         """Build from a mapping (a JSON file, a form), ignoring keys that are not settings."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def parse_timed_prompt(text: str) -> tuple[str, TimedPrompts]:
+    """Split `"base text [0s: A] [2.4s: B]"` into the base prompt and its (seconds, text) pairs, in time order.
+
+    Raises `SettingsError` naming the problem: a malformed group, an empty group, two groups at one time.
+    """
+    pairs: list[tuple[float, str]] = []
+    outside: list[str] = []
+    position = 0
+    for match in _GROUP.finditer(text):
+        outside.append(text[position : match.start()])
+        seconds, prompt = float(match.group(1)), match.group(2).strip()
+        if not prompt:
+            raise SettingsError("prompt", f"the group {match.group(0)!r} has no text")
+        pairs.append((seconds, prompt))
+        position = match.end()
+    outside.append(text[position:])
+    for part in outside:
+        if "[" in part or "]" in part:
+            near = part[part.index("[") :] if "[" in part else part[: part.index("]") + 1]
+            raise SettingsError(
+                "prompt",
+                f"malformed timed prompt near {near.strip()[:40]!r}: write each as [<seconds>s: <text>], "
+                "e.g. [2.4s: he turns around]",
+            )
+    if not pairs:
+        return text, ()
+    pairs.sort(key=lambda pair: pair[0])
+    check_distinct("prompt", [seconds for seconds, _ in pairs], "timed prompts")
+    return " ".join(" ".join(outside).split()), tuple(pairs)
+
+
+def format_timed_prompt(base: str, prompts: TimedPrompts) -> str:
+    """The prompt box's text for a base prompt and its timed prompts (what `parse_timed_prompt` reads)."""
+    return " ".join([base, *(f"[{seconds:g}s: {text}]" for seconds, text in prompts)]).strip()
+
+
+def check_distinct(field_name: str, times: list[float], what: str) -> None:
+    """Two timed controls of one kind at one time (within EPSILON) are an error."""
+    ordered = sorted(times)
+    for earlier, later in zip(ordered, ordered[1:]):
+        if later - earlier <= EPSILON:
+            raise SettingsError(field_name, f"two {what} at {later:g} s: give each time once")
+
+
+def _coerce_prompts(value: Any) -> TimedPrompts:
+    """(seconds, text) pairs from a tuple or a JSON list of lists, checked and in time order."""
+    try:
+        pairs = [(float(seconds), text) for seconds, text in value]
+    except (TypeError, ValueError):
+        raise SettingsError("prompts", f"must be a list of [seconds, text] pairs, got {value!r}") from None
+    for seconds, text in pairs:
+        if not isinstance(text, str) or not text.strip():
+            raise SettingsError("prompts", f"the timed prompt at {seconds:g} s has no text")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise SettingsError("prompts", f"times must be 0 s or later, got {seconds:g}")
+        if len(text) > MAX_PROMPT_CHARACTERS:
+            raise SettingsError("prompts", f"the timed prompt at {seconds:g} s is longer than {MAX_PROMPT_CHARACTERS} characters")
+    return tuple(sorted(((seconds, text.strip()) for seconds, text in pairs), key=lambda pair: pair[0]))
 
 
 @dataclass(frozen=True)
@@ -180,4 +276,6 @@ _CHECKS: tuple[_Range, ...] = (
     _Range("width", int, 16, 2048, optional=True),
     _Range("gpu_memory_preservation", float, 0.0, 128.0),
     _Range("mp4_crf", int, 0, 51),
+    _Range("end_strength", float, 0.0, 1.0),
+    _Range("prompt_blend_sections", int, 0, 8),
 )

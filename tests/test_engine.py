@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASES, needs_shared
-from framepack.conditioning import encode_conditioning, load_image, resize_and_center_crop
+from framepack.conditioning import encode_conditioning
+from framepack.controls import JobInputs, plan_schedule, prepare_images
 from framepack.engine import Done, Error, Progress, SectionDone, generate
 from framepack.packing import original_paddings
 from framepack.sampling import make_denoiser, sample_unipc, section_sigmas
@@ -25,8 +26,8 @@ def reference_latents(models, settings: Settings) -> torch.Tensor:
     """FramePack's worker loop written out the original way (one growing history tensor, split indices),
     sharing only the conditioning and the sampler with the engine."""
     h, w, window = settings.height, settings.width, settings.latent_window_size
-    image = resize_and_center_crop(load_image(IMAGE), w, h)
-    cond = encode_conditioning(models, image, settings.prompt, settings.negative_prompt, settings.cfg)
+    images = prepare_images(JobInputs(IMAGE), settings)
+    cond = encode_conditioning(models, settings, images, plan_schedule(settings))
     start = cond.start_latent
     rnd = torch.Generator("cpu").manual_seed(settings.seed)
     n = settings.num_sections

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASE_NAMES, load_case, needs_shared
-from framepack.conditioning import encode_conditioning, load_image, resize_and_center_crop
+from framepack.conditioning import encode_conditioning
+from framepack.controls import JobInputs, plan_schedule, prepare_images
 from framepack.engine import Done, SectionDone, generate
 from framepack.packing import LatentHistory, join_sections, plan_sections
 from framepack.settings import Settings
@@ -46,10 +47,10 @@ def case(request, tiny_models, tmp_path_factory):
 
 def test_conditioning(case):
     raw, expected, settings = case["raw"], case["expected"], case["settings"]
-    image = resize_and_center_crop(load_image(case["dir"] / raw["image"]), settings.width, settings.height)
-    np.testing.assert_array_equal(image, expected["input_image_resized_uint8"].numpy())
+    images = prepare_images(JobInputs(case["dir"] / raw["image"]), settings)
+    np.testing.assert_array_equal(images.start, expected["input_image_resized_uint8"].numpy())
 
-    cond = encode_conditioning(case["models"], image, settings.prompt, settings.negative_prompt, settings.cfg)
+    cond = encode_conditioning(case["models"], settings, images, plan_schedule(settings))
     assert_close(cond.positive.llama, expected["llama_vec"], COND_ATOL, "llama_vec")
     assert torch.equal(cond.positive.llama_mask, expected["llama_attention_mask"])
     assert_close(cond.positive.clip_pooler, expected["clip_l_pooler"], COND_ATOL, "clip_l_pooler")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -172,9 +173,12 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
     assert set(manifest["versions"]) >= {"torch", "diffusers", "transformers"}
     assert len(manifest["section_seconds"]) == event.sections_done
     assert manifest["owner"] == "local"
-    # The settings travel with the video; the job's name does not (it is the owner's business).
+    image = {"name": "input.png", "sha256": hashlib.sha256(IMAGE.read_bytes()).hexdigest()}
+    assert manifest["inputs"] == {"image": image, "end_image": None, "keyframes": []}
+    assert [row["prompt"] for row in manifest["schedule"]] == ["wave"] * settings.num_sections
+    # The settings and inputs travel with the video; the job's name does not (it is the owner's business).
     embedded = json.loads(probe(tmp_path / "job.mp4").metadata["comment"])
-    assert embedded == {"framepack": settings.to_dict()}
+    assert embedded == {"framepack": settings.to_dict(), "inputs": manifest["inputs"]}
 
     # The stopped job resumes in place and finishes; the checkpoint and segments are then removed.
     final = list(resume_job(tiny_models("f1"), tmp_path / "job.json", previews=False))[-1]
