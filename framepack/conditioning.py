@@ -164,11 +164,6 @@ class Conditioning:
     schedule: SectionSchedule
     blend_sections: int = 0  # sections over which a new prompt fades in (0: it applies at once)
 
-    @property
-    def positive(self) -> PromptEmbeds:
-        """The first section's prompt (the only one, without timed prompts)."""
-        return self.embeds[self.section_prompts[0]]
-
     def section(self, generation_index: int) -> tuple[PromptEmbeds, torch.Tensor]:
         """The prompt embeddings and the start-slot latent of the section generated `generation_index`-th."""
         t = self.schedule.time_index(generation_index)

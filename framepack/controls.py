@@ -40,7 +40,7 @@ class Keyframe:
 @dataclass(frozen=True)
 class JobInputs:
     """The images of a job: the start image (None: a blank start of the colour `blank_start`, for text to
-    video), an optional end image (original variant) and keyframes in time order.
+    video), an optional end image (original variant) and keyframes (kept in time order).
 
     `record` says what the job record keeps of them (file names and SHA-256); `load` fills it in.
     """
@@ -52,7 +52,7 @@ class JobInputs:
     record: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "keyframes", tuple(self.keyframes))
+        object.__setattr__(self, "keyframes", tuple(sorted(self.keyframes, key=lambda keyframe: keyframe.seconds)))
         if self.blank_start not in BLANK_STARTS:
             raise SettingsError("blank_start", f"must be one of {', '.join(BLANK_STARTS)}, got {self.blank_start!r}")
 
@@ -155,7 +155,8 @@ def governing(times: list[float], start: float) -> int:
 @dataclass(frozen=True)
 class SectionSchedule:
     """Which prompt and which start-slot image govern each section, in TIME order: -1 is the base prompt or
-    the start image, k the k-th timed prompt or keyframe. `generation(g)` maps a generation index to its row."""
+    the start image, k the k-th timed prompt or keyframe. `time_index` maps a generation index to its row
+    (and back: the map is its own inverse)."""
 
     variant: str
     starts: tuple[float, ...]
@@ -166,12 +167,6 @@ class SectionSchedule:
         last = len(self.starts) - 1
         return last - generation_index if self.variant == "original" else generation_index
 
-    def prompt_of(self, generation_index: int) -> int:
-        return self.prompt_index[self.time_index(generation_index)]
-
-    def start_slot_of(self, generation_index: int) -> int:
-        return self.start_slot[self.time_index(generation_index)]
-
     def section_range(self, generation_index: int, window: int) -> tuple[float, float]:
         """The time range (seconds) of the section generated `generation_index`-th."""
         start = self.starts[self.time_index(generation_index)]
@@ -179,27 +174,23 @@ class SectionSchedule:
 
 
 def plan_schedule(settings: Settings, keyframe_times: list[float] = (), end_image: bool = False) -> SectionSchedule:
-    """The schedule of a job, after checking its controls: a control that governs no section (later than
-    the last section's start), two of one kind at one time, a keyframe at 0 s or an end frame with F1 is an
-    error naming the problem."""
+    """The schedule of a job, after checking its images' controls (`Settings` checked the prompts' times): a
+    keyframe that governs no section (later than the last section's start), two keyframes at one time, a
+    keyframe at 0 s or an end frame with F1 is an error naming the problem."""
     starts = section_starts(settings.num_sections, settings.latent_window_size)
     last = starts[-1]
     if end_image and settings.variant == "f1":
         raise SettingsError("end_image", "FramePack-F1 generates forwards and has no slot for an end frame; use the original model")  # fmt: skip
-    prompt_times = [seconds for seconds, _ in settings.prompts]
-    for what, times in (("prompts", prompt_times), ("keyframes", list(keyframe_times))):
-        for seconds in times:
-            if seconds > last + EPSILON:
-                raise SettingsError(what, f"{seconds:g} s governs no section: the last section starts at {last:g} s, the last usable time")  # fmt: skip
-    if any(seconds <= EPSILON for seconds in keyframe_times):
-        raise SettingsError("keyframes", "a keyframe at 0 s would replace the start image: give the image as the start image instead")  # fmt: skip
-    if list(keyframe_times) != sorted(keyframe_times):
-        raise SettingsError("keyframes", "give keyframes in time order")
+    for seconds in keyframe_times:
+        if seconds > last + EPSILON:
+            raise SettingsError("keyframes", f"{seconds:g} s governs no section: the last section starts at {last:g} s, the last usable time")  # fmt: skip
+        if seconds <= EPSILON:
+            raise SettingsError("keyframes", "a keyframe at 0 s would replace the start image: give that image as the start image")  # fmt: skip
     check_distinct("keyframes", list(keyframe_times), "keyframes")
     return SectionSchedule(
         variant=settings.variant,
         starts=tuple(starts),
-        prompt_index=tuple(governing(prompt_times, s) for s in starts),
+        prompt_index=tuple(governing([seconds for seconds, _ in settings.prompts], s) for s in starts),
         start_slot=tuple(governing(list(keyframe_times), s) for s in starts),
     )
 

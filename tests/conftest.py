@@ -13,7 +13,9 @@ TINY = SHARED / "fixtures" / "tiny-framepack"
 TINY_MODELS = TINY / "models"
 CASES = TINY / "cases"
 MODEL_CONFIGS = SHARED / "model-configs"
-CASE_NAMES = sorted(p.name for p in CASES.iterdir()) if CASES.is_dir() else []
+CONTROL_CASES = TINY / "cases-controls"  # section controls: timed prompts, end frames, keyframes
+CASE_DIRS = {p.name: p for folder in (CASES, CONTROL_CASES) if folder.is_dir() for p in sorted(folder.iterdir())}
+CASE_NAMES = list(CASE_DIRS)
 
 needs_shared = pytest.mark.skipif(
     not TINY_MODELS.is_dir(), reason=f"the shared fixtures are not beside the checkout ({TINY} is missing)"
@@ -27,8 +29,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def load_case(name: str) -> tuple[dict, Path]:
-    case_dir = CASES / name
+    case_dir = CASE_DIRS[name]
     return json.loads((case_dir / "settings.json").read_text()), case_dir
+
+
+def case_inputs(raw: dict, case_dir: Path):
+    """A case's images as the engine takes them: start image, end image and keyframes (files in the case)."""
+    from framepack.controls import JobInputs, Keyframe
+
+    end = case_dir / raw["end_image"] if raw.get("end_image") else None
+    keyframes = [Keyframe(seconds, case_dir / name) for seconds, name in raw.get("keyframes", [])]
+    return JobInputs(case_dir / raw["image"], end, keyframes)
 
 
 @pytest.fixture(scope="session")

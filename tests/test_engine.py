@@ -17,26 +17,45 @@ from framepack.packing import original_paddings
 from framepack.sampling import make_denoiser, sample_unipc, section_sigmas
 from framepack.settings import Settings
 from framepack.video import probe
+from PIL import Image
 
 pytestmark = needs_shared
 IMAGE = CASES / "v1_original" / "input.png"
 
 
-def reference_latents(models, settings: Settings) -> torch.Tensor:
-    """FramePack's worker loop written out the original way (one growing history tensor, split indices),
-    sharing only the conditioning and the sampler with the engine."""
+def reference_latents(models, settings: Settings, inputs=None) -> torch.Tensor:
+    """FramePack's worker loop written out the original way (one growing history tensor, split indices), with
+    the section controls added as the fixtures' README (section 6) states them; it shares only the encoders and
+    the sampler with the engine."""
+    from framepack.conditioning import encode_prompt, encode_start_latent
+
     h, w, window = settings.height, settings.width, settings.latent_window_size
-    images = prepare_images(JobInputs(IMAGE), settings)
-    cond = encode_conditioning(models, settings, images, plan_schedule(settings))
+    images = prepare_images(inputs or JobInputs(IMAGE), settings)
+    cond = encode_conditioning(models, settings, images, plan_schedule(settings, images.keyframe_times, images.end is not None))
     start = cond.start_latent
+    keyframes = [(seconds, encode_start_latent(models, image)) for seconds, image in images.keyframes]
     rnd = torch.Generator("cpu").manual_seed(settings.seed)
     n = settings.num_sections
     f1 = settings.variant == "f1"
     history = torch.zeros(1, 16, 19, h // 8, w // 8)
+    if images.end is not None:
+        history[:, :, 0:1] = encode_start_latent(models, images.end) * settings.end_strength
     if f1:
         history = torch.cat([history, start], dim=2)
+
+    def governing(pairs, t):  # the last pair at or before the section's start (6.1)
+        chosen = None
+        for seconds, value in pairs:
+            if seconds <= t * 4 * window / 30 + 1e-6:
+                chosen = value
+        return chosen
+
     generated_total = 1 if f1 else 0
     for i, padding in enumerate([0] * n if f1 else original_paddings(n)):
+        t = i if f1 else n - 1 - i
+        text = governing(settings.prompts, t) or settings.prompt
+        slot = governing(keyframes, t)
+        slot = start if slot is None else slot
         if f1:
             idx = torch.arange(1 + 16 + 2 + 1 + window)
             start_i, x4_i, x2_i, x1_i, latent_i = idx.split([1, 16, 2, 1, window])
@@ -46,7 +65,7 @@ def reference_latents(models, settings: Settings) -> torch.Tensor:
             start_i, _, latent_i, x1_i, x2_i, x4_i = idx.split([1, padding * window, window, 1, 2, 16])
             x1, x2, x4 = history[:, :, :19].split([1, 2, 16], dim=2)
         shared = dict(
-            image_embeds=cond.image_embeds, indices_latents=latent_i, latents_clean=torch.cat([start, x1], dim=2),
+            image_embeds=cond.image_embeds, indices_latents=latent_i, latents_clean=torch.cat([slot, x1], dim=2),
             indices_latents_clean=torch.cat([start_i, x1_i]), latents_history_2x=x2, indices_latents_history_2x=x2_i,
             latents_history_4x=x4, indices_latents_history_4x=x4_i,
         )  # fmt: skip
@@ -55,7 +74,8 @@ def reference_latents(models, settings: Settings) -> torch.Tensor:
             states, mask = embeds.padded()
             return dict(encoder_hidden_states=states, encoder_attention_mask=mask, pooled_projections=embeds.clip_pooler)
 
-        inputs = {"positive": {**prompt(cond.positive), **shared}, "negative": {**prompt(cond.negative), **shared}}
+        positive = encode_prompt(models, text)
+        inputs = {"positive": {**prompt(positive), **shared}, "negative": {**prompt(cond.negative), **shared}}
         denoise = make_denoiser(
             models.transformer, inputs, cfg=settings.cfg, cfg_rescale=settings.cfg_rescale,
             distilled_cfg=settings.distilled_cfg, steps=settings.steps,
@@ -95,6 +115,49 @@ def test_engine_matches_the_reference_loop_on_other_shapes(tiny_models, tmp_path
     assert latents.shape == expected.shape == (1, 16, settings.num_sections * settings.latent_window_size + 1, 6, 10)
     assert torch.allclose(latents, expected, atol=1e-5)
     assert probe(done.video_path).frames == settings.num_frames == done.frames
+
+
+def control_images(tmp_path):
+    rng = np.random.default_rng(5)
+    paths = []
+    for index, size in enumerate(((90, 70), (200, 130), (64, 96))):
+        path = tmp_path / f"control_{index}.png"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    "changes, end, keyframes",
+    [
+        # 5 sections of 0.267 s: prompts at a section start and inside one, two keyframes, an end frame at 0.6.
+        (dict(variant="original", total_second_length=1.33, latent_window_size=2, cfg=2.0, seed=21,
+              prompts=((0.2, "she raises her arms"), (0.8, "she spins"))), 0.6, (0.5, 1.0)),
+        # F1, window 3 (0.4 s sections): a prompt mid-section, one keyframe, rescaled CFG.
+        (dict(variant="f1", total_second_length=1.6, latent_window_size=3, cfg=1.5, cfg_rescale=0.4, seed=8,
+              prompts=((0.0, "a dog sits"), (0.5, "the dog runs"))), None, (0.8,)),
+        # The original with an end frame at full strength only, over more sections than the context reaches.
+        (dict(variant="original", total_second_length=2.4, latent_window_size=1, seed=2), 1.0, ()),
+    ],
+    ids=["original-all-controls", "f1-prompts-keyframe", "original-end-frame-window-1"],
+)  # fmt: skip
+def test_section_controls_match_the_reference_loop(tiny_models, tmp_path, changes, end, keyframes):
+    from framepack.controls import Keyframe
+
+    defaults = dict(prompt="a girl turns around", negative_prompt="blurry", steps=3, height=48, width=80, use_teacache=False)
+    settings = Settings(**{**defaults, **changes, **({"end_strength": end} if end else {})})
+    paths = control_images(tmp_path)
+    inputs = JobInputs(IMAGE, paths[0] if end else None, [Keyframe(s, p) for s, p in zip(keyframes, paths[1:])])
+    models = tiny_models(settings.variant)
+    done = list(generate(models, settings, inputs, tmp_path / "out", previews=False))[-1]
+    assert isinstance(done, Done), done
+    latents = load_file(done.latents_path)["latents"]
+    expected = reference_latents(models, settings, inputs)
+    assert latents.shape == expected.shape
+    assert torch.allclose(latents, expected, atol=1e-5)
+    # The controls did something: the same job without them differs.
+    plain = list(generate(models, settings.replace(prompts=()), IMAGE, tmp_path / "plain", previews=False))[-1]
+    assert not torch.allclose(load_file(plain.latents_path)["latents"], latents, atol=1e-3)
 
 
 def test_stop_leaves_a_playable_video_of_finished_sections(tiny_models, tmp_path):
@@ -182,3 +245,16 @@ def test_low_memory_placement_reproduces_the_golden_video(tmp_path):
     assert isinstance(done, Done)
     expected = load_file(CASES / "v1_original" / "expected.safetensors")["video_latents"]
     assert torch.allclose(load_file(done.latents_path)["latents"], expected, atol=1e-4)
+
+
+def test_a_prompt_fade_leaves_the_sections_before_the_change_as_they_were(tiny_models, tmp_path):
+    """F1 generates in time order, so what a fade changes shows section by section: nothing before the change."""
+    settings = Settings(variant="f1", total_second_length=1.6, latent_window_size=3, steps=2, height=48, width=80,
+                        prompt="a dog sits", prompts=((0.8, "the dog runs"),), use_teacache=False)  # fmt: skip
+    runs = {}
+    for fade in (0, 1):
+        events = generate(tiny_models("f1"), settings.replace(prompt_blend_sections=fade), IMAGE, tmp_path / str(fade))
+        runs[fade] = [e.latents for e in events if isinstance(e, SectionDone)]
+    assert len(runs[0]) == 4
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])  # before 0.8 s
+    assert not torch.allclose(runs[0][2], runs[1][2], atol=1e-4)  # the first section of "the dog runs" fades in

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CASE_NAMES, load_case, needs_shared
-from framepack.conditioning import encode_conditioning
-from framepack.controls import JobInputs, plan_schedule, prepare_images
+from conftest import CASE_NAMES, case_inputs, load_case, needs_shared
+from framepack.conditioning import encode_conditioning, encode_prompt
+from framepack.controls import plan_schedule, prepare_images
 from framepack.engine import Done, SectionDone, generate
 from framepack.packing import LatentHistory, join_sections, plan_sections
 from framepack.settings import Settings
@@ -34,7 +34,7 @@ def case(request, tiny_models, tmp_path_factory):
     settings = Settings.from_dict(raw)
     models = tiny_models(settings.variant)
     out = tmp_path_factory.mktemp(request.param)
-    events = list(generate(models, settings, case_dir / raw["image"], out, previews=True))
+    events = list(generate(models, settings, case_inputs(raw, case_dir), out, previews=True))
     return {
         "raw": raw,
         "dir": case_dir,
@@ -47,17 +47,37 @@ def case(request, tiny_models, tmp_path_factory):
 
 def test_conditioning(case):
     raw, expected, settings = case["raw"], case["expected"], case["settings"]
-    images = prepare_images(JobInputs(case["dir"] / raw["image"]), settings)
+    images = prepare_images(case_inputs(raw, case["dir"]), settings)
     np.testing.assert_array_equal(images.start, expected["input_image_resized_uint8"].numpy())
-
-    cond = encode_conditioning(case["models"], settings, images, plan_schedule(settings))
-    assert_close(cond.positive.llama, expected["llama_vec"], COND_ATOL, "llama_vec")
-    assert torch.equal(cond.positive.llama_mask, expected["llama_attention_mask"])
-    assert_close(cond.positive.clip_pooler, expected["clip_l_pooler"], COND_ATOL, "clip_l_pooler")
+    schedule = plan_schedule(settings, images.keyframe_times, images.end is not None)
+    cond = encode_conditioning(case["models"], settings, images, schedule)
+    base = cond.embeds.get(settings.prompt) or encode_prompt(case["models"], settings.prompt)  # unused by c2's sections
+    assert_close(base.llama, expected["llama_vec"], COND_ATOL, "llama_vec")
+    assert torch.equal(base.llama_mask, expected["llama_attention_mask"])
+    assert_close(base.clip_pooler, expected["clip_l_pooler"], COND_ATOL, "clip_l_pooler")
     assert_close(cond.negative.llama, expected["llama_vec_n"], COND_ATOL, "llama_vec_n")
     assert_close(cond.negative.clip_pooler, expected["clip_l_pooler_n"], COND_ATOL, "clip_l_pooler_n")
     assert_close(cond.image_embeds, expected["image_encoder_last_hidden_state"], COND_ATOL, "image embeds")
     assert_close(cond.start_latent, expected["start_latent"], COND_ATOL, "start_latent")
+    if "section_prompt_index" not in expected:
+        return
+    # Section controls: which prompt and start slot govern each section, and what they encode to.
+    assert list(schedule.prompt_index) == expected["section_prompt_index"].tolist()
+    assert list(schedule.start_slot) == expected["section_start_slot"].tolist()
+    for k, (_, text) in enumerate(settings.prompts):
+        embeds = cond.embeds.get(text)
+        if embeds is None:  # encoded only when some section uses it
+            assert k not in schedule.prompt_index
+            continue
+        assert_close(embeds.llama, expected[f"prompt_{k}_llama_vec"], COND_ATOL, f"prompt {k} llama_vec")
+        assert torch.equal(embeds.llama_mask, expected[f"prompt_{k}_llama_attention_mask"])
+        assert_close(embeds.clip_pooler, expected[f"prompt_{k}_clip_l_pooler"], COND_ATOL, f"prompt {k} pooler")
+    assert len(cond.embeds) == len(set(cond.section_prompts))  # each distinct prompt encoded once
+    for k, latent in enumerate(cond.keyframe_latents):
+        assert_close(latent, expected[f"keyframe_latent_{k}"], COND_ATOL, f"keyframe {k}")
+    if "end_latent" in expected:
+        end = cond.end_latent / settings.end_strength
+        assert_close(end, expected["end_latent"], COND_ATOL, "end_latent")
 
 
 def test_sections_and_video_latents(case):
