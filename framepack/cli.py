@@ -30,6 +30,8 @@ from .memory import MemoryPlanError, add_check_memory_parser, check_before_loadi
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
+from .conditioning import ImageError
+from .controls import BLANK_STARTS, JobInputs, Keyframe, plan_schedule, prepare_images
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
 
 # CLI option -> Settings field, for options whose names differ. Options left out keep the Settings default.
@@ -41,7 +43,7 @@ _SETTING_OF = {
 _SETTING_OPTIONS = (
     "variant", "prompt", "negative_prompt", "seed", "seconds", "latent_window_size", "steps", "cfg",
     "distilled_cfg", "cfg_rescale", "teacache", "cache_method", "cache_threshold", "resolution", "height", "width",
-    "dtype", "crf",
+    "dtype", "crf", "end_strength", "prompt_blend_sections",
 )  # fmt: skip
 
 
@@ -50,8 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate a video from an image and a prompt")
     defaults = Settings()
-    gen.add_argument("--image", required=True, type=Path, help="the start image")
-    gen.add_argument("--prompt", help="what happens in the video")
+    gen.add_argument("--image", type=Path, help="the start image (leave it out to start from a blank frame)")
+    gen.add_argument("--blank-start", choices=BLANK_STARTS, default="grey", help="the blank start frame without --image (default grey)")
+    gen.add_argument("--prompt", help='what happens in the video; timed prompts as groups: "a man [0s: he waves] [2.4s: he turns around]"')
+    gen.add_argument("--prompt-blend-sections", type=int, help="fade a new timed prompt in over this many sections (default 0: at once)")
+    gen.add_argument("--end-image", type=Path, help="the video's last frame (original variant)")
+    gen.add_argument("--end-strength", type=float, help=f"how strongly the end image holds, 0 to 1 (default {defaults.end_strength:g})")
+    gen.add_argument("--keyframe", action="append", default=[], metavar="SECONDS:PATH", type=keyframe_arg,
+                     help="an image that replaces the start image in each section's start slot from SECONDS on (repeatable)")  # fmt: skip
     gen.add_argument("--negative-prompt", help="used only when --cfg is above 1")
     gen.add_argument("--variant", choices=VARIANTS, help=f"model variant (default {defaults.variant})")
     gen.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
@@ -74,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     res = commands.add_parser("resume", help="finish a stopped or killed job, exactly as if it had not stopped")
     res.add_argument("path", type=Path, help="the job's manifest (.json), video (.mp4) or checkpoint")
     res.add_argument("--add-seconds", type=float, help="make a finished F1 video this many seconds longer")
+    res.add_argument("--prompt", default="", help='with --add-seconds: timed prompts for the added seconds, "[6s: he sits down]"')
     for command in (gen, res):
         add_runtime_options(command)
     add_check_memory_parser(commands)
@@ -97,20 +106,30 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{name: value for name, value in given.items() if value is not None})
 
 
+def keyframe_arg(text: str) -> Keyframe:
+    """`SECONDS:PATH` (the first colon splits, so Windows paths work)."""
+    seconds, sep, path = text.partition(":")
+    try:
+        return Keyframe(float(seconds.strip().removesuffix("s")), Path(path))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SECONDS:PATH, e.g. 2.4:turn.png") from None
+
+
 def run_generate(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
-    except SettingsError as exc:
+        # Read every image and check every control before loading tens of GB of models.
+        inputs = JobInputs(args.image, args.end_image, args.keyframe, args.blank_start).load()
+        images = prepare_images(inputs, settings)
+        plan_schedule(settings, images.keyframe_times, images.end is not None)  # the job prints where each lands
+    except (SettingsError, ImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not args.image.is_file():
-        print(f"error: image file not found: {args.image}", file=sys.stderr)
         return 2
     models = _load(args, settings)
     if models is None:
         return 1
     return _follow(
-        lambda stop: generate(models, settings, args.image, args.output_dir, stop=stop, job_id=args.job_name, previews=False),
+        lambda stop: generate(models, settings, inputs, args.output_dir, stop=stop, job_id=args.job_name, previews=False),
         settings.num_sections * settings.steps,
         args.quiet,
     )
@@ -119,6 +138,9 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     if args.add_seconds is not None:
         return run_extend(args)
+    if args.prompt:
+        print("error: --prompt goes with --add-seconds (a stopped job resumes with its own prompts)", file=sys.stderr)
+        return 2
     try:
         checkpoint = read_checkpoint(job_paths(args.path))
         settings = Settings.from_dict(checkpoint.settings)
@@ -144,7 +166,9 @@ def run_extend(args: argparse.Namespace) -> int:
     longer = saved.replace(total_second_length=round(saved.total_second_length + args.add_seconds, 6))
     total_steps = max(0, longer.num_sections - saved.num_sections) * saved.steps
     return _follow(
-        lambda stop: extend_job(models, args.path, args.add_seconds, stop=stop, previews=False), total_steps, args.quiet
+        lambda stop: extend_job(models, args.path, args.add_seconds, prompt=args.prompt, stop=stop, previews=False),
+        total_steps,
+        args.quiet,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conftest import CASES, TINY_MODELS, needs_shared
+import json
+
+from conftest import CASES, CONTROL_CASES, TINY_MODELS, needs_shared
 from framepack.video import probe
 
 pytestmark = needs_shared
@@ -56,7 +59,7 @@ def test_bad_settings_are_reported_without_traceback(tmp_path):
     not_image = tmp_path / "text.png"
     not_image.write_text("hello")
     result = run_cli("generate", "--models", str(TINY_MODELS), "--image", str(not_image), "--output-dir", str(tmp_path / "o"))
-    assert result.returncode == 1 and "cannot read text.png as an image" in result.stderr
+    assert result.returncode == 2 and "cannot read text.png as an image" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -91,3 +94,64 @@ def test_fp8_weights_run_end_to_end(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert probe(tmp_path / "fp8.mp4").frames == 37
+
+
+def test_section_controls_from_the_command_line(tmp_path):
+    c1, c2 = CONTROL_CASES / "c1_original_end", CONTROL_CASES / "c2_original_timed"
+    prompt = "A cat sits. [0s: The cat looks out of the window.] [1.4s: The cat jumps down and walks away.]"
+    result = run_cli(
+        "generate", "--models", str(TINY_MODELS), "--image", str(c2 / "input.png"), "--end-image", str(c1 / "end.png"),
+        "--end-strength", "0.5", "--keyframe", f"2.0:{c2 / 'keyframe_0.png'}", "--prompt", prompt, "--seconds", "2.6",
+        "--latent-window-size", "5", "--steps", "2", "--height", "64", "--width", "96", "--output-dir", str(tmp_path),
+        "--job-name", "ctl", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # Where each control lands, in time order.
+    assert '0.00–0.67 s (section 4 to make): "The cat looks out of the window." · start image' in result.stderr
+    assert '2.00–2.67 s (section 1 to make): "The cat jumps down and walks away." · keyframe 1 · then the end frame' in result.stderr
+    manifest = json.loads((tmp_path / "ctl.json").read_text())
+    assert manifest["settings"]["prompt"] == "A cat sits."
+    assert manifest["settings"]["prompts"] == [[0.0, "The cat looks out of the window."], [1.4, "The cat jumps down and walks away."]]
+    assert manifest["settings"]["end_strength"] == 0.5
+    sha = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in (("end", c1 / "end.png"), ("key", c2 / "keyframe_0.png"))}
+    assert manifest["inputs"]["end_image"] == {"name": "end.png", "sha256": sha["end"]}
+    assert manifest["inputs"]["keyframes"] == [{"seconds": 2.0, "name": "keyframe_0.png", "sha256": sha["key"]}]
+    assert [row["start_slot"] for row in manifest["schedule"]] == ["start image"] * 3 + ["keyframe 1"]
+    assert json.loads(probe(tmp_path / "ctl.mp4").metadata["comment"])["inputs"] == manifest["inputs"]
+    assert probe(tmp_path / "ctl.mp4").frames == 81
+
+
+def test_text_to_video_starts_from_a_blank_frame(tmp_path):
+    result = run_cli(
+        "generate", "--models", str(TINY_MODELS), "--blank-start", "noise", "--prompt", "fireworks", "--seconds", "1.2",
+        "--steps", "1", "--height", "64", "--width", "96", "--output-dir", str(tmp_path), "--job-name", "t2v", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "No start image: starting from a noise frame" in result.stderr
+    assert json.loads((tmp_path / "t2v.json").read_text())["inputs"]["image"] == {"blank": "noise"}
+    assert probe(tmp_path / "t2v.mp4").frames == 37
+
+
+def test_bad_controls_get_one_line_before_anything_loads(tmp_path, capsys):
+    from framepack.cli import main
+
+    c2 = CONTROL_CASES / "c2_original_timed"
+    start, key = str(c2 / "input.png"), str(c2 / "keyframe_0.png")
+    cases = [
+        (["--prompt", "a [2x: b]"], "malformed timed prompt near '[2x: b]'"),
+        (["--prompt", "a [1s: b] [1s: c]"], "two timed prompts at 1 s"),
+        (["--variant", "f1", "--end-image", key], "no slot for an end frame"),
+        (["--keyframe", f"0:{key}"], "a keyframe at 0 s would replace the start image"),
+        (["--keyframe", f"9:{key}"], "9 s governs no section: the last section starts at 2.4 s"),
+        (["--keyframe", f"1:{key}", "--keyframe", f"1.0:{key}"], "two keyframes at 1 s"),
+        (["--keyframe", "soon:x.png"], "'soon:x.png' is not SECONDS:PATH"),
+        (["--end-image", str(tmp_path / "missing.png")], "image file not found: missing.png"),
+    ]
+    for args, message in cases:
+        # A models folder that does not exist: the error must come before any loading.
+        try:
+            code = main(["generate", "--models", str(tmp_path / "none"), "--image", start, "--seconds", "4", *args])
+        except SystemExit as exit:  # argparse's own errors
+            code = exit.code
+        stderr = capsys.readouterr().err
+        assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)

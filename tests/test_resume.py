@@ -238,3 +238,34 @@ def run_extend_cli(path: Path, seconds: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "framepack", "resume", str(path), "--add-seconds", seconds, "--models",
                str(TINY_MODELS), "--quiet"]  # fmt: skip
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_controls_survive_a_stop_and_an_extension_adds_timed_prompts(tiny_models, tmp_path):
+    from framepack.controls import JobInputs, Keyframe
+    from framepack.engine import extend_job
+
+    models = tiny_models("f1")
+    keyframe = CASES.parent / "cases-controls" / "c3_f1_timed" / "keyframe_0.png"
+    inputs = JobInputs(IMAGE, keyframes=[Keyframe(0.8, keyframe)])
+    short = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, height=48, width=80,
+                     prompt="a [0s: she walks] [0.8s: she waves]", seed=12)  # fmt: skip
+    stop = threading.Event()
+    for event in generate(models, short, inputs, tmp_path / "job", job_id="job", stop=stop, previews=False):
+        if isinstance(event, SectionDone):
+            stop.set()
+    assert isinstance(event, Done) and event.stopped
+    final = list(resume_job(models, tmp_path / "job" / "job.json", previews=False))[-1]
+    assert isinstance(final, Done) and not final.stopped
+
+    # The extension adds a prompt for its own seconds; the result is the longer job made at once.
+    extended = list(extend_job(models, tmp_path / "job" / "job.mp4", 0.8, prompt="[1.2s: she sits down]", previews=False))
+    assert isinstance(extended[-1], Done), extended[-1]
+    longer = short.replace(total_second_length=2.0, prompts=short.prompts + ((1.2, "she sits down"),))
+    once = list(generate(models, longer, inputs, tmp_path / "once", job_id="job", previews=False))[-1]
+    assert torch.equal(load_file(tmp_path / "job" / "job.latents.safetensors")["latents"], load_file(once.latents_path)["latents"])
+    manifest = json.loads((tmp_path / "job" / "job.json").read_text())
+    assert manifest["settings"]["prompts"] == [[0.0, "she walks"], [0.8, "she waves"], [1.2, "she sits down"]]
+    assert manifest["inputs"]["keyframes"][0]["name"] == "keyframe_0.png"  # the first record's, kept
+
+    refused = list(extend_job(models, tmp_path / "job" / "job.mp4", 0.8, prompt="[0.4s: too early]"))[-1]
+    assert isinstance(refused, Error) and "0.4 s is in the part already made" in refused.message
