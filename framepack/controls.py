@@ -221,8 +221,13 @@ def timeline(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         end = " · then the end frame" if row.get("end_frame") else ""
         where = f"{row['start']:.2f}–{row['end']:.2f} s"
-        lines.append(f"{where} (section {row['generated']} to make): \"{row['prompt']}\" · {row['start_slot']}{end}")
+        lines.append(f"{where} (generated {_ordinal(row['generated'])}): \"{row['prompt']}\" · {row['start_slot']}{end}")
     return lines
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def blank_image(kind: str, height: int, width: int, seed: int) -> np.ndarray:

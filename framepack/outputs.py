@@ -330,15 +330,22 @@ class Checkpoint:
         )
 
 
-def settings_of_output(path: str | Path) -> dict[str, Any]:
-    """The settings a previous output was made with, from its manifest (.json) or its video's metadata (.mp4)."""
+def settings_of_output(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The settings a previous output was made with and the record of its images (names, SHA-256, keyframe
+    times; None for outputs older than that record), from its manifest (.json) or its video's metadata (.mp4)."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))["settings"]
-        import av  # only needed here; the rest of this module writes files without it
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            import av  # only needed here; the rest of this module writes files without it
 
-        with av.open(str(path)) as container:
-            return json.loads(container.metadata["comment"])["framepack"]
+            with av.open(str(path)) as container:
+                saved = json.loads(container.metadata["comment"])
+                saved["settings"] = saved.pop("framepack")
+        settings, inputs = saved["settings"], saved.get("inputs")
+        if not isinstance(settings, dict) or not isinstance(inputs, (dict, type(None))):
+            raise TypeError("not a mapping")
+        return settings, inputs
     except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:  # av's errors are OSErrors
         raise ValueError(f"{path.name} holds no FramePack settings ({type(exc).__name__})") from None

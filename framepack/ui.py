@@ -19,12 +19,14 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from .conditioning import ImageError, load_image
+from .conditioning import ImageError
+from .controls import BLANK_STARTS, JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
 from .engine import Done, Error, Progress, SectionDone, Status
 from .memory import MemoryPlanError, check_before_loading
 from .models import ModelSource
@@ -105,7 +107,7 @@ def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> U
     if isinstance(event, Status):
         return skip, skip, skip, skip, event.message
     if isinstance(event, Progress):
-        where = f"Section {event.section} of {event.sections}"
+        where = f"Section {event.section} of {event.sections} ({event.span[0]:.2f}–{event.span[1]:.2f} s)"
         bar = progress_html(event.fraction, f"{where} · step {event.step} of {event.steps} · {event.fraction:.0%}")
         preview = event.preview if event.preview is not None else skip
         return preview, bar, frames_line(event.frames), skip, f"Sampling {where.lower()}"
@@ -126,23 +128,85 @@ def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> U
     return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
 
 
-# The page's settings controls, in the order of `/generate`'s parameters after the image.
+# The page's settings controls, in the order of `/generate`'s parameters after the image (`keyframe_times`
+# and `blank_start` are the inputs' part, the rest are settings).
 PAGE_SETTINGS = (
     "prompt", "negative_prompt", "seed", "total_second_length", "resolution", "latent_window_size", "steps", "cfg",
-    "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf",
+    "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf", "end_strength",
+    "keyframe_times", "blank_start", "prompt_blend_sections",
 )  # fmt: skip
 
 
 def previous_settings(path: str | None) -> tuple[Any, ...]:
-    """Updates for the settings controls (then the status line) from a previous output's MP4 or manifest."""
+    """Updates for the settings controls (then the status line) from a previous output's MP4 or manifest: the
+    prompt with its timed groups and the keyframes' times; the images themselves are named, to be added again."""
+    skip_all = tuple(gr.skip() for _ in PAGE_SETTINGS)
     if not path:
-        return (*(gr.skip() for _ in PAGE_SETTINGS), gr.skip())
+        return (*skip_all, gr.skip())
     try:
-        saved = settings_of_output(path)
+        saved, inputs = settings_of_output(path)
+        settings = Settings.from_dict(saved)
+    except SettingsError as exc:
+        return (*skip_all, error_message(f"{Path(path).name}: {exc}"))
     except ValueError as exc:
-        return (*(gr.skip() for _ in PAGE_SETTINGS), error_message(str(exc)))
-    values = tuple(saved.get(name, gr.skip()) for name in PAGE_SETTINGS)
-    return (*values, f"Loaded the settings of {Path(path).name}; add the start image and press Start.")
+        return (*skip_all, error_message(str(exc)))
+    inputs = inputs or {}
+    keyframes = inputs.get("keyframes") or []
+    start = inputs.get("image") or {}
+    values = {
+        **settings.to_dict(),
+        "prompt": settings.prompt_text,
+        "keyframe_times": ", ".join(f"{k['seconds']:g}" for k in keyframes),
+        "blank_start": start.get("blank", gr.skip()),
+    }
+    wanted = [f"the start image {start['name']}" if "name" in start else "the start image"]
+    if inputs.get("end_image"):
+        wanted.append(f"the end image {inputs['end_image']['name']}")
+    wanted += [f"keyframe {k['name']} ({k['seconds']:g} s)" for k in keyframes]
+    message = f"Loaded the settings of {Path(path).name}; add {', '.join(wanted)} and press Start."
+    return (*(values.get(name, gr.skip()) for name in PAGE_SETTINGS), message)
+
+
+def job_inputs_of(image: Any, end_image: Any, keyframes: Any, keyframe_times: str, blank_start: str) -> JobInputs:
+    """The job's images from the page's raw payloads, read into memory; keyframes pair with their times in order."""
+    files = [image_path(item) for item in (keyframes or [])]
+    times = parse_times(keyframe_times, len(files))
+    pairs = [Keyframe(seconds, path) for seconds, path in zip(times, files)]
+    return JobInputs(image_path(image), image_path(end_image), pairs, blank_start or "grey").load()
+
+
+def parse_times(text: str | None, count: int) -> list[float]:
+    """`count` times in seconds from "1.2, 2.4s" (one per keyframe image)."""
+    times = []
+    for part in (text or "").replace(";", ",").split(","):
+        if part.strip():
+            try:
+                times.append(float(part.strip().removesuffix("s")))
+            except ValueError:
+                raise SettingsError("keyframe_times", f"{part.strip()!r} is not a number of seconds") from None
+    if len(times) != count:
+        raise SettingsError("keyframe_times", f"give one time per keyframe image: {count} image(s), {len(times)} time(s)")
+    return times
+
+
+def section_timeline(
+    variant: str, prompt: str, total_second_length: float, latent_window_size: int, keyframes: Any = None,
+    keyframe_times: str = "", end_image: Any = None,
+) -> str:  # fmt: skip
+    """The page's timeline of the sections before Start: each one's time range, prompt and start-slot image."""
+    try:
+        settings = Settings(variant=variant, prompt=prompt, total_second_length=total_second_length,
+                            latent_window_size=latent_window_size)  # fmt: skip
+        names = [Path(image_path(item) or "").name for item in (keyframes or [])]
+        keyed = sorted(zip(parse_times(keyframe_times, len(names)), names))
+        has_end = image_path(end_image) is not None
+        rows = describe_schedule(plan_schedule(settings, [seconds for seconds, _ in keyed], has_end), settings, has_end)
+    except SettingsError as exc:
+        return error_message(str(exc))
+    for row in rows:  # name the keyframe images
+        if row["start_slot"].startswith("keyframe "):
+            row["start_slot"] += f" ({keyed[int(row['start_slot'].split()[1]) - 1][1]})"
+    return "**Sections, in time order**\n\n" + "\n".join(f"- {line}" for line in timeline(rows))
 
 
 def image_path(value: Any) -> str | None:
@@ -213,13 +277,20 @@ def build_app(
         gpu_memory_preservation: float = DEFAULTS.gpu_memory_preservation,
         use_teacache: bool = DEFAULTS.use_teacache,
         mp4_crf: int = DEFAULTS.mp4_crf,
+        end_image: Any = None,
+        end_strength: float = DEFAULTS.end_strength,
+        keyframes: Any = None,
+        keyframe_times: str = "",
+        blank_start: str = "grey",
+        prompt_blend_sections: int = DEFAULTS.prompt_blend_sections,
         request: gr.Request | None = None,
     ) -> Iterator[Updates]:
-        """Generate a video from an image and a prompt; streams (preview, progress, frames, video, status)."""
+        """Generate a video from an image and a prompt; streams (preview, progress, frames, video, status).
+
+        The prompt may hold timed prompts ("[2.4s: he turns around]"); `keyframes` are images with one time
+        each in `keyframe_times` ("1.2, 2.4"); without an image the video starts from a `blank_start` frame.
+        """
         try:
-            path = image_path(input_image)
-            if path is None:
-                raise ImageError("no image: upload a start image first")
             settings = Settings(
                 variant=variant,
                 prompt=prompt,
@@ -235,28 +306,37 @@ def build_app(
                 gpu_memory_preservation=gpu_memory_preservation,
                 use_teacache=use_teacache,
                 mp4_crf=mp4_crf,
+                end_strength=end_strength,
+                prompt_blend_sections=prompt_blend_sections,
                 **job_options,
             )
-            image = load_image(path)
+            inputs = job_inputs_of(input_image, end_image, keyframes, keyframe_times, blank_start)
+            images = prepare_images(inputs, settings)  # read once, now: an upload may be gone when the job runs
+            plan_schedule(settings, images.keyframe_times, images.end is not None)
         except (SettingsError, ImageError) as exc:
             gr.Warning(str(exc))
             yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(str(exc))
             return
 
-        yield from follow(session, worker.submit(settings, image, owner_of(request), session_of(request)))
+        yield from follow(session, worker.submit(settings, inputs, owner_of(request), session_of(request)))
 
     def resume(
-        session: Session, previous: Any = None, add_seconds: float = 0, request: gr.Request | None = None
+        session: Session,
+        previous: Any = None,
+        add_seconds: float = 0,
+        add_prompt: str = "",
+        request: gr.Request | None = None,
     ) -> Iterator[Updates]:
         """Finish a stopped job of this app, named by its video or record, or make a finished F1 video
-        `add_seconds` longer; streams like `generate`."""
+        `add_seconds` longer (with timed prompts for the added seconds in `add_prompt`); streams like `generate`."""
         path = image_path(previous)
         if path is None:
             message = "no job to resume: drop the video (.mp4) or record (.json) of a stopped job first"
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(message)
             return
         # The file's name says which job is meant; whether the caller may touch it is the job record's say.
-        job = worker.submit_resume(job_name(path), owner_of(request), session_of(request), float(add_seconds or 0))
+        owner, tab = owner_of(request), session_of(request)
+        job = worker.submit_resume(job_name(path), owner, tab, float(add_seconds or 0), add_prompt or "")
         yield from follow(session, job)
 
     def follow(session: Session, job: Job) -> Iterator[Updates]:
@@ -294,9 +374,34 @@ def build_app(
                 image_input = gr.Image(
                     sources=["upload"], type="filepath", label="Start image", height=320, elem_id="fp-image"
                 )
-                prompt_input = gr.Textbox(label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt")
+                prompt_input = gr.Textbox(
+                    label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt",
+                    info='Prompts that change over time: "a man on a beach [0s: he waves] [2.4s: he turns around]"',
+                )  # fmt: skip
                 examples = gr.Dataset(
                     samples=[[p] for p in EXAMPLE_PROMPTS], components=[prompt_input], label="Example prompts (click one)"
+                )
+                with gr.Accordion("End frame and keyframes", open=False):
+                    with gr.Row():
+                        end_input = gr.Image(
+                            sources=["upload"], type="filepath", label="End image (the video's last frame)", height=200,
+                            elem_id="fp-end-image", visible=variant == "original",
+                        )  # fmt: skip
+                        keyframes_input = gr.File(
+                            label="Keyframe images", file_count="multiple", file_types=["image"], type="filepath",
+                            elem_id="fp-keyframes",
+                        )  # fmt: skip
+                    end_strength_input = gr.Slider(
+                        0, 1, DEFAULTS.end_strength, step=0.01, label="End frame strength", visible=variant == "original"
+                    )
+                    keyframe_times_input = gr.Textbox(
+                        "", label="Keyframe times (seconds, one per image, in the order of the images)", placeholder="1.2, 2.4",
+                        elem_id="fp-keyframe-times",
+                        info="From its time on, a keyframe takes the start image's place as each section's anchor.",
+                    )  # fmt: skip
+                timeline_output = gr.Markdown(
+                    section_timeline(variant, DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size),
+                    elem_id="fp-timeline",
                 )
                 with gr.Row():
                     start_button = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
@@ -331,7 +436,7 @@ def build_app(
                     cfg_input = gr.Slider(1, 32, DEFAULTS.cfg, step=0.01, label="CFG scale")
                     rescale_input = gr.Slider(0, 1, DEFAULTS.cfg_rescale, step=0.01, label="CFG re-scale")
                     window_input = gr.Slider(
-                        1, 33, DEFAULTS.latent_window_size, step=1, label="Latent window size",
+                        1, 33, DEFAULTS.latent_window_size, step=1, label="Latent window size", elem_id="fp-window",
                         info="Frames per section = 4 × window − 3. Changing this is not recommended.",
                     )  # fmt: skip
                     memory_input = gr.Slider(
@@ -342,6 +447,14 @@ def build_app(
                         0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
                         info="0 is lossless; lower means better quality and larger files.",
                     )  # fmt: skip
+                    blend_input = gr.Slider(
+                        0, 8, DEFAULTS.prompt_blend_sections, step=1, label="Prompt fade (sections)",
+                        info="A new timed prompt fades in over this many sections; 0 switches at once.",
+                    )  # fmt: skip
+                    blank_input = gr.Radio(
+                        list(BLANK_STARTS), value="grey", label="Without a start image, start from",
+                        info="Text to video: the first frame is blank.",
+                    )  # fmt: skip
                 with gr.Accordion("Previous output: load its settings, or resume it", open=False):
                     previous_input = gr.File(
                         label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
@@ -351,6 +464,10 @@ def build_app(
                         value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add (finished FramePack-F1 videos)",
                         info="0 finishes a stopped job; more makes a finished F1 video longer.",
                     )  # fmt: skip
+                    add_prompt_input = gr.Textbox(
+                        "", label="Prompts for the added seconds (optional)", placeholder="[6s: he sits down]",
+                        visible=variant == "f1",
+                    )
                     resume_button = gr.Button("Resume this job", elem_id="fp-resume")
             with gr.Column():
                 preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
@@ -363,8 +480,11 @@ def build_app(
 
         job_inputs = [
             session, image_input, prompt_input, negative_input, seed_input, length_input, resolution_input, window_input,
-            steps_input, cfg_input, distilled_input, rescale_input, memory_input, teacache_input, crf_input,
+            steps_input, cfg_input, distilled_input, rescale_input, memory_input, teacache_input, crf_input, end_input,
+            end_strength_input, keyframes_input, keyframe_times_input, blank_input, blend_input,
         ]  # fmt: skip
+        # The controls a previous output's settings fill in, in PAGE_SETTINGS' order (images are added by hand).
+        settings_inputs = [c for c in job_inputs[2:] if c not in (end_input, keyframes_input)]
         job_outputs = [preview_output, progress_output, info_output, video_output, message_output]
         buttons = [start_button, end_button]
         busy = (gr.update(interactive=False), gr.update(interactive=True))
@@ -372,7 +492,16 @@ def build_app(
 
         examples.click(lambda sample: sample[0], [examples], [prompt_input], queue=False, api_visibility="private")
         previous_input.upload(
-            previous_settings, [previous_input], [*job_inputs[2:], message_output], queue=False, api_visibility="private"
+            previous_settings, [previous_input], [*settings_inputs, message_output], queue=False, api_visibility="private"
+        )
+        timeline_inputs = [prompt_input, length_input, window_input, keyframes_input, keyframe_times_input, end_input]
+        gr.on(
+            [component.change for component in timeline_inputs],
+            partial(section_timeline, variant),
+            timeline_inputs,
+            timeline_output,
+            queue=False,
+            api_visibility="private",
         )
         start_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
             generate,
@@ -388,7 +517,7 @@ def build_app(
         end_button.click(stop, [session], None, api_name="stop", queue=False)
         resume_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
             resume,
-            [session, previous_input, add_seconds_input],
+            [session, previous_input, add_seconds_input, add_prompt_input],
             job_outputs,
             api_name="resume",
             concurrency_limit=MAX_ACTIVE_REQUESTS,

@@ -25,6 +25,7 @@ from .engine import Done, Error, Event, Status, extend_job, failure_message, gen
 from .memory import MemoryPlan
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import LOCAL_USER, JobPaths, is_job_name, job_owner, new_job_id
+from .controls import JobInputs
 from .settings import Settings
 
 # Jobs one owner may have waiting or running at once: one user cannot fill the line for everyone.
@@ -50,7 +51,7 @@ class Job:
         self,
         worker: Worker,
         settings: Settings | None,
-        image: np.ndarray | None,
+        image: JobInputs | np.ndarray | None,
         owner: str,
         session: str | None = None,
         resume: Path | None = None,
@@ -62,6 +63,7 @@ class Job:
         self.session = session  # the browser tab following it, whose closing stops it
         self.resume = resume  # a stopped job's manifest to go on with, instead of settings and image
         self.add_seconds = 0.0  # with `resume`: make the finished F1 video this much longer instead
+        self.add_prompt = ""  # and the timed prompts of the added seconds
         self.stop_event = threading.Event()
         self._worker = worker
         self._events: queue.Queue[JobEvent] = queue.Queue()
@@ -109,18 +111,27 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="framepack-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, settings: Settings, image: np.ndarray, owner: str = LOCAL_USER, session: str | None = None) -> Job:
-        """Queue a job and return it; iterate `job.events()` for its stream."""
+    def submit(
+        self, settings: Settings, image: JobInputs | np.ndarray | None, owner: str = LOCAL_USER, session: str | None = None
+    ) -> Job:
+        """Queue a job of `image` (or a job's `JobInputs`, read into memory) and return it; iterate `job.events()`
+        for its stream."""
         return self._queue(Job(self, settings, image, owner, session))
 
     def submit_resume(
-        self, job_name: str, owner: str = LOCAL_USER, session: str | None = None, add_seconds: float = 0.0
+        self,
+        job_name: str,
+        owner: str = LOCAL_USER,
+        session: str | None = None,
+        add_seconds: float = 0.0,
+        add_prompt: str = "",
     ) -> Job:
         """Queue the rest of the stopped job `job_name` (a job in this worker's outputs folder), or with
-        `add_seconds` the extension of that finished F1 job; only its owner may."""
+        `add_seconds` the extension of that finished F1 job (`add_prompt`: timed prompts for the added seconds);
+        only its owner may."""
         paths = JobPaths(self.output_dir, job_name)
         job = Job(self, None, None, owner, session, resume=paths.manifest)
-        job.add_seconds = add_seconds
+        job.add_seconds, job.add_prompt = add_seconds, add_prompt
         if not is_job_name(job_name) or job_owner(paths) != owner:
             # The same answer whether the job does not exist or is someone else's: nothing leaks.
             return _refused(job, f"you have no job named {job_name!r} in this app's outputs")
@@ -256,7 +267,7 @@ class Worker:
                 return
         if job.resume is not None:
             if job.add_seconds > 0:
-                yield from extend_job(self._models, job.resume, job.add_seconds, stop=job.stop_event)
+                yield from extend_job(self._models, job.resume, job.add_seconds, prompt=job.add_prompt, stop=job.stop_event)
             else:
                 yield from resume_job(self._models, job.resume, stop=job.stop_event)
         else:

@@ -1,6 +1,8 @@
 """The desktop app through its API (gradio_client) against the running app on the tiny models."""
 
 import concurrent.futures
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -24,8 +26,10 @@ pytestmark = requires_tiny_models
 FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3}
 PARAMETERS = [
     "input_image", "prompt", "negative_prompt", "seed", "total_second_length", "resolution", "latent_window_size",
-    "steps", "cfg", "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf",
+    "steps", "cfg", "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf", "end_image",
+    "end_strength", "keyframes", "keyframe_times", "blank_start", "prompt_blend_sections",
 ]  # fmt: skip
+CONTROLS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tiny-framepack" / "cases-controls"
 PREVIEW, PROGRESS, INFO, VIDEO, MESSAGE = range(5)
 
 
@@ -76,7 +80,8 @@ def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
     assert defaults == {
         "input_image": None, "prompt": expected.prompt, "negative_prompt": expected.negative_prompt, "seed": 31337,
         "total_second_length": 5, "resolution": 640, "latent_window_size": 9, "steps": 25, "cfg": 1, "distilled_cfg": 10,
-        "cfg_rescale": 0, "gpu_memory_preservation": 6, "use_teacache": True, "mp4_crf": 16,
+        "cfg_rescale": 0, "gpu_memory_preservation": 6, "use_teacache": True, "mp4_crf": 16, "end_image": None,
+        "end_strength": 1, "keyframes": None, "keyframe_times": "", "blank_start": "grey", "prompt_blend_sections": 0,
     }  # fmt: skip
     assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
     assert sorted(endpoints) == ["/generate", "/jobs", "/resume", "/stop"]
@@ -92,8 +97,9 @@ def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_s
     assert Image.open(previews[0]).size == (3 * width // 8, height // 8)
 
     progress = texts(updates, PROGRESS)
-    assert any("Section 1 of 2 · step 1 of 3" in p for p in progress)
-    assert any("Section 2 of 2 · step 3 of 3" in p for p in progress)
+    # Sections count in generation order (the original makes the end first) and name their time range.
+    assert any("Section 1 of 2 (0.40–0.80 s) · step 1 of 3" in p for p in progress)
+    assert any("Section 2 of 2 (0.00–0.40 s) · step 3 of 3" in p for p in progress)
     widths = [float(w) for p in progress for w in re.findall(r"width: ([\d.]+)%", p)]
     assert widths[-1] == 100.0 and max(widths[:-1]) <= 100.0
 
@@ -190,7 +196,6 @@ def test_user_errors_show_on_the_page_and_the_app_keeps_working(client: Client, 
     not_an_image = tmp_path / "holiday.png"
     not_an_image.write_text("this is not a picture")
     cases = [
-        ({"image": None}, "no image"),
         ({"image": not_an_image}, "cannot read holiday.png as an image"),
         ({"total_second_length": 500}, "total_second_length: must be between 0.1 and 120"),
         ({"seed": -1}, "seed: must be between 0"),
@@ -272,6 +277,10 @@ def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
         last = extended.outputs()[-1]
         assert last[MESSAGE].startswith("Finished"), last[MESSAGE]
         assert saved_video(last[MESSAGE], tmp_path / "out") == video and probe(video).frames == 25
+        # F1 generates forwards: an end frame is refused, not ignored.
+        end = handle_file(str(CONTROLS / "c1_original_end" / "end.png"))
+        refused = run(client, prompt="a robot waves", total_second_length=0.4, end_image=end, **FAST)[-1]
+        assert "F1 generates forwards and has no slot for an end frame" in refused[MESSAGE]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -318,3 +327,61 @@ def test_missing_models_give_a_clear_message(tmp_path: Path, caplog: pytest.LogC
     assert isinstance(last, Error) and "model files are missing" in last.message and str(tmp_path) not in last.message
     assert "Model files not found" in caplog.text and str(tmp_path / "empty") in caplog.text
     assert ui.event_updates(last)[MESSAGE] == f"**Error:** {last.message}"
+
+
+def test_section_controls_through_the_api(client: Client, app_server):  # noqa: F811
+    end, keyframe = CONTROLS / "c1_original_end" / "end.png", CONTROLS / "c2_original_timed" / "keyframe_0.png"
+    job = submit(
+        client, prompt="a cat sits [0s: it looks around] [0.5s: it jumps]", total_second_length=1.2, end_image=handle_file(str(end)),
+        end_strength=0.5, keyframes=[handle_file(str(keyframe))], keyframe_times="0.8", prompt_blend_sections=1, **FAST,
+    )  # fmt: skip
+    job.result()
+    updates = job.outputs()
+    final = updates[-1]
+    assert final[MESSAGE].startswith("Finished"), final[MESSAGE]
+    # The progress line names each section's time range; the original variant makes the end first.
+    assert any("Section 1 of 3 (0.80–1.20 s)" in p for p in texts(updates, PROGRESS))
+    assert any('0.80–1.20 s (generated 1st): "it jumps" · keyframe 1 · then the end frame' in m for m in texts(updates, MESSAGE))
+    manifest = json.loads(saved_video(final[MESSAGE], app_server.outputs).with_suffix(".json").read_text())
+    settings = manifest["settings"]
+    assert settings["prompt"] == "a cat sits" and settings["prompts"] == [[0.0, "it looks around"], [0.5, "it jumps"]]
+    assert settings["end_strength"] == 0.5 and settings["prompt_blend_sections"] == 1
+    assert manifest["inputs"]["end_image"]["name"] == "end.png"
+    assert manifest["inputs"]["keyframes"] == [
+        {"seconds": 0.8, "name": "keyframe_0.png", "sha256": hashlib.sha256(keyframe.read_bytes()).hexdigest()}
+    ]
+    # 0.5 s falls inside the second section (0.4–0.8 s): "it jumps" takes over at the next start.
+    assert [row["prompt"] for row in manifest["schedule"]] == ["it looks around", "it looks around", "it jumps"]
+
+    # Loading that video's settings restores the timed prompt, strength and keyframe times, and names the images.
+    *values, message = ui.previous_settings(str(saved_video(final[MESSAGE], app_server.outputs)))
+    loaded = dict(zip(ui.PAGE_SETTINGS, values))
+    assert loaded["prompt"] == "a cat sits [0s: it looks around] [0.5s: it jumps]"
+    assert (loaded["end_strength"], loaded["keyframe_times"], loaded["prompt_blend_sections"]) == (0.5, "0.8", 1)
+    assert "the end image end.png" in message and "keyframe keyframe_0.png (0.8 s)" in message
+
+
+def test_without_a_start_image_the_video_starts_from_a_blank_frame(client: Client):
+    updates = run(client, image=None, blank_start="white", prompt="fireworks", total_second_length=0.4, **FAST)
+    assert updates[-1][MESSAGE].startswith("Finished") and probe(updates[-1][VIDEO]).frames == 13
+    assert "No start image: starting from a white frame" in texts(updates, MESSAGE)
+
+
+def test_bad_section_controls_get_a_clear_message(client: Client, tmp_path: Path):
+    keyframe = handle_file(str(CONTROLS / "c2_original_timed" / "keyframe_0.png"))
+    not_an_image = tmp_path / "end.png"
+    not_an_image.write_text("no")
+    cases = [
+        ({"keyframes": [keyframe]}, "give one time per keyframe image: 1 image(s), 0 time(s)"),
+        ({"keyframes": [keyframe], "keyframe_times": "soon"}, "'soon' is not a number of seconds"),
+        ({"keyframes": [keyframe], "keyframe_times": "0"}, "a keyframe at 0 s would replace the start image"),
+        ({"keyframes": [keyframe], "keyframe_times": "5"}, "5 s governs no section: the last section starts at 0.8 s"),
+        ({"prompt": "a [1 s: b"}, "malformed timed prompt near '[1 s: b'"),
+        ({"end_strength": 2}, "end_strength: must be between 0 and 1"),
+        ({"blank_start": "pink"}, "blank_start: must be one of grey, black, white, noise"),
+        ({"end_image": handle_file(str(not_an_image))}, "cannot read end.png as an image"),
+    ]
+    for params, expected in cases:
+        final = run(client, **{**FAST, "total_second_length": 1.2, **params})[-1]
+        assert final[MESSAGE].startswith("**Error:**") and expected in final[MESSAGE], (params, final[MESSAGE])
+        assert "Not started" in final[PROGRESS]

@@ -36,19 +36,30 @@ def browser() -> Iterator:
             browser.close()
 
 
-def start_job(browser, url: str, seconds: float, steps: int = 3):
-    """Open the page, upload the image, choose a small job and press Start; returns the page."""
+def open_page(browser, url: str, seconds: float, steps: int = 3, prompt: str = "The girl dances gracefully."):
+    """Open the page, upload the start image, type the prompt and choose a small job; returns the page."""
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(url)
     page.locator("#fp-image input[type=file]").set_input_files(str(IMAGE))
     expect(page.locator("#fp-image img")).to_be_visible()  # the upload has finished
-    page.locator("#fp-prompt textarea").fill("The girl dances gracefully, with clear movements, full of charm.")
-    for elem_id, value in (("fp-length", seconds), ("fp-resolution", 128), ("fp-steps", steps)):
-        number = page.locator(f"#{elem_id} input[type=number]")
-        number.fill(str(value))
-        number.press("Enter")
+    page.locator("#fp-prompt textarea").fill(prompt)
+    set_number(page, "fp-length", seconds)
+    set_number(page, "fp-resolution", 128)
+    set_number(page, "fp-steps", steps)
+    return page
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    number = page.locator(f"#{elem_id} input[type=number]")
+    number.fill(str(value))
+    number.press("Enter")
+
+
+def start_job(browser, url: str, seconds: float, steps: int = 3):
+    """Open the page with a small job and press Start; returns the page."""
+    page = open_page(browser, url, seconds, steps)
     page.locator("#fp-start").click()
     return page
 
@@ -77,10 +88,46 @@ def test_page_shows_a_user_error_clearly(browser, app_server):  # noqa: F811
 
     page = browser.new_page()
     page.goto(app_server.url)
-    page.locator("#fp-start").click()  # no image uploaded
-    expect(page.locator("#fp-message")).to_contain_text("Error: no image: upload a start image first")
-    expect(page.locator(".toast-body")).to_contain_text("no image")
+    page.locator("#fp-prompt textarea").fill("a girl [2x: she waves]")
+    # The timeline says so before Start, and Start says it again.
+    expect(page.locator("#fp-timeline")).to_contain_text("malformed timed prompt near '[2x: she waves]'")
+    page.locator("#fp-start").click()
+    expect(page.locator("#fp-message")).to_contain_text("Error: prompt: malformed timed prompt")
+    expect(page.locator(".toast-body")).to_contain_text("malformed timed prompt")
     expect(page.locator("#fp-start")).to_be_enabled()
+    page.close()
+
+
+def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(browser, app_server):  # noqa: F811
+    import json
+
+    from playwright.sync_api import expect
+
+    controls = IMAGE.parents[2] / "cases-controls"
+    page = open_page(browser, app_server.url, seconds=1.2, prompt="A girl stands. [0s: she waves] [0.8s: she spins]")
+    page.get_by_text("Advanced").click()
+    set_number(page, "fp-window", 3)  # three sections of 0.4 s
+    page.get_by_text("End frame and keyframes").click()
+    page.locator("#fp-end-image input[type=file]").set_input_files(str(controls / "c1_original_end" / "end.png"))
+    expect(page.locator("#fp-end-image img")).to_be_visible()
+    page.locator("#fp-keyframes input[type=file]").set_input_files(str(controls / "c2_original_timed" / "keyframe_0.png"))
+    page.locator("#fp-keyframe-times textarea").fill("0.8")
+    page.locator("#fp-keyframe-times textarea").press("Enter")
+    timeline = page.locator("#fp-timeline")
+    expect(timeline).to_contain_text('0.00–0.40 s (generated 3rd): "she waves" · start image')
+    expect(timeline).to_contain_text('0.80–1.20 s (generated 1st): "she spins" · keyframe 1 (keyframe_0.png) · then the end frame')
+
+    page.locator("#fp-start").click()
+    page.wait_for_function(VIDEO_PLAYING, timeout=90_000)
+    expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=60_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_controls.png"), full_page=True)
+    name = page.locator("#fp-message").inner_text().split("saved as ")[1].split(".mp4")[0].strip("` ")
+    manifest = json.loads((app_server.outputs / f"{name}.json").read_text())
+    assert manifest["settings"]["prompts"] == [[0.0, "she waves"], [0.8, "she spins"]]
+    assert manifest["inputs"]["end_image"]["name"] == "end.png"
+    assert [k["seconds"] for k in manifest["inputs"]["keyframes"]] == [0.8]
+    assert [row["start_slot"] for row in manifest["schedule"]] == ["start image", "start image", "keyframe 1"]
     page.close()
 
 

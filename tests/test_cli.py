@@ -107,8 +107,8 @@ def test_section_controls_from_the_command_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     # Where each control lands, in time order.
-    assert '0.00–0.67 s (section 4 to make): "The cat looks out of the window." · start image' in result.stderr
-    assert '2.00–2.67 s (section 1 to make): "The cat jumps down and walks away." · keyframe 1 · then the end frame' in result.stderr
+    assert '0.00–0.67 s (generated 4th): "The cat looks out of the window." · start image' in result.stderr
+    assert '2.00–2.67 s (generated 1st): "The cat jumps down and walks away." · keyframe 1 · then the end frame' in result.stderr
     manifest = json.loads((tmp_path / "ctl.json").read_text())
     assert manifest["settings"]["prompt"] == "A cat sits."
     assert manifest["settings"]["prompts"] == [[0.0, "The cat looks out of the window."], [1.4, "The cat jumps down and walks away."]]

@@ -197,5 +197,5 @@ def test_the_timeline_says_where_each_control_lands():
                         prompts=((1.4, "jumps"),))  # fmt: skip
     rows = describe_schedule(plan_schedule(settings, [2.0], end_image=True), settings, has_end=True)
     lines = timeline(rows)
-    assert lines[0] == '0.00–0.67 s (section 4 to make): "sits" · start image'
-    assert lines[3] == '2.00–2.67 s (section 1 to make): "jumps" · keyframe 1 · then the end frame'
+    assert lines[0] == '0.00–0.67 s (generated 4th): "sits" · start image'
+    assert lines[3] == '2.00–2.67 s (generated 1st): "jumps" · keyframe 1 · then the end frame'
