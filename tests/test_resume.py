@@ -190,16 +190,22 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
 
 
 def test_the_app_loads_settings_from_a_previous_output(tiny_models, tmp_path):
+    import gradio as gr
+
     from framepack import ui
 
     settings = Settings(variant="f1", total_second_length=1.2, steps=2, height=64, width=96, prompt="jump", seed=5,
                         cfg=1.5, negative_prompt="still", mp4_crf=20)  # fmt: skip
     done = list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, job_id="old", previews=False))[-1]
     assert isinstance(done, Done)
+    expected = {name: getattr(settings, name, None) for name in ui.PAGE_SETTINGS}
+    expected["keyframe_times"] = ""
     for source in (tmp_path / "old.mp4", tmp_path / "old.json"):
         *values, message = ui.previous_settings(str(source))
-        assert dict(zip(ui.PAGE_SETTINGS, values)) == {name: getattr(settings, name) for name in ui.PAGE_SETTINGS}
-        assert message.startswith("Loaded the settings of old.")
+        loaded = dict(zip(ui.PAGE_SETTINGS, values))
+        assert isinstance(loaded.pop("blank_start"), type(gr.skip()))  # the job had a start image
+        assert loaded == {name: value for name, value in expected.items() if name != "blank_start"}
+        assert message == f"Loaded the settings of {source.name}; add the start image input.png and press Start."
     not_ours = tmp_path / "other.json"
     not_ours.write_text("{}")
     *_, message = ui.previous_settings(str(not_ours))
