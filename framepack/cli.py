@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .engine import (
@@ -26,8 +27,17 @@ from .engine import (
     read_checkpoint,
     resume_job,
 )
-from .memory import MemoryPlanError, add_check_memory_parser, check_before_loading, run_check_memory
-from .models import ModelSet, ModelSource, ModelsMissingError, load_models
+from .lora import LoraError, LoraSpec, describe_lora, read_lora
+from .memory import (
+    MemoryPlanError,
+    ModelConfigs,
+    add_check_memory_parser,
+    check_before_loading,
+    lora_bytes,
+    meta_transformer,
+    run_check_memory,
+)
+from .models import ModelSet, ModelSource, ModelsMissingError, default_device, load_models, resolve_dtypes
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
 from .conditioning import ImageError
@@ -60,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--end-strength", type=float, help=f"how strongly the end image holds, 0 to 1 (default {defaults.end_strength:g})")
     gen.add_argument("--keyframe", action="append", default=[], metavar="SECONDS:PATH", type=keyframe_arg,
                      help="an image that replaces the start image in each section's start slot from SECONDS on (repeatable)")  # fmt: skip
+    gen.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]", type=LoraSpec.parse,
+                     help="a LoRA file and its weight (default 1; 0 turns it off); repeatable")  # fmt: skip
     gen.add_argument("--negative-prompt", help="used only when --cfg is above 1")
     gen.add_argument("--variant", choices=VARIANTS, help=f"model variant (default {defaults.variant})")
     gen.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
@@ -86,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (gen, res):
         add_runtime_options(command)
     add_check_memory_parser(commands)
+    info = commands.add_parser("lora-info", help="what a LoRA file is: format, rank, alpha, the modules it changes")
+    info.add_argument("path", type=Path, help="the LoRA file (.safetensors)")
+    info.add_argument("--variant", choices=VARIANTS, default="original", help="the model to match it against")
+    info.add_argument("--models", type=Path, help="local model root whose transformer config to use")
     return parser
 
 
@@ -119,13 +135,13 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         # Read every image and check every control before loading tens of GB of models.
-        inputs = JobInputs(args.image, args.end_image, args.keyframe, args.blank_start).load()
+        inputs = JobInputs(args.image, args.end_image, args.keyframe, args.blank_start, loras=args.lora).load()
         images = prepare_images(inputs, settings)
         plan_schedule(settings, images.keyframe_times, images.end is not None)  # the job prints where each lands
     except (SettingsError, ImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    models = _load(args, settings)
+    models = _load(args, settings, inputs.loras)
     if models is None:
         return 1
     return _follow(
@@ -172,16 +188,33 @@ def run_extend(args: argparse.Namespace) -> int:
     )
 
 
-def _load(args: argparse.Namespace, settings: Settings) -> ModelSet | None:
-    """Check memory, then load the models for `settings`; None (after saying why) if that cannot be done."""
+def _load(args: argparse.Namespace, settings: Settings, loras: Sequence[LoraSpec] = ()) -> ModelSet | None:
+    """Check memory, then load the models for `settings` (and `loras`); None (after saying why) if that cannot be done."""
     try:
+        lora = None
+        if loras:  # matched against the model's architecture before anything loads
+            device = torch.device(args.device) if args.device else default_device()
+            configs = ModelConfigs.from_folder(args.models, settings.variant) if args.models else ModelConfigs.published()
+            lora = lora_bytes([spec.path for spec in loras], configs, resolve_dtypes(settings.dtype, device)[0])
         # The same check as the app's: say what will not fit before loading tens of GB.
-        plan = check_before_loading(settings, fp8=args.fp8, device=args.device, models_dir=args.models)
+        plan = check_before_loading(settings, fp8=args.fp8, device=args.device, models_dir=args.models, lora=lora)
         source = ModelSource(args.models, args.hf_cache)
         return load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
-    except (ModelsMissingError, MemoryPlanError) as exc:
+    except (ModelsMissingError, MemoryPlanError, LoraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+
+
+def run_lora_info(args: argparse.Namespace) -> int:
+    """Print what a LoRA file is and whether it fits the variant's transformer; 0 if it does, 1 if not."""
+    try:
+        configs = ModelConfigs.from_folder(args.models, args.variant) if args.models else ModelConfigs.published()
+        file = read_lora(args.path, meta_transformer(configs))
+    except (LoraError, ModelsMissingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(describe_lora(file, args.variant))
+    return 0
 
 
 def _follow(start: Callable[[threading.Event], Iterator[Event]], total_steps: int, quiet: bool) -> int:
@@ -239,4 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_generate(args)
     if args.command == "resume":
         return run_resume(args)
+    if args.command == "lora-info":
+        return run_lora_info(args)
     return run_check_memory(args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from .conditioning import load_image, resize_and_center_crop, target_size
+from .lora import LoraSpec
 from .settings import EPSILON, FPS, Settings, SettingsError, check_distinct
 
 BLANK_STARTS: tuple[str, ...] = ("grey", "black", "white", "noise")
@@ -39,10 +41,11 @@ class Keyframe:
 
 @dataclass(frozen=True)
 class JobInputs:
-    """The images of a job: the start image (None: a blank start of the colour `blank_start`, for text to
-    video), an optional end image (original variant) and keyframes (kept in time order).
+    """What a job is made from besides its settings: the start image (None: a blank start of the colour
+    `blank_start`, for text to video), an optional end image (original variant), keyframes (kept in time order)
+    and LoRA files with their weights.
 
-    `record` says what the job record keeps of them (file names and SHA-256); `load` fills it in.
+    `record` says what the job record keeps of the images (file names and SHA-256); `load` fills it in.
     """
 
     image: ImageSource | None
@@ -50,9 +53,11 @@ class JobInputs:
     keyframes: tuple[Keyframe, ...] = ()
     blank_start: str = "grey"
     record: dict[str, Any] | None = None
+    loras: tuple[LoraSpec, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keyframes", tuple(sorted(self.keyframes, key=lambda keyframe: keyframe.seconds)))
+        object.__setattr__(self, "loras", tuple(self.loras))
         if self.blank_start not in BLANK_STARTS:
             raise SettingsError("blank_start", f"must be one of {', '.join(BLANK_STARTS)}, got {self.blank_start!r}")
 
@@ -66,6 +71,7 @@ class JobInputs:
             keyframes,
             self.blank_start,
             self.describe(),
+            self.loras,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -91,10 +97,10 @@ class JobImages:
     def keyframe_times(self) -> list[float]:
         return [seconds for seconds, _ in self.keyframes]
 
-    def inputs(self) -> JobInputs:
-        """These images as a job's inputs (a resumed job is given them again)."""
+    def inputs(self, loras: Sequence[LoraSpec] = ()) -> JobInputs:
+        """These images (and `loras`) as a job's inputs: a resumed job is given them again."""
         keyframes = tuple(Keyframe(seconds, image) for seconds, image in self.keyframes)
-        return JobInputs(self.start, self.end, keyframes)
+        return JobInputs(self.start, self.end, keyframes, loras=tuple(loras))
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The images as tensors and metadata, for a checkpoint or the latents file."""

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from .cache import StepCache, configure_cache
 from .conditioning import LLAMA_MAX_TOKENS, Conditioning, ImageError, encode_conditioning, prompt_token_count
 from .controls import ImageSource, JobImages, JobInputs, describe_schedule, plan_schedule, prepare_images, timeline
+from .lora import LoraError, apply_loras, specs_from_record
 from .memory import MemoryPlanError, replan
 from .models import ModelSet
 from .outputs import (
@@ -180,7 +181,7 @@ def job_paths(path: str | Path) -> JobPaths:
 def failure_message(exc: BaseException) -> str:
     """What a user is told when a job fails: what went wrong and what to do, never a server path or a
     traceback (an unexpected failure's details go to the log)."""
-    if isinstance(exc, (SettingsError, ImageError, MemoryPlanError, JobBusyError)):
+    if isinstance(exc, (SettingsError, ImageError, MemoryPlanError, JobBusyError, LoraError)):
         return str(exc)
     if isinstance(exc, torch.OutOfMemoryError):
         return (
@@ -242,7 +243,8 @@ def _resume(models: ModelSet, paths: JobPaths, stop: threading.Event, previews: 
     def job() -> Iterator[Event]:
         checkpoint = read_checkpoint(paths)  # under the lock, which also removed what a killed process left
         settings = Settings.from_dict(checkpoint.settings)
-        inputs = JobImages.from_tensors(checkpoint.images, checkpoint.image_metadata).inputs()
+        loras = specs_from_record(json.loads(checkpoint.image_metadata.get("loras", "[]")))
+        inputs = JobImages.from_tensors(checkpoint.images, checkpoint.image_metadata).inputs(loras)
         yield from _run(models, settings, inputs, paths, stop, previews, checkpoint, checkpoint.owner)
 
     yield from _locked(paths, job)
@@ -273,7 +275,8 @@ def _extend(
 ) -> Iterator[Event]:
     def job() -> Iterator[Event]:
         checkpoint, settings = _extension(models, paths, seconds, prompt)  # if it fails, its files go with the parts
-        inputs = JobImages.from_tensors(checkpoint.images, checkpoint.image_metadata).inputs()
+        loras = specs_from_record(json.loads(checkpoint.image_metadata.get("loras", "[]")))
+        inputs = JobImages.from_tensors(checkpoint.images, checkpoint.image_metadata).inputs(loras)
         yield from _run(models, settings, inputs, paths, stop, previews, checkpoint, checkpoint.owner)
 
     yield from _locked(paths, job)
@@ -318,6 +321,7 @@ def _extension(models: ModelSet, paths: JobPaths, seconds: float, prompt: str) -
     trim_mp4(paths.video, paths.parts_dir / "00001.mp4", final_frames)
     owner = manifest.get("owner", LOCAL_USER)
     tensors, metadata = images.to_tensors()
+    metadata["loras"] = json.dumps(manifest.get("loras", []))
     checkpoint = Checkpoint(
         stem, longer.to_dict(), done, generator.get_state(), open_frames, final_frames, ["00001.mp4"], tensors, owner,
         metadata,
@@ -352,6 +356,9 @@ def _run(
     images = prepare_images(inputs, settings)
     schedule = plan_schedule(settings, images.keyframe_times, images.end is not None)
     height, width = images.start.shape[:2]
+    if inputs.loras or models.loras is not None:
+        yield Status(f"Applying {len(inputs.loras)} LoRA(s)" if inputs.loras else "Removing the LoRAs of the last job")
+    loras = apply_loras(models, inputs.loras)
     if inputs.image is None:
         yield Status(f"No start image: starting from a {inputs.blank_start} frame")
 
@@ -380,14 +387,17 @@ def _run(
         yield Status(f"Resuming after section {resume.sections_done} of {len(plans)}")
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
     image_tensors, image_metadata = images.to_tensors()  # saved with every checkpoint, for a resume
+    image_metadata["loras"] = json.dumps([lora.to_dict() for lora in loras])
     record = JobRecord(paths, settings, models, resume, owner, inputs.describe())  # written once a section is on disk
+    record.loras = [lora.to_dict() for lora in loras]
     record.schedule = describe_schedule(schedule, settings, images.end is not None)
     if settings.prompts or images.keyframes or images.end is not None:
         yield Status("Sections (time order):\n" + "\n".join(timeline(record.schedule)))
 
     video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
     # The settings (and what the images were) travel inside the MP4 too: a video alone is enough to vary it.
-    metadata = {"comment": json.dumps({"framepack": settings.to_dict(), "inputs": record.inputs})}
+    shared_loras = [{key: lora[key] for key in ("name", "sha256", "weight")} for lora in record.loras]  # no paths
+    metadata = {"comment": json.dumps({"framepack": settings.to_dict(), "inputs": record.inputs, "loras": shared_loras})}
     writer = BackgroundVideoWriter(video, metadata)
 
     def written(wait: bool = False) -> list[SectionDone]:
@@ -514,6 +524,7 @@ class JobRecord:
         self.paths, self.settings, self.models, self.owner = paths, settings, models, owner
         self.cache: StepCache | None = None
         self.schedule: list[dict[str, Any]] = []
+        self.loras: list[dict[str, Any]] = []
         previous = json.loads(paths.manifest.read_text()) if resume is not None and paths.manifest.is_file() else {}
         # The input files' names and SHA-256: a resumed job is given their pixels, so the first record says.
         self.inputs = previous.get("inputs") or inputs
@@ -531,6 +542,7 @@ class JobRecord:
             "settings": self.settings.to_dict(),
             "inputs": self.inputs,
             "schedule": self.schedule,
+            "loras": self.loras,
             "seed": self.settings.seed,
             "variant": self.settings.variant,
             "models": models.sources,

@@ -44,7 +44,7 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PRO
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
 from .conditioning import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH, buckets
-from .models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, ModelSet, ModelSource, resolve_dtypes
+from .models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, ModelSet, ModelSource, ModelsMissingError, resolve_dtypes
 from .packing import CONTEXT_1X, CONTEXT_2X, CONTEXT_4X
 from .settings import VARIANTS, Settings, SettingsError
 
@@ -702,9 +702,10 @@ def plan_memory(
     mode: str | None = None,
     advise: bool = True,
     swap_free: int | None = None,
+    lora: LoraBytes | None = None,
 ) -> MemoryPlan:
     """Plan a job's memory for `vram_free` / `ram_free` bytes free (None: no GPU / RAM unknown), with
-    `swap_free` bytes of swap to fall back on.
+    `swap_free` bytes of swap to fall back on, and the job's LoRAs (`lora`).
 
     Without `height`/`width` the plan covers every aspect bucket of `resolution` (the image decides the
     bucket later). `device` defaults to "cuda" when there is GPU memory, else "cpu". `sizes` defaults to the
@@ -745,6 +746,8 @@ def plan_memory(
         plan = replace(plan, phases=phases, unified_memory=True)
     weights = "fp8 storage" if fp8 else str(sizes.transformer_dtype).removeprefix("torch.")
     plan = replace(plan, transformer_weights=weights, swap_free=swap_free)
+    if lora is not None and (lora.adapters or lora.touched):
+        plan = _with_loras(plan, lora)
     if advise:
         plan = replace(plan, advice=_advice(plan, request), notes=plan.notes + _notes(plan))
     return plan
@@ -766,6 +769,35 @@ def plan_for_settings(
         dtype=settings.dtype,
         **options,
     )
+
+
+@dataclass(frozen=True)
+class LoraBytes:
+    """What a job's LoRAs weigh besides the transformer's sizes: their adapters in the compute dtype (0 for a
+    loaded set, whose transformer holds them already), and the weights of the layers they touch (kept aside
+    while fused, to be put back exactly)."""
+
+    adapters: int
+    touched: int
+
+
+def _with_loras(plan: MemoryPlan, lora: LoraBytes) -> MemoryPlan:
+    """Add the LoRAs where they live: with the transformer (on the GPU in high mode, else in RAM), plus the
+    copies of the touched layers in RAM where they are fused: not in low mode, with fp8, or where the copies
+    would not fit in the RAM left (the rule `apply_loras` follows)."""
+    gpu = lora.adapters if plan.mode == "high" else 0
+
+    def added(phase: PhasePlan, ram: int, label: str) -> PhasePlan:
+        on_cpu = phase.on_cpu + ((label,) if ram else ())
+        on_gpu = phase.on_gpu + ((f"LoRAs ({gb(lora.adapters)})",) if gpu else ())
+        return replace(phase, gpu_bytes=phase.gpu_bytes + gpu, ram_bytes=phase.ram_bytes + ram, on_gpu=on_gpu, on_cpu=on_cpu)
+
+    unfused = replace(plan, phases=tuple(added(p, lora.adapters - gpu, f"LoRAs ({gb(lora.adapters)})") for p in plan.phases))
+    room = None if plan.ram_free is None else plan.ram_free - unfused.peak_ram
+    if plan.mode == "low" or plan.fp8 or (room is not None and lora.touched > room):
+        return unfused
+    label = f"LoRAs fused; the touched layers' originals ({gb(lora.touched)})"
+    return replace(plan, phases=tuple(added(p, lora.adapters - gpu + lora.touched, label) for p in plan.phases))
 
 
 def _phase(name: str, gpu: dict[str, int], cpu: dict[str, int], gpu_extra: int, ram_extra: int) -> PhasePlan:
@@ -1210,8 +1242,10 @@ def check_before_loading(
     device: str | torch.device | None = None,
     models_dir: str | os.PathLike | None = None,
     memory: DeviceMemory | None = None,
+    lora: LoraBytes | None = None,
 ) -> MemoryPlan:
-    """Plan the job `settings` describes on this machine's free memory; raise MemoryPlanError if it will not fit.
+    """Plan the job `settings` describes (with its LoRAs' `lora` bytes) on this machine's free memory; raise
+    MemoryPlanError if it will not fit.
 
     The app calls it before loading (with its default settings) and the CLI with the job's settings; the
     returned plan then goes to `place_component` as each component loads. With `models_dir` (a local model
@@ -1224,8 +1258,9 @@ def check_before_loading(
         configs = ModelConfigs.from_folder(models_dir, settings.variant)
         sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8)
     plan = plan_for_settings(
-        settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes, swap_free=memory.swap_free
-    )
+        settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes,
+        swap_free=memory.swap_free, lora=lora,
+    )  # fmt: skip
     if not plan.fits:
         raise MemoryPlanError(plan)
     return plan
@@ -1251,6 +1286,8 @@ def add_check_memory_parser(subparsers: argparse._SubParsersAction) -> argparse.
     parser.add_argument("--fp8", action="store_true", help="store the transformer's weights in 8 bits")
     parser.add_argument("--preserve", type=float, default=6.0, help="GPU memory to preserve in GB (default 6)")
     parser.add_argument("--device", help="cuda, mps or cpu (default: this machine's best, or cuda with --vram)")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH", help="count this LoRA file too (repeatable)")
+    parser.add_argument("--models", type=Path, help="local model root whose configs to plan (default: the published ones)")
     parser.set_defaults(handler=run_check_memory)
     return parser
 
@@ -1281,9 +1318,39 @@ def run_check_memory(args: argparse.Namespace) -> int:
     ram = int(args.ram * GB) if args.ram is not None else system_ram()[0]
     # A given --ram describes a machine to plan for, whose swap is unknown unless given too.
     swap = int(args.swap * GB) if args.swap is not None else 0 if args.ram is not None else system_swap()
-    plan = plan_for_settings(settings, vram, ram, fp8=args.fp8, device=device, swap_free=swap)
+    transformer_dtype, encoder_dtype = resolve_dtypes(None, torch.device(device))
+    try:
+        configs = ModelConfigs.from_folder(args.models, args.variant) if args.models else ModelConfigs.published()
+        sizes = published_sizes(transformer_dtype, encoder_dtype, args.fp8) if not args.models else (
+            ModelSizes.from_configs(configs, transformer_dtype, encoder_dtype, fp8=args.fp8)
+        )  # fmt: skip
+        lora = lora_bytes(args.lora, configs, transformer_dtype) if args.lora else None
+    except (ModelsMissingError, ValueError) as exc:  # a LoraError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    plan = plan_for_settings(settings, vram, ram, fp8=args.fp8, device=device, swap_free=swap, sizes=sizes, lora=lora)
     print(plan.report())
     return 0 if plan.fits else 1
+
+
+def meta_transformer(configs: ModelConfigs, dtype: torch.dtype = torch.bfloat16) -> HunyuanVideoFramepackTransformer3DModel:
+    """The transformer of `configs` on the meta device: its modules and shapes, no memory."""
+    with torch.device("meta"):
+        transformer = HunyuanVideoFramepackTransformer3DModel.from_config(configs.transformer)
+    torch.nn.Module.to(transformer, dtype)
+    return transformer
+
+
+def lora_bytes(paths: Sequence[str | os.PathLike], configs: ModelConfigs, dtype: torch.dtype) -> LoraBytes:
+    """What LoRA files add to a plan, matched against the transformer of `configs` built on the meta device."""
+    from .lora import read_lora
+
+    transformer = meta_transformer(configs, dtype)
+    files = [read_lora(path, transformer) for path in paths]
+    modules = dict(transformer.named_modules())
+    touched = {name for file in files for name in file.target_names}
+    weights = (modules[name].weight for name in touched)
+    return LoraBytes(sum(file.nbytes(dtype) for file in files), sum(w.numel() * w.element_size() for w in weights))
 
 
 def _held_by_us(device: torch.device) -> int:
@@ -1310,9 +1377,10 @@ def replan(
     if vram_free is None and current.mode != "cpu":
         measured = detect_device(device).vram_free
         vram_free = current.vram_free if measured is None else measured + _held_by_us(device)
+    lora = models.loras.memory() if models.loras is not None else None
     plan = plan_for_settings(
         settings, vram_free, current.ram_free, fp8=current.fp8, device=device, sizes=ModelSizes.of(models),
-        mode=current.mode, swap_free=current.swap_free,
+        mode=current.mode, swap_free=current.swap_free, lora=lora,
     )  # fmt: skip
     if not plan.fits:
         raise MemoryPlanError(plan)

@@ -29,6 +29,7 @@ from .attention import set_attention
 
 if TYPE_CHECKING:
     from .memory import MemoryPlan, Placement
+    from .lora import LoraState
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class ModelSet:
     attention: str = "sdpa"  # the attention backend in use (see framepack.attention)
     compiled: bool = False
     placement: Placement | None = None  # where the components live and move (None: all on one device)
+    loras: LoraState | None = None  # the LoRAs on the transformer (see framepack.lora)
+    fuse_loras: bool | None = None  # merge LoRAs into the weights; None: where memory allows
 
     @property
     def device(self) -> torch.device:

@@ -38,8 +38,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
 # Job names are file name stems: no folders, no leading dot (hidden files are the app's own).
 JOB_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
-# Metadata keys that describe a job's images in its checkpoint and latents files (see `JobImages`).
-IMAGE_METADATA = ("keyframe_times",)
+# Metadata keys that describe a job's inputs in its checkpoint and latents files (`JobImages`, and the LoRAs).
+IMAGE_METADATA = ("keyframe_times", "loras")
 # The owner of jobs made by the command line, or by the app when it serves only this machine without logins.
 LOCAL_USER = "local"
 
@@ -330,9 +330,10 @@ class Checkpoint:
         )
 
 
-def settings_of_output(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The settings a previous output was made with and the record of its images (names, SHA-256, keyframe
-    times; None for outputs older than that record), from its manifest (.json) or its video's metadata (.mp4)."""
+def settings_of_output(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings a previous output was made with, and what else its record says of the job: `inputs` (the
+    images' names, SHA-256 and keyframe times) and `loras` (names, SHA-256, weights), when recorded. From its
+    manifest (.json) or its video's metadata (.mp4)."""
     path = Path(path)
     try:
         if path.suffix.lower() == ".json":
@@ -343,9 +344,10 @@ def settings_of_output(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
             with av.open(str(path)) as container:
                 saved = json.loads(container.metadata["comment"])
                 saved["settings"] = saved.pop("framepack")
-        settings, inputs = saved["settings"], saved.get("inputs")
-        if not isinstance(settings, dict) or not isinstance(inputs, (dict, type(None))):
-            raise TypeError("not a mapping")
-        return settings, inputs
+        settings = saved["settings"]
+        extras = {"inputs": saved.get("inputs") or {}, "loras": saved.get("loras") or []}
+        if not isinstance(settings, dict) or not isinstance(extras["inputs"], dict) or not isinstance(extras["loras"], list):
+            raise TypeError("not a FramePack record")
+        return settings, extras
     except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:  # av's errors are OSErrors
         raise ValueError(f"{path.name} holds no FramePack settings ({type(exc).__name__})") from None

@@ -26,6 +26,7 @@ from typing import Any
 import gradio as gr
 
 from .conditioning import ImageError
+from .lora import LoraSpec
 from .controls import BLANK_STARTS, JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
 from .engine import Done, Error, Progress, SectionDone, Status
 from .memory import MemoryPlanError, check_before_loading
@@ -133,24 +134,25 @@ def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> U
 PAGE_SETTINGS = (
     "prompt", "negative_prompt", "seed", "total_second_length", "resolution", "latent_window_size", "steps", "cfg",
     "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf", "end_strength",
-    "keyframe_times", "blank_start", "prompt_blend_sections",
+    "keyframe_times", "blank_start", "prompt_blend_sections", "loras", "lora_weights",
 )  # fmt: skip
 
 
-def previous_settings(path: str | None) -> tuple[Any, ...]:
+def previous_settings(path: str | None, lora_folder: Path | None = None) -> tuple[Any, ...]:
     """Updates for the settings controls (then the status line) from a previous output's MP4 or manifest: the
-    prompt with its timed groups and the keyframes' times; the images themselves are named, to be added again."""
+    prompt with its timed groups, the keyframes' times and the LoRAs (those in `lora_folder`) with their
+    weights; the images themselves are named, to be added again."""
     skip_all = tuple(gr.skip() for _ in PAGE_SETTINGS)
     if not path:
         return (*skip_all, gr.skip())
     try:
-        saved, inputs = settings_of_output(path)
+        saved, extras = settings_of_output(path)
         settings = Settings.from_dict(saved)
     except SettingsError as exc:
         return (*skip_all, error_message(f"{Path(path).name}: {exc}"))
     except ValueError as exc:
         return (*skip_all, error_message(str(exc)))
-    inputs = inputs or {}
+    inputs, loras = extras["inputs"], extras["loras"]
     keyframes = inputs.get("keyframes") or []
     start = inputs.get("image") or {}
     values = {
@@ -158,32 +160,82 @@ def previous_settings(path: str | None) -> tuple[Any, ...]:
         "prompt": settings.prompt_text,
         "keyframe_times": ", ".join(f"{k['seconds']:g}" for k in keyframes),
         "blank_start": start.get("blank", gr.skip()),
+        "loras": [lora["name"] for lora in loras],
+        "lora_weights": ", ".join(f"{lora['name']}={lora['weight']:g}" for lora in loras),
     }
+    available = set(list_loras(lora_folder)) if lora_folder is not None else set()
+    if missing := [lora["name"] for lora in loras if lora["name"] not in available]:
+        values["loras"] = gr.skip()
+        values["lora_weights"] = gr.skip()
     wanted = [f"the start image {start['name']}" if "name" in start else "the start image"]
     if inputs.get("end_image"):
         wanted.append(f"the end image {inputs['end_image']['name']}")
     wanted += [f"keyframe {k['name']} ({k['seconds']:g} s)" for k in keyframes]
     message = f"Loaded the settings of {Path(path).name}; add {', '.join(wanted)} and press Start."
+    if loras and missing:
+        message += f" Its LoRAs are not all in the LoRA folder ({', '.join(missing)}): choose them again."
     return (*(values.get(name, gr.skip()) for name in PAGE_SETTINGS), message)
 
 
-def job_inputs_of(image: Any, end_image: Any, keyframes: Any, keyframe_times: str, blank_start: str) -> JobInputs:
+def list_loras(folder: Path | None) -> list[str]:
+    """The LoRA files (.safetensors) in the app's LoRA folder, by name."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors" and p.is_file())
+
+
+def lora_specs(folder: Path | None, names: list[str] | None, weights: str | None) -> tuple[LoraSpec, ...]:
+    """The chosen LoRAs of the LoRA folder with their weights: "0.7, 0.4" in the order chosen, or by name
+    ("a.safetensors=0.7, b.safetensors=0.4", as the page writes them); a LoRA without one gets 1."""
+    names = list(names or [])
+    available = list_loras(folder)
+    for name in names:
+        if name not in available:  # only names listed in the folder: nothing outside it can be reached
+            raise SettingsError("loras", f"there is no LoRA named {name!r} in the LoRA folder")
+    by_name = lora_weights_by_name(weights, names)
+    return tuple(LoraSpec(folder / name, by_name.get(name, 1.0)) for name in names)
+
+
+def lora_weights_by_name(text: str | None, names: list[str]) -> dict[str, float]:
+    """The weights text as {name: weight}: pairs "name=weight", or numbers in the order of `names`."""
+    if "=" not in (text or ""):
+        values = parse_numbers(text, "lora_weights")
+        if values and len(values) != len(names):
+            raise SettingsError("lora_weights", f"give one weight per LoRA: {len(names)} LoRA(s), {len(values)} weight(s)")
+        return dict(zip(names, values))
+    weights = {}
+    for part in (text or "").split(","):
+        name, _, value = part.strip().rpartition("=")
+        if part.strip():
+            weights[name.strip()] = (parse_numbers(value, "lora_weights") or [1.0])[0]
+    return weights
+
+
+def job_inputs_of(
+    image: Any, end_image: Any, keyframes: Any, keyframe_times: str, blank_start: str, loras: tuple[LoraSpec, ...] = ()
+) -> JobInputs:
     """The job's images from the page's raw payloads, read into memory; keyframes pair with their times in order."""
     files = [image_path(item) for item in (keyframes or [])]
     times = parse_times(keyframe_times, len(files))
     pairs = [Keyframe(seconds, path) for seconds, path in zip(times, files)]
-    return JobInputs(image_path(image), image_path(end_image), pairs, blank_start or "grey").load()
+    return JobInputs(image_path(image), image_path(end_image), pairs, blank_start or "grey", loras=loras).load()
+
+
+def parse_numbers(text: str | None, field_name: str) -> list[float]:
+    """Numbers from "1.2, 2.4s" (a trailing "s" for seconds is allowed)."""
+    numbers = []
+    for part in (text or "").replace(";", ",").split(","):
+        if part.strip():
+            try:
+                numbers.append(float(part.strip().removesuffix("s")))
+            except ValueError:
+                raise SettingsError(field_name, f"{part.strip()!r} is not a number") from None
+    return numbers
 
 
 def parse_times(text: str | None, count: int) -> list[float]:
     """`count` times in seconds from "1.2, 2.4s" (one per keyframe image)."""
-    times = []
-    for part in (text or "").replace(";", ",").split(","):
-        if part.strip():
-            try:
-                times.append(float(part.strip().removesuffix("s")))
-            except ValueError:
-                raise SettingsError("keyframe_times", f"{part.strip()!r} is not a number of seconds") from None
+    times = parse_numbers(text, "keyframe_times")
     if len(times) != count:
         raise SettingsError("keyframe_times", f"give one time per keyframe image: {count} image(s), {len(times)} time(s)")
     return times
@@ -240,13 +292,18 @@ class PageCopies:
 
 
 def build_app(
-    worker: Worker, variant: str, job_options: dict[str, Any] | None = None, identity: str = "local"
+    worker: Worker,
+    variant: str,
+    job_options: dict[str, Any] | None = None,
+    identity: str = "local",
+    lora_folder: Path | None = None,
 ) -> gr.Blocks:
     """The page: inputs and settings on the left, the live preview, progress and growing video on the right.
 
     `job_options` are settings fixed for the app's lifetime (e.g. the step cache method), given as flags.
     `identity` says who owns a job: "login" (the user logged in with `--auth`), "session" (each browser
     session: the app is open to others without logins) or "local" (the one person at this machine).
+    `lora_folder` holds the LoRA files the page offers.
     """
     title = TITLES[variant]
     job_options = job_options or {}
@@ -283,12 +340,15 @@ def build_app(
         keyframe_times: str = "",
         blank_start: str = "grey",
         prompt_blend_sections: int = DEFAULTS.prompt_blend_sections,
+        loras: list[str] | None = None,
+        lora_weights: str = "",
         request: gr.Request | None = None,
     ) -> Iterator[Updates]:
         """Generate a video from an image and a prompt; streams (preview, progress, frames, video, status).
 
         The prompt may hold timed prompts ("[2.4s: he turns around]"); `keyframes` are images with one time
         each in `keyframe_times` ("1.2, 2.4"); without an image the video starts from a `blank_start` frame.
+        `loras` are file names in the app's LoRA folder, `lora_weights` their weights ("0.7, 0.4"; none: 1).
         """
         try:
             settings = Settings(
@@ -310,7 +370,8 @@ def build_app(
                 prompt_blend_sections=prompt_blend_sections,
                 **job_options,
             )
-            inputs = job_inputs_of(input_image, end_image, keyframes, keyframe_times, blank_start)
+            chosen = lora_specs(lora_folder, loras, lora_weights)
+            inputs = job_inputs_of(input_image, end_image, keyframes, keyframe_times, blank_start, chosen)
             images = prepare_images(inputs, settings)  # read once, now: an upload may be gone when the job runs
             plan_schedule(settings, images.keyframe_times, images.end is not None)
         except (SettingsError, ImageError) as exc:
@@ -399,6 +460,33 @@ def build_app(
                         elem_id="fp-keyframe-times",
                         info="From its time on, a keyframe takes the start image's place as each section's anchor.",
                     )  # fmt: skip
+                with gr.Accordion("LoRA", open=False):
+                    lora_input = gr.CheckboxGroup(
+                        list_loras(lora_folder), label="LoRAs (from the LoRA folder)", elem_id="fp-loras",
+                        info="Several at once; each gets a weight below (0 turns one off).",
+                    )  # fmt: skip
+                    lora_weights_input = gr.Textbox("", visible=False, elem_id="fp-lora-weights")
+                    refresh_button = gr.Button("Refresh the LoRA list", size="sm")
+
+                    @gr.render(inputs=[lora_input, lora_weights_input], triggers=[lora_input.change])
+                    def weight_sliders(chosen: list[str] | None, weights: str) -> None:
+                        """A weight slider for each chosen LoRA; the hidden weights box keeps them by name."""
+                        chosen = list(chosen or [])
+                        try:
+                            known = lora_weights_by_name(weights, chosen)
+                        except SettingsError:
+                            known = {}
+                        sliders = [
+                            gr.Slider(-1, 2, known.get(name, 1.0), step=0.05, label=f"Weight of {name}",
+                                      elem_id=f"fp-lora-weight-{k}")  # fmt: skip
+                            for k, name in enumerate(chosen)
+                        ]
+                        for slider in sliders:
+                            slider.change(
+                                lambda *values: ", ".join(f"{n}={v:g}" for n, v in zip(chosen, values)), sliders,
+                                lora_weights_input, queue=False, api_visibility="private",
+                            )  # fmt: skip
+
                 timeline_output = gr.Markdown(
                     section_timeline(variant, DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size),
                     elem_id="fp-timeline",
@@ -481,7 +569,8 @@ def build_app(
         job_inputs = [
             session, image_input, prompt_input, negative_input, seed_input, length_input, resolution_input, window_input,
             steps_input, cfg_input, distilled_input, rescale_input, memory_input, teacache_input, crf_input, end_input,
-            end_strength_input, keyframes_input, keyframe_times_input, blank_input, blend_input,
+            end_strength_input, keyframes_input, keyframe_times_input, blank_input, blend_input, lora_input,
+            lora_weights_input,
         ]  # fmt: skip
         # The controls a previous output's settings fill in, in PAGE_SETTINGS' order (images are added by hand).
         settings_inputs = [c for c in job_inputs[2:] if c not in (end_input, keyframes_input)]
@@ -492,7 +581,11 @@ def build_app(
 
         examples.click(lambda sample: sample[0], [examples], [prompt_input], queue=False, api_visibility="private")
         previous_input.upload(
-            previous_settings, [previous_input], [*settings_inputs, message_output], queue=False, api_visibility="private"
+            partial(previous_settings, lora_folder=lora_folder), [previous_input], [*settings_inputs, message_output],
+            queue=False, api_visibility="private",
+        )  # fmt: skip
+        refresh_button.click(
+            lambda: gr.update(choices=list_loras(lora_folder)), None, lora_input, queue=False, api_visibility="private"
         )
         timeline_inputs = [prompt_input, length_input, window_input, keyframes_input, keyframe_times_input, end_input]
         gr.on(
@@ -558,6 +651,7 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
     add("--inbrowser", action="store_true", help="open the page in the default browser")
     add("--models", type=Path, default=None, metavar="DIR", help="local model root laid out like the hub repos")
     add("--outputs", type=Path, default=Path("outputs"), metavar="DIR", help="folder for videos and latents")
+    add("--loras", type=Path, default=Path("loras"), metavar="DIR", help="folder of LoRA files the page offers (default ./loras)")
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
     add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (for GPUs with little memory)")
@@ -632,7 +726,8 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
         "css": CSS,
     }
     job_options = {"cache_method": args.cache_method, "cache_threshold": args.cache_threshold}
-    return App(build_app(worker, variant, job_options, identity), worker, launch_kwargs)
+    lora_folder = Path(args.loras).resolve()
+    return App(build_app(worker, variant, job_options, identity, lora_folder), worker, launch_kwargs)
 
 
 def main(variant: str, argv: Sequence[str] | None = None) -> None:

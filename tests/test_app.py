@@ -27,7 +27,7 @@ FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3}
 PARAMETERS = [
     "input_image", "prompt", "negative_prompt", "seed", "total_second_length", "resolution", "latent_window_size",
     "steps", "cfg", "distilled_cfg", "cfg_rescale", "gpu_memory_preservation", "use_teacache", "mp4_crf", "end_image",
-    "end_strength", "keyframes", "keyframe_times", "blank_start", "prompt_blend_sections",
+    "end_strength", "keyframes", "keyframe_times", "blank_start", "prompt_blend_sections", "loras", "lora_weights",
 ]  # fmt: skip
 CONTROLS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tiny-framepack" / "cases-controls"
 PREVIEW, PROGRESS, INFO, VIDEO, MESSAGE = range(5)
@@ -82,6 +82,7 @@ def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
         "total_second_length": 5, "resolution": 640, "latent_window_size": 9, "steps": 25, "cfg": 1, "distilled_cfg": 10,
         "cfg_rescale": 0, "gpu_memory_preservation": 6, "use_teacache": True, "mp4_crf": 16, "end_image": None,
         "end_strength": 1, "keyframes": None, "keyframe_times": "", "blank_start": "grey", "prompt_blend_sections": 0,
+        "loras": [], "lora_weights": "",
     }  # fmt: skip
     assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
     assert sorted(endpoints) == ["/generate", "/jobs", "/resume", "/stop"]
@@ -373,7 +374,7 @@ def test_bad_section_controls_get_a_clear_message(client: Client, tmp_path: Path
     not_an_image.write_text("no")
     cases = [
         ({"keyframes": [keyframe]}, "give one time per keyframe image: 1 image(s), 0 time(s)"),
-        ({"keyframes": [keyframe], "keyframe_times": "soon"}, "'soon' is not a number of seconds"),
+        ({"keyframes": [keyframe], "keyframe_times": "soon"}, "keyframe_times: 'soon' is not a number"),
         ({"keyframes": [keyframe], "keyframe_times": "0"}, "a keyframe at 0 s would replace the start image"),
         ({"keyframes": [keyframe], "keyframe_times": "5"}, "5 s governs no section: the last section starts at 0.8 s"),
         ({"prompt": "a [1 s: b"}, "malformed timed prompt near '[1 s: b'"),

@@ -199,7 +199,7 @@ def test_the_app_loads_settings_from_a_previous_output(tiny_models, tmp_path):
     done = list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, job_id="old", previews=False))[-1]
     assert isinstance(done, Done)
     expected = {name: getattr(settings, name, None) for name in ui.PAGE_SETTINGS}
-    expected["keyframe_times"] = ""
+    expected.update(keyframe_times="", loras=[], lora_weights="")
     for source in (tmp_path / "old.mp4", tmp_path / "old.json"):
         *values, message = ui.previous_settings(str(source))
         loaded = dict(zip(ui.PAGE_SETTINGS, values))
