@@ -477,7 +477,7 @@ def build_app(
                         except SettingsError:
                             known = {}
                         sliders = [
-                            gr.Slider(-1, 2, known.get(name, 1.0), step=0.05, label=f"Weight of {name}",
+                            gr.Slider(-1, 2, known.get(name, 1.0), step=0.05, label=f"Weight of {name}", interactive=True,
                                       elem_id=f"fp-lora-weight-{k}")  # fmt: skip
                             for k, name in enumerate(chosen)
                         ]

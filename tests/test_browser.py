@@ -151,3 +151,36 @@ def test_closing_the_tab_stops_its_job(browser, app_server):  # noqa: F811
     api_video = job.outputs()[-1][3]
     [tab_video] = [p for p in set(app_server.outputs.glob("*.mp4")) - before if p.name != Path(api_video).name]
     assert probe(tab_video).frames in (33, 69)  # one or two of the three sections
+
+
+def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
+    import json
+
+    from app_harness import running_app
+    from playwright.sync_api import expect
+    from safetensors.torch import save_file
+    from test_lora import random_lora
+
+    from framepack.memory import ModelConfigs, meta_transformer
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    transformer = meta_transformer(ModelConfigs.from_folder(IMAGE.parents[2] / "models"))  # shapes are enough
+    for name, seed in (("style.safetensors", 1), ("motion.safetensors", 2)):
+        tensors, _ = random_lora("musubi", transformer, seed)
+        save_file(tensors, str(folder / name))
+    with running_app(tmp_path / "outputs", "--loras", str(folder)) as app:
+        page = open_page(browser, app.url, seconds=0.4)
+        page.get_by_text("LoRA", exact=True).click()
+        page.get_by_label("motion.safetensors").check()
+        page.get_by_label("style.safetensors").check()
+        weight = page.locator("#fp-lora-weight-1 input[type=number]")  # the second one chosen
+        expect(page.locator("#fp-lora-weight-1")).to_contain_text("Weight of style.safetensors")
+        weight.fill("0.4")
+        weight.press("Enter")
+        page.locator("#fp-start").click()
+        expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=90_000)
+        name = page.locator("#fp-message").inner_text().split("saved as ")[1].split(".mp4")[0].strip("` ")
+        loras = json.loads((app.outputs / f"{name}.json").read_text())["loras"]
+        assert [(lora["name"], lora["weight"]) for lora in loras] == [("motion.safetensors", 1.0), ("style.safetensors", 0.4)]
+        page.close()
