@@ -683,6 +683,7 @@ class _Request:
     dtype: str | None
     sizes: ModelSizes | None
     mode: str | None
+    lora: LoraBytes | None = None
 
 
 def plan_memory(
@@ -715,7 +716,7 @@ def plan_memory(
     device = torch.device(device if device is not None else "cuda" if vram_free is not None else "cpu")
     request = _Request(
         vram_free, ram_free, swap_free, resolution, height, width, window, variant, fp8, int(preserve_gb * GB), device, dtype,
-        sizes, mode,
+        sizes, mode, lora,
     )  # fmt: skip
     transformer_dtype, encoder_dtype = resolve_dtypes(dtype, device)
     if sizes is None:
@@ -993,7 +994,7 @@ def _advice(plan: MemoryPlan, request: _Request) -> tuple[str, ...]:
         base = dict(
             resolution=request.resolution, height=request.height, width=request.width, window=request.window,
             variant=request.variant, fp8=request.fp8, preserve_gb=request.preserve / GB, device=request.device,
-            dtype=request.dtype, sizes=request.sizes, mode=request.mode, advise=False,
+            dtype=request.dtype, sizes=request.sizes, mode=request.mode, advise=False, lora=request.lora,
         )  # fmt: skip
         base.update(changes)
         return plan_memory(request.vram_free, request.ram_free, swap_free=request.swap_free, **base)
@@ -1321,9 +1322,8 @@ def run_check_memory(args: argparse.Namespace) -> int:
     transformer_dtype, encoder_dtype = resolve_dtypes(None, torch.device(device))
     try:
         configs = ModelConfigs.from_folder(args.models, args.variant) if args.models else ModelConfigs.published()
-        sizes = published_sizes(transformer_dtype, encoder_dtype, args.fp8) if not args.models else (
-            ModelSizes.from_configs(configs, transformer_dtype, encoder_dtype, fp8=args.fp8)
-        )  # fmt: skip
+        # Without --models the plan sizes the published model itself (and its advice can try fp8 on it).
+        sizes = ModelSizes.from_configs(configs, transformer_dtype, encoder_dtype, fp8=args.fp8) if args.models else None
         lora = lora_bytes(args.lora, configs, transformer_dtype) if args.lora else None
     except (ModelsMissingError, ValueError) as exc:  # a LoraError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

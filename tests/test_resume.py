@@ -178,7 +178,7 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
     assert [row["prompt"] for row in manifest["schedule"]] == ["wave"] * settings.num_sections
     # The settings and inputs travel with the video; the job's name does not (it is the owner's business).
     embedded = json.loads(probe(tmp_path / "job.mp4").metadata["comment"])
-    assert embedded == {"framepack": settings.to_dict(), "inputs": manifest["inputs"]}
+    assert embedded == {"framepack": settings.to_dict(), "inputs": manifest["inputs"], "loras": []}
 
     # The stopped job resumes in place and finishes; the checkpoint and segments are then removed.
     final = list(resume_job(tiny_models("f1"), tmp_path / "job.json", previews=False))[-1]
