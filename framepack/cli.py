@@ -21,6 +21,7 @@ from .engine import (
     Progress,
     SectionDone,
     Status,
+    branch_job,
     extend_job,
     generate,
     job_paths,
@@ -40,7 +41,7 @@ from .memory import (
 from .models import ModelSet, ModelSource, ModelsMissingError, default_device, load_models, resolve_dtypes
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
-from .conditioning import ImageError
+from .conditioning import ImageError, load_image
 from .controls import BLANK_STARTS, JobInputs, Keyframe, plan_schedule, prepare_images
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
 
@@ -61,41 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m framepack", description="FramePack image-to-video, headless.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate a video from an image and a prompt")
-    defaults = Settings()
     gen.add_argument("--image", type=Path, help="the start image (leave it out to start from a blank frame)")
     gen.add_argument("--blank-start", choices=BLANK_STARTS, default="grey", help="the blank start frame without --image (default grey)")
-    gen.add_argument("--prompt", help='what happens in the video; timed prompts as groups: "a man [0s: he waves] [2.4s: he turns around]"')
-    gen.add_argument("--prompt-blend-sections", type=int, help="fade a new timed prompt in over this many sections (default 0: at once)")
     gen.add_argument("--end-image", type=Path, help="the video's last frame (original variant)")
-    gen.add_argument("--end-strength", type=float, help=f"how strongly the end image holds, 0 to 1 (default {defaults.end_strength:g})")
-    gen.add_argument("--keyframe", action="append", default=[], metavar="SECONDS:PATH", type=keyframe_arg,
-                     help="an image that replaces the start image in each section's start slot from SECONDS on (repeatable)")  # fmt: skip
-    gen.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]", type=LoraSpec.parse,
-                     help="a LoRA file and its weight (default 1; 0 turns it off); repeatable")  # fmt: skip
-    gen.add_argument("--negative-prompt", help="used only when --cfg is above 1")
-    gen.add_argument("--variant", choices=VARIANTS, help=f"model variant (default {defaults.variant})")
-    gen.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
-    gen.add_argument("--seconds", type=float, help=f"video length in seconds (default {defaults.total_second_length:g})")
-    gen.add_argument("--latent-window-size", type=int, help=f"latent frames per section (default {defaults.latent_window_size})")
-    gen.add_argument("--steps", type=int, help=f"sampling steps per section (default {defaults.steps})")
-    gen.add_argument("--cfg", type=float, help=f"real CFG scale; 1 disables it (default {defaults.cfg:g})")
-    gen.add_argument("--distilled-cfg", type=float, help=f"distilled CFG scale (default {defaults.distilled_cfg:g})")
-    gen.add_argument("--cfg-rescale", type=float, help=f"CFG re-scale 0..1 (default {defaults.cfg_rescale:g})")
-    gen.add_argument("--teacache", action=argparse.BooleanOptionalAction, help="TeaCache: faster, slightly worse hands (default on)")
-    gen.add_argument("--cache-method", choices=CACHE_METHODS, help="step cache: FramePack's TeaCache, MagCache or diffusers' First Block Cache")
-    gen.add_argument("--cache-threshold", type=float, help=f"step cache threshold (default {DEFAULT_THRESHOLDS_TEXT})")
-    gen.add_argument("--resolution", type=int, help=f"bucket target, 128 to 960 (default {defaults.resolution})")
-    gen.add_argument("--height", type=int, help="explicit height, a multiple of 16 (overrides the bucket; needs --width)")
-    gen.add_argument("--width", type=int, help="explicit width, a multiple of 16 (overrides the bucket; needs --height)")
-    gen.add_argument("--dtype", choices=DTYPES, help="transformer dtype (default float32 on CPU, bfloat16 on GPU)")
-    gen.add_argument("--crf", type=int, help=f"MP4 quality, 0 best to 51 worst (default {defaults.mp4_crf})")
+    add_setting_options(gen)
     gen.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where files go (default ./outputs)")
     gen.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
     res = commands.add_parser("resume", help="finish a stopped or killed job, exactly as if it had not stopped")
     res.add_argument("path", type=Path, help="the job's manifest (.json), video (.mp4) or checkpoint")
     res.add_argument("--add-seconds", type=float, help="make a finished F1 video this many seconds longer")
     res.add_argument("--prompt", default="", help='with --add-seconds: timed prompts for the added seconds, "[6s: he sits down]"')
-    for command in (gen, res):
+    branch = commands.add_parser(
+        "branch", help="a new job that keeps the first sections of another and redoes the rest",
+        description="Keep the first K sections (as the progress bar numbers them) of a job and generate the rest "
+        "with its settings and the ones given here. Settings of the geometry (size, window, variant; the original "
+        "variant's length) cannot change.",
+    )  # fmt: skip
+    branch.add_argument("path", type=Path, help="the source job's manifest (.json) or video (.mp4)")
+    branch.add_argument("--keep-sections", type=int, required=True, metavar="K", help="how many of its first sections to keep")
+    add_setting_options(branch, for_branch=True)
+    branch.add_argument("--job-name", help="file name stem of the new job (default: time and random suffix)")
+    for command in (gen, res, branch):
         add_runtime_options(command)
     add_check_memory_parser(commands)
     info = commands.add_parser("lora-info", help="what a LoRA file is: format, rank, alpha, the modules it changes")
@@ -103,6 +90,37 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--variant", choices=VARIANTS, default="original", help="the model to match it against")
     info.add_argument("--models", type=Path, help="local model root whose transformer config to use")
     return parser
+
+
+def add_setting_options(parser: argparse.ArgumentParser, for_branch: bool = False) -> None:
+    """The options that become the job's settings (absent: the default, or for a branch the source's)."""
+    defaults = Settings()
+    default = (lambda text: "the source's") if for_branch else (lambda text: text)  # noqa: E731
+    add = parser.add_argument
+    add("--prompt", help='what happens in the video; timed prompts as groups: "a man [0s: he waves] [2.4s: he turns around]"')
+    add("--prompt-blend-sections", type=int, help=f"fade a new timed prompt in over this many sections (default {default('0: at once')})")
+    add("--end-strength", type=float, help=f"how strongly the end image holds, 0 to 1 (default {default(f'{defaults.end_strength:g}')})")
+    add("--keyframe", action="append", default=None, metavar="SECONDS:PATH", type=keyframe_arg,
+        help="an image that replaces the start image in each section's start slot from SECONDS on (repeatable)")  # fmt: skip
+    add("--lora", action="append", default=None, metavar="PATH[:WEIGHT]", type=LoraSpec.parse,
+        help="a LoRA file and its weight (default 1; 0 turns it off); repeatable")  # fmt: skip
+    add("--negative-prompt", help="used only when --cfg is above 1")
+    add("--variant", choices=VARIANTS, help=f"model variant (default {default(defaults.variant)})")
+    add("--seed", type=int, help=f"random seed (default {default(str(defaults.seed))})")
+    add("--seconds", type=float, help=f"video length in seconds (default {default(f'{defaults.total_second_length:g}')})")
+    add("--latent-window-size", type=int, help=f"latent frames per section (default {default(str(defaults.latent_window_size))})")
+    add("--steps", type=int, help=f"sampling steps per section (default {default(str(defaults.steps))})")
+    add("--cfg", type=float, help=f"real CFG scale; 1 disables it (default {default(f'{defaults.cfg:g}')})")
+    add("--distilled-cfg", type=float, help=f"distilled CFG scale (default {default(f'{defaults.distilled_cfg:g}')})")
+    add("--cfg-rescale", type=float, help=f"CFG re-scale 0..1 (default {default(f'{defaults.cfg_rescale:g}')})")
+    add("--teacache", action=argparse.BooleanOptionalAction, help="TeaCache: faster, slightly worse hands (default on)")
+    add("--cache-method", choices=CACHE_METHODS, help="step cache: FramePack's TeaCache, MagCache or diffusers' First Block Cache")
+    add("--cache-threshold", type=float, help=f"step cache threshold (default {DEFAULT_THRESHOLDS_TEXT})")
+    add("--resolution", type=int, help=f"bucket target, 128 to 960 (default {default(str(defaults.resolution))})")
+    add("--height", type=int, help="explicit height, a multiple of 16 (overrides the bucket; needs --width)")
+    add("--width", type=int, help="explicit width, a multiple of 16 (overrides the bucket; needs --height)")
+    add("--dtype", choices=DTYPES, help="transformer dtype (default float32 on CPU, bfloat16 on GPU)")
+    add("--crf", type=int, help=f"MP4 quality, 0 best to 51 worst (default {default(str(defaults.mp4_crf))})")
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
@@ -117,9 +135,14 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     add("--quiet", action="store_true", help="no progress bar")
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def setting_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The settings the options give (those left out are not there)."""
     given = {_SETTING_OF.get(name, name): getattr(args, name) for name in _SETTING_OPTIONS}
-    return Settings(**{name: value for name, value in given.items() if value is not None})
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(**setting_changes(args))
 
 
 def keyframe_arg(text: str) -> Keyframe:
@@ -135,7 +158,7 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         # Read every image and check every control before loading tens of GB of models.
-        inputs = JobInputs(args.image, args.end_image, args.keyframe, args.blank_start, loras=args.lora).load()
+        inputs = JobInputs(args.image, args.end_image, args.keyframe or (), args.blank_start, loras=args.lora or ()).load()
         images = prepare_images(inputs, settings)
         plan_schedule(settings, images.keyframe_times, images.end is not None)  # the job prints where each lands
     except (SettingsError, ImageError) as exc:
@@ -203,6 +226,29 @@ def _load(args: argparse.Namespace, settings: Settings, loras: Sequence[LoraSpec
     except (ModelsMissingError, MemoryPlanError, LoraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+
+
+def run_branch(args: argparse.Namespace) -> int:
+    changes = setting_changes(args)
+    try:
+        source = Settings.from_dict(json.loads(job_paths(args.path).manifest.read_text(encoding="utf-8"))["settings"])
+        settings = source.replace(**changes)
+        keyframes = None if args.keyframe is None else [Keyframe(k.seconds, load_image(k.image)) for k in args.keyframe]
+    except (OSError, KeyError, ValueError) as exc:  # SettingsError and ImageError are ValueErrors
+        print(f"error: {exc if isinstance(exc, ValueError) else f'cannot read the record of {args.path.name}'}", file=sys.stderr)
+        return 2
+    models = _load(args, settings, args.lora or ())
+    if models is None:
+        return 1
+    remaining = max(0, settings.num_sections - args.keep_sections) * settings.steps
+    return _follow(
+        lambda stop: branch_job(
+            models, args.path, args.keep_sections, changes, keyframes=keyframes, loras=args.lora, job_id=args.job_name,
+            stop=stop, previews=False,
+        ),
+        remaining,
+        args.quiet,
+    )  # fmt: skip
 
 
 def run_lora_info(args: argparse.Namespace) -> int:
@@ -274,4 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_resume(args)
     if args.command == "lora-info":
         return run_lora_info(args)
+    if args.command == "branch":
+        return run_branch(args)
     return run_check_memory(args)

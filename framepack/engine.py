@@ -13,7 +13,7 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,8 +26,17 @@ from safetensors import SafetensorError
 
 from .cache import StepCache, configure_cache
 from .conditioning import LLAMA_MAX_TOKENS, Conditioning, ImageError, encode_conditioning, prompt_token_count
-from .controls import ImageSource, JobImages, JobInputs, describe_schedule, plan_schedule, prepare_images, timeline
-from .lora import LoraError, apply_loras, specs_from_record
+from .controls import (
+    ImageSource,
+    JobImages,
+    JobInputs,
+    Keyframe,
+    describe_schedule,
+    plan_schedule,
+    prepare_images,
+    timeline,
+)
+from .lora import LoraError, LoraSpec, apply_loras, specs_from_record
 from .memory import MemoryPlanError, replan
 from .models import ModelSet
 from .outputs import (
@@ -170,6 +179,124 @@ def extend_job(
     still to blend re-decoded from the last latents, and the video itself cut before those frames.
     """
     yield from _guarded(_extend(models, job_paths(path), seconds, prompt, stop or threading.Event(), previews))
+
+
+# Settings a branch cannot change: the kept sections were made at this size, window and variant.
+GEOMETRY = ("variant", "resolution", "height", "width", "latent_window_size")
+
+
+def branch_job(
+    models: ModelSet,
+    path: str | Path,
+    keep_sections: int,
+    changes: dict[str, Any] | None = None,
+    *,
+    keyframes: Sequence[Keyframe] | None = None,
+    loras: Sequence[LoraSpec] | None = None,
+    job_id: str | None = None,
+    owner: str = LOCAL_USER,
+    stop: threading.Event | None = None,
+    previews: bool = True,
+) -> Iterator[Event]:
+    """A new job that keeps the first `keep_sections` sections (in generation order) of the job `path` belongs
+    to, with their latents and frames, and generates the rest with the source's settings and `changes` (a new
+    seed, prompts, steps, ...; not the geometry). `keyframes` and `loras` replace the source's when given. The
+    source job stays as it was; the new one records where it branched from."""
+    source = job_paths(path)
+    paths = JobPaths(source.output_dir, job_id or new_job_id())
+    yield from _guarded(
+        _branch(models, source, paths, keep_sections, changes or {}, keyframes, loras, owner, stop or threading.Event(), previews)
+    )
+
+
+def _branch(
+    models: ModelSet,
+    source: JobPaths,
+    paths: JobPaths,
+    keep: int,
+    changes: dict[str, Any],
+    keyframes: Sequence[Keyframe] | None,
+    loras: Sequence[LoraSpec] | None,
+    owner: str,
+    stop: threading.Event,
+    previews: bool,
+) -> Iterator[Event]:
+    if not is_job_name(paths.job_id):
+        raise SettingsError("job_name", f"{paths.job_id!r} cannot name files: use letters, digits, '_', '-' and '.'")
+    if paths.job_id == source.job_id:
+        raise SettingsError("job_name", "a branch is a new job: give it another name than its source")
+
+    def job() -> Iterator[Event]:
+        checkpoint, settings, inputs = _branch_state(models, source, paths, keep, changes, keyframes, loras, owner)
+        yield Status(f"Branched from {source.job_id}: keeping its first {keep} section(s)")
+        yield from _run(models, settings, inputs, paths, stop, previews, checkpoint, owner)
+
+    yield from _locked(paths, job)
+
+
+def _branch_state(
+    models: ModelSet,
+    source: JobPaths,
+    paths: JobPaths,
+    keep: int,
+    changes: dict[str, Any],
+    keyframes: Sequence[Keyframe] | None,
+    loras: Sequence[LoraSpec] | None,
+    owner: str,
+) -> tuple[Checkpoint, Settings, JobInputs]:
+    """The new job's state after the kept sections, as a checkpoint: their latents and encoded frames in its
+    parts folder (the frames re-decoded from the latents, which gives the same frames), the noise generator of
+    the new seed after as many draws, the frames still to blend."""
+    try:
+        manifest = json.loads(source.manifest.read_text(encoding="utf-8"))
+        original = Settings.from_dict(manifest["settings"])
+        done = int(manifest["sections_done"])
+        latents, images = load_latents(source.latents), JobImages.load(source.latents)
+    except FileNotFoundError:
+        raise SettingsError("branch", f"there is no job named {source.job_id}") from None
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise SettingsError("branch", f"the record or latents of {source.job_id} are damaged ({type(exc).__name__})") from exc
+    if changed := [name for name in GEOMETRY if name in changes and changes[name] != getattr(original, name)]:
+        raise SettingsError(changed[0], f"a branch keeps the source's {', '.join(changed)}: its kept sections were made with them")  # fmt: skip
+    settings = original.replace(**changes)
+    if original.variant == "original" and settings.num_sections != original.num_sections:
+        raise SettingsError("total_second_length", "the original variant generates from the end backwards: a branch keeps its length")  # fmt: skip
+    if not 1 <= keep <= done:
+        raise SettingsError("keep_sections", f"{source.job_id} has {done} finished section(s): keep 1 to {done}")
+    if keep >= settings.num_sections:
+        raise SettingsError("keep_sections", f"keeping {keep} of {settings.num_sections} sections leaves nothing to redo")
+    w = settings.latent_window_size
+    # The kept sections' latents, in generation order: the original's video ends with section 0.
+    if settings.variant == "original":
+        end = latents.shape[2]
+        chunks = [latents[:, :, end - (g + 1) * w : end - g * w] for g in range(keep)]
+    else:
+        chunks = [latents[:, :, 1 + g * w : 1 + (g + 1) * w] for g in range(keep)]
+    history = LatentHistory(settings.variant, latents[:, :, :1], w)  # F1's video begins with its start latent
+    assembler = FrameAssembler(settings.frames_per_section, history.prepends)
+    video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf)
+    for plan, chunk in zip(plan_sections(settings.variant, settings.num_sections, w), chunks):
+        with phase(models, models.vae):
+            clip = decode_latents(models.vae, history.add(plan, chunk))
+        video.add_final(assembler.add(clip))
+        save_latents(paths.section_latents(plan.index), history.newest)
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    for _ in range(keep):  # the noise the kept sections drew, so the rest draws what it would have
+        torch.randn((1, 16, w, *latents.shape[3:]), generator=generator, dtype=torch.float32)
+    if loras is None:
+        loras = specs_from_record(manifest.get("loras", []))
+    if keyframes is None:
+        keyframes = [Keyframe(seconds, image) for seconds, image in images.keyframes]
+    inputs = JobInputs(images.start, images.end, tuple(keyframes), loras=tuple(loras))
+    fitted = prepare_images(inputs, settings)
+    tensors, metadata = fitted.to_tensors()
+    metadata["loras"] = "[]"  # the job records the LoRAs it applies when it runs
+    metadata["origin"] = json.dumps({"branched_from": {"job": source.job_id, "sections": keep}})
+    checkpoint = Checkpoint(
+        paths.job_id, settings.to_dict(), keep, generator.get_state(), assembler.open, assembler.final_frames,
+        [segment.name for segment in video.segments], tensors, owner, metadata,
+    )  # fmt: skip
+    return checkpoint, settings, inputs
 
 
 def job_paths(path: str | Path) -> JobPaths:
@@ -528,6 +655,8 @@ class JobRecord:
         previous = json.loads(paths.manifest.read_text()) if resume is not None and paths.manifest.is_file() else {}
         # The input files' names and SHA-256: a resumed job is given their pixels, so the first record says.
         self.inputs = previous.get("inputs") or inputs
+        # Where the job came from when it did not start from images alone (a branch of another job).
+        self.origin = previous.get("origin") or json.loads(resume.image_metadata.get("origin", "null")) if resume else None
         self.timings: list[float] = previous.get("section_seconds", [])[: resume.sections_done if resume else 0]
         self.sections_done = resume.sections_done if resume is not None else 0
 
@@ -543,6 +672,7 @@ class JobRecord:
             "inputs": self.inputs,
             "schedule": self.schedule,
             "loras": self.loras,
+            "origin": self.origin,
             "seed": self.settings.seed,
             "variant": self.settings.variant,
             "models": models.sources,

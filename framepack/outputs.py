@@ -38,8 +38,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
 # Job names are file name stems: no folders, no leading dot (hidden files are the app's own).
 JOB_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
-# Metadata keys that describe a job's inputs in its checkpoint and latents files (`JobImages`, and the LoRAs).
-IMAGE_METADATA = ("keyframe_times", "loras")
+# Metadata keys that describe a job's inputs and origin in its checkpoint and latents files (`JobImages`, the
+# LoRAs, and the job or video it was made from).
+IMAGE_METADATA = ("keyframe_times", "loras", "origin")
 # The owner of jobs made by the command line, or by the app when it serves only this machine without logins.
 LOCAL_USER = "local"
 
