@@ -43,11 +43,13 @@ from .outputs import (
     LOCAL_USER,
     Checkpoint,
     JobBusyError,
+    JobLock,
     JobPaths,
     is_job_name,
     job_name,
     load_latents,
     new_job_id,
+    remove_parts_if_unneeded,
     save_latents,
     working_on,
     write_json,
@@ -247,6 +249,9 @@ def _branch_state(
     """The new job's state after the kept sections, as a checkpoint: their latents and encoded frames in its
     parts folder (the frames re-decoded from the latents, which gives the same frames), the noise generator of
     the new seed after as many draws, the frames still to blend."""
+    lock = JobLock(source)
+    if not lock.acquire():  # its record and latents change while it runs
+        raise SettingsError("branch", f"{source.job_id} is running: stop it or let it finish first")
     try:
         manifest = json.loads(source.manifest.read_text(encoding="utf-8"))
         original = Settings.from_dict(manifest["settings"])
@@ -256,6 +261,9 @@ def _branch_state(
         raise SettingsError("branch", f"there is no job named {source.job_id}") from None
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise SettingsError("branch", f"the record or latents of {source.job_id} are damaged ({type(exc).__name__})") from exc
+    finally:
+        lock.release()
+        remove_parts_if_unneeded(source)  # the lock's file may have made its parts folder
     if changed := [name for name in GEOMETRY if name in changes and changes[name] != getattr(original, name)]:
         raise SettingsError(changed[0], f"a branch keeps the source's {', '.join(changed)}: its kept sections were made with them")  # fmt: skip
     settings = original.replace(**changes)

@@ -400,6 +400,34 @@ def build_app(
         job = worker.submit_resume(job_name(path), owner, tab, float(add_seconds or 0), add_prompt or "")
         yield from follow(session, job)
 
+    def branch(
+        session: Session,
+        previous: Any = None,
+        keep_sections: int = 1,
+        seed: int = DEFAULTS.seed,
+        prompt: str = "",
+        request: gr.Request | None = None,
+    ) -> Iterator[Updates]:
+        """A new job that keeps the first `keep_sections` sections of a previous job of yours (its video or
+        record) and redoes the rest with `seed` and `prompt` (empty: the job's own); streams like `generate`."""
+        path = image_path(previous)
+        if path is None:
+            message = "no job to branch from: drop the video (.mp4) or record (.json) of a job first"
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(message)
+            return
+        changes: dict[str, Any] = {"seed": seed}
+        if prompt and prompt.strip():
+            changes["prompt"] = prompt
+        try:
+            keep = int(keep_sections)
+            if keep != float(keep_sections):
+                raise ValueError
+        except (TypeError, ValueError):
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message("keep_sections: give a whole number of sections")
+            return
+        job = worker.submit_branch(job_name(path), keep, changes, owner_of(request), session_of(request))
+        yield from follow(session, job)
+
     def follow(session: Session, job: Job) -> Iterator[Updates]:
         """Page updates from a job's events; the job stops when the stream ends for any reason."""
         session.jobs.append(job)
@@ -557,6 +585,12 @@ def build_app(
                         visible=variant == "f1",
                     )
                     resume_button = gr.Button("Resume this job", elem_id="fp-resume")
+                    with gr.Row():
+                        keep_input = gr.Number(
+                            value=1, minimum=1, precision=0, label="Sections to keep", elem_id="fp-keep",
+                            info="Counted as the progress bar counts them; the seed and prompt above apply to the rest.",
+                        )  # fmt: skip
+                        branch_button = gr.Button("Keep the first K sections and redo the rest", elem_id="fp-branch")
             with gr.Column():
                 preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
                 progress_output = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
@@ -613,6 +647,15 @@ def build_app(
             [session, previous_input, add_seconds_input, add_prompt_input],
             job_outputs,
             api_name="resume",
+            concurrency_limit=MAX_ACTIVE_REQUESTS,
+            preprocess=False,
+            show_progress="hidden",
+        ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
+        branch_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
+            branch,
+            [session, previous_input, keep_input, seed_input, prompt_input],
+            job_outputs,
+            api_name="branch",
             concurrency_limit=MAX_ACTIVE_REQUESTS,
             preprocess=False,
             show_progress="hidden",

@@ -15,13 +15,13 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .engine import Done, Error, Event, Status, extend_job, failure_message, generate, resume_job
+from .engine import Done, Error, Event, Status, branch_job, extend_job, failure_message, generate, resume_job
 from .memory import MemoryPlan
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import LOCAL_USER, JobPaths, is_job_name, job_owner, new_job_id
@@ -45,25 +45,22 @@ JobEvent = Event | Waiting
 
 
 class Job:
-    """One submitted generation: its inputs, its stop event and the stream of its events."""
+    """One submitted job: who it belongs to, what the engine is to run, its stop event and its event stream."""
 
     def __init__(
         self,
         worker: Worker,
-        settings: Settings | None,
-        image: JobInputs | np.ndarray | None,
         owner: str,
-        session: str | None = None,
-        resume: Path | None = None,
+        session: str | None,
+        run: Callable[[Job, ModelSet], Iterator[Event]],
+        job_id: str | None = None,
+        source: Path | None = None,
     ):
-        self.id = new_job_id() if resume is None else resume.stem
-        self.settings = settings
-        self.image = image
+        self.id = job_id or new_job_id()
         self.owner = owner  # who may see and resume the job
         self.session = session  # the browser tab following it, whose closing stops it
-        self.resume = resume  # a stopped job's manifest to go on with, instead of settings and image
-        self.add_seconds = 0.0  # with `resume`: make the finished F1 video this much longer instead
-        self.add_prompt = ""  # and the timed prompts of the added seconds
+        self.run = run  # the engine's events for this job, given the loaded models
+        self.source = source  # the record of the job it goes on with, if any (one job at a time per record)
         self.stop_event = threading.Event()
         self._worker = worker
         self._events: queue.Queue[JobEvent] = queue.Queue()
@@ -116,7 +113,11 @@ class Worker:
     ) -> Job:
         """Queue a job of `image` (or a job's `JobInputs`, read into memory) and return it; iterate `job.events()`
         for its stream."""
-        return self._queue(Job(self, settings, image, owner, session))
+
+        def run(job: Job, models: ModelSet) -> Iterator[Event]:
+            return generate(models, settings, image, self.output_dir, stop=job.stop_event, job_id=job.id, owner=owner)
+
+        return self._queue(Job(self, owner, session, run))
 
     def submit_resume(
         self,
@@ -129,10 +130,35 @@ class Worker:
         """Queue the rest of the stopped job `job_name` (a job in this worker's outputs folder), or with
         `add_seconds` the extension of that finished F1 job (`add_prompt`: timed prompts for the added seconds);
         only its owner may."""
-        paths = JobPaths(self.output_dir, job_name)
-        job = Job(self, None, None, owner, session, resume=paths.manifest)
-        job.add_seconds, job.add_prompt = add_seconds, add_prompt
-        if not is_job_name(job_name) or job_owner(paths) != owner:
+        record = JobPaths(self.output_dir, job_name).manifest
+
+        def run(job: Job, models: ModelSet) -> Iterator[Event]:
+            if add_seconds > 0:
+                return extend_job(models, record, add_seconds, prompt=add_prompt, stop=job.stop_event)
+            return resume_job(models, record, stop=job.stop_event)
+
+        return self._queue_own(Job(self, owner, session, run, job_name, record), job_name)
+
+    def submit_branch(
+        self,
+        job_name: str,
+        keep_sections: int,
+        changes: dict[str, object],
+        owner: str = LOCAL_USER,
+        session: str | None = None,
+    ) -> Job:
+        """Queue a new job that keeps the first `keep_sections` sections of the job `job_name` and redoes the
+        rest with its settings and `changes`; only the source's owner may, and the branch is theirs."""
+        record = JobPaths(self.output_dir, job_name).manifest
+
+        def run(job: Job, models: ModelSet) -> Iterator[Event]:
+            return branch_job(models, record, keep_sections, changes, job_id=job.id, owner=owner, stop=job.stop_event)
+
+        return self._queue_own(Job(self, owner, session, run), job_name)
+
+    def _queue_own(self, job: Job, job_name: str) -> Job:
+        """Queue a job that works from the previous job `job_name`, if that job is the caller's."""
+        if not is_job_name(job_name) or job_owner(JobPaths(self.output_dir, job_name)) != job.owner:
             # The same answer whether the job does not exist or is someone else's: nothing leaks.
             return _refused(job, f"you have no job named {job_name!r} in this app's outputs")
         return self._queue(job)
@@ -162,7 +188,7 @@ class Worker:
             if sum(j.owner == job.owner for j in active) >= self.max_jobs_per_owner:
                 limit = self.max_jobs_per_owner
                 return _refused(job, f"you already have {limit} jobs waiting or running; wait for one to end or stop one")
-            if job.resume is not None and any(j.resume == job.resume for j in active):
+            if job.source is not None and any(j.source == job.source for j in active):
                 return _refused(job, f"{job.id} is already waiting or running")
             self._pending.append(job)
             if self._running is not None or len(self._pending) > 1:
@@ -265,15 +291,7 @@ class Worker:
                 logger.exception("Loading the models failed")
                 yield Error(f"Could not load the models ({type(exc).__name__}); the details are in the app's log.", exc)
                 return
-        if job.resume is not None:
-            if job.add_seconds > 0:
-                yield from extend_job(self._models, job.resume, job.add_seconds, prompt=job.add_prompt, stop=job.stop_event)
-            else:
-                yield from resume_job(self._models, job.resume, stop=job.stop_event)
-        else:
-            yield from generate(
-                self._models, job.settings, job.image, self.output_dir, stop=job.stop_event, job_id=job.id, owner=job.owner
-            )
+        yield from job.run(job, self._models)
 
 
 def _refused(job: Job, message: str) -> Job:

@@ -85,7 +85,7 @@ def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
         "loras": [], "lora_weights": "",
     }  # fmt: skip
     assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
-    assert sorted(endpoints) == ["/generate", "/jobs", "/resume", "/stop"]
+    assert sorted(endpoints) == ["/branch", "/generate", "/jobs", "/resume", "/stop"]
 
 
 def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_server):  # noqa: F811
@@ -156,6 +156,19 @@ def test_a_stopped_job_resumes_from_the_page(client: Client, app_server):  # noq
     nothing = client.submit(handle_file(str(stopped.with_suffix(".json"))), api_name="/resume")
     nothing.result()
     assert "nothing to resume" in nothing.outputs()[-1][MESSAGE]
+
+    # Keep its first section, redo the rest with another seed: a new job, the source untouched.
+    branched = client.submit(handle_file(str(stopped)), keep_sections=1, seed=77, api_name="/branch")
+    branched.result()
+    final = branched.outputs()[-1]
+    assert final[MESSAGE].startswith("Finished"), final[MESSAGE]
+    branch_video = saved_video(final[MESSAGE], app_server.outputs)
+    assert branch_video != stopped and probe(branch_video).frames == frames_of(total_second_length=2.0)
+    record = json.loads(branch_video.with_suffix(".json").read_text())
+    assert record["origin"] == {"branched_from": {"job": stopped.stem, "sections": 1}} and record["settings"]["seed"] == 77
+    refused = client.submit(handle_file(str(stopped)), keep_sections=2.5, api_name="/branch")
+    refused.result()
+    assert "keep_sections: give a whole number of sections" in refused.outputs()[-1][MESSAGE]
 
     # This app runs the original variant, whose length is fixed; the reason is shown.
     refused = client.submit(handle_file(str(stopped)), add_seconds=2, api_name="/resume")

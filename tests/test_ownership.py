@@ -1,5 +1,5 @@
-"""Users who cannot reach each other's work: two logins on one app, a forged upload, a direct file request, and a
-client flooding `/generate` while another presses End."""
+"""Users who cannot reach each other's work: two logins on one app, a forged upload (resume, extend, branch,
+settings), a direct file request, and a client flooding `/generate` while another presses End."""
 
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ def test_another_user_cannot_resume_extend_list_or_download_a_job(server: AppSer
     for add_seconds in (0, 2):
         message = final_message(bob.submit(handle_file(str(forged)), add_seconds=add_seconds, api_name="/resume"))
         assert message == f"**Error:** you have no job named '{name}' in this app's outputs"
+    branched = final_message(bob.submit(handle_file(str(forged)), keep_sections=1, api_name="/branch"))
+    assert branched == f"**Error:** you have no job named '{name}' in this app's outputs"
     nobody = tmp_path / "260101_000000_abcdef.mp4"
     nobody.write_bytes(b"x")
     message = final_message(bob.submit(handle_file(str(nobody)), api_name="/resume"))

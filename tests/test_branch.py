@@ -1,0 +1,146 @@
+"""Branching a job from a section: the kept sections stay bit for bit, the rest follows the new settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import CASES, TINY_MODELS, needs_shared
+from framepack.engine import Done, Error, SectionDone, branch_job, generate
+from framepack.outputs import JobLock, JobPaths
+from framepack.settings import Settings
+from framepack.video import read_frames
+
+pytestmark = needs_shared
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = CASES / "v1_original" / "input.png"
+# Five sections of three latent frames (0.4 s each).
+JOB = dict(total_second_length=2.0, latent_window_size=3, steps=2, height=48, width=80, prompt="a girl dances", seed=4)
+
+
+def sections_of(events) -> list[torch.Tensor]:
+    assert isinstance(events[-1], Done), events[-1]
+    return [e.latents for e in events if isinstance(e, SectionDone)]
+
+
+@pytest.fixture(scope="module", params=["original", "f1"])
+def source(request, tiny_models, tmp_path_factory):
+    """A finished 5-section job of each variant, and its sections' latents in generation order."""
+    variant = request.param
+    folder = tmp_path_factory.mktemp(variant)
+    settings = Settings(variant=variant, **JOB)
+    sections = sections_of(list(generate(tiny_models(variant), settings, IMAGE, folder, job_id="source", previews=False)))
+    return {"variant": variant, "folder": folder, "settings": settings, "sections": sections, "models": tiny_models(variant)}
+
+
+def test_a_branch_with_the_same_settings_is_the_same_job(source):
+    folder, models = source["folder"], source["models"]
+    events = list(branch_job(models, folder / "source.mp4", 2, job_id="same", previews=False))
+    assert [e.section for e in events if isinstance(e, SectionDone)] == [3, 4, 5]  # only the rest is made
+    assert torch.equal(load_file(folder / "same.latents.safetensors")["latents"], load_file(folder / "source.latents.safetensors")["latents"])
+    frames, expected = read_frames(folder / "same.mp4"), read_frames(folder / "source.mp4")
+    assert frames.shape == expected.shape and np.abs(frames.astype(float) - expected).mean() < 1  # encoded again
+    manifest = json.loads((folder / "same.json").read_text())
+    assert manifest["origin"] == {"branched_from": {"job": "source", "sections": 2}} and manifest["state"] == "done"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(("same", ".same"))) == [
+        "same.json", "same.latents.safetensors", "same.mp4"
+    ]  # fmt: skip
+
+
+def test_a_new_seed_keeps_the_first_sections_and_changes_every_later_one(source):
+    folder, models, kept = source["folder"], source["models"], 2
+    events = list(branch_job(models, folder / "source.json", kept, {"seed": 99, "prompt": "a girl spins"}, job_id="seed",
+                             previews=False))  # fmt: skip
+    redone = sections_of(events)
+    assert len(redone) == 3 and all(not torch.allclose(a, b, atol=1e-3) for a, b in zip(redone, source["sections"][kept:]))
+    latents = load_file(folder / "seed.latents.safetensors")["latents"]
+    original = load_file(folder / "source.latents.safetensors")["latents"]
+    w = JOB["latent_window_size"]
+    if source["variant"] == "f1":  # the kept sections are the video's beginning: their frames are the source's
+        assert torch.equal(latents[:, :, : 1 + kept * w], original[:, :, : 1 + kept * w])
+        frames, expected = read_frames(folder / "seed.mp4"), read_frames(folder / "source.mp4")
+        shared = 4 * (kept * w + 1) - 3 - (4 * w - 3)  # up to the frames the first redone section blends into
+        assert np.abs(frames[:shared].astype(float) - expected[:shared]).mean() < 1
+    else:  # the original makes the end first: the kept sections are the video's end
+        assert torch.equal(latents[:, :, -kept * w :], original[:, :, -kept * w :])
+    manifest = json.loads((folder / "seed.json").read_text())
+    assert manifest["settings"]["seed"] == 99 and manifest["settings"]["prompt"] == "a girl spins"
+    assert json.loads((folder / "source.json").read_text())["settings"]["seed"] == 4  # the source is untouched
+
+
+def test_geometry_and_impossible_branches_are_refused_with_a_reason(source):
+    folder, models = source["folder"], source["models"]
+    cases = [
+        (2, {"latent_window_size": 5}, "a branch keeps the source's latent_window_size"),
+        (2, {"height": 64, "width": 96}, "a branch keeps the source's height, width"),
+        (2, {"variant": "f1" if source["variant"] == "original" else "original"}, "a branch keeps the source's variant"),
+        (0, {}, "source has 5 finished section(s): keep 1 to 5"),
+        (5, {}, "keeping 5 of 5 sections leaves nothing to redo"),
+    ]
+    if source["variant"] == "original":
+        cases.append((2, {"total_second_length": 3.2}, "the original variant generates from the end backwards: a branch keeps its length"))
+    for keep, changes, message in cases:
+        last = list(branch_job(models, folder / "source.json", keep, changes, job_id="refused"))[-1]
+        assert isinstance(last, Error) and message in last.message, (changes, last)
+    assert not list(folder.glob("refused*")) and not (folder / ".refused.parts").exists()
+    nothing = list(branch_job(models, folder / "nobody.json", 1))[-1]
+    assert isinstance(nothing, Error) and "there is no job named nobody" in nothing.message
+
+
+def test_an_f1_branch_may_run_longer(source):
+    if source["variant"] != "f1":
+        pytest.skip("the original variant's length is fixed")
+    folder, models = source["folder"], source["models"]
+    redone = sections_of(list(branch_job(models, folder / "source.json", 3, {"total_second_length": 2.8}, job_id="longer",
+                                         previews=False)))  # fmt: skip
+    assert len(redone) == 4 and torch.equal(redone[0], source["sections"][3])  # same seed: the same fourth section
+
+
+def test_a_running_job_cannot_be_branched(source):
+    folder, models = source["folder"], source["models"]
+    lock = JobLock(JobPaths(folder, "source"))  # as the process running it holds
+    assert lock.acquire()
+    try:
+        last = list(branch_job(models, folder / "source.json", 1, job_id="busy"))[-1]
+    finally:
+        lock.release()
+    assert isinstance(last, Error) and "source is running: stop it or let it finish first" in last.message
+
+
+def test_branch_from_the_command_line(tiny_models, tmp_path):
+    settings = Settings(variant="f1", **JOB)
+    list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, job_id="cli_source", previews=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "framepack", "branch", str(tmp_path / "cli_source.mp4"), "--keep-sections", "2",
+               "--seed", "7", "--job-name", "cli_branch", "--models", str(TINY_MODELS), "--quiet"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Branched from cli_source: keeping its first 2 section(s)" in result.stderr
+    assert json.loads((tmp_path / "cli_branch.json").read_text())["origin"]["branched_from"]["job"] == "cli_source"
+    refused = subprocess.run([*command, "--resolution", "320"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "a branch keeps the source's resolution" in refused.stderr
+
+
+def test_stopping_a_branch_leaves_it_resumable(source):
+    from framepack.engine import resume_job
+
+    folder, models = source["folder"], source["models"]
+    stop = threading.Event()
+    for event in branch_job(models, folder / "source.json", 1, {"seed": 12}, job_id="stopped", stop=stop, previews=False):
+        if isinstance(event, SectionDone):
+            stop.set()
+    assert isinstance(event, Done) and event.stopped
+    done = list(resume_job(models, folder / "stopped.json", previews=False))[-1]
+    assert isinstance(done, Done) and not done.stopped
+    whole = list(branch_job(models, folder / "source.json", 1, {"seed": 12}, job_id="whole", previews=False))[-1]
+    assert torch.equal(load_file(done.latents_path)["latents"], load_file(whole.latents_path)["latents"])
+    assert json.loads((folder / "stopped.json").read_text())["origin"]["branched_from"] == {"job": "source", "sections": 1}
