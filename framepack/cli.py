@@ -23,6 +23,7 @@ from .engine import (
     Status,
     branch_job,
     extend_job,
+    extend_video,
     generate,
     job_paths,
     read_checkpoint,
@@ -44,6 +45,7 @@ from .cache import DEFAULT_THRESHOLDS_TEXT
 from .conditioning import ImageError, load_image
 from .controls import BLANK_STARTS, JobInputs, Keyframe, plan_schedule, prepare_images
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
+from .video import check_video
 
 # CLI option -> Settings field, for options whose names differ. Options left out keep the Settings default.
 _SETTING_OF = {
@@ -72,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("path", type=Path, help="the job's manifest (.json), video (.mp4) or checkpoint")
     res.add_argument("--add-seconds", type=float, help="make a finished F1 video this many seconds longer")
     res.add_argument("--prompt", default="", help='with --add-seconds: timed prompts for the added seconds, "[6s: he sits down]"')
+    ext = commands.add_parser(
+        "extend", help="make any video longer: its frames first, then new ones",
+        description="Continue a video (any container and codec PyAV reads, any size and frame rate) by --seconds. "
+        "F1 continues forwards from its last frames; the original model generates the new part from its far end back "
+        "towards the video.",
+    )  # fmt: skip
+    ext.add_argument("video", type=Path, help="the video to continue")
+    ext.add_argument("--end-image", type=Path, help="the added part's last frame (original variant)")
+    add_setting_options(ext)
+    ext.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where files go (default ./outputs)")
+    ext.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
     branch = commands.add_parser(
         "branch", help="a new job that keeps the first sections of another and redoes the rest",
         description="Keep the first K sections (as the progress bar numbers them) of a job and generate the rest "
@@ -82,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     branch.add_argument("--keep-sections", type=int, required=True, metavar="K", help="how many of its first sections to keep")
     add_setting_options(branch, for_branch=True)
     branch.add_argument("--job-name", help="file name stem of the new job (default: time and random suffix)")
-    for command in (gen, res, branch):
+    for command in (gen, res, ext, branch):
         add_runtime_options(command)
     add_check_memory_parser(commands)
     info = commands.add_parser("lora-info", help="what a LoRA file is: format, rank, alpha, the modules it changes")
@@ -228,6 +241,29 @@ def _load(args: argparse.Namespace, settings: Settings, loras: Sequence[LoraSpec
         return None
 
 
+def run_extend_video(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+        # Read the images and check the controls before loading anything; the video is read by the job itself.
+        images = JobInputs(None, args.end_image, args.keyframe or (), loras=args.lora or ()).load()
+        plan_schedule(settings, [k.seconds for k in images.keyframes], images.end_image is not None)
+        check_video(args.video)
+    except ValueError as exc:  # SettingsError, ImageError, VideoInputError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    models = _load(args, settings, images.loras)
+    if models is None:
+        return 1
+    return _follow(
+        lambda stop: extend_video(
+            models, settings, args.video, args.output_dir, end_image=images.end_image, keyframes=images.keyframes,
+            loras=images.loras, job_id=args.job_name, stop=stop, previews=False,
+        ),
+        settings.num_sections * settings.steps,
+        args.quiet,
+    )  # fmt: skip
+
+
 def run_branch(args: argparse.Namespace) -> int:
     changes = setting_changes(args)
     try:
@@ -322,4 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_lora_info(args)
     if args.command == "branch":
         return run_branch(args)
+    if args.command == "extend":
+        return run_extend_video(args)
     return run_check_memory(args)

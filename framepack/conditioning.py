@@ -138,6 +138,16 @@ def encode_start_latent(models: ModelSet, image: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+def encode_frames(models: ModelSet, frames: np.ndarray) -> torch.Tensor:
+    """Latents of a clip of uint8 frames (T, H, W, 3): VAE posterior mean × scaling factor, (1, 16, (T+3)//4, h, w),
+    float32 on the CPU. The first frame gets a latent of its own, as in every HunyuanVideo clip."""
+    vae = models.vae
+    pixels = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    latent = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+    return latent.float().cpu()
+
+
+@torch.no_grad()
 def encode_image_embeds(models: ModelSet, image: np.ndarray) -> torch.Tensor:
     """SigLIP's last hidden state of the (resized) start image."""
     encoder = models.image_encoder

@@ -25,7 +25,15 @@ import torch
 from safetensors import SafetensorError
 
 from .cache import StepCache, configure_cache
-from .conditioning import LLAMA_MAX_TOKENS, Conditioning, ImageError, encode_conditioning, prompt_token_count
+from .conditioning import (
+    LLAMA_MAX_TOKENS,
+    Conditioning,
+    ImageError,
+    encode_conditioning,
+    encode_frames,
+    prompt_token_count,
+    target_size,
+)
 from .controls import (
     ImageSource,
     JobImages,
@@ -54,17 +62,21 @@ from .outputs import (
     working_on,
     write_json,
 )
-from .packing import LatentHistory, SectionPlan, join_sections, plan_sections
+from .packing import CONTEXT_FRAMES, LatentHistory, SectionPlan, join_sections, plan_sections
 from .sampling import make_denoiser, sample_unipc, section_sigmas
 from .settings import EPSILON, FPS, Settings, SettingsError, parse_timed_prompt
 from .video import (
     BackgroundVideoWriter,
     FrameAssembler,
+    Mp4Encoder,
     SegmentedVideo,
+    VideoInputError,
     VideoWriterError,
     decode_latents,
     describe_write_error,
+    extract_audio,
     latent_preview,
+    read_video,
     trim_mp4,
 )
 
@@ -183,6 +195,8 @@ def extend_job(
     yield from _guarded(_extend(models, job_paths(path), seconds, prompt, stop or threading.Event(), previews))
 
 
+# The shortest video the original model can extend: two latent frames' worth (F1 needs a section's overlap).
+MIN_VIDEO_FRAMES = 5
 # Settings a branch cannot change: the kept sections were made at this size, window and variant.
 GEOMETRY = ("variant", "resolution", "height", "width", "latent_window_size")
 
@@ -307,6 +321,120 @@ def _branch_state(
     return checkpoint, settings, inputs
 
 
+# Files in an extension job's parts folder: the input's own frames (the video's first segment), its sound, and
+# (F1) the latents of its last frames.
+INPUT_SEGMENT, INPUT_AUDIO, PAST_LATENTS = "input.mp4", "audio.m4a", "past.safetensors"
+
+
+def extend_video(
+    models: ModelSet,
+    settings: Settings,
+    video: str | Path,
+    output_dir: str | Path = "outputs",
+    *,
+    end_image: ImageSource | None = None,
+    keyframes: Sequence[Keyframe] = (),
+    loras: Sequence[LoraSpec] = (),
+    job_id: str | None = None,
+    owner: str = LOCAL_USER,
+    stop: threading.Event | None = None,
+    previews: bool = True,
+) -> Iterator[Event]:
+    """Make any video longer by `settings.total_second_length` seconds: the output is the video's own frames
+    (resized and cropped to the bucket its first frame picks, at 30 fps), then the new ones.
+
+    F1 continues forwards: its context is the latents of the video's last frames (VAE-encoded from them), its
+    start slot the video's first frame, and the first new section cross-fades over the video's last 4w-3
+    frames as any section does. The original model generates the new seconds from their far end (the end
+    frame, if given) back towards the video: its start slot is the video's last frame, and the new part's first
+    frame, which repeats it, is left out. Timed controls count from the start of the added part.
+    """
+    paths = JobPaths(Path(output_dir), job_id or new_job_id())
+    inputs = JobInputs(None, end_image, tuple(keyframes), loras=tuple(loras))
+    yield from _guarded(_extend_video(models, settings, Path(video), inputs, paths, stop or threading.Event(), previews, owner))
+
+
+def _extend_video(
+    models: ModelSet, settings: Settings, video: Path, inputs: JobInputs, paths: JobPaths, stop: threading.Event,
+    previews: bool, owner: str,
+) -> Iterator[Event]:  # fmt: skip
+    if not is_job_name(paths.job_id):
+        raise SettingsError("job_name", f"{paths.job_id!r} cannot name files: use letters, digits, '_', '-' and '.'")
+    if models.variant != settings.variant:
+        raise SettingsError("variant", f"the loaded models are the {models.variant} variant, not {settings.variant}")
+
+    def job() -> Iterator[Event]:
+        yield Status(f"Reading {video.name}")
+        checkpoint, start_inputs, notes = _video_start(models, settings, video, inputs, paths, owner)
+        for note in notes:
+            yield Status(note)
+        yield from _run(models, settings, start_inputs, paths, stop, previews, checkpoint, owner)
+
+    yield from _locked(paths, job)
+
+
+def _video_start(
+    models: ModelSet, settings: Settings, video: Path, inputs: JobInputs, paths: JobPaths, owner: str
+) -> tuple[Checkpoint, JobInputs, list[str]]:
+    """The extension job's state before its first section, as a checkpoint: the input's frames encoded once into
+    the first segment as they are decoded (only the last ones stay in memory), its sound, and for F1 the frames
+    to blend into and the latents of the last ones."""
+    w = settings.latent_window_size
+    forwards = settings.variant == "f1"
+    overlap = settings.frames_per_section
+    # F1 packs up to 19 latent frames of history and decodes the last window with the first new one.
+    tail = 4 * max(CONTEXT_FRAMES, w) - 3 if forwards else 1
+    encoder: Mp4Encoder | None = None
+
+    def passed(frame: np.ndarray) -> None:
+        nonlocal encoder
+        if encoder is None:
+            encoder = Mp4Encoder(paths.parts_dir / INPUT_SEGMENT, frame.shape[1], frame.shape[0], FPS, settings.mp4_crf)
+        encoder.add(frame)
+
+    try:
+        found = read_video(video, lambda image: target_size(image, settings.resolution, settings.height, settings.width), tail, passed)
+        needed = overlap if forwards else MIN_VIDEO_FRAMES
+        if found.frames < needed:
+            why = "a section's overlap" if forwards else "two latent frames"
+            raise VideoInputError(f"{video.name} has {found.frames} frames at 30 fps; extending it needs at least {needed} ({why})")
+        kept = np.stack(found.tail)
+        final = kept[: len(kept) - overlap] if forwards else kept
+        for frame in final:
+            passed(frame)
+        segments = [encoder.close().name] if encoder is not None else []
+    except BaseException:
+        if encoder is not None:
+            encoder.abort()
+        raise
+    notes = [f"{video.name}: {found.frames} frames at 30 fps, {found.width}x{found.height} -> {kept.shape[2]}x{kept.shape[1]}"]
+    if abs(found.fps - FPS) > 0.01:
+        notes.append(f"{video.name} runs at {found.fps:g} fps: its frames are shown at 30 fps, each for as long as it lasts")
+    audio = extract_audio(video, paths.parts_dir / INPUT_AUDIO)
+    if forwards:
+        with phase(models, models.vae):
+            past = encode_frames(models, kept)
+        save_latents(paths.parts_dir / PAST_LATENTS, past)
+        open_frames = torch.from_numpy(kept[len(kept) - overlap :]).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    else:
+        open_frames = None
+    start = found.first if forwards else found.tail[-1]
+    start_inputs = JobInputs(start, inputs.end_image, inputs.keyframes, loras=inputs.loras).load()
+    images = prepare_images(start_inputs, settings)
+    tensors, metadata = images.to_tensors()
+    record = {"name": found.name, "sha256": found.sha256, "fps": round(found.fps, 3), "frames": found.frames,
+              "frames_encoded": len(kept) if forwards else 1, "prefix": len(segments), "audio": audio is not None,
+              "past": forwards}  # fmt: skip
+    metadata["origin"] = json.dumps({"extended_video": record})
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    final_frames = found.frames - (overlap if forwards else 0)
+    checkpoint = Checkpoint(
+        paths.job_id, settings.to_dict(), 0, generator.get_state(), open_frames, final_frames, segments, tensors,
+        owner, metadata,
+    )  # fmt: skip
+    return checkpoint, start_inputs, notes
+
+
 def job_paths(path: str | Path) -> JobPaths:
     """The files of the job that `path` (its video, record, latents or checkpoint) belongs to."""
     path = Path(path)
@@ -316,7 +444,7 @@ def job_paths(path: str | Path) -> JobPaths:
 def failure_message(exc: BaseException) -> str:
     """What a user is told when a job fails: what went wrong and what to do, never a server path or a
     traceback (an unexpected failure's details go to the log)."""
-    if isinstance(exc, (SettingsError, ImageError, MemoryPlanError, JobBusyError, LoraError)):
+    if isinstance(exc, (SettingsError, ImageError, MemoryPlanError, JobBusyError, LoraError, VideoInputError)):
         return str(exc)
     if isinstance(exc, torch.OutOfMemoryError):
         return (
@@ -430,6 +558,8 @@ def _extension(models: ModelSet, paths: JobPaths, seconds: float, prompt: str) -
     if settings.variant != "f1":
         raise SettingsError("variant", "only F1 videos can be extended: the original variant generates from the end "
                             "backwards, so its length is fixed when it starts")  # fmt: skip
+    if (manifest.get("origin") or {}).get("extended_video"):
+        raise SettingsError("extend", f"{stem} continues another video: extend it as any video (the extend command, or the page's video)")  # fmt: skip
     if state != "done":
         raise SettingsError("extend", f"{stem} is not finished: resume it first")
     longer = settings.replace(total_second_length=round(settings.total_second_length + seconds, 6))
@@ -511,6 +641,11 @@ def _run(
     plans = plan_sections(settings.variant, settings.num_sections, window)
     history = LatentHistory(settings.variant, cond.start_latent, window, cond.end_latent)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
+    # A job that continues an existing video (see `extend_video`) starts from a checkpoint that says so.
+    origin = json.loads(resume.image_metadata.get("origin", "null")) if resume is not None else None
+    extended = (origin or {}).get("extended_video")
+    if extended and extended.get("past"):
+        history.continue_from(load_latents(paths.parts_dir / PAST_LATENTS))
     if resume is None:
         assembler = FrameAssembler(settings.frames_per_section, history.prepends)
         segments = []
@@ -519,17 +654,20 @@ def _run(
         assembler = FrameAssembler(settings.frames_per_section, history.prepends, resume.open_frames, resume.final_frames)
         segments = [paths.parts_dir / name for name in resume.segments]
         generator.set_state(resume.rng_state)
-        yield Status(f"Resuming after section {resume.sections_done} of {len(plans)}")
+        if resume.sections_done:
+            yield Status(f"Resuming after section {resume.sections_done} of {len(plans)}")
     sigmas = section_sigmas(settings.steps, window, height // 8, width // 8)
     image_tensors, image_metadata = images.to_tensors()  # saved with every checkpoint, for a resume
     image_metadata["loras"] = json.dumps([lora.to_dict() for lora in loras])
     record = JobRecord(paths, settings, models, resume, owner, inputs.describe())  # written once a section is on disk
     record.loras = [lora.to_dict() for lora in loras]
+    image_metadata["origin"] = json.dumps(record.origin)
     record.schedule = describe_schedule(schedule, settings, images.end is not None)
     if settings.prompts or images.keyframes or images.end is not None:
         yield Status("Sections (time order):\n" + "\n".join(timeline(record.schedule)))
 
-    video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments)
+    audio = paths.parts_dir / INPUT_AUDIO if extended and extended.get("audio") else None
+    video = SegmentedVideo(paths.parts_dir, history.prepends, FPS, settings.mp4_crf, segments, extended["prefix"] if extended else 0, audio)
     # The settings (and what the images were) travel inside the MP4 too: a video alone is enough to vary it.
     shared_loras = [{key: lora[key] for key in ("name", "sha256", "weight")} for lora in record.loras]  # no paths
     metadata = {"comment": json.dumps({"framepack": settings.to_dict(), "inputs": record.inputs, "loras": shared_loras})}
@@ -582,6 +720,8 @@ def _run(
             result = step.denoised.float().cpu()
             with phase(models, models.vae):
                 clip = decode_latents(models.vae, history.add(plan, result))
+            if extended and plan.is_last and history.prepends:
+                clip = clip[:, :, 1:]  # the frame of the start slot: the extended video's last frame, which it has
             final = assembler.add(clip)
             counts = cache.counts() if cache is not None else {}
             save_latents(paths.section_latents(plan.index), history.newest)
@@ -611,7 +751,7 @@ def _run(
             written(wait=True)
         writer.close()
         configure_cache(models.transformer, None)  # leave the shared transformer without this job's cache
-        latents_path = _finish(paths, settings, history.start_latent, images, record, outcome)
+        latents_path = _finish(paths, settings, history.lead, images, record, outcome)
 
     frames = assembler.num_frames
     yield Done(
@@ -628,7 +768,7 @@ def _run(
 
 
 def _finish(
-    paths: JobPaths, settings: Settings, start_latent: torch.Tensor, images: JobImages, record: JobRecord, outcome: str,
+    paths: JobPaths, settings: Settings, lead: torch.Tensor, images: JobImages, record: JobRecord, outcome: str,
 ) -> Path | None:
     """Leave the job's files finished or resumable, in an order where a crash at any point does the same: the
     video's latents, then the record, then (for a done job) the checkpoint. The parts folder goes last, when
@@ -637,7 +777,7 @@ def _finish(
     if not sections_done:
         return None
     sections = [load_latents(paths.section_latents(i)) for i in range(sections_done)]
-    save_latents(paths.latents, join_sections(settings.variant, start_latent, sections), *images.to_tensors())
+    save_latents(paths.latents, join_sections(settings.variant, lead, sections), *images.to_tensors())
     record.write(outcome, sections_done)
     if outcome == "done":  # nothing left to resume
         paths.checkpoint.unlink(missing_ok=True)

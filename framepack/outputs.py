@@ -19,16 +19,26 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 
+def temporary_path(path: Path) -> Path:
+    """Where an atomic write of `path` goes first (see TEMPORARY)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Put a finished temporary file in place in one rename."""
+    os.chmod(tmp, 0o644)  # some writers create private files; outputs are meant to be shared like any video
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # see TEMPORARY
+    tmp = temporary_path(path)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)  # some writers create private files; outputs are meant to be shared like any video
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -281,7 +291,7 @@ class Checkpoint:
     image_metadata: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
-        open_frames = self.open_frames.float()
+        open_frames = self.open_frames.float() if self.open_frames is not None else torch.zeros(1, 3, 0, 1, 1)
         half = open_frames.half()
         if torch.equal(half.float(), open_frames):
             open_frames = half  # frames of a float16 VAE (the GPU's): half the bytes, nothing lost

@@ -99,6 +99,8 @@ class LatentHistory:
         # The edge of the video's latents in time order, one chunk per section; F1's video begins with the
         # start latent.
         self.chunks: list[torch.Tensor] = [] if variant == "original" else [self.start_latent]
+        self.lead = self.start_latent  # what F1's video latents begin with (see `continue_from`)
+        self.past = False
         self.sections_done = 0
         # The most a later section reads: its context, or the two windows (and start latent) it decodes.
         self.keep = max(CONTEXT_FRAMES, 2 * window + 1)
@@ -107,6 +109,15 @@ class LatentHistory:
     def prepends(self) -> bool:
         """Whether new sections go before the existing video (the original's backwards generation)."""
         return self.variant == "original"
+
+    def continue_from(self, past: torch.Tensor) -> None:
+        """Go on from an existing video's last latents (an F1 extension): the context packs them, the first new
+        section decodes with them like any later section, and the video's latents begin with them."""
+        if self.prepends:
+            raise ValueError("the original variant generates towards a video's end, not from it")
+        self.lead = past.float().cpu()
+        self.chunks = [self.lead]
+        self.past = True
 
     def restore(self, sections: list[torch.Tensor]) -> None:
         """Continue from a checkpoint: `sections` are the chunks `add` kept (`newest`), in generation order."""
@@ -174,7 +185,7 @@ class LatentHistory:
                 return generated
             return self._edge(2 * w + (1 if plan.is_last else 0), front=True)
         self._push(generated)
-        if plan.index == 0:
+        if plan.index == 0 and not self.past:
             return torch.cat([self.start_latent, generated], dim=2)
         return self._edge(2 * w, front=False)
 

@@ -7,6 +7,9 @@ segments, and the MP4 the user sees is a remux of those segments (no re-encoding
 from __future__ import annotations
 
 import errno
+import collections
+import contextlib
+import hashlib
 import queue
 import shutil
 import threading
@@ -18,7 +21,7 @@ import av
 import numpy as np
 import torch
 
-from .outputs import atomic_path
+from .outputs import atomic_path, publish, temporary_path
 
 FPS = 30
 
@@ -73,7 +76,8 @@ class FrameAssembler:
     def __init__(self, overlap: int, prepend: bool, open_frames: torch.Tensor | None = None, final_frames: int = 0):
         self.overlap = overlap
         self.prepend = prepend
-        self.open = open_frames  # float frames at the growing edge (a resumed job starts with its earlier ones)
+        # Float frames at the growing edge (a resumed job starts with its earlier ones; none: an empty tensor too).
+        self.open = open_frames if open_frames is not None and open_frames.shape[2] else None
         self.final_frames = final_frames
 
     def add(self, clip: torch.Tensor) -> np.ndarray:
@@ -99,42 +103,84 @@ class FrameAssembler:
         return self.final_frames + (self.open.shape[2] if self.open is not None else 0)
 
 
+class Mp4Encoder:
+    """H.264 yuv420p at `fps`, index first, written atomically: `add` frames one at a time, then `close`.
+
+    Every segment of a video is encoded with the same settings, so segments can be joined without re-encoding.
+    """
+
+    def __init__(
+        self, path: str | Path, width: int, height: int, fps: int = FPS, crf: int = 16, metadata: dict[str, str] | None = None
+    ):
+        if height % 2 or width % 2:
+            raise ValueError(f"H.264 yuv420p needs even sides, got {width}x{height}")
+        self.path = Path(path)
+        self._tmp = temporary_path(self.path)
+        self._container = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
+        try:
+            self._container.metadata.update(metadata or {})
+            self._stream = self._container.add_stream("libx264", rate=fps)
+            self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+            self._stream.options = {"crf": str(int(crf))}
+        except BaseException:
+            self.abort()
+            raise
+        self.frames = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish the file and put it in place."""
+        try:
+            self._container.mux(self._stream.encode())
+            self._container.close()
+            publish(self._tmp, self.path)
+        finally:
+            self.abort()  # a no-op once published
+        return self.path
+
+    def abort(self) -> None:
+        """Give up: the partial file is removed, nothing is put in place."""
+        self._container.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 def encode_mp4(frames: np.ndarray, path: str | Path, fps: int = FPS, crf: int = 16, metadata: dict[str, str] | None = None) -> Path:
     """Write uint8 frames (T, H, W, 3) as H.264 yuv420p at `fps`, index first, atomically."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ValueError(f"H.264 yuv420p needs even sides, got {width}x{height}")
-    path = Path(path)
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
-        container.metadata.update(metadata or {})
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(int(crf))}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+    encoder = Mp4Encoder(path, frames.shape[2], frames.shape[1], fps, crf, metadata)
+    for frame in frames:
+        encoder.add(frame)
+    return encoder.close()
 
 
-def concat_mp4(parts: list[Path], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Join MP4 segments encoded with the same settings into one file by copying packets (no re-encoding)."""
+def concat_mp4(
+    parts: list[Path], path: str | Path, metadata: dict[str, str] | None = None, audio: Path | None = None
+) -> Path:
+    """Join MP4 segments encoded with the same settings into one file by copying packets (no re-encoding), with
+    the packets of an `audio` file's track beside them when given."""
     path = Path(path)
-    if len(parts) == 1 and not metadata:
+    if len(parts) == 1 and not metadata and audio is None:
         with atomic_path(path) as tmp:
             shutil.copyfile(parts[0], tmp)
         return path
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+    with contextlib.ExitStack() as files:
+        tmp = files.enter_context(atomic_path(path))
+        out = files.enter_context(av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}))
         out.metadata.update(metadata or {})
-        out_stream, offset = None, 0
+        # Every stream is declared before the first packet goes in (the container's header is written then).
+        template = files.enter_context(av.open(str(parts[0]))).streams.video[0]
+        out_stream, extradata = out.add_stream_from_template(template), template.codec_context.extradata
+        sound = files.enter_context(av.open(str(audio))).streams.audio[0] if audio is not None else None
+        sound_out = out.add_stream_from_template(sound) if sound is not None else None
+        offset = 0
         for part in parts:
             with av.open(str(part)) as source:
                 in_stream = source.streams.video[0]
-                if out_stream is None:
-                    out_stream = out.add_stream_from_template(in_stream)
-                    extradata = in_stream.codec_context.extradata
-                elif in_stream.codec_context.extradata != extradata:
+                if in_stream.codec_context.extradata != extradata:
                     raise ValueError(f"{part} was encoded with other settings and cannot be joined without re-encoding")
                 end = offset
                 for packet in source.demux(in_stream):
@@ -146,6 +192,11 @@ def concat_mp4(parts: list[Path], path: str | Path, metadata: dict[str, str] | N
                     end = max(end, packet.pts + packet.duration)
                     out.mux(packet)
                 offset = end
+        if sound is not None:
+            for packet in sound.container.demux(sound):
+                if packet.dts is not None:
+                    packet.stream = sound_out
+                    out.mux(packet)
     return path
 
 
@@ -173,11 +224,23 @@ class SegmentedVideo:
     """An MP4 that grows section by section: final frames are encoded once into segment files in `parts_dir`,
     and `write` joins them, plus the still-open edge frames, into one playable file."""
 
-    def __init__(self, parts_dir: str | Path, prepend: bool, fps: int = FPS, crf: int = 16, segments: list[Path] = ()):
+    def __init__(
+        self,
+        parts_dir: str | Path,
+        prepend: bool,
+        fps: int = FPS,
+        crf: int = 16,
+        segments: list[Path] = (),
+        prefix: int = 0,
+        audio: Path | None = None,
+    ):
+        """`prefix` leading segments (an extended video's own frames) stay first whichever way the video grows;
+        `audio` goes along (the extended video's sound, for its part)."""
         self.parts_dir = Path(parts_dir)
         self.prepend = prepend
         self.fps, self.crf = fps, crf
         self.segments: list[Path] = list(segments)  # time order; a resumed job starts with its earlier ones
+        self.prefix, self.audio = prefix, audio
         self._count = len(self.segments)
 
     def _encode(self, frames: np.ndarray, name: str) -> Path:
@@ -190,7 +253,7 @@ class SegmentedVideo:
         self._count += 1
         segment = self._encode(frames, f"{self._count:05d}.mp4")
         if self.prepend:
-            self.segments.insert(0, segment)
+            self.segments.insert(self.prefix, segment)
         else:
             self.segments.append(segment)
 
@@ -199,8 +262,8 @@ class SegmentedVideo:
         parts = list(self.segments)
         if len(open_frames):
             edge = self._encode(open_frames, "edge.mp4")
-            parts = [edge, *parts] if self.prepend else [*parts, edge]
-        return concat_mp4(parts, path, metadata)
+            parts.insert(self.prefix if self.prepend else len(parts), edge)
+        return concat_mp4(parts, path, metadata, self.audio)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
@@ -339,3 +402,128 @@ def read_frames(path: str | Path) -> np.ndarray:
     """All frames of a video as uint8 (T, H, W, 3)."""
     with av.open(str(path)) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+class VideoInputError(ValueError):
+    """A video given to extend cannot be used; the message names the file and says why, in one line."""
+
+
+@dataclass
+class InputVideo:
+    """What reading an input video found: its frame rate, how many frames it has at 30 fps, its first frame and
+    its last frames at the video's size (the rest went to the caller as they came)."""
+
+    name: str
+    sha256: str
+    fps: float
+    frames: int
+    width: int
+    height: int
+    first: np.ndarray
+    tail: list[np.ndarray]
+
+
+def check_video(path: str | Path) -> None:
+    """Refuse at once what is not a video (reading it whole is the job's work): VideoInputError says why."""
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoInputError(f"{path.name} has no video stream")
+    except FileNotFoundError:
+        raise VideoInputError(f"video file not found: {path.name}") from None
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
+
+
+def read_video(
+    path: str | Path,
+    size_of: Callable[[np.ndarray], tuple[int, int]],
+    tail: int,
+    passed: Callable[[np.ndarray], None],
+) -> InputVideo:
+    """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame resized
+    and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are kept;
+    the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
+    from .conditioning import resize_and_center_crop
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoInputError(f"{path.name} has no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or FPS)
+        kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
+        size: tuple[int, int] | None = None
+        first = None
+        emitted = decoded = 0
+        pending, pending_time, start = None, 0.0, None
+
+        def emit(frame: np.ndarray) -> None:
+            nonlocal emitted
+            if len(kept) == kept.maxlen:
+                passed(kept[0])
+            kept.append(frame)
+            emitted += 1
+
+        def fitted(frame: av.VideoFrame) -> np.ndarray:
+            nonlocal size, first
+            rgb = frame.to_ndarray(format="rgb24")
+            if size is None:
+                size = size_of(rgb)
+            image = resize_and_center_crop(rgb, size[1], size[0])
+            if first is None:
+                first = image
+            return image
+
+        try:
+            for frame in container.decode(stream):
+                time = frame.time if frame.time is not None else decoded / rate
+                start = time if start is None else start
+                if pending is not None:
+                    image = fitted(pending)
+                    while emitted / FPS < time - start - 1e-6:
+                        emit(image)
+                pending, pending_time = frame, time - start
+                decoded += 1
+        except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
+            raise VideoInputError(f"{path.name} breaks after {decoded} frames ({type(exc).__name__}); cut the video before that point") from None
+        if pending is None:
+            raise VideoInputError(f"{path.name} has no frames")
+        image = fitted(pending)
+        while emitted / FPS < pending_time + 1 / rate - 1e-6 or emitted == 0:
+            emit(image)
+        width, height = stream.codec_context.width, stream.codec_context.height
+    return InputVideo(path.name, file_sha256(path), rate, emitted, width, height, first, list(kept))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_audio(source: str | Path, target: str | Path) -> Path | None:
+    """The source's first audio track as AAC in its own file (None without one), to go with its frames."""
+    with av.open(str(source)) as container:
+        if not container.streams.audio:
+            return None
+        audio = container.streams.audio[0]
+        rate = audio.codec_context.sample_rate or 48000
+        layout = "stereo" if (audio.codec_context.channels or 2) > 1 else "mono"
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        with atomic_path(Path(target)) as tmp, av.open(str(tmp), "w", format="mp4") as out:
+            stream = out.add_stream("aac", rate=rate, layout=layout)
+            for frame in container.decode(audio):
+                for chunk in resampler.resample(frame):
+                    out.mux(stream.encode(chunk))
+            for chunk in resampler.resample(None):
+                out.mux(stream.encode(chunk))
+            out.mux(stream.encode())
+    return Path(target)
