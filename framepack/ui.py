@@ -11,6 +11,7 @@ cache, under a name nobody else can guess, and names outputs relative to the out
 """
 
 import argparse
+import dataclasses
 import html
 import logging
 import os
@@ -35,6 +36,7 @@ from .outputs import LOCAL_USER, job_name, settings_of_output, sweep_outputs
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
+from .video import VideoInputError, check_video
 from .worker import MAX_JOBS_PER_OWNER, Job, JobEvent, Waiting, Worker
 
 DEFAULTS = Settings()
@@ -129,6 +131,7 @@ def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> U
     return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
 
 
+SETTING_NAMES = frozenset(field.name for field in dataclasses.fields(Settings))
 # The page's settings controls, in the order of `/generate`'s parameters after the image (`keyframe_times`
 # and `blank_start` are the inputs' part, the rest are settings).
 PAGE_SETTINGS = (
@@ -350,36 +353,70 @@ def build_app(
         each in `keyframe_times` ("1.2, 2.4"); without an image the video starts from a `blank_start` frame.
         `loras` are file names in the app's LoRA folder, `lora_weights` their weights ("0.7, 0.4"; none: 1).
         """
+        fields = {name: value for name, value in locals().items() if name in SETTING_NAMES}  # the parameters
+        yield from start(session, request, fields, input_image, None, end_image, keyframes, keyframe_times, blank_start,
+                         loras, lora_weights)  # fmt: skip
+
+    def extend(
+        session: Session,
+        video: Any = None,
+        prompt: str = DEFAULTS.prompt,
+        negative_prompt: str = DEFAULTS.negative_prompt,
+        seed: int = DEFAULTS.seed,
+        total_second_length: float = DEFAULTS.total_second_length,
+        resolution: int = DEFAULTS.resolution,
+        latent_window_size: int = DEFAULTS.latent_window_size,
+        steps: int = DEFAULTS.steps,
+        cfg: float = DEFAULTS.cfg,
+        distilled_cfg: float = DEFAULTS.distilled_cfg,
+        cfg_rescale: float = DEFAULTS.cfg_rescale,
+        gpu_memory_preservation: float = DEFAULTS.gpu_memory_preservation,
+        use_teacache: bool = DEFAULTS.use_teacache,
+        mp4_crf: int = DEFAULTS.mp4_crf,
+        end_image: Any = None,
+        end_strength: float = DEFAULTS.end_strength,
+        keyframes: Any = None,
+        keyframe_times: str = "",
+        prompt_blend_sections: int = DEFAULTS.prompt_blend_sections,
+        loras: list[str] | None = None,
+        lora_weights: str = "",
+        request: gr.Request | None = None,
+    ) -> Iterator[Updates]:
+        """Make a video longer by `total_second_length` seconds: its frames first, then the new ones (any
+        container, codec, size and frame rate); the other parameters are `generate`'s. Streams like `generate`."""
+        fields = {name: value for name, value in locals().items() if name in SETTING_NAMES}  # the parameters
+        if image_path(video) is None:
+            message = "no video: upload the video to extend first"
+            yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(message)
+            return
+        yield from start(session, request, fields, None, video, end_image, keyframes, keyframe_times, "grey", loras,
+                         lora_weights)  # fmt: skip
+
+    def start(
+        session: Session, request: gr.Request | None, fields: dict[str, Any], image: Any, video: Any, end_image: Any,
+        keyframes: Any, keyframe_times: str, blank_start: str, loras: list[str] | None, lora_weights: str,
+    ) -> Iterator[Updates]:  # fmt: skip
+        """Check a page's job and queue it: a new video, or (`video`) the extension of one."""
         try:
-            settings = Settings(
-                variant=variant,
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                seed=seed,
-                total_second_length=total_second_length,
-                resolution=resolution,
-                latent_window_size=latent_window_size,
-                steps=steps,
-                cfg=cfg,
-                distilled_cfg=distilled_cfg,
-                cfg_rescale=cfg_rescale,
-                gpu_memory_preservation=gpu_memory_preservation,
-                use_teacache=use_teacache,
-                mp4_crf=mp4_crf,
-                end_strength=end_strength,
-                prompt_blend_sections=prompt_blend_sections,
-                **job_options,
-            )
+            settings = Settings(variant=variant, **fields, **job_options)
             chosen = lora_specs(lora_folder, loras, lora_weights)
-            inputs = job_inputs_of(input_image, end_image, keyframes, keyframe_times, blank_start, chosen)
-            images = prepare_images(inputs, settings)  # read once, now: an upload may be gone when the job runs
-            plan_schedule(settings, images.keyframe_times, images.end is not None)
-        except (SettingsError, ImageError) as exc:
+            inputs = job_inputs_of(image, end_image, keyframes, keyframe_times, blank_start, chosen)
+            if video is None:
+                images = prepare_images(inputs, settings)  # read once, now: an upload may be gone when the job runs
+                plan_schedule(settings, images.keyframe_times, images.end is not None)
+            else:
+                plan_schedule(settings, [k.seconds for k in inputs.keyframes], inputs.end_image is not None)
+                check_video(image_path(video))
+        except (SettingsError, ImageError, VideoInputError) as exc:
             gr.Warning(str(exc))
             yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(str(exc))
             return
-
-        yield from follow(session, worker.submit(settings, inputs, owner_of(request), session_of(request)))
+        owner, tab = owner_of(request), session_of(request)
+        if video is None:
+            job = worker.submit(settings, inputs, owner, tab)
+        else:
+            job = worker.submit_extension(settings, Path(image_path(video)), inputs, owner, tab)
+        yield from follow(session, job)
 
     def resume(
         session: Session,
@@ -460,9 +497,19 @@ def build_app(
         gr.Markdown(f"# {title}\nTurn one image into a video, section by section. The video grows as sections finish.")
         with gr.Row():
             with gr.Column():
-                image_input = gr.Image(
-                    sources=["upload"], type="filepath", label="Start image", height=320, elem_id="fp-image"
-                )
+                with gr.Tabs():
+                    with gr.Tab("Start image"):
+                        image_input = gr.Image(
+                            sources=["upload"], type="filepath", label="Start image", height=320, elem_id="fp-image"
+                        )
+                    with gr.Tab("Extend a video"):
+                        video_input = gr.Video(
+                            sources=["upload"], label="Video to continue (its frames come first)", height=320,
+                            elem_id="fp-extend-video",
+                        )  # fmt: skip
+                        extend_button = gr.Button(
+                            "Extend this video by the video length below", variant="primary", elem_id="fp-extend"
+                        )
                 prompt_input = gr.Textbox(
                     label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt",
                     info='Prompts that change over time: "a man on a beach [0s: he waves] [2.4s: he turns around]"',
@@ -647,6 +694,15 @@ def build_app(
             [session, previous_input, add_seconds_input, add_prompt_input],
             job_outputs,
             api_name="resume",
+            concurrency_limit=MAX_ACTIVE_REQUESTS,
+            preprocess=False,
+            show_progress="hidden",
+        ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
+        extend_button.click(lambda: busy, None, buttons, queue=False, api_visibility="private").then(
+            extend,
+            [session, video_input, *[c for c in job_inputs[2:] if c is not blank_input]],
+            job_outputs,
+            api_name="extend",
             concurrency_limit=MAX_ACTIVE_REQUESTS,
             preprocess=False,
             show_progress="hidden",

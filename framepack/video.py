@@ -486,7 +486,9 @@ def read_video(
                 start = time if start is None else start
                 if pending is not None:
                     image = fitted(pending)
-                    while emitted / FPS < time - start - 1e-6:
+                    # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
+                    # (containers round timestamps, to the millisecond in WebM).
+                    while (emitted + 0.25) / FPS < time - start:
                         emit(image)
                 pending, pending_time = frame, time - start
                 decoded += 1
@@ -495,7 +497,7 @@ def read_video(
         if pending is None:
             raise VideoInputError(f"{path.name} has no frames")
         image = fitted(pending)
-        while emitted / FPS < pending_time + 1 / rate - 1e-6 or emitted == 0:
+        while emitted < max(1, round((pending_time + 1 / rate) * FPS)):  # the last frame lasts 1/rate
             emit(image)
         width, height = stream.codec_context.width, stream.codec_context.height
     return InputVideo(path.name, file_sha256(path), rate, emitted, width, height, first, list(kept))

@@ -14,6 +14,7 @@ import collections
 import json
 import logging
 import queue
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Done, Error, Event, Status, branch_job, extend_job, failure_message, generate, resume_job
+from .engine import (
+    Done,
+    Error,
+    Event,
+    Status,
+    branch_job,
+    extend_job,
+    extend_video,
+    failure_message,
+    generate,
+    resume_job,
+)
 from .memory import MemoryPlan
 from .models import ModelSet, ModelSource, ModelsMissingError, load_models
 from .outputs import LOCAL_USER, JobPaths, is_job_name, job_owner, new_job_id
@@ -62,6 +74,7 @@ class Job:
         self.run = run  # the engine's events for this job, given the loaded models
         self.source = source  # the record of the job it goes on with, if any (one job at a time per record)
         self.stop_event = threading.Event()
+        self.refused = False  # turned away before it was queued (its stream is one Error)
         self._worker = worker
         self._events: queue.Queue[JobEvent] = queue.Queue()
         self._last_position: int | None = None
@@ -118,6 +131,29 @@ class Worker:
             return generate(models, settings, image, self.output_dir, stop=job.stop_event, job_id=job.id, owner=owner)
 
         return self._queue(Job(self, owner, session, run))
+
+    def submit_extension(
+        self, settings: Settings, video: Path, inputs: JobInputs, owner: str = LOCAL_USER, session: str | None = None
+    ) -> Job:
+        """Queue the extension of an uploaded `video` by `settings.total_second_length` seconds (with the end image,
+        keyframes and LoRAs of `inputs`). The video is copied into the job's parts folder first: an upload may be
+        gone by the time the job runs."""
+
+        def run(job: Job, models: ModelSet) -> Iterator[Event]:
+            return extend_video(
+                models, settings, copy, self.output_dir, end_image=inputs.end_image, keyframes=inputs.keyframes,
+                loras=inputs.loras, job_id=job.id, owner=owner, stop=job.stop_event,
+            )  # fmt: skip
+
+        job = Job(self, owner, session, run)
+        parts = JobPaths(self.output_dir, job.id).parts_dir
+        copy = parts / "source" / video.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(video, copy)
+        self._queue(job)
+        if job.refused:
+            shutil.rmtree(parts, ignore_errors=True)
+        return job
 
     def submit_resume(
         self,
@@ -296,6 +332,7 @@ class Worker:
 
 def _refused(job: Job, message: str) -> Job:
     """The job, never queued: its stream is one `Error`."""
+    job.refused = True
     job._put(Error(message))
     return job
 

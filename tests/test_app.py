@@ -85,7 +85,9 @@ def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
         "loras": [], "lora_weights": "",
     }  # fmt: skip
     assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
-    assert sorted(endpoints) == ["/branch", "/generate", "/jobs", "/resume", "/stop"]
+    assert sorted(endpoints) == ["/branch", "/extend", "/generate", "/jobs", "/resume", "/stop"]
+    extend = [p["parameter_name"] for p in endpoints["/extend"]["parameters"]]
+    assert extend == ["video", *[name for name in PARAMETERS[1:] if name != "blank_start"]]
 
 
 def test_job_streams_previews_progress_and_a_growing_video(client: Client, app_server):  # noqa: F811
@@ -399,3 +401,23 @@ def test_bad_section_controls_get_a_clear_message(client: Client, tmp_path: Path
         final = run(client, **{**FAST, "total_second_length": 1.2, **params})[-1]
         assert final[MESSAGE].startswith("**Error:**") and expected in final[MESSAGE], (params, final[MESSAGE])
         assert "Not started" in final[PROGRESS]
+
+
+def test_extend_a_video_through_the_api(client: Client, app_server, tmp_path: Path):  # noqa: F811
+    from test_extend_video import make_video
+
+    clip = make_video(tmp_path / "clip.webm", 30, 30, (64, 48), codec="libvpx-vp9", fmt="webm")
+    job = client.submit(handle_file(str(clip)), prompt="more", total_second_length=0.4, api_name="/extend", **FAST)
+    job.result()
+    final = job.outputs()[-1]
+    assert final[MESSAGE].startswith("Finished"), final[MESSAGE]
+    video = saved_video(final[MESSAGE], app_server.outputs)
+    assert probe(video).frames == 30 + 12
+    assert json.loads(video.with_suffix(".json").read_text())["origin"]["extended_video"]["name"] == "clip.webm"
+    not_a_video = tmp_path / "clip.mp4"
+    not_a_video.write_text("no")
+    for params, expected in (({}, "no video: upload the video to extend first"),
+                             ({"video": handle_file(str(not_a_video))}, "clip.mp4 is not a video this app can read")):  # fmt: skip
+        job = client.submit(**{"video": None, **params}, total_second_length=0.4, api_name="/extend", **FAST)
+        job.result()
+        assert expected in job.outputs()[-1][MESSAGE]

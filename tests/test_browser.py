@@ -184,3 +184,29 @@ def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
         loras = json.loads((app.outputs / f"{name}.json").read_text())["loras"]
         assert [(lora["name"], lora["weight"]) for lora in loras] == [("motion.safetensors", 1.0), ("style.safetensors", 0.4)]
         page.close()
+
+
+def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+    from test_extend_video import make_video
+
+    from framepack.video import probe
+
+    clip = make_video(tmp_path / "holiday.mp4", 45, 24, (90, 70))
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.goto(app_server.url)
+    page.get_by_role("tab", name="Extend a video").click()
+    page.locator("#fp-extend-video input[type=file]").set_input_files(str(clip))
+    expect(page.locator("#fp-extend-video video")).to_be_visible()  # the upload has finished
+    page.locator("#fp-prompt textarea").fill("The waves keep rolling.")
+    set_number(page, "fp-length", 1.2)  # seconds to add: one section at the default window
+    set_number(page, "fp-resolution", 128)
+    set_number(page, "fp-steps", 2)
+    page.locator("#fp-extend").click()
+    page.wait_for_function(VIDEO_PLAYING, timeout=90_000)
+    expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=60_000)
+    name = page.locator("#fp-message").inner_text().split("saved as ")[1].split(".mp4")[0].strip("` ")
+    assert probe(app_server.outputs / f"{name}.mp4").frames == 56 + 36  # 1.875 s at 30 fps, then one section
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_extend.png"), full_page=True)
+    page.close()
