@@ -96,13 +96,14 @@ def test_geometry_and_impossible_branches_are_refused_with_a_reason(source):
     assert isinstance(nothing, Error) and "there is no job named nobody" in nothing.message
 
 
-def test_an_f1_branch_may_run_longer(source):
-    if source["variant"] != "f1":
-        pytest.skip("the original variant's length is fixed")
-    folder, models = source["folder"], source["models"]
-    redone = sections_of(list(branch_job(models, folder / "source.json", 3, {"total_second_length": 2.8}, job_id="longer",
+def test_an_f1_branch_may_run_longer(tiny_models, tmp_path):
+    models = tiny_models("f1")
+    settings = Settings(variant="f1", **JOB)
+    made = sections_of(list(generate(models, settings, IMAGE, tmp_path, job_id="short", previews=False)))
+    redone = sections_of(list(branch_job(models, tmp_path / "short.json", 3, {"total_second_length": 2.8}, job_id="longer",
                                          previews=False)))  # fmt: skip
-    assert len(redone) == 4 and torch.equal(redone[0], source["sections"][3])  # same seed: the same fourth section
+    assert len(redone) == 4 and all(torch.equal(a, b) for a, b in zip(redone, made[3:]))  # same seed: the same sections
+    assert json.loads((tmp_path / "longer.json").read_text())["sections"] == 7
 
 
 def test_a_running_job_cannot_be_branched(source):
