@@ -199,7 +199,7 @@ def run_resume(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    models = _load(args, settings)
+    models = _load(args, settings, record=job_paths(args.path).manifest)
     if models is None:
         return 1
     remaining = (settings.num_sections - checkpoint.sections_done) * settings.steps
@@ -212,7 +212,7 @@ def run_extend(args: argparse.Namespace) -> int:
     except (OSError, KeyError, ValueError) as exc:
         print(f"error: cannot read the record of {args.path.name}: {exc}", file=sys.stderr)
         return 2
-    models = _load(args, saved)
+    models = _load(args, saved, record=job_paths(args.path).manifest)
     if models is None:
         return 1
     longer = saved.replace(total_second_length=round(saved.total_second_length + args.add_seconds, 6))
@@ -224,17 +224,29 @@ def run_extend(args: argparse.Namespace) -> int:
     )
 
 
-def _load(args: argparse.Namespace, settings: Settings, loras: Sequence[LoraSpec] = ()) -> ModelSet | None:
-    """Check memory, then load the models for `settings` (and `loras`); None (after saying why) if that cannot be done."""
+def _load(
+    args: argparse.Namespace, settings: Settings, loras: Sequence[LoraSpec] = (), record: Path | None = None
+) -> ModelSet | None:
+    """Check memory, then load the models for `settings` (and `loras`); None (after saying why) if that cannot be done.
+
+    For a job that goes on from a previous one (`record`, its manifest), the models it was made with, as the
+    record says (a local model root, or the hub repos at their revisions), unless --models says otherwise.
+    """
+    source = ModelSource(args.models, args.hf_cache)
+    if args.models is None and record is not None:
+        try:
+            source = ModelSource.recorded(json.loads(record.read_text(encoding="utf-8"))["models"], args.hf_cache)
+        except (OSError, KeyError, ValueError, TypeError, IndexError):
+            pass  # a record without its models: the default place, as for a new job
     try:
         lora = None
         if loras:  # matched against the model's architecture before anything loads
             device = torch.device(args.device) if args.device else default_device()
-            configs = ModelConfigs.from_folder(args.models, settings.variant) if args.models else ModelConfigs.published()
+            root = source.models_dir
+            configs = ModelConfigs.from_folder(root, settings.variant) if root else ModelConfigs.published()
             lora = lora_bytes([spec.path for spec in loras], configs, resolve_dtypes(settings.dtype, device)[0])
         # The same check as the app's: say what will not fit before loading tens of GB.
-        plan = check_before_loading(settings, fp8=args.fp8, device=args.device, models_dir=args.models, lora=lora)
-        source = ModelSource(args.models, args.hf_cache)
+        plan = check_before_loading(settings, fp8=args.fp8, device=args.device, models_dir=source.models_dir, lora=lora)
         return load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
     except (ModelsMissingError, MemoryPlanError, LoraError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -273,7 +285,7 @@ def run_branch(args: argparse.Namespace) -> int:
     except (OSError, KeyError, ValueError) as exc:  # SettingsError and ImageError are ValueErrors
         print(f"error: {exc if isinstance(exc, ValueError) else f'cannot read the record of {args.path.name}'}", file=sys.stderr)
         return 2
-    models = _load(args, settings, args.lora or ())
+    models = _load(args, settings, args.lora or (), record=job_paths(args.path).manifest)
     if models is None:
         return 1
     remaining = max(0, settings.num_sections - args.keep_sections) * settings.steps

@@ -7,6 +7,7 @@ out as `<root>/<org>/<name>/<subfolder>`, so the tiny test models go through exa
 from __future__ import annotations
 
 import logging
+import re
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,15 +53,39 @@ class ModelSource:
 
     models_dir: Path | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
+    revisions: tuple[tuple[str, str], ...] = ()  # (repo, revision): hub repos pinned to what a job was made with
 
     def __post_init__(self) -> None:
         if self.models_dir is not None:
             object.__setattr__(self, "models_dir", Path(self.models_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
+    @classmethod
+    def recorded(cls, sources: dict[str, str], cache_dir: str | Path = DEFAULT_CACHE_DIR) -> ModelSource:
+        """Where a job's record says its models came from (see `describe`): the local model root, or the hub
+        repos at the revisions used."""
+        pins = tuple(tuple(value.split("@", 1)) for value in sources.values() if _HUB_SOURCE.fullmatch(value))
+        local = [Path(value) for value in sources.values() if not _HUB_SOURCE.fullmatch(value)]
+        if local:  # a repo folder is <root>/<owner>/<name>
+            return cls(models_dir=local[0].parents[1], cache_dir=cache_dir)
+        return cls(cache_dir=cache_dir, revisions=pins)
+
     def describe(self, repo: str, folder: Path) -> str:
         """Where `repo` was read from: the local folder, or the hub repo and the snapshot (revision) cached."""
-        return str(folder) if self.models_dir else f"{repo}@{folder.name}"
+        return str(folder.resolve()) if self.models_dir else f"{repo}@{folder.name}"
+
+    def folders(self, variant: str) -> tuple[Path, Path, Path]:
+        """The HunyuanVideo, Redux and transformer folders of `variant` (downloading what is missing, if allowed)."""
+        return (
+            self.folder(HUNYUAN_REPO, ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")),
+            self.folder(REDUX_REPO, ("feature_extractor", "image_encoder")),
+            self.folder(TRANSFORMER_REPOS[variant]),
+        )
+
+    def sources(self, variant: str) -> dict[str, str]:
+        """What a job's record says of these models (see `describe`), found without loading them."""
+        repos = (HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS[variant])
+        return {name: self.describe(repo, folder) for name, repo, folder in zip(("hunyuan", "redux", "transformer"), repos, self.folders(variant))}
 
     def folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path:
         """The local folder holding `repo` (with at least `subfolders`), downloading it if allowed."""
@@ -75,8 +100,9 @@ class ModelSource:
                 )
             return root
         patterns = [f"{s}/*" for s in subfolders] if subfolders else None
+        revision = dict(self.revisions).get(repo)
         try:
-            return Path(snapshot_download(repo, cache_dir=self.cache_dir, allow_patterns=patterns))
+            return Path(snapshot_download(repo, revision=revision, cache_dir=self.cache_dir, allow_patterns=patterns))
         except LocalEntryNotFoundError:
             parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
             raise ModelsMissingError(
@@ -86,6 +112,8 @@ class ModelSource:
             ) from None
 
 
+# How `ModelSource.describe` names a hub snapshot: "owner/name@<commit>".
+_HUB_SOURCE = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}")
 # The file whose presence shows a subfolder is really there (tokenizers have no config.json).
 _CONFIG_OF = {
     "": "config.json",
@@ -207,10 +235,7 @@ def load_models(
         return place_component(name, module, plan) if plan is not None else module.to(device)
 
     # Resolve every folder before loading anything, so a missing download is reported at once.
-    hunyuan = source.folder(HUNYUAN_REPO, ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"))
-    redux = source.folder(REDUX_REPO, ("feature_extractor", "image_encoder"))
-    transformer_repo = TRANSFORMER_REPOS[variant]
-    transformer_folder = source.folder(transformer_repo)
+    hunyuan, redux, transformer_folder = source.folders(variant)
 
     # One component at a time, each placed before the next loads; the transformer first, so that fp8 storage
     # shrinks it before the encoders take their share of RAM.
@@ -241,11 +266,7 @@ def load_models(
         feature_extractor=feature_extractor,
         image_encoder=image_encoder,
         transformer=transformer,
-        sources={
-            "hunyuan": source.describe(HUNYUAN_REPO, hunyuan),
-            "redux": source.describe(REDUX_REPO, redux),
-            "transformer": source.describe(transformer_repo, transformer_folder),
-        },
+        sources=source.sources(variant),
         attention=backend,
         compiled=compile,
         placement=Placement(plan) if plan is not None else None,

@@ -11,6 +11,7 @@ the name of an uploaded file says). Whatever a job raises ends that job with a m
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import logging
 import queue
@@ -67,12 +68,14 @@ class Job:
         run: Callable[[Job, ModelSet], Iterator[Event]],
         job_id: str | None = None,
         source: Path | None = None,
+        made_from: Path | None = None,
     ):
         self.id = job_id or new_job_id()
         self.owner = owner  # who may see and resume the job
         self.session = session  # the browser tab following it, whose closing stops it
         self.run = run  # the engine's events for this job, given the loaded models
         self.source = source  # the record of the job it goes on with, if any (one job at a time per record)
+        self.made_with = _models_of(source or made_from)  # the models that job was made with (None: the app's)
         self.stop_event = threading.Event()
         self.refused = False  # turned away before it was queued (its stream is one Error)
         self._worker = worker
@@ -114,6 +117,8 @@ class Worker:
         self.attention, self.compile, self.plan = attention, compile, plan
         self.output_dir = Path(output_dir)
         self._models: ModelSet | None = None
+        self._default_sources: dict[str, str] | None = None  # what the app's own models are, once loaded
+        self._models_are_default = True
         self._pending: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
         self._closed: str | None = None  # once set, why no job is taken any more
@@ -190,7 +195,7 @@ class Worker:
         def run(job: Job, models: ModelSet) -> Iterator[Event]:
             return branch_job(models, record, keep_sections, changes, job_id=job.id, owner=owner, stop=job.stop_event)
 
-        return self._queue_own(Job(self, owner, session, run), job_name)
+        return self._queue_own(Job(self, owner, session, run, made_from=record), job_name)
 
     def _queue_own(self, job: Job, job_name: str) -> Job:
         """Queue a job that works from the previous job `job_name`, if that job is the caller's."""
@@ -313,12 +318,27 @@ class Worker:
         if job.stop_event.is_set():  # cancelled just as it was taken out of line
             yield _stopped_before_start()
             return
-        if self._models is None:
-            yield Status("Loading models (first job only)")
+        # A job that goes on from an earlier one runs on the models that one was made with; others on the app's.
+        if job.made_with is not None and self._default_sources is None:
             try:
-                self._models = load_models(
-                    self.variant, self.source, attention=self.attention, compile=self.compile, plan=self.plan
-                )
+                self._default_sources = self.source.sources(self.variant)
+            except ModelsMissingError:
+                pass  # the app's own models are not there: the recorded ones may be
+        own = job.made_with is None or job.made_with == self._default_sources
+        if self._models is None or self._models_are_default != own or (not own and self._models.sources != job.made_with):
+            self._models = None  # one model set in memory at a time
+            gc.collect()
+            if own:
+                source = self.source
+                yield Status("Loading models" + (" (first job only)" if self._default_sources is None else " again"))
+            else:
+                source = ModelSource.recorded(job.made_with, self.source.cache_dir)
+                yield Status("Loading the models this job was made with")
+            try:
+                self._models = load_models(self.variant, source, attention=self.attention, compile=self.compile, plan=self.plan)
+                self._models_are_default = own
+                if own:
+                    self._default_sources = self._models.sources
             except ModelsMissingError as exc:
                 logger.error("%s", exc)
                 yield Error("The model files are missing on this machine; whoever runs the app can see which in its log.", exc)
@@ -328,6 +348,14 @@ class Worker:
                 yield Error(f"Could not load the models ({type(exc).__name__}); the details are in the app's log.", exc)
                 return
         yield from job.run(job, self._models)
+
+
+def _models_of(record: Path | None) -> dict[str, str] | None:
+    """The model sources a job's record names, if it can be read."""
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))["models"] if record is not None else None
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
 
 
 def _refused(job: Job, message: str) -> Job:

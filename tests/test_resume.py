@@ -275,3 +275,52 @@ def test_controls_survive_a_stop_and_an_extension_adds_timed_prompts(tiny_models
 
     refused = list(extend_job(models, tmp_path / "job" / "job.mp4", 0.8, prompt="[0.4s: too early]"))[-1]
     assert isinstance(refused, Error) and "0.4 s is in the part already made" in refused.message
+
+
+def test_resume_loads_the_models_the_job_was_made_with(tiny_models, tmp_path):
+    """A job made from a local model root resumes without repeating --models: its record says where they are."""
+    models = tiny_models("f1")
+    settings = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, height=48, width=80, prompt="x")
+    stop = threading.Event()
+    for event in generate(models, settings, IMAGE, tmp_path / "job", job_id="job", stop=stop, previews=False):
+        if isinstance(event, SectionDone):
+            stop.set()
+    assert isinstance(event, Done) and event.stopped
+    recorded = json.loads((tmp_path / "job" / "job.json").read_text())["models"]
+    assert recorded["transformer"] == str((TINY_MODELS / "lllyasviel" / "FramePack_F1_I2V_HY_20250503").resolve())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "framepack", "resume", str(tmp_path / "job" / "job.mp4"), "--quiet"]  # no --models
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    whole = list(generate(models, settings, IMAGE, tmp_path / "whole", job_id="job", previews=False))[-1]
+    assert torch.equal(load_file(tmp_path / "job" / "job.latents.safetensors")["latents"], load_file(whole.latents_path)["latents"])
+
+
+def test_the_apps_resume_uses_the_models_the_job_was_made_with(tmp_path):
+    """In the app too: a job made from another model root resumes on those models, then new jobs on the app's."""
+    import shutil
+
+    from framepack.engine import Status
+    from framepack.models import ModelSource
+    from framepack.worker import Worker
+
+    elsewhere = tmp_path / "other-root"
+    shutil.copytree(TINY_MODELS, elsewhere)
+    worker = Worker("f1", ModelSource(models_dir=TINY_MODELS), tmp_path / "out")
+    other = Worker("f1", ModelSource(models_dir=elsewhere), tmp_path / "out")
+    try:
+        settings = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, height=48, width=80)
+        job = other.submit(settings, IMAGE)
+        for event in job.events():
+            if isinstance(event, SectionDone):
+                job.cancel()
+        assert isinstance(event, Done) and event.stopped
+        events = list(worker.submit_resume(job.id).events())
+        assert Status("Loading the models this job was made with") in events and isinstance(events[-1], Done)
+        assert worker._models.sources["transformer"].startswith(str(elsewhere.resolve()))
+        events = list(worker.submit(settings, IMAGE).events())
+        assert Status("Loading models again") in events and isinstance(events[-1], Done)
+        assert worker._models.sources["transformer"].startswith(str(TINY_MODELS.resolve()))
+    finally:
+        worker.close()
+        other.close()
