@@ -34,17 +34,10 @@ from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framepack.attention import availability, set_attention  # noqa: E402
-from framepack.memory import (  # noqa: E402
-    GB,
-    ModelConfigs,
-    ModelSizes,
-    Streaming,
-    enable_fp8,
-    place_component,
-    plan_memory,
-)
 from framepack.models import compile_blocks, keep_output_head_in_float32  # noqa: E402
 from framepack.packing import plan_sections  # noqa: E402
+from framepack.placement import enable_fp8, place_component  # noqa: E402
+from framepack.plan import GB, ModelConfigs, ModelSizes, plan_memory  # noqa: E402
 
 TINY_MODELS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tiny-framepack" / "models"
 LLAMA_TOKENS = 256 + 95  # the prompt template's length with a full prompt

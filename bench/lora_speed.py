@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framepack.lora import LoraSpec, linear_modules  # noqa: E402
 from framepack.lora import apply_loras  # noqa: E402
-from framepack.memory import GB, ModelConfigs, lora_bytes, meta_transformer, plan_memory  # noqa: E402
-from framepack.models import ModelSource, load_models  # noqa: E402
+from framepack.plan import GB, ModelConfigs, lora_bytes, meta_transformer, plan_memory  # noqa: E402
+from framepack.loading import load_models
+from framepack.models import ModelSource  # noqa: E402
 
 DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tiny-framepack" / "models"
 

@@ -1,7 +1,8 @@
 """FramePack: next-frame-section image-to-video generation with a packed, constant-length frame context."""
 
 from .engine import Done, Error, Event, Progress, SectionDone, Status, generate, resume_job
-from .models import ModelSet, ModelSource, ModelsMissingError, load_models
+from .loading import load_models
+from .models import ModelSet, ModelSource, ModelsMissingError
 from .settings import Settings, SettingsError
 
 __all__ = [

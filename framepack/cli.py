@@ -30,16 +30,9 @@ from .engine import (
     resume_job,
 )
 from .lora import LoraError, LoraSpec, describe_lora, read_lora
-from .memory import (
-    MemoryPlanError,
-    ModelConfigs,
-    add_check_memory_parser,
-    check_before_loading,
-    lora_bytes,
-    meta_transformer,
-    run_check_memory,
-)
-from .models import ModelSet, ModelSource, ModelsMissingError, default_device, load_models, resolve_dtypes
+from .plan import MemoryPlanError, ModelConfigs, add_check_memory_parser, check_before_loading, lora_bytes, meta_transformer, run_check_memory
+from .loading import load_models
+from .models import ModelSet, ModelSource, ModelsMissingError, default_device, resolve_dtypes
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
 from .conditioning import ImageError, load_image

@@ -45,7 +45,7 @@ from .controls import (
     timeline,
 )
 from .lora import LoraError, LoraSpec, apply_loras, specs_from_record
-from .memory import MemoryPlanError, replan
+from .plan import MemoryPlanError, replan
 from .models import ModelSet
 from .outputs import (
     LOCAL_USER,

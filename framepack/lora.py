@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 if TYPE_CHECKING:
-    from .memory import LoraBytes
+    from .plan import LoraBytes
     from .models import ModelSet
 
 FORMATS = {
@@ -445,7 +445,7 @@ class LoraState:
     def memory(self) -> LoraBytes:
         """For a memory plan of the loaded set: the adapters are parameters of the transformer already (its
         sizes count them); the fused layers' originals are not."""
-        from .memory import LoraBytes
+        from .plan import LoraBytes
 
         return LoraBytes(adapters=0, touched=sum(t.numel() * t.element_size() for t in self._originals.values()))
 
@@ -455,7 +455,7 @@ def apply_loras(models: ModelSet, specs: Sequence[LoraSpec]) -> list[AppliedLora
     one device in its own dtype and the copies of the touched layers fit in the RAM the plan leaves free; with
     fp8 storage, a streamed transformer or too little RAM they run beside it, unfused. `models.fuse_loras`
     overrides that."""
-    from .memory import has_fp8, place_component
+    from .placement import has_fp8, place_component
 
     if models.loras is None:
         if not specs:

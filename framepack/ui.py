@@ -30,7 +30,7 @@ from .conditioning import ImageError
 from .lora import LoraSpec
 from .controls import BLANK_STARTS, JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
 from .engine import Done, Error, Progress, SectionDone, Status
-from .memory import MemoryPlanError, check_before_loading
+from .plan import MemoryPlanError, check_before_loading
 from .models import ModelSource
 from .outputs import LOCAL_USER, job_name, settings_of_output, sweep_outputs
 from .attention import ATTENTION_CHOICES

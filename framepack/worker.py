@@ -35,8 +35,9 @@ from .engine import (
     generate,
     resume_job,
 )
-from .memory import MemoryPlan
-from .models import ModelSet, ModelSource, ModelsMissingError, load_models
+from .plan import MemoryPlan
+from .loading import load_models
+from .models import ModelSet, ModelSource, ModelsMissingError
 from .outputs import LOCAL_USER, JobPaths, is_job_name, job_owner, new_job_id
 from .controls import JobInputs
 from .settings import Settings

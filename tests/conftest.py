@@ -47,7 +47,8 @@ def tiny_models():
     """Loaded tiny model sets by variant, shared by every test (loading is the same code users run)."""
     if not TINY_MODELS.is_dir():
         pytest.skip(f"the shared fixtures are not beside the checkout ({TINY} is missing)")
-    from framepack.models import ModelSource, load_models
+    from framepack.loading import load_models
+    from framepack.models import ModelSource
 
     cache: dict = {}
 

@@ -161,7 +161,7 @@ def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
     from safetensors.torch import save_file
     from test_lora import random_lora
 
-    from framepack.memory import ModelConfigs, meta_transformer
+    from framepack.plan import ModelConfigs, meta_transformer
 
     folder = tmp_path / "loras"
     folder.mkdir()

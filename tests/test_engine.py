@@ -230,8 +230,9 @@ def test_low_memory_placement_reproduces_the_golden_video(tmp_path):
     import json
 
     from conftest import TINY_MODELS
-    from framepack.memory import GB, ModelConfigs, ModelSizes, plan_memory
-    from framepack.models import ModelSource, load_models
+    from framepack.plan import GB, ModelConfigs, ModelSizes, plan_memory
+    from framepack.loading import load_models
+    from framepack.models import ModelSource
 
     raw = json.loads((CASES / "v1_original" / "settings.json").read_text())
     sizes = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS, "original"), torch.float32, torch.float32)

@@ -18,7 +18,8 @@ from conftest import CASES, TINY_MODELS, load_case, needs_shared
 from framepack.controls import JobInputs
 from framepack.engine import Done, Error, SectionDone, generate, resume_job
 from framepack.lora import FORMATS, LoraError, LoraSpec, linear_modules, read_lora
-from framepack.models import ModelSource, load_models
+from framepack.loading import load_models
+from framepack.models import ModelSource
 from framepack.settings import Settings
 
 pytestmark = needs_shared
@@ -189,7 +190,7 @@ def test_after_loras_the_golden_case_reproduces_exactly(models, tmp_path):
 def test_loras_with_fp8_storage_streaming_and_step_caches(hand_merged, tmp_path):
     from test_memory import low_plan_on_cpu
 
-    from framepack.memory import apply_plan
+    from framepack.placement import apply_plan
 
     models = load_models("original", ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
     tensors, deltas = random_lora("musubi", models.transformer, seed=31)
@@ -315,7 +316,7 @@ def test_the_command_line_applies_loras_and_explains_files(models, tmp_path, cap
 
 
 def test_the_memory_plan_counts_a_rank_32_lora_of_the_real_model(tmp_path):
-    from framepack.memory import GB, ModelConfigs, lora_bytes, meta_transformer, plan_memory
+    from framepack.plan import GB, ModelConfigs, lora_bytes, meta_transformer, plan_memory
 
     configs = ModelConfigs.published()
     transformer = meta_transformer(configs)

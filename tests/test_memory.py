@@ -15,22 +15,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from conftest import MODEL_CONFIGS, TINY_MODELS, needs_shared
-from framepack import memory
+from framepack import placement as memory_placement
+from framepack import plan as memory
 from framepack.conditioning import BUCKETS_640, encode_prompt
-from framepack.memory import (
-    GB,
-    DeviceMemory,
-    MemoryPlanError,
-    ModelConfigs,
-    ModelSizes,
-    Placement,
-    apply_plan,
-    check_before_loading,
-    execution_device,
-    on_device,
-    plan_memory,
-)
-from framepack.models import ModelSource, load_models
+from framepack.plan import GB, DeviceMemory, MemoryPlanError, ModelConfigs, ModelSizes, check_before_loading, plan_memory
+from framepack.placement import Placement, apply_plan, execution_device, on_device
+from framepack.loading import load_models
+from framepack.models import ModelSource
 from framepack.settings import Settings
 
 needs_configs = pytest.mark.skipif(
@@ -132,7 +123,7 @@ def test_sizes_from_config_files_match_the_loaded_tiny_models(fresh_models):
     assert actual["transformer"].blocks == tuple(bytes_of(b) for b in blocks)
 
     fp8 = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS, "f1"), torch.float32, torch.float32, fp8=True)
-    memory.enable_fp8(models.transformer)
+    memory_placement.enable_fp8(models.transformer)
     assert bytes_of(models.transformer) == fp8["transformer"].total < actual["transformer"].total
     assert ModelSizes.of(models).fp8 and ModelSizes.of(models)["transformer"] == fp8["transformer"]
 
@@ -503,8 +494,8 @@ def test_fp8_keeps_the_float32_head_and_stays_close(fresh_models):
         reference = transformer(**inputs)[0]
     plan = dataclasses.replace(low_plan_on_cpu(models), fp8=True)
     apply_plan(models, plan)
-    assert memory.has_fp8(transformer) and transformer.dtype == torch.float32
-    assert transformer.transformer_blocks[0].attn.to_q.weight.dtype == memory.FP8
+    assert memory_placement.has_fp8(transformer) and transformer.dtype == torch.float32
+    assert transformer.transformer_blocks[0].attn.to_q.weight.dtype == memory_placement.FP8
     assert transformer.transformer_blocks[0].norm1.linear.weight.dtype == torch.float32  # modulation skipped
     assert {p.dtype for m in (transformer.norm_out, transformer.proj_out) for p in m.parameters()} == {torch.float32}
     with torch.no_grad():
@@ -565,3 +556,31 @@ def test_replan_follows_a_jobs_gpu_memory_to_preserve(fresh_models):
         memory.replan(models, tight, Settings(resolution=128), vram_free=1000)
     with torch.no_grad():
         assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
+
+
+def test_what_the_components_are_does_not_depend_on_how_they_are_placed():
+    """models (what the components are, where from) reaches neither the plan nor the placement; the placement does
+    not reach the plan; loading sits above all three; and the package's module-level imports have no cycle."""
+    import ast
+
+    package = Path(memory.__file__).parent
+
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((package / f"{module}.py").read_text())
+        found = set()
+        for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks are for annotations
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.add((node.module or "").split(".")[0])
+        return found
+
+    graph = {path.stem: imports(path.stem) for path in package.glob("*.py") if path.stem not in ("__init__", "__main__")}
+
+    def reach(module: str, seen: frozenset = frozenset()) -> set[str]:
+        assert module not in seen, f"import cycle through {module}: {' -> '.join(seen)}"
+        return {module}.union(*(reach(m, seen | {module}) for m in graph.get(module, ())))
+
+    for module in graph:
+        reach(module)
+    assert not reach("models") & {"plan", "placement", "loading"}
+    assert not reach("placement") & {"plan", "loading"}
+    assert "loading" not in reach("plan")

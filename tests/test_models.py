@@ -11,13 +11,13 @@ from diffusers import HunyuanVideoFramepackTransformer3DModel
 from safetensors import safe_open
 
 from conftest import MODEL_CONFIGS, TINY_MODELS, needs_shared
+from framepack.loading import load_models
 from framepack.models import (
     HUNYUAN_REPO,
     TRANSFORMER_REPOS,
     ModelSource,
     ModelsMissingError,
     keep_output_head_in_float32,
-    load_models,
     load_transformer,
     resolve_dtypes,
 )

@@ -1,0 +1,245 @@
+"""Memory placement: putting each component where a memory plan (`framepack.plan`) wants it.
+
+The transformer's weights may be stored in 8 bits (diffusers' layerwise casting) and streamed to the GPU block by
+block (diffusers' group offloading, on CUDA streams where the plan says so), the Llama encoder streamed layer by
+layer; the smaller components stay in system memory and visit the GPU only for their phase. What the components
+are and where they come from is `framepack.models`; this module only moves them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers import HunyuanVideoFramepackTransformer3DModel
+from diffusers.hooks import HookRegistry, apply_group_offloading
+from diffusers.hooks.group_offloading import (
+    _GROUP_OFFLOADING,
+    _LAYER_EXECUTION_TRACKER,
+    _LAZY_PREFETCH_GROUP_OFFLOADING,
+)
+
+from .models import COMPONENTS
+
+if TYPE_CHECKING:
+    from .models import ModelSet
+    from .plan import MemoryPlan
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How a component's weights reach the GPU: diffusers' group offloading settings, and blocks kept resident.
+
+    `offload_type` None means no streaming (the component is wherever the mode puts it). `resident_blocks`
+    counts the first blocks in execution order (the 20 dual-stream blocks, then the 40 single-stream ones)
+    that stay on the GPU for good. Group size is always one block: diffusers forces it with CUDA streams, and
+    without streams a larger group only raises the peak (every block is moved every step either way).
+    """
+
+    offload_type: str | None = None
+    use_stream: bool = False
+    record_stream: bool = False
+    resident_blocks: int = 0
+    pin_memory: bool = False
+    num_blocks_per_group: int = 1
+
+
+FP8 = torch.float8_e4m3fn
+
+
+def has_fp8(transformer: torch.nn.Module) -> bool:
+    """Whether diffusers' layerwise casting (fp8 storage) is on for this model."""
+    return any(
+        hasattr(m, "_diffusers_hook") and m._diffusers_hook.get_hook("layerwise_casting") is not None
+        for m in transformer.modules()
+    )
+
+
+def compute_dtype(transformer: torch.nn.Module) -> torch.dtype:
+    # ModelMixin.dtype reports the compute dtype of layerwise-cast models, not the storage dtype.
+    return transformer.dtype
+
+
+def enable_fp8(transformer: HunyuanVideoFramepackTransformer3DModel) -> None:
+    """Store the transformer's big layers in float8 (e4m3), computing in its current dtype, layer by layer.
+
+    diffusers skips modules whose names match "norm", "^proj_out$", "x_embedder", "context_embedder" (and a
+    few more): embedders, every AdaLayerNorm's modulation Linear and the output head stay as they are, so
+    the float32 head that `keep_output_head_in_float32` set up is untouched. That is checked here, since a
+    silently fp8 head would ruin every frame.
+    """
+    if has_fp8(transformer):
+        return
+    transformer.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute_dtype(transformer))
+    for name in ("norm_out", "proj_out"):
+        head = getattr(transformer, name)
+        if any(p.dtype == FP8 for p in head.parameters()):
+            raise RuntimeError(f"layerwise casting reached the output head ({name}); it must stay float32")
+
+
+def _is_streamed(module: torch.nn.Module) -> bool:
+    return any(
+        hasattr(m, "_diffusers_hook") and m._diffusers_hook.get_hook(_GROUP_OFFLOADING) is not None
+        for m in module.modules()
+    )
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: its group offloading's onload device, else where its first weight is.
+
+    A streamed model's weights rest on the CPU between forwards, so `module.device` would say "cpu"; inputs
+    must be made on the execution device instead.
+    """
+    for m in module.modules():
+        hook = m._diffusers_hook.get_hook(_GROUP_OFFLOADING) if hasattr(m, "_diffusers_hook") else None
+        if hook is not None:
+            return hook.config.onload_device
+    return next(itertools.chain(module.parameters(), module.buffers())).device
+
+
+def _clear_streaming(module: torch.nn.Module) -> None:
+    """Remove diffusers' group offloading from a module (so a new plan can be applied) and gather it on the CPU."""
+    if not _is_streamed(module):
+        return
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING):
+        registry.remove_hook(name, recurse=True)
+    module.to("cpu")
+
+
+def _pin(module: torch.nn.Module) -> None:
+    """Page-lock the CPU weights one tensor at a time, in place.
+
+    diffusers pins a copy of every weight when it sets up streams, which would need the whole model twice
+    in RAM for a moment; it reuses tensors that are pinned already, so pinning first avoids the copy.
+    """
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.device.type == "cpu" and not tensor.is_pinned():
+            tensor.data = tensor.data.pin_memory()
+
+
+def _stream(module: torch.nn.Module, device: torch.device, streaming: Streaming) -> None:
+    """Apply group offloading: `streaming.resident_blocks` first blocks stay on `device`, the rest stream."""
+    module.to("cpu")
+    options = dict(
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        use_stream=streaming.use_stream,
+        record_stream=streaming.record_stream,
+        low_cpu_mem_usage=streaming.use_stream and not streaming.pin_memory,
+    )
+    if streaming.offload_type == "leaf_level":
+        if streaming.pin_memory:
+            _pin(module)
+        apply_group_offloading(module, offload_type="leaf_level", **options)
+        return
+    lists = [(name, child) for name, child in module.named_children() if isinstance(child, torch.nn.ModuleList)]
+    blocks = [block for _, child in lists for block in child]
+    resident = blocks[: streaming.resident_blocks]
+    for block in resident:
+        block.to(device)
+    if streaming.pin_memory:
+        _pin(module)  # only what stays on the CPU is left to pin
+    # diffusers forms its groups from the model's ModuleLists when it installs the hooks. To keep some blocks
+    # out of them, the lists hold only the streamed blocks while the hooks go in; the forward pass then runs
+    # the resident blocks without hooks (their weights already on the device) and the rest through them.
+    try:
+        for name, child in lists:
+            setattr(module, name, torch.nn.ModuleList([b for b in child if not any(b is r for r in resident)]))
+        apply_group_offloading(module, offload_type="block_level", num_blocks_per_group=1, **options)
+    finally:
+        for name, child in lists:
+            setattr(module, name, child)
+
+
+def place_component(name: str, module: torch.nn.Module, plan: MemoryPlan) -> torch.nn.Module:
+    """Put one loaded component where `plan` wants it; the loader calls this right after loading each one.
+
+    The transformer becomes fp8 first when the plan says so (on the CPU, so only 8-bit weights travel).
+    Calling it again with another plan re-places the component (fp8 cannot be undone: reload for that).
+    """
+    device = torch.device(plan.device)
+    if name == "transformer" and plan.fp8:
+        enable_fp8(module)
+    if name in ("transformer", "text_encoder"):
+        _clear_streaming(module)
+    if plan.mode == "high":
+        module.to(device)
+    elif plan.mode == "low" and name in ("transformer", "text_encoder"):
+        _stream(module, device, plan.transformer if name == "transformer" else plan.text_encoder)
+    else:
+        module.to("cpu")
+    if name == "vae" and plan.vae_tiling:
+        module.enable_tiling()
+    return module
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, device: str | torch.device) -> Iterator[torch.nn.Module]:
+    """Run a block of code with `module`'s weights on `device`, then put the module back as it was.
+
+    Each weight is replaced by a copy on `device` for the block and the original tensor object is put back
+    afterwards: weights are read-only during inference, so nothing is copied back (no device-to-host copy,
+    pinned memory stays pinned, tied weights stay tied). Streamed modules (group offloading) and modules
+    already on `device` are left alone.
+    """
+    device = torch.device(device)
+    if _is_streamed(module) or all(
+        _same_device(t.device, device) for t in itertools.chain(module.parameters(), module.buffers())
+    ):
+        yield module
+        return
+    copies: dict[int, torch.Tensor] = {}
+    replaced: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    try:
+        for submodule in module.modules():
+            for store in (submodule._parameters, submodule._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is None:
+                        continue
+                    if id(tensor) not in copies:
+                        copy = tensor.detach().to(device, non_blocking=True)
+                        if isinstance(tensor, torch.nn.Parameter):
+                            copy = torch.nn.Parameter(copy, requires_grad=tensor.requires_grad)
+                        copies[id(tensor)] = copy
+                    replaced.append((store, name, tensor))
+                    store[name] = copies[id(tensor)]
+        yield module
+    finally:
+        for store, name, tensor in replaced:
+            store[name] = tensor
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+@dataclass
+class Placement:
+    """A model set placed by a plan: the device it computes on and phases that bring modules to it."""
+
+    plan: MemoryPlan
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.plan.device)
+
+    @contextlib.contextmanager
+    def phase(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """Bring CPU-resident `modules` to the GPU for the block (low mode); a no-op in high and cpu modes."""
+        with contextlib.ExitStack() as stack:
+            if self.plan.mode == "low":
+                for module in modules:
+                    stack.enter_context(on_device(module, self.device))
+            yield
+
+
+def apply_plan(models: ModelSet, plan: MemoryPlan) -> Placement:
+    """Put every component of a loaded set where `plan` wants it (see `place_component`)."""
+    for name in COMPONENTS:
+        place_component(name, getattr(models, name), plan)
+    return Placement(plan)
