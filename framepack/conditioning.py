@@ -66,6 +66,9 @@ class PromptEmbeds:
     llama_mask: torch.Tensor  # (1, L), int64 ones
     clip_pooler: torch.Tensor  # (1, D_clip)
 
+    def cpu(self) -> PromptEmbeds:
+        return PromptEmbeds(self.llama.cpu(), self.llama_mask.cpu(), self.clip_pooler.cpu())
+
     def zeros_like(self) -> PromptEmbeds:
         return PromptEmbeds(torch.zeros_like(self.llama), self.llama_mask, torch.zeros_like(self.clip_pooler))
 
@@ -193,24 +196,33 @@ class Conditioning:
         return self.embeds[self.section_prompts[change - 1]].blend(self.embeds[text], weight)
 
 
-@torch.no_grad()
-def encode_conditioning(models: ModelSet, settings: Settings, images: JobImages, schedule: SectionSchedule) -> Conditioning:
-    """Encode a job's inputs: each prompt some section uses once, the negative prompt only when real CFG uses
-    it (cfg != 1), the start image through SigLIP and the VAE, and the end frame and keyframes through the VAE."""
+def prompt_texts(settings: Settings, schedule: SectionSchedule) -> list[str]:
+    """Every prompt a job encodes: each one some section uses, then the negative prompt when real CFG uses it
+    (cfg != 1), else the base prompt (its zeros, shaped like it, stand in for the negative, as in FramePack)."""
     texts = [settings.prompt if k < 0 else settings.prompts[k][1] for k in schedule.prompt_index]
-    embeds = {text: encode_prompt(models, text) for text in dict.fromkeys(texts)}
-    # With CFG off the negative is never evaluated; zeros shaped like the base prompt's, as FramePack does.
-    if settings.cfg == 1:
-        base = embeds.get(settings.prompt) or encode_prompt(models, settings.prompt)
-        negative = base.zeros_like()
-    else:
-        negative = encode_prompt(models, settings.negative_prompt)
+    return list(dict.fromkeys([*texts, settings.negative_prompt if settings.cfg != 1 else settings.prompt]))
+
+
+@torch.no_grad()
+def encode_conditioning(
+    models: ModelSet,
+    settings: Settings,
+    images: JobImages,
+    schedule: SectionSchedule,
+    embeds: dict[str, PromptEmbeds] | None = None,
+) -> Conditioning:
+    """Encode a job's inputs: the prompts of `prompt_texts` (given as `embeds`, or encoded here, each once), the
+    start image through SigLIP and the VAE, and the end frame and keyframes through the VAE."""
+    if embeds is None:
+        embeds = {text: encode_prompt(models, text) for text in prompt_texts(settings, schedule)}
+    texts = tuple(settings.prompt if k < 0 else settings.prompts[k][1] for k in schedule.prompt_index)
+    negative = embeds[settings.negative_prompt] if settings.cfg != 1 else embeds[settings.prompt].zeros_like()
     end_latent = None
     if images.end is not None:
         end_latent = encode_start_latent(models, images.end) * settings.end_strength
     return Conditioning(
-        embeds=embeds,
-        section_prompts=tuple(texts),
+        embeds={text: embeds[text] for text in texts},
+        section_prompts=texts,
         negative=negative,
         image_embeds=encode_image_embeds(models, images.start),
         start_latent=encode_start_latent(models, images.start),

@@ -31,6 +31,8 @@ from .conditioning import (
     ImageError,
     encode_conditioning,
     encode_frames,
+    encode_prompt,
+    prompt_texts,
     prompt_token_count,
     target_size,
 )
@@ -44,6 +46,7 @@ from .controls import (
     prepare_images,
     timeline,
 )
+from .loading import components, ensure_loaded
 from .lora import LoraError, LoraSpec, apply_loras, specs_from_record
 from .plan import MemoryPlanError, replan
 from .models import ModelSet
@@ -621,9 +624,6 @@ def _run(
     images = prepare_images(inputs, settings)
     schedule = plan_schedule(settings, images.keyframe_times, images.end is not None)
     height, width = images.start.shape[:2]
-    if inputs.loras or models.loras is not None:
-        yield Status(f"Applying {len(inputs.loras)} LoRA(s)" if inputs.loras else "Removing the LoRAs of the last job")
-    loras = apply_loras(models, inputs.loras)
     if inputs.image is None:
         yield Status(f"No start image: starting from a {inputs.blank_start} frame")
 
@@ -634,8 +634,14 @@ def _run(
     if models.placement is not None:
         # "GPU memory to preserve" and the size decide how many transformer blocks stay on the GPU.
         models.placement = replan(models, models.placement, settings)
-    with phase(models, models.text_encoder_2, models.image_encoder, models.vae):
-        cond = encode_conditioning(models, settings, images, schedule)
+    embeds = yield from _prompt_embeds(models, prompt_texts(settings, schedule))
+    with components(models, "image_encoder", "vae"):
+        cond = encode_conditioning(models, settings, images, schedule, embeds)
+    if ensure_loaded(models, "transformer"):
+        yield Status("Loaded the transformer again (it left memory while the text encoders ran)")
+    if inputs.loras or models.loras is not None:
+        yield Status(f"Applying {len(inputs.loras)} LoRA(s)" if inputs.loras else "Removing the LoRAs of the last job")
+    loras = apply_loras(models, inputs.loras)
 
     window = settings.latent_window_size
     plans = plan_sections(settings.variant, settings.num_sections, window)
@@ -842,6 +848,29 @@ def library_versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "av": av.__version__}  # fmt: skip
+
+
+# Encoded prompts a model set keeps, so a prompt used again does not need the text encoders (which, where RAM is
+# short, must be loaded for it). A prompt's states take about 2 MB at most.
+PROMPT_CACHE_SIZE = 64
+
+
+def _prompt_embeds(models: ModelSet, texts: list[str]) -> Iterator[Event]:
+    """The prompts' conditioning, from the model set's cache or, for those it lacks, encoded now (the text
+    encoders loaded for it if they are out of memory); yields a Status when that happens, returns the embeds."""
+    cache = models.prompt_cache
+    missing = [text for text in texts if text not in cache]
+    if missing:
+        if models.text_encoder is None:
+            yield Status(f"Loading the text encoders for {len(missing)} new prompt(s)")
+        with components(models, "text_encoder", "text_encoder_2"):
+            for text in missing:
+                cache[text] = encode_prompt(models, text).cpu()
+    for text in texts:
+        cache.move_to_end(text)
+    while len(cache) > PROMPT_CACHE_SIZE:
+        cache.popitem(last=False)
+    return {text: cache[text] for text in texts}
 
 
 def phase(models: ModelSet, *modules: torch.nn.Module) -> contextlib.AbstractContextManager:

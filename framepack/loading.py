@@ -6,18 +6,86 @@ components are placed (`framepack.placement`).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKLHunyuanVideo
+from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+from safetensors import safe_open
 from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipImageProcessorPil, SiglipVisionModel
 
 from .attention import set_attention
-from .models import ModelSet, ModelSource, compile_blocks, default_device, load_transformer, resolve_dtypes
-from .placement import Placement, place_component
-from .plan import MemoryPlan
+from .models import (
+    COMPONENTS,
+    ModelSet,
+    ModelSource,
+    compile_blocks,
+    default_device,
+    keep_output_head_in_float32,
+    load_transformer,
+    resolve_dtypes,
+)
+from .placement import Placement, enable_fp8, place_component
+from .plan import MemoryPlan, ModuleSize, module_size
 
 logger = logging.getLogger(__name__)
+
+
+# Components that may leave memory between phases when RAM is short; the VAE, small and used every section, stays.
+RELEASABLE = ("transformer", "text_encoder", "text_encoder_2", "image_encoder")
+TRANSIENT = ("text_encoder", "text_encoder_2", "image_encoder")  # released right after their phase
+
+
+@dataclass
+class ComponentLoader:
+    """Loads any component of a set, placed as the plan says: once at the start, again after it left memory.
+
+    `sizes` and `configs` record each component as first loaded, so a plan can be made while one is out.
+    """
+
+    variant: str
+    source: ModelSource
+    device: torch.device
+    transformer_dtype: torch.dtype
+    encoder_dtype: torch.dtype
+    attention: str
+    compile: bool
+    plan: MemoryPlan | None
+    sizes: dict[str, ModuleSize] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attention_used: str = "sdpa"
+
+    def load(self, name: str) -> torch.nn.Module:
+        hunyuan, redux, transformer_folder = self.source.folders(self.variant)
+        logger.info("Loading the %s", name.replace("_", " "))
+        dtype = self.encoder_dtype
+        if name == "transformer":
+            fp8 = self.plan is not None and self.plan.fp8
+            module = (load_transformer_fp8 if fp8 else load_transformer)(transformer_folder, self.transformer_dtype)
+        elif name == "text_encoder":
+            module = LlamaModel.from_pretrained(hunyuan / "text_encoder", dtype=dtype)
+        elif name == "text_encoder_2":
+            module = CLIPTextModel.from_pretrained(hunyuan / "text_encoder_2", dtype=dtype)
+        elif name == "vae":
+            module = AutoencoderKLHunyuanVideo.from_pretrained(hunyuan / "vae", torch_dtype=dtype)
+        else:
+            module = SiglipVisionModel.from_pretrained(redux / "image_encoder", dtype=dtype)
+        module.eval().requires_grad_(False)
+        module = place_component(name, module, self.plan) if self.plan is not None else module.to(self.device)
+        self.sizes[name] = module_size(module)
+        config = module.config
+        self.configs[name] = dict(config) if isinstance(config, dict) else config.to_dict()
+        if name == "transformer":
+            self.attention_used, _ = set_attention(module, self.attention, self.device)
+            if self.compile:
+                compile_blocks(module)
+        return module
 
 
 def load_models(
@@ -35,52 +103,109 @@ def load_models(
     `attention` picks the transformer's attention backend ("auto": the best one installed); `compile` runs
     its blocks through torch.compile. With a memory `plan` (see `framepack.plan`) every component is
     loaded on the CPU and placed by the plan at once (fp8, streaming, on the GPU only while used);
-    without one everything goes to `device`.
+    without one everything goes to `device`. With a per-phase lifetime (RAM is short) the text encoders and
+    the image encoder are loaded once to check them, then leave memory until a phase needs them.
     """
     source = source or ModelSource()
     if plan is not None:
         device = torch.device(plan.device)
     device = torch.device(device) if device is not None else default_device()
     transformer_dtype, encoder_dtype = resolve_dtypes(dtype, device)
-
-    def place(name: str, module: torch.nn.Module) -> torch.nn.Module:
-        module.eval().requires_grad_(False)
-        return place_component(name, module, plan) if plan is not None else module.to(device)
-
-    # Resolve every folder before loading anything, so a missing download is reported at once.
-    hunyuan, redux, transformer_folder = source.folders(variant)
-
-    # One component at a time, each placed before the next loads; the transformer first, so that fp8 storage
-    # shrinks it before the encoders take their share of RAM.
-    logger.info("Loading the %s transformer from %s", variant, transformer_folder)
-    transformer = place("transformer", load_transformer(transformer_folder, transformer_dtype))
-    logger.info("Loading text encoders from %s", hunyuan)
-    text_encoder = place("text_encoder", LlamaModel.from_pretrained(hunyuan / "text_encoder", dtype=encoder_dtype))
-    text_encoder_2 = place("text_encoder_2", CLIPTextModel.from_pretrained(hunyuan / "text_encoder_2", dtype=encoder_dtype))
-    tokenizer = AutoTokenizer.from_pretrained(hunyuan / "tokenizer")
-    tokenizer_2 = AutoTokenizer.from_pretrained(hunyuan / "tokenizer_2")
-    logger.info("Loading VAE from %s", hunyuan)
-    vae = place("vae", AutoencoderKLHunyuanVideo.from_pretrained(hunyuan / "vae", torch_dtype=encoder_dtype))
-    logger.info("Loading image encoder from %s", redux)
-    # The PIL backend, as FramePack ran it: a torchvision-based processor may resize differently.
-    feature_extractor = SiglipImageProcessorPil.from_pretrained(redux / "feature_extractor")
-    image_encoder = place("image_encoder", SiglipVisionModel.from_pretrained(redux / "image_encoder", dtype=encoder_dtype))
-    backend, _ = set_attention(transformer, attention, device)
-    if compile:
-        compile_blocks(transformer)
-
+    loader = ComponentLoader(variant, source, device, transformer_dtype, encoder_dtype, attention, compile, plan)
+    hunyuan, redux, _ = source.folders(variant)  # every folder resolved before anything loads
+    per_phase = plan is not None and plan.lifetime == "phase"
+    # One component at a time, each placed before the next loads. The transformer first, so that fp8 storage
+    # shrinks it before the encoders take their share of RAM; per phase, the encoders first, each alone.
+    order = [*TRANSIENT, "transformer", "vae"] if per_phase else list(COMPONENTS)
+    loaded = {}
+    for name in order:
+        module = loader.load(name)
+        loaded[name] = None if per_phase and name in TRANSIENT else module
+        del module
+        gc.collect()
     return ModelSet(
         variant=variant,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        vae=vae,
-        feature_extractor=feature_extractor,
-        image_encoder=image_encoder,
-        transformer=transformer,
+        tokenizer=AutoTokenizer.from_pretrained(hunyuan / "tokenizer"),
+        tokenizer_2=AutoTokenizer.from_pretrained(hunyuan / "tokenizer_2"),
+        # The PIL backend, as FramePack ran it: a torchvision-based processor may resize differently.
+        feature_extractor=SiglipImageProcessorPil.from_pretrained(redux / "feature_extractor"),
         sources=source.sources(variant),
-        attention=backend,
+        attention=loader.attention_used,
         compiled=compile,
         placement=Placement(plan) if plan is not None else None,
+        loader=loader,
+        **loaded,
     )
+
+
+def release(models: ModelSet, name: str) -> None:
+    """Let a component leave memory (it comes back through `models.loader`). A released transformer takes its
+    LoRA adapters with it; the next job applies them again."""
+    if getattr(models, name) is None:
+        return
+    setattr(models, name, None)
+    if name == "transformer":
+        models.loras = None
+    gc.collect()
+    if models.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def ensure_loaded(models: ModelSet, *names: str) -> list[str]:
+    """Load the named components that are out of memory; returns which were. With a per-phase lifetime the text
+    encoders need the transformer's room, so it leaves first."""
+    missing = [name for name in names if getattr(models, name) is None]
+    if missing and lifetime(models) == "phase" and {"text_encoder", "text_encoder_2"} & set(missing):
+        release(models, "transformer")
+    for name in missing:
+        setattr(models, name, models.loader.load(name))
+    return missing
+
+
+@contextlib.contextmanager
+def components(models: ModelSet, *names: str) -> Iterator[None]:
+    """The named components in memory (and on the GPU, in low mode) for the block; with a per-phase lifetime
+    the encoders leave memory after it."""
+    ensure_loaded(models, *names)
+    modules = [getattr(models, name) for name in names]
+    with models.placement.phase(*modules) if models.placement is not None else contextlib.nullcontext():
+        yield
+    if lifetime(models) == "phase":
+        for name in names:
+            if name in TRANSIENT:
+                release(models, name)
+
+
+def lifetime(models: ModelSet) -> str:
+    """"phase" when the plan keeps components in memory only while a phase needs them, else "resident"."""
+    return models.placement.plan.lifetime if models.placement is not None else "resident"
+
+
+def load_transformer_fp8(folder: str | os.PathLike, dtype: torch.dtype) -> HunyuanVideoFramepackTransformer3DModel:
+    """The transformer with fp8 storage (see `placement.enable_fp8`), cast tensor by tensor as it is read, so
+    RAM never holds it at its file precision: the same weights as loading it whole and then casting."""
+    folder = Path(folder)
+    config = HunyuanVideoFramepackTransformer3DModel.load_config(folder)
+    with torch.device("meta"):
+        transformer = HunyuanVideoFramepackTransformer3DModel.from_config(config)
+    torch.nn.Module.to(transformer, dtype)
+    transformer.norm_out.float()
+    transformer.proj_out.float()
+    enable_fp8(transformer)  # on the meta device: the storage dtype of every tensor, and the casting hooks
+    owners = {name: module for name, module in transformer.named_modules()}
+    missing = {name for name, _ in transformer.named_parameters()}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as tensors:
+            for key in tensors.keys():
+                owner_name, _, attribute = key.rpartition(".")
+                owner = owners.get(owner_name)
+                current = getattr(owner, attribute, None) if owner is not None else None
+                if not isinstance(current, torch.nn.Parameter):
+                    raise ValueError(f"{shard.name} holds {key}, which the FramePack transformer does not have")
+                owner._parameters[attribute] = torch.nn.Parameter(tensors.get_tensor(key).to(current.dtype), requires_grad=False)
+                missing.discard(key)
+    if missing:
+        raise ValueError(f"the transformer in {folder.name} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]})")
+    transformer.eval().requires_grad_(False)
+    keep_output_head_in_float32(transformer)
+    return transformer

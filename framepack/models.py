@@ -7,11 +7,12 @@ out as `<root>/<org>/<name>/<subfolder>`, so the tiny test models go through exa
 from __future__ import annotations
 
 import logging
-import re
 import os
-from dataclasses import dataclass
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
@@ -27,6 +28,7 @@ from transformers import (
 
 
 if TYPE_CHECKING:
+    from .loading import ComponentLoader
     from .lora import LoraState
     from .placement import Placement
 
@@ -129,23 +131,29 @@ _CONFIG_OF = {
 
 @dataclass
 class ModelSet:
-    """Every component one generation needs, with the variant and the places they were loaded from."""
+    """Every component one generation needs, with the variant and the places they were loaded from.
+
+    A component is None while it is out of memory (a per-phase lifetime, see `framepack.loading.components`);
+    `loader` brings it back. `prompt_cache` keeps the encoded prompts, most recently used last.
+    """
 
     variant: str
-    text_encoder: LlamaModel
-    text_encoder_2: CLIPTextModel
+    text_encoder: LlamaModel | None
+    text_encoder_2: CLIPTextModel | None
     tokenizer: PreTrainedTokenizerBase
     tokenizer_2: PreTrainedTokenizerBase
     vae: AutoencoderKLHunyuanVideo
     feature_extractor: SiglipImageProcessorPil
-    image_encoder: SiglipVisionModel
-    transformer: HunyuanVideoFramepackTransformer3DModel
+    image_encoder: SiglipVisionModel | None
+    transformer: HunyuanVideoFramepackTransformer3DModel | None
     sources: dict[str, str]
     attention: str = "sdpa"  # the attention backend in use (see framepack.attention)
     compiled: bool = False
     placement: Placement | None = None  # where the components live and move (None: all on one device)
     loras: LoraState | None = None  # the LoRAs on the transformer (see framepack.lora)
     fuse_loras: bool | None = None  # merge LoRAs into the weights; None: where memory allows
+    loader: ComponentLoader | None = None  # loads a component again after it left memory
+    prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)  # prompt text -> PromptEmbeds
 
     @property
     def device(self) -> torch.device:
@@ -157,7 +165,8 @@ class ModelSet:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        """The transformer's compute dtype (known while it is out of memory too)."""
+        return self.transformer.dtype if self.transformer is not None else self.loader.transformer_dtype
 
 
 def default_device() -> torch.device:

@@ -239,7 +239,11 @@ class Placement:
 
 
 def apply_plan(models: ModelSet, plan: MemoryPlan) -> Placement:
-    """Put every component of a loaded set where `plan` wants it (see `place_component`)."""
+    """Put every component of a loaded set where `plan` wants it (see `place_component`); one out of memory is
+    placed so when it comes back."""
     for name in COMPONENTS:
-        place_component(name, getattr(models, name), plan)
+        if getattr(models, name) is not None:
+            place_component(name, getattr(models, name), plan)
+    if models.loader is not None:
+        models.loader.plan = plan
     return Placement(plan)

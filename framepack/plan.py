@@ -49,7 +49,7 @@ from .models import (
     resolve_dtypes,
 )
 from .packing import CONTEXT_1X, CONTEXT_2X, CONTEXT_4X
-from .placement import Placement, Streaming, compute_dtype, enable_fp8, has_fp8, place_component
+from .placement import Placement, Streaming, enable_fp8, has_fp8, place_component
 from .settings import VARIANTS, Settings, SettingsError
 
 GB = 1_000_000_000
@@ -247,13 +247,15 @@ class ModelConfigs:
 
     @classmethod
     def of(cls, models: ModelSet) -> ModelConfigs:
-        return cls(
-            transformer=dict(models.transformer.config),
-            text_encoder=models.text_encoder.config.to_dict(),
-            text_encoder_2=models.text_encoder_2.config.to_dict(),
-            image_encoder=models.image_encoder.config.to_dict(),
-            vae=dict(models.vae.config),
-        )
+        """The configs of a loaded set (of a component out of memory, as it was loaded)."""
+
+        def config(name: str) -> dict[str, Any]:
+            module = getattr(models, name)
+            if module is None:
+                return models.loader.configs[name]
+            return dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
+
+        return cls(**{name: config(name) for name in COMPONENTS})
 
 
 def _clean(config: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +298,8 @@ def build_meta_models(
 class ModelSizes:
     """Weight sizes of every component, the configs behind them, and the dtypes they were sized in.
 
-    `transformer_loaded` is the transformer's size as loaded, before an fp8 cast shrinks it.
+    `transformer_loaded` is the most the transformer takes while it loads (fp8 is cast tensor by tensor as it is
+    read, so that is its fp8 size too).
     """
 
     components: dict[str, ModuleSize]
@@ -318,23 +321,19 @@ class ModelSizes:
         cls, configs: ModelConfigs, transformer_dtype: torch.dtype, encoder_dtype: torch.dtype, fp8: bool = False
     ) -> ModelSizes:
         meta = build_meta_models(configs, transformer_dtype, encoder_dtype, fp8)
-        loaded = module_size(build_meta_models(configs, transformer_dtype, encoder_dtype)["transformer"]).total
         sizes = {name: module_size(module) for name, module in meta.items()}
-        return cls(sizes, configs, transformer_dtype, encoder_dtype, fp8, loaded if fp8 else sizes["transformer"].total)
+        return cls(sizes, configs, transformer_dtype, encoder_dtype, fp8, sizes["transformer"].total)
 
     @classmethod
     def of(cls, models: ModelSet) -> ModelSizes:
         """Sizes of a loaded model set, from its actual tensors (fp8 if its transformer is layerwise-cast)."""
-        sizes = {name: module_size(getattr(models, name)) for name in COMPONENTS}
-        fp8 = has_fp8(models.transformer)
-        return cls(
-            sizes,
-            ModelConfigs.of(models),
-            compute_dtype(models.transformer),
-            models.vae.dtype,
-            fp8,
-            sizes["transformer"].total,
-        )
+        def size(name: str) -> ModuleSize:
+            module = getattr(models, name)
+            return module_size(module) if module is not None else models.loader.sizes[name]
+
+        sizes = {name: size(name) for name in COMPONENTS}
+        fp8 = models.placement.plan.fp8 if models.transformer is None else has_fp8(models.transformer)
+        return cls(sizes, ModelConfigs.of(models), models.dtype, models.vae.dtype, fp8, sizes["transformer"].total)
 
 
 @lru_cache(maxsize=8)
@@ -564,6 +563,10 @@ class MemoryPlan:
     swap_free: int | None = None
     advice: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    # "resident": every component stays loaded. "phase" (RAM is short): the text encoders are loaded only to
+    # encode prompts not seen before, the image encoder only for its phase, and the transformer leaves RAM while
+    # the text encoders are in it (see `framepack.loading.components`).
+    lifetime: str = "resident"
 
     @property
     def peak_gpu(self) -> int:
@@ -860,17 +863,27 @@ def _streamed_bytes(size: ModuleSize, streaming: Streaming) -> tuple[int, int]:
 
 
 def _low_phases(
-    request: _Request, sizes: ModelSizes, work: Workload, transformer: Streaming, text_encoder: Streaming
+    request: _Request, sizes: ModelSizes, work: Workload, transformer: Streaming, text_encoder: Streaming,
+    per_phase: bool = False,
 ) -> tuple[tuple[PhasePlan, ...], int]:
     resident, sampling_weights = _streamed_bytes(sizes["transformer"], transformer)
     _, llama_at_once = _streamed_bytes(sizes["text_encoder"], text_encoder)
     transformer_cpu = sizes["transformer"].total - resident
     # Weights kept on the CPU: the streamed part of the transformer, and every encoder (the phase moves copy
-    # them to the GPU and keep the CPU copies, so RAM does not change during a phase).
-    cpu = {
+    # them to the GPU and keep the CPU copies, so RAM does not change during a phase). With a per-phase
+    # lifetime, a phase holds only what it uses (and the transformer, once loaded, until the text encoders
+    # need the room).
+    everything = {
         LABELS["transformer"] + (" (streamed part)" if resident else ""): transformer_cpu,
         **{LABELS[n]: sizes[n].total for n in COMPONENTS[1:]},
     }
+
+    def held(*names: str) -> dict[str, int]:
+        if not per_phase:
+            return everything
+        return {label: size for label, size in everything.items() if any(label.startswith(LABELS[n]) for n in names)}
+
+    cpu = everything
     kept = {f"{transformer.resident_blocks} transformer blocks kept resident": resident} if resident else {}
     fp8_cast = _fp8_cast_bytes(sizes)
     ram = RAM_OVERHEAD + work.frames_ram
@@ -880,25 +893,29 @@ def _low_phases(
         + ("layer by layer" if transformer.offload_type == "leaf_level" else "block by block")
         + (f" ({transformer.resident_blocks} blocks resident)" if resident else "")
     )
+    text_kept = {} if per_phase else kept  # the transformer is out of memory while the text encoders are in
     phases = (
         _phase(
             "text encoding",
-            {**kept, llama_label: llama_at_once, LABELS["text_encoder_2"]: sizes["text_encoder_2"].total},
-            cpu, GPU_OVERHEAD + work.text, ram,
+            {**text_kept, llama_label: llama_at_once, LABELS["text_encoder_2"]: sizes["text_encoder_2"].total},
+            held("text_encoder", "text_encoder_2", "vae"), GPU_OVERHEAD + work.text, ram,
         ),
         _phase(
             "image encoding",
             {**kept, LABELS["image_encoder"]: sizes["image_encoder"].total, LABELS["vae"]: sizes["vae"].total},
-            cpu, GPU_OVERHEAD + work.image_tiled, ram,  # low mode always tiles the VAE
+            held("transformer", "image_encoder", "vae"), GPU_OVERHEAD + work.image_tiled, ram,  # low mode tiles the VAE
         ),
-        _phase("sampling", {transformer_label: sampling_weights}, cpu, GPU_OVERHEAD + work.sampling + fp8_cast, ram),
+        _phase("sampling", {transformer_label: sampling_weights}, held("transformer", "vae"),
+               GPU_OVERHEAD + work.sampling + fp8_cast, ram),
         _phase(
-            "decoding", {**kept, LABELS["vae"] + ", tiled": sizes["vae"].total}, cpu, GPU_OVERHEAD + work.decode_tiled, ram
+            "decoding", {**kept, LABELS["vae"] + ", tiled": sizes["vae"].total}, held("transformer", "vae"),
+            GPU_OVERHEAD + work.decode_tiled, ram,
         ),
     )  # fmt: skip
     # Loading, transformer first: it is loaded in its file dtype, cast to fp8 if asked and its resident
-    # blocks moved to the GPU before the encoders load.
-    loading = RAM_OVERHEAD + max(sizes.transformer_loaded, sum(cpu.values()))
+    # blocks moved to the GPU before the encoders load. Per phase, only the transformer and the VAE load first.
+    at_start = held("transformer", "vae") if per_phase else cpu
+    loading = RAM_OVERHEAD + max(sizes.transformer_loaded, sum(at_start.values()))
     return phases, loading
 
 
@@ -909,12 +926,13 @@ def _low_plan(request: _Request, sizes: ModelSizes, work: Workload, reason: str)
     text_encoder = Streaming("block_level", use_stream=cuda)
     blocks = len(sizes["transformer"].blocks)
 
-    def build(transformer: Streaming) -> MemoryPlan:
-        phases, loading = _low_phases(request, sizes, work, transformer, text_encoder)
+    def build(transformer: Streaming, per_phase: bool = False) -> MemoryPlan:
+        phases, loading = _low_phases(request, sizes, work, transformer, text_encoder, per_phase)
         return MemoryPlan(
             "low", str(request.device), reason, request.variant, work.sizes, request.window, request.fp8,
             request.preserve, request.vram_free, request.ram_free, transformer, text_encoder, True, phases, loading,
             transformer_gpu_weights=_streamed_bytes(sizes["transformer"], transformer)[1], transformer_blocks=blocks,
+            lifetime="phase" if per_phase else "resident",
         )  # fmt: skip
 
     fastest = Streaming("block_level", use_stream=cuda, record_stream=cuda)
@@ -929,7 +947,10 @@ def _low_plan(request: _Request, sizes: ModelSizes, work: Workload, reason: str)
         # 2. `preserve` cannot be honoured: stream every block anyway if everything fits (FramePack does the
         #    same), else stream layer by layer (slow, smallest), else report the leanest plan as not fitting.
         plan = next((p for p in (build(lean), build(leaf)) if p.fits_gpu), build(leaf))
-    pin = cuda and (request.ram_free is None or plan.peak_ram <= request.ram_free)
+    if request.ram_free is not None and plan.peak_ram > request.ram_free:
+        # RAM is short: each component in RAM only while a phase needs it, rather than asking for swap.
+        plan = build(plan.transformer, per_phase=True)
+    pin = cuda and plan.lifetime == "resident" and (request.ram_free is None or plan.peak_ram <= request.ram_free)
     if pin:
         # Pinned (page-locked) memory makes the stream's copies truly asynchronous, but it cannot be swapped
         # out: only pin what fits in RAM.
@@ -959,6 +980,12 @@ def _notes(plan: MemoryPlan) -> tuple[str, ...]:
         notes.append("little GPU headroom: if you run out of GPU memory, lower the resolution or use --fp8")
     if plan.unified_memory:
         notes.append("this GPU shares system memory, so GPU figures are counted in RAM too")
+    if plan.lifetime == "phase":
+        notes.append(
+            "RAM is short, so each component is in RAM only while a phase needs it: the text encoders load to encode "
+            "a prompt not seen before and leave after it, and the transformer leaves RAM meanwhile (reloaded from "
+            "disk: a new prompt costs a reload, a prompt used before costs nothing)"
+        )
     if plan.ram_free is None:
         notes.append("free RAM is unknown (no /proc/meminfo and psutil is not installed); RAM was not checked")
     elif plan.fits and plan.swap_needed:
@@ -1170,7 +1197,9 @@ def replan(
     )  # fmt: skip
     if not plan.fits:
         raise MemoryPlanError(plan)
-    if plan.transformer != current.transformer:
+    if models.loader is not None:
+        models.loader.plan = plan  # what leaves memory comes back placed by the new plan
+    if plan.transformer != current.transformer and models.transformer is not None:
         place_component("transformer", models.transformer, plan)
     if plan.vae_tiling:
         models.vae.enable_tiling()

@@ -94,7 +94,8 @@ def test_fp8_sizes_follow_diffusers_skip_rules(real_sizes):
     # The AdaLayerNorm modulation layers stay bf16, so fp8 storage is 16.7 GB rather than half of 25.7 GB.
     assert 16.6 * GB < fp8["transformer"].total < 16.7 * GB
     assert set(fp8["transformer"].blocks[:20]) == {453_114_880}
-    assert fp8.transformer_loaded == real_sizes["transformer"].total
+    # fp8 is cast tensor by tensor as the weights are read: loading never holds the bf16 transformer.
+    assert fp8.transformer_loaded == fp8["transformer"].total
     assert fp8["text_encoder"] == real_sizes["text_encoder"]
 
 
@@ -323,30 +324,60 @@ def test_a_tiny_gpu_does_not_fit_and_the_plan_says_what_to_change():
 
 
 def test_too_little_ram_does_not_fit_and_fp8_is_suggested():
-    plan = plan_memory(8 * GB, 40 * GB)
-    assert plan.fits_gpu and not plan.fits_ram
+    plan = plan_memory(8 * GB, 24 * GB)
+    assert plan.fits_gpu and not plan.fits_ram and plan.lifetime == "phase"  # even one component at a time
     assert any(a.startswith("--fp8") and "fits)" in a for a in plan.advice)
-    assert plan_memory(8 * GB, 40 * GB, fp8=True).fits
+    assert plan_memory(8 * GB, 24 * GB, fp8=True).fits
     assert any("system memory" in a for a in plan.advice)
     assert not plan.transformer.pin_memory  # what may need swap is not page-locked
     assert plan_memory(8 * GB, 64 * GB).transformer.pin_memory
-    ok = check_before_loading(Settings(), fp8=True, memory=DeviceMemory(GPU, "test GPU", 8 * GB, 8 * GB, 40 * GB, 64 * GB))
+    ok = check_before_loading(Settings(), fp8=True, memory=DeviceMemory(GPU, "test GPU", 8 * GB, 8 * GB, 24 * GB, 64 * GB))
     assert ok.fits and ok.fp8
 
 
+@pytest.mark.parametrize(
+    "ram, fp8, fits", [(32, False, True), (24, True, True), (8, False, False), (8, True, False), (64, False, True)]
+)
+def test_a_6_gb_gpu_with_little_ram_and_no_swap(ram, fp8, fits):
+    """FramePack's promise without asking for swap: where RAM is short, each component is in RAM only for its
+    phase (the text encoders while prompts are encoded, the transformer the rest of the time)."""
+    plan = plan_memory(6 * GB, ram * GB, fp8=fp8, swap_free=0)
+    assert plan.fits == fits and plan.swap_needed == (0 if fits else plan.swap_needed)
+    sizes = memory.published_sizes(torch.bfloat16, torch.float16, fp8)
+    resident = plan_memory(6 * GB, None, fp8=fp8)
+    assert resident.lifetime == "resident"
+    if plan.lifetime == "resident":
+        assert ram == 64 and plan.peak_ram == resident.peak_ram
+        return
+    # Per phase, against the components' meta-device sizes: text encoding holds the encoders and the VAE and not
+    # the transformer; sampling holds the transformer's streamed part and the VAE and not the encoders.
+    text, sampling = plan.phase("text encoding"), plan.phase("sampling")
+    streamed = sizes["transformer"].total - sum(sizes["transformer"].blocks[: plan.transformer.resident_blocks])
+    encoders = sizes["text_encoder"].total + sizes["text_encoder_2"].total + sizes["vae"].total
+    assert text.ram_bytes - resident.phase("text encoding").ram_bytes == encoders - (
+        streamed + sizes["text_encoder"].total + sizes["text_encoder_2"].total + sizes["image_encoder"].total + sizes["vae"].total
+    )  # fmt: skip
+    assert sampling.ram_bytes == resident.phase("sampling").ram_bytes - (
+        sizes["text_encoder"].total + sizes["text_encoder_2"].total + sizes["image_encoder"].total
+    )
+    assert not any("transformer" in item for item in text.on_cpu) and not any("Llama" in item for item in sampling.on_cpu)
+    assert any("RAM is short" in note for note in plan.notes)
+    assert plan.loading_ram < resident.loading_ram
+
+
 def test_swap_makes_up_for_missing_ram_and_the_plan_says_so():
-    short = plan_memory(8 * GB, 32 * GB)
-    assert not short.fits_ram and short.swap_needed == short.peak_ram - 32 * GB > 0
+    short = plan_memory(8 * GB, 24 * GB)
+    assert not short.fits_ram and short.swap_needed == short.peak_ram - 24 * GB > 0
     assert "more system memory" in short.problem()
-    with_swap = plan_memory(8 * GB, 32 * GB, swap_free=short.swap_needed)
+    with_swap = plan_memory(8 * GB, 24 * GB, swap_free=short.swap_needed)
     assert with_swap.fits and with_swap.peak_ram == short.peak_ram
     assert any(f"{with_swap.swap_needed / GB:.1f} GB beyond free RAM will come from swap" in n for n in with_swap.notes)
     assert not with_swap.transformer.pin_memory  # page-locked memory could not be paged out
-    too_little = plan_memory(8 * GB, 32 * GB, swap_free=short.swap_needed - GB)
+    too_little = plan_memory(8 * GB, 24 * GB, swap_free=short.swap_needed - GB)
     assert not too_little.fits and "of swap)" in too_little.problem()
     assert any(a.startswith("free 1.0 GB more system memory") for a in too_little.advice)
     assert plan_memory(8 * GB, 64 * GB, swap_free=100 * GB).swap_needed == 0
-    memory_with_swap = DeviceMemory(GPU, "test GPU", 8 * GB, 8 * GB, 32 * GB, 32 * GB, short.swap_needed)
+    memory_with_swap = DeviceMemory(GPU, "test GPU", 8 * GB, 8 * GB, 24 * GB, 24 * GB, short.swap_needed)
     assert check_before_loading(Settings(), memory=memory_with_swap).fits
 
 
@@ -409,9 +440,9 @@ def test_check_memory_exits_1_with_advice_when_it_does_not_fit(capsys):
 
 
 def test_check_memory_counts_swap_only_when_told(capsys):
-    code, lines, _ = check_memory("--vram", "8", "--ram", "32", capsys=capsys)  # --ram alone: no swap
+    code, lines, _ = check_memory("--vram", "8", "--ram", "24", capsys=capsys)  # --ram alone: no swap
     assert code == 1 and "free swap 0.0 GB" in lines[0]
-    code, lines, _ = check_memory("--vram", "8", "--ram", "32", "--swap", "24", capsys=capsys)
+    code, lines, _ = check_memory("--vram", "8", "--ram", "24", "--swap", "24", capsys=capsys)
     assert code == 0 and SUMMARY.match(lines[-1])[3] == "fits"
     assert any("will come from swap" in line for line in lines)
     code, _, err = check_memory("--swap", "-1", capsys=capsys)
@@ -584,3 +615,55 @@ def test_what_the_components_are_does_not_depend_on_how_they_are_placed():
     assert not reach("models") & {"plan", "placement", "loading"}
     assert not reach("placement") & {"plan", "loading"}
     assert "loading" not in reach("plan")
+
+
+@needs_shared
+def test_where_ram_is_short_the_text_encoders_come_and_go_and_the_goldens_hold(tmp_path):
+    """A per-phase lifetime: the text encoders load for a prompt not seen before and leave after it (the
+    transformer leaves meanwhile and comes back); a prompt seen before needs neither. Outputs are identical."""
+    from conftest import load_case
+
+    from safetensors.torch import load_file
+
+    from framepack.engine import Done, SectionDone, Status, generate
+
+    raw, case_dir = load_case("v1_original")
+    settings = Settings.from_dict(raw)
+    tiny = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS), torch.float32, torch.float32)
+    options = dict(height=64, width=96, device="cpu", mode="low", sizes=tiny)
+    resident = plan_memory(1 * GB, None, **options)
+    per_phase = plan_memory(1 * GB, resident.peak_ram - 1, **options)  # a byte too little to keep everything
+    assert per_phase.lifetime == "phase" and per_phase.fits
+
+    loads = []
+    models = load_models("original", ModelSource(models_dir=TINY_MODELS), dtype="float32", plan=per_phase)
+    load = models.loader.load
+    models.loader.load = lambda name: loads.append(name) or load(name)
+    assert models.text_encoder is None and models.image_encoder is None and models.transformer is not None
+
+    def run(prompt: str, name: str) -> tuple[torch.Tensor, list[str]]:
+        events = list(generate(models, settings.replace(prompt=prompt), case_dir / "input.png", tmp_path, job_id=name, previews=False))
+        assert isinstance(events[-1], Done), events[-1]
+        assert models.text_encoder is None and models.text_encoder_2 is None and models.image_encoder is None
+        latents = torch.cat([e.latents for e in events if isinstance(e, SectionDone)], dim=2)
+        return latents, [e.message for e in events if isinstance(e, Status)]
+
+    first, messages = run(settings.prompt, "first")
+    assert loads == ["text_encoder", "text_encoder_2", "image_encoder", "transformer"]
+    assert "Loading the text encoders for 1 new prompt(s)" in messages
+    expected = load_file(case_dir / "expected.safetensors")
+    golden = torch.cat([expected[f"section_{i:03d}"] for i in range(settings.num_sections)], dim=2)
+    assert (first - golden).abs().max() <= 1e-4
+
+    loads.clear()
+    again, messages = run(settings.prompt, "again")  # the same prompt: from the cache, no text encoders
+    assert loads == ["image_encoder"] and torch.equal(again, first)
+    assert not any("text encoders" in m for m in messages)
+
+    loads.clear()
+    other, messages = run("A cat jumps.", "other")  # a new prompt: the text encoders come back, then leave
+    assert loads == ["text_encoder", "text_encoder_2", "image_encoder", "transformer"]
+    assert "Loaded the transformer again (it left memory while the text encoders ran)" in messages
+    plain = load_models("original", ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
+    reference = list(generate(plain, settings.replace(prompt="A cat jumps."), case_dir / "input.png", tmp_path, job_id="plain", previews=False))
+    assert torch.equal(other, torch.cat([e.latents for e in reference if isinstance(e, SectionDone)], dim=2))
