@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,11 +31,21 @@ from .engine import (
     resume_job,
 )
 from .lora import LoraError, LoraSpec, describe_lora, read_lora
-from .plan import MemoryPlanError, ModelConfigs, add_check_memory_parser, check_before_loading, lora_bytes, meta_transformer, run_check_memory
+from .plan import (
+    MemoryPlanError,
+    ModelConfigs,
+    add_check_memory_parser,
+    check_before_loading,
+    file_configs,
+    lora_bytes,
+    meta_transformer,
+    run_check_memory,
+)
 from .loading import load_models
 from .models import ModelSet, ModelSource, ModelsMissingError, default_device, resolve_dtypes
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
+from .checkpoints import CheckpointError
 from .conditioning import ImageError, load_image
 from .controls import BLANK_STARTS, JobInputs, Keyframe, plan_schedule, prepare_images
 from .settings import CACHE_METHODS, DTYPES, VARIANTS, Settings, SettingsError
@@ -138,6 +149,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slow first section)")
     add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (less memory)")
+    add("--transformer-file", type=Path, metavar="PATH",
+        help="a single-file transformer instead of the variant's repo: bf16, fp16 or fp8 .safetensors, or .gguf")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar")
 
 
@@ -225,23 +238,27 @@ def _load(
     For a job that goes on from a previous one (`record`, its manifest), the models it was made with, as the
     record says (a local model root, or the hub repos at their revisions), unless --models says otherwise.
     """
-    source = ModelSource(args.models, args.hf_cache)
+    source = ModelSource(args.models, args.hf_cache, transformer_file=args.transformer_file)
     if args.models is None and record is not None:
         try:
             source = ModelSource.recorded(json.loads(record.read_text(encoding="utf-8"))["models"], args.hf_cache)
         except (OSError, KeyError, ValueError, TypeError, IndexError):
             pass  # a record without its models: the default place, as for a new job
+        if args.transformer_file is not None:
+            source = replace(source, transformer_file=args.transformer_file.resolve())
     try:
         lora = None
         if loras:  # matched against the model's architecture before anything loads
             device = torch.device(args.device) if args.device else default_device()
-            root = source.models_dir
-            configs = ModelConfigs.from_folder(root, settings.variant) if root else ModelConfigs.published()
+            configs = file_configs(source.models_dir, settings.variant, source.transformer_file)
             lora = lora_bytes([spec.path for spec in loras], configs, resolve_dtypes(settings.dtype, device)[0])
         # The same check as the app's: say what will not fit before loading tens of GB.
-        plan = check_before_loading(settings, fp8=args.fp8, device=args.device, models_dir=source.models_dir, lora=lora)
+        plan = check_before_loading(
+            settings, fp8=args.fp8, device=args.device, models_dir=source.models_dir, lora=lora,
+            transformer_file=source.transformer_file,
+        )  # fmt: skip
         return load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
-    except (ModelsMissingError, MemoryPlanError, LoraError) as exc:
+    except (ModelsMissingError, MemoryPlanError, LoraError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
 

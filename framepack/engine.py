@@ -47,6 +47,7 @@ from .controls import (
     timeline,
 )
 from .loading import components, ensure_loaded
+from .checkpoints import CheckpointError
 from .lora import LoraError, LoraSpec, apply_loras, specs_from_record
 from .plan import MemoryPlanError, replan
 from .models import ModelSet
@@ -447,7 +448,7 @@ def job_paths(path: str | Path) -> JobPaths:
 def failure_message(exc: BaseException) -> str:
     """What a user is told when a job fails: what went wrong and what to do, never a server path or a
     traceback (an unexpected failure's details go to the log)."""
-    if isinstance(exc, (SettingsError, ImageError, MemoryPlanError, JobBusyError, LoraError, VideoInputError)):
+    if isinstance(exc, (SettingsError, ImageError, MemoryPlanError, JobBusyError, LoraError, VideoInputError, CheckpointError)):
         return str(exc)
     if isinstance(exc, torch.OutOfMemoryError):
         return (

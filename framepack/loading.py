@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
 from safetensors import safe_open
-from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipImageProcessorPil, SiglipVisionModel
+from transformers import AutoTokenizer, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessorPil, SiglipVisionModel
 
 from .attention import set_attention
 from .models import (
@@ -27,11 +27,11 @@ from .models import (
     ModelSource,
     compile_blocks,
     default_device,
-    keep_output_head_in_float32,
     load_transformer,
     resolve_dtypes,
 )
-from .placement import Placement, enable_fp8, place_component
+from .checkpoints import load_transformer_file, transformer_from_tensors
+from .placement import Placement, place_component, stream_from_files
 from .plan import MemoryPlan, ModuleSize, module_size
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class ComponentLoader:
     sizes: dict[str, ModuleSize] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     attention_used: str = "sdpa"
+    quantized: str = ""  # the GGUF quantisation of a single-file transformer, once loaded
 
     def load(self, name: str) -> torch.nn.Module:
         hunyuan, redux, transformer_folder = self.source.folders(self.variant)
@@ -67,7 +68,14 @@ class ComponentLoader:
         dtype = self.encoder_dtype
         if name == "transformer":
             fp8 = self.plan is not None and self.plan.fp8
-            module = (load_transformer_fp8 if fp8 else load_transformer)(transformer_folder, self.transformer_dtype)
+            if self.source.transformer_file is not None:
+                config = self.source.transformer_config(self.variant)
+                module, file = load_transformer_file(self.source.transformer_file, config, self.variant, self.transformer_dtype, fp8)
+                self.quantized = file.format if file.gguf else ""
+            else:
+                module = (load_transformer_fp8 if fp8 else load_transformer)(transformer_folder, self.transformer_dtype)
+        elif name == "text_encoder" and self.plan is not None and self.plan.text_encoder.offload_type == "from_file":
+            module = llama_from_files(hunyuan / "text_encoder", dtype, self.device)
         elif name == "text_encoder":
             module = LlamaModel.from_pretrained(hunyuan / "text_encoder", dtype=dtype)
         elif name == "text_encoder_2":
@@ -181,31 +189,35 @@ def lifetime(models: ModelSet) -> str:
     return models.placement.plan.lifetime if models.placement is not None else "resident"
 
 
-def load_transformer_fp8(folder: str | os.PathLike, dtype: torch.dtype) -> HunyuanVideoFramepackTransformer3DModel:
-    """The transformer with fp8 storage (see `placement.enable_fp8`), cast tensor by tensor as it is read, so
-    RAM never holds it at its file precision: the same weights as loading it whole and then casting."""
+def llama_from_files(folder: str | os.PathLike, dtype: torch.dtype, device: torch.device) -> LlamaModel:
+    """The Llama text encoder with its decoder layers left in its safetensors files, each read onto `device`
+    as it runs (see `placement.stream_from_files`); its embedding and final norm are read onto `device` now."""
     folder = Path(folder)
-    config = HunyuanVideoFramepackTransformer3DModel.load_config(folder)
+    config = LlamaConfig.from_pretrained(folder)
     with torch.device("meta"):
-        transformer = HunyuanVideoFramepackTransformer3DModel.from_config(config)
-    torch.nn.Module.to(transformer, dtype)
-    transformer.norm_out.float()
-    transformer.proj_out.float()
-    enable_fp8(transformer)  # on the meta device: the storage dtype of every tensor, and the casting hooks
-    owners = {name: module for name, module in transformer.named_modules()}
-    missing = {name for name, _ in transformer.named_parameters()}
+        model = LlamaModel._from_config(config, dtype=dtype)  # the attention implementation from_pretrained picks
+    model.rotary_emb = type(model.rotary_emb)(config=model.config)  # computed at construction, not in the files
+    files = {}
     for shard in sorted(folder.glob("*.safetensors")):
         with safe_open(str(shard), "pt") as tensors:
-            for key in tensors.keys():
-                owner_name, _, attribute = key.rpartition(".")
-                owner = owners.get(owner_name)
-                current = getattr(owner, attribute, None) if owner is not None else None
-                if not isinstance(current, torch.nn.Parameter):
-                    raise ValueError(f"{shard.name} holds {key}, which the FramePack transformer does not have")
-                owner._parameters[attribute] = torch.nn.Parameter(tensors.get_tensor(key).to(current.dtype), requires_grad=False)
-                missing.discard(key)
-    if missing:
-        raise ValueError(f"the transformer in {folder.name} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]})")
-    transformer.eval().requires_grad_(False)
-    keep_output_head_in_float32(transformer)
-    return transformer
+            files.update({key.removeprefix("model."): (shard, key) for key in tensors.keys()})
+    expected = {name for name, _ in model.named_parameters()}
+    if set(files) != expected:
+        missing = sorted(expected - set(files)) or sorted(set(files) - expected)
+        raise ValueError(f"the Llama text encoder in {folder} does not match its config (e.g. {missing[0]})")
+    stream_from_files(model, "layers", files, device, dtype)
+    return model
+
+
+def load_transformer_fp8(folder: str | os.PathLike, dtype: torch.dtype) -> HunyuanVideoFramepackTransformer3DModel:
+    """The transformer of a model folder with fp8 storage (see `placement.enable_fp8`), cast as it is read."""
+    folder = Path(folder)
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for shard in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(shard), "pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+
+    config = HunyuanVideoFramepackTransformer3DModel.load_config(folder)
+    return transformer_from_tensors(config, tensors(), folder.name, dtype, fp8=True)

@@ -453,8 +453,9 @@ class LoraState:
 def apply_loras(models: ModelSet, specs: Sequence[LoraSpec]) -> list[AppliedLora]:
     """Bring the model set's transformer to the job's LoRAs. They are fused where the transformer sits whole on
     one device in its own dtype and the copies of the touched layers fit in the RAM the plan leaves free; with
-    fp8 storage, a streamed transformer or too little RAM they run beside it, unfused. `models.fuse_loras`
-    overrides that."""
+    fp8 storage, quantised (GGUF) weights, a streamed transformer or too little RAM they run beside it, unfused.
+    `models.fuse_loras` overrides that, except that quantised weights cannot take a LoRA in."""
+    from .checkpoints import is_quantised
     from .placement import has_fp8, place_component
 
     if models.loras is None:
@@ -465,6 +466,8 @@ def apply_loras(models: ModelSet, specs: Sequence[LoraSpec]) -> list[AppliedLora
     streamed = plan is not None and plan.mode == "low"
 
     def fuse(touched: int) -> bool:
+        if is_quantised(models.transformer):
+            return False
         if models.fuse_loras is not None:
             return models.fuse_loras
         room = None if plan is None or plan.ram_free is None else plan.ram_free - plan.peak_ram

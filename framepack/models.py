@@ -6,6 +6,7 @@ out as `<root>/<org>/<name>/<subfolder>`, so the tiny test models go through exa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
-from huggingface_hub import snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from transformers import (
     CLIPTextModel,
@@ -43,6 +44,15 @@ TRANSFORMER_REPOS = {
     "f1": "lllyasviel/FramePack_F1_I2V_HY_20250503",
 }
 DEFAULT_CACHE_DIR = Path("hf_download")
+# The published transformers' architecture (both variants), for a single-file transformer without its repo at hand
+# and for plans made without weights. The tests check it against the real config.
+PUBLISHED_TRANSFORMER = {
+    "attention_head_dim": 128, "guidance_embeds": True, "has_clean_x_embedder": True, "has_image_proj": True,
+    "image_proj_dim": 1152, "in_channels": 16, "mlp_ratio": 4.0, "num_attention_heads": 24, "num_layers": 20,
+    "num_refiner_layers": 2, "num_single_layers": 40, "out_channels": 16, "patch_size": 2, "patch_size_t": 1,
+    "pooled_projection_dim": 768, "qk_norm": "rms_norm", "rope_axes_dim": [16, 56, 56], "rope_theta": 256.0,
+    "text_embed_dim": 4096,
+}  # fmt: skip
 
 
 class ModelsMissingError(RuntimeError):
@@ -56,38 +66,62 @@ class ModelSource:
     models_dir: Path | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     revisions: tuple[tuple[str, str], ...] = ()  # (repo, revision): hub repos pinned to what a job was made with
+    transformer_file: Path | None = None  # a single-file transformer in place of the variant's repo (see checkpoints)
 
     def __post_init__(self) -> None:
         if self.models_dir is not None:
             object.__setattr__(self, "models_dir", Path(self.models_dir))
+        if self.transformer_file is not None:
+            object.__setattr__(self, "transformer_file", Path(self.transformer_file).resolve())
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
     @classmethod
     def recorded(cls, sources: dict[str, str], cache_dir: str | Path = DEFAULT_CACHE_DIR) -> ModelSource:
         """Where a job's record says its models came from (see `describe`): the local model root, or the hub
-        repos at the revisions used."""
+        repos at the revisions used, and the single-file transformer if one was used."""
+        sources = dict(sources)
+        file = sources.pop("transformer_file", None)
         pins = tuple(tuple(value.split("@", 1)) for value in sources.values() if _HUB_SOURCE.fullmatch(value))
         local = [Path(value) for value in sources.values() if not _HUB_SOURCE.fullmatch(value)]
         if local:  # a repo folder is <root>/<owner>/<name>
-            return cls(models_dir=local[0].parents[1], cache_dir=cache_dir)
-        return cls(cache_dir=cache_dir, revisions=pins)
+            return cls(models_dir=local[0].parents[1], cache_dir=cache_dir, transformer_file=file)
+        return cls(cache_dir=cache_dir, revisions=pins, transformer_file=file)
 
     def describe(self, repo: str, folder: Path) -> str:
         """Where `repo` was read from: the local folder, or the hub repo and the snapshot (revision) cached."""
         return str(folder.resolve()) if self.models_dir else f"{repo}@{folder.name}"
 
-    def folders(self, variant: str) -> tuple[Path, Path, Path]:
-        """The HunyuanVideo, Redux and transformer folders of `variant` (downloading what is missing, if allowed)."""
+    def folders(self, variant: str) -> tuple[Path, Path, Path | None]:
+        """The HunyuanVideo, Redux and transformer folders of `variant` (downloading what is missing, if allowed);
+        no transformer folder where a transformer file takes its place."""
         return (
             self.folder(HUNYUAN_REPO, ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")),
             self.folder(REDUX_REPO, ("feature_extractor", "image_encoder")),
-            self.folder(TRANSFORMER_REPOS[variant]),
+            self.folder(TRANSFORMER_REPOS[variant]) if self.transformer_file is None else None,
         )
 
     def sources(self, variant: str) -> dict[str, str]:
         """What a job's record says of these models (see `describe`), found without loading them."""
-        repos = (HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS[variant])
-        return {name: self.describe(repo, folder) for name, repo, folder in zip(("hunyuan", "redux", "transformer"), repos, self.folders(variant))}
+        hunyuan, redux, transformer = self.folders(variant)
+        found = {"hunyuan": self.describe(HUNYUAN_REPO, hunyuan), "redux": self.describe(REDUX_REPO, redux)}
+        if transformer is None:
+            return {**found, "transformer_file": str(self.transformer_file)}
+        return {**found, "transformer": self.describe(TRANSFORMER_REPOS[variant], transformer)}
+
+    def transformer_config(self, variant: str) -> dict[str, Any]:
+        """The transformer's architecture: its repo's config.json where it is at hand (the local root, the hub
+        cache, or a download of that one small file), else the published one, which both variants share."""
+        repo = TRANSFORMER_REPOS[variant]
+        try:
+            if self.models_dir is not None:
+                path = self.folder(repo) / "config.json"
+            else:
+                revision = dict(self.revisions).get(repo)
+                path = Path(hf_hub_download(repo, "config.json", revision=revision, cache_dir=self.cache_dir))
+            return json.loads(path.read_text())
+        except (ModelsMissingError, LocalEntryNotFoundError, OSError):
+            logger.info("Using the published configuration of the FramePack transformer (%s has none at hand)", repo)
+            return dict(PUBLISHED_TRANSFORMER)
 
     def folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path:
         """The local folder holding `repo` (with at least `subfolders`), downloading it if allowed."""

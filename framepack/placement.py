@@ -12,6 +12,7 @@ import contextlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +23,7 @@ from diffusers.hooks.group_offloading import (
     _LAYER_EXECUTION_TRACKER,
     _LAZY_PREFETCH_GROUP_OFFLOADING,
 )
+from safetensors import safe_open
 
 from .models import COMPONENTS
 
@@ -34,7 +36,9 @@ if TYPE_CHECKING:
 class Streaming:
     """How a component's weights reach the GPU: diffusers' group offloading settings, and blocks kept resident.
 
-    `offload_type` None means no streaming (the component is wherever the mode puts it). `resident_blocks`
+    `offload_type` None means no streaming (the component is wherever the mode puts it); "from_file" keeps the
+    blocks in the model's safetensors files, each read onto the GPU right before it runs (`stream_from_files`,
+    for the Llama encoder where RAM cannot hold it). `resident_blocks`
     counts the first blocks in execution order (the 20 dual-stream blocks, then the 40 single-stream ones)
     that stay on the GPU for good. Group size is always one block: diffusers forces it with CUDA streams, and
     without streams a larger group only raises the peak (every block is moved every step either way).
@@ -156,6 +160,77 @@ def _stream(module: torch.nn.Module, device: torch.device, streaming: Streaming)
             setattr(module, name, child)
 
 
+@dataclass
+class FileStreaming:
+    """Blocks of a module that stay in its safetensors files: where each tensor is (file, name there), and the
+    device and dtype they are read to (a new plan may change the device)."""
+
+    blocks: str  # the name of the module's block list
+    files: dict[str, tuple[Path, str]]  # the module's tensor name -> (file, the tensor's name in it)
+    device: torch.device
+    dtype: torch.dtype
+    reads: int = 0  # blocks read so far: what new prompts cost, counted
+
+
+def stream_from_files(
+    module: torch.nn.Module, blocks: str, files: dict[str, tuple[Path, str]], device: torch.device, dtype: torch.dtype
+) -> None:
+    """Leave the blocks of `module` (a meta-device skeleton) in their files: each block's weights are read from
+    the memory-mapped safetensors files onto `device` right before it runs and dropped right after, so they
+    never take RAM beyond the page cache, which the system reclaims at will. The rest (embeddings, the final
+    norm, buffers) is read onto `device` now. Meant for the Llama encoder where RAM cannot hold it: it runs
+    once per new prompt, at the cost of reading its files again."""
+    streaming = FileStreaming(blocks, files, device, dtype)
+    prefix = f"{blocks}."
+    _read_tensors(module, [name for name in files if not name.startswith(prefix)], streaming)
+    _move_held(module, device)  # the buffers (rotary frequencies) the skeleton computed
+
+    def drop(block: torch.nn.Module, args: Any, output: Any) -> None:
+        for owner in block.modules():
+            for name, parameter in list(owner._parameters.items()):
+                if parameter is not None:
+                    owner._parameters[name] = torch.nn.Parameter(parameter.to("meta"), requires_grad=False)
+
+    for index, block in enumerate(getattr(module, blocks)):
+        names = [name for name in files if name.startswith(f"{prefix}{index}.")]
+
+        def read(block: torch.nn.Module, args: Any, names: list[str] = names) -> None:
+            _read_tensors(module, names, streaming)
+            streaming.reads += 1
+
+        block.register_forward_pre_hook(read)
+        block.register_forward_hook(drop)
+    module._framepack_file_streaming = streaming
+
+
+def _read_tensors(module: torch.nn.Module, names: list[str], streaming: FileStreaming) -> None:
+    owners = dict(module.named_modules())
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(streaming.files[name][0], []).append(name)
+    for path, in_file in by_file.items():
+        with safe_open(str(path), "pt") as tensors:
+            for name in in_file:
+                owner_name, _, attribute = name.rpartition(".")
+                tensor = tensors.get_tensor(streaming.files[name][1]).to(streaming.device, streaming.dtype)
+                owners[owner_name]._parameters[attribute] = torch.nn.Parameter(tensor, requires_grad=False)
+
+
+def _move_held(module: torch.nn.Module, device: torch.device) -> None:
+    """Move the tensors a file-streamed module holds (not its blocks, which are on the meta device) to `device`."""
+    for owner in module.modules():
+        for store in (owner._parameters, owner._buffers):
+            for key, tensor in list(store.items()):
+                if tensor is not None and tensor.device.type != "meta":
+                    moved = tensor.detach().to(device)
+                    store[key] = torch.nn.Parameter(moved, requires_grad=False) if store is owner._parameters else moved
+
+
+def file_streaming(module: torch.nn.Module) -> FileStreaming | None:
+    """How a module's blocks stream from its files, if they do (see `stream_from_files`)."""
+    return getattr(module, "_framepack_file_streaming", None)
+
+
 def place_component(name: str, module: torch.nn.Module, plan: MemoryPlan) -> torch.nn.Module:
     """Put one loaded component where `plan` wants it; the loader calls this right after loading each one.
 
@@ -163,6 +238,11 @@ def place_component(name: str, module: torch.nn.Module, plan: MemoryPlan) -> tor
     Calling it again with another plan re-places the component (fp8 cannot be undone: reload for that).
     """
     device = torch.device(plan.device)
+    from_files = file_streaming(module)
+    if from_files is not None:  # its blocks read from the files onto the compute device, the rest kept there
+        from_files.device = torch.device("cpu") if plan.mode == "cpu" else device
+        _move_held(module, from_files.device)
+        return module
     if name == "transformer" and plan.fp8:
         enable_fp8(module)
     if name in ("transformer", "text_encoder"):
@@ -188,7 +268,7 @@ def on_device(module: torch.nn.Module, device: str | torch.device) -> Iterator[t
     already on `device` are left alone.
     """
     device = torch.device(device)
-    if _is_streamed(module) or all(
+    if _is_streamed(module) or file_streaming(module) is not None or all(
         _same_device(t.device, device) for t in itertools.chain(module.parameters(), module.buffers())
     ):
         yield module

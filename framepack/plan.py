@@ -37,10 +37,12 @@ from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
+from .checkpoints import FORMATS, GGUF_BLOCKS, TransformerFile, format_sizes, inspect_transformer_file
 from .conditioning import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH, buckets
 from .models import (
     COMPONENTS,
     HUNYUAN_REPO,
+    PUBLISHED_TRANSFORMER,
     REDUX_REPO,
     TRANSFORMER_REPOS,
     ModelSet,
@@ -65,15 +67,8 @@ LABELS = {
     "vae": "VAE",
 }
 
-# The published configurations (what the app downloads), so a plan needs no weights. The tests check them
-# against ../shared/model-configs; the VAE uses diffusers' default AutoencoderKLHunyuanVideo configuration.
-PUBLISHED_TRANSFORMER = {
-    "attention_head_dim": 128, "guidance_embeds": True, "has_clean_x_embedder": True, "has_image_proj": True,
-    "image_proj_dim": 1152, "in_channels": 16, "mlp_ratio": 4.0, "num_attention_heads": 24, "num_layers": 20,
-    "num_refiner_layers": 2, "num_single_layers": 40, "out_channels": 16, "patch_size": 2, "patch_size_t": 1,
-    "pooled_projection_dim": 768, "qk_norm": "rms_norm", "rope_axes_dim": [16, 56, 56], "rope_theta": 256.0,
-    "text_embed_dim": 4096,
-}  # fmt: skip
+# The published configurations (what the app downloads; the transformer's is in `framepack.models`), so a plan
+# needs no weights. The tests check them against ../shared/model-configs; the VAE uses diffusers' default AutoencoderKLHunyuanVideo configuration.
 PUBLISHED_TEXT_ENCODER = {
     "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
     "num_key_value_heads": 8, "vocab_size": 128320, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
@@ -226,8 +221,11 @@ class ModelConfigs:
         return cls(PUBLISHED_TRANSFORMER, PUBLISHED_TEXT_ENCODER, PUBLISHED_TEXT_ENCODER_2, PUBLISHED_IMAGE_ENCODER)
 
     @classmethod
-    def from_folder(cls, root: str | os.PathLike, variant: str = "original") -> ModelConfigs:
-        """Read the config.json files of a local model root laid out like the hub repos (see ModelSource).
+    def from_folder(
+        cls, root: str | os.PathLike, variant: str = "original", transformer: dict[str, Any] | None = None
+    ) -> ModelConfigs:
+        """Read the config.json files of a local model root laid out like the hub repos (see ModelSource); the
+        `transformer` config where it is given (a single-file transformer's, and the root may lack its repo).
 
         A missing folder raises ModelsMissingError with the same message loading would give.
         """
@@ -238,7 +236,7 @@ class ModelConfigs:
             return json.loads((folder / subfolder / "config.json").read_text())
 
         return cls(
-            transformer=read(TRANSFORMER_REPOS[variant]),
+            transformer=transformer if transformer is not None else read(TRANSFORMER_REPOS[variant]),
             text_encoder=read(HUNYUAN_REPO, "text_encoder"),
             text_encoder_2=read(HUNYUAN_REPO, "text_encoder_2"),
             image_encoder=read(REDUX_REPO, "image_encoder"),
@@ -299,7 +297,7 @@ class ModelSizes:
     """Weight sizes of every component, the configs behind them, and the dtypes they were sized in.
 
     `transformer_loaded` is the most the transformer takes while it loads (fp8 is cast tensor by tensor as it is
-    read, so that is its fp8 size too).
+    read, so that is its fp8 size too). `quantized` names the GGUF quantisation of a quantised transformer.
     """
 
     components: dict[str, ModuleSize]
@@ -308,6 +306,7 @@ class ModelSizes:
     encoder_dtype: torch.dtype
     fp8: bool
     transformer_loaded: int
+    quantized: str = ""
 
     def __getitem__(self, name: str) -> ModuleSize:
         return self.components[name]
@@ -318,11 +317,24 @@ class ModelSizes:
 
     @classmethod
     def from_configs(
-        cls, configs: ModelConfigs, transformer_dtype: torch.dtype, encoder_dtype: torch.dtype, fp8: bool = False
+        cls,
+        configs: ModelConfigs,
+        transformer_dtype: torch.dtype,
+        encoder_dtype: torch.dtype,
+        fp8: bool = False,
+        transformer_format: str | None = None,
+        transformer_file: TransformerFile | None = None,
     ) -> ModelSizes:
+        """Sizes of the components of `configs` in the dtypes given, the transformer stored as `transformer_format`
+        says (see `checkpoints.FORMATS`) or as `transformer_file` holds it (its header's bytes)."""
+        fmt = transformer_file.format if transformer_file is not None else transformer_format
+        fp8 = fp8 or fmt == "fp8"
         meta = build_meta_models(configs, transformer_dtype, encoder_dtype, fp8)
+        quantized = fmt if fmt in GGUF_BLOCKS else ""
+        if quantized:
+            format_sizes(meta["transformer"], quantized, transformer_file)
         sizes = {name: module_size(module) for name, module in meta.items()}
-        return cls(sizes, configs, transformer_dtype, encoder_dtype, fp8, sizes["transformer"].total)
+        return cls(sizes, configs, transformer_dtype, encoder_dtype, fp8, sizes["transformer"].total, quantized)
 
     @classmethod
     def of(cls, models: ModelSet) -> ModelSizes:
@@ -333,7 +345,8 @@ class ModelSizes:
 
         sizes = {name: size(name) for name in COMPONENTS}
         fp8 = models.placement.plan.fp8 if models.transformer is None else has_fp8(models.transformer)
-        return cls(sizes, ModelConfigs.of(models), models.dtype, models.vae.dtype, fp8, sizes["transformer"].total)
+        quantized = models.loader.quantized if models.loader is not None else ""
+        return cls(sizes, ModelConfigs.of(models), models.dtype, models.vae.dtype, fp8, sizes["transformer"].total, quantized)
 
 
 @lru_cache(maxsize=8)
@@ -672,6 +685,7 @@ class _Request:
     sizes: ModelSizes | None
     mode: str | None
     lora: LoraBytes | None = None
+    llama_from_files: bool = False
 
 
 def plan_memory(
@@ -692,6 +706,7 @@ def plan_memory(
     advise: bool = True,
     swap_free: int | None = None,
     lora: LoraBytes | None = None,
+    llama_from_files: bool = False,
 ) -> MemoryPlan:
     """Plan a job's memory for `vram_free` / `ram_free` bytes free (None: no GPU / RAM unknown), with
     `swap_free` bytes of swap to fall back on, and the job's LoRAs (`lora`).
@@ -699,12 +714,13 @@ def plan_memory(
     Without `height`/`width` the plan covers every aspect bucket of `resolution` (the image decides the
     bucket later). `device` defaults to "cuda" when there is GPU memory, else "cpu". `sizes` defaults to the
     published model in the dtypes `dtype` gives on that device (as `resolve_dtypes`); pass `ModelSizes.of(models)`
-    to plan a loaded set. `mode` forces "high", "low" or "cpu" (replanning a loaded set keeps its mode).
+    to plan a loaded set. `mode` forces "high", "low" or "cpu" (replanning a loaded set keeps its mode), and
+    `llama_from_files` reading the Llama encoder from its files in low mode (else chosen where RAM is that short).
     """
     device = torch.device(device if device is not None else "cuda" if vram_free is not None else "cpu")
     request = _Request(
         vram_free, ram_free, swap_free, resolution, height, width, window, variant, fp8, int(preserve_gb * GB), device, dtype,
-        sizes, mode, lora,
+        sizes, mode, lora, llama_from_files,
     )  # fmt: skip
     transformer_dtype, encoder_dtype = resolve_dtypes(dtype, device)
     if sizes is None:
@@ -734,9 +750,11 @@ def plan_memory(
         phases = tuple(replace(p, ram_bytes=p.ram_bytes + p.gpu_bytes) for p in plan.phases)
         plan = replace(plan, phases=phases, unified_memory=True)
     weights = "fp8 storage" if fp8 else str(sizes.transformer_dtype).removeprefix("torch.")
+    if sizes.quantized:
+        weights = f"GGUF {sizes.quantized.upper()}, computing in {weights}"
     plan = replace(plan, transformer_weights=weights, swap_free=swap_free)
     if lora is not None and (lora.adapters or lora.touched):
-        plan = _with_loras(plan, lora)
+        plan = _with_loras(plan, lora, fusable=not sizes.quantized)
     if advise:
         plan = replace(plan, advice=_advice(plan, request), notes=plan.notes + _notes(plan))
     return plan
@@ -770,10 +788,10 @@ class LoraBytes:
     touched: int
 
 
-def _with_loras(plan: MemoryPlan, lora: LoraBytes) -> MemoryPlan:
+def _with_loras(plan: MemoryPlan, lora: LoraBytes, fusable: bool = True) -> MemoryPlan:
     """Add the LoRAs where they live: with the transformer (on the GPU in high mode, else in RAM), plus the
-    copies of the touched layers in RAM where they are fused: not in low mode, with fp8, or where the copies
-    would not fit in the RAM left (the rule `apply_loras` follows)."""
+    copies of the touched layers in RAM where they are fused: not in low mode, with fp8, into quantised weights
+    (not `fusable`), or where the copies would not fit in the RAM left (the rule `apply_loras` follows)."""
     gpu = lora.adapters if plan.mode == "high" else 0
 
     def added(phase: PhasePlan, ram: int, label: str) -> PhasePlan:
@@ -783,7 +801,7 @@ def _with_loras(plan: MemoryPlan, lora: LoraBytes) -> MemoryPlan:
 
     unfused = replace(plan, phases=tuple(added(p, lora.adapters - gpu, f"LoRAs ({gb(lora.adapters)})") for p in plan.phases))
     room = None if plan.ram_free is None else plan.ram_free - unfused.peak_ram
-    if plan.mode == "low" or plan.fp8 or (room is not None and lora.touched > room):
+    if plan.mode == "low" or plan.fp8 or not fusable or (room is not None and lora.touched > room):
         return unfused
     label = f"LoRAs fused; the touched layers' originals ({gb(lora.touched)})"
     return replace(plan, phases=tuple(added(p, lora.adapters - gpu + lora.touched, label) for p in plan.phases))
@@ -840,10 +858,14 @@ def _high_plan(request: _Request, sizes: ModelSizes, work: Workload) -> MemoryPl
 
 
 def _fp8_cast_bytes(sizes: ModelSizes) -> int:
-    """Layerwise casting's compute-dtype copy of the running layer's fp8 weights (and the re-cast back)."""
+    """Layerwise casting's compute-dtype copy of the running layer's fp8 weights (and the re-cast back); for a
+    quantised transformer, the running layer's weights dequantised (its largest layer's bytes hold whole blocks)."""
+    compute_bytes = torch.empty((), dtype=sizes.transformer_dtype).element_size()
+    if sizes.quantized:
+        block, block_bytes = GGUF_BLOCKS[sizes.quantized]
+        return 3 * sizes["transformer"].largest_leaf * block // block_bytes * compute_bytes // 2
     if not sizes.fp8:
         return 0
-    compute_bytes = torch.empty((), dtype=sizes.transformer_dtype).element_size()
     return 3 * sizes["transformer"].largest_leaf_numel * compute_bytes // 2
 
 
@@ -855,6 +877,8 @@ def _streamed_bytes(size: ModuleSize, streaming: Streaming) -> tuple[int, int]:
     Leaf level: whatever is not in a leaf layer plus three leaves on the same terms.
     """
     in_flight = 3 if streaming.record_stream else 2
+    if streaming.offload_type == "from_file":  # read on the GPU one block at a time, nothing prefetched
+        return 0, size.remainder + max(size.blocks, default=0)
     if streaming.offload_type == "leaf_level":
         return 0, size.not_in_leaves + in_flight * size.largest_leaf
     resident = sum(size.blocks[: streaming.resident_blocks])
@@ -877,6 +901,10 @@ def _low_phases(
         LABELS["transformer"] + (" (streamed part)" if resident else ""): transformer_cpu,
         **{LABELS[n]: sizes[n].total for n in COMPONENTS[1:]},
     }
+    from_file = text_encoder.offload_type == "from_file"
+    if from_file:  # only the block being read passes through RAM; the file's pages are the system's cache
+        del everything[LABELS["text_encoder"]]
+        everything[f"{LABELS['text_encoder']}, the layer being read"] = max(sizes["text_encoder"].blocks, default=0)
 
     def held(*names: str) -> dict[str, int]:
         if not per_phase:
@@ -887,7 +915,7 @@ def _low_phases(
     kept = {f"{transformer.resident_blocks} transformer blocks kept resident": resident} if resident else {}
     fp8_cast = _fp8_cast_bytes(sizes)
     ram = RAM_OVERHEAD + work.frames_ram
-    llama_label = f"{LABELS['text_encoder']}, streamed layer by layer"
+    llama_label = f"{LABELS['text_encoder']}, " + ("read from its files layer by layer" if from_file else "streamed layer by layer")
     transformer_label = (
         f"{LABELS['transformer']}, streamed "
         + ("layer by layer" if transformer.offload_type == "leaf_level" else "block by block")
@@ -923,10 +951,10 @@ def _low_plan(request: _Request, sizes: ModelSizes, work: Workload, reason: str)
     cuda = request.device.type == "cuda"
     free = request.vram_free or 0
     budget = free - request.preserve  # what the weights may take while leaving `preserve` free
-    text_encoder = Streaming("block_level", use_stream=cuda)
+    streamed_llama = Streaming("block_level", use_stream=cuda)
     blocks = len(sizes["transformer"].blocks)
 
-    def build(transformer: Streaming, per_phase: bool = False) -> MemoryPlan:
+    def build(transformer: Streaming, per_phase: bool = False, text_encoder: Streaming = streamed_llama) -> MemoryPlan:
         phases, loading = _low_phases(request, sizes, work, transformer, text_encoder, per_phase)
         return MemoryPlan(
             "low", str(request.device), reason, request.variant, work.sizes, request.window, request.fp8,
@@ -950,6 +978,11 @@ def _low_plan(request: _Request, sizes: ModelSizes, work: Workload, reason: str)
     if request.ram_free is not None and plan.peak_ram > request.ram_free:
         # RAM is short: each component in RAM only while a phase needs it, rather than asking for swap.
         plan = build(plan.transformer, per_phase=True)
+    if request.llama_from_files or (request.ram_free is not None and plan.peak_ram > request.ram_free):
+        # Shorter still: the Llama encoder (15 GB) cannot sit in RAM even alone. Its layers are read from its
+        # files onto the GPU one at a time, for each new prompt.
+        from_file = build(plan.transformer, per_phase=True, text_encoder=Streaming("from_file"))
+        plan = from_file if from_file.fits_gpu or request.llama_from_files else plan
     pin = cuda and plan.lifetime == "resident" and (request.ram_free is None or plan.peak_ram <= request.ram_free)
     if pin:
         # Pinned (page-locked) memory makes the stream's copies truly asynchronous, but it cannot be swapped
@@ -957,7 +990,7 @@ def _low_plan(request: _Request, sizes: ModelSizes, work: Workload, reason: str)
         plan = replace(
             plan,
             transformer=replace(plan.transformer, pin_memory=True),
-            text_encoder=replace(text_encoder, pin_memory=True),
+            text_encoder=replace(plan.text_encoder, pin_memory=True),
         )
     return plan
 
@@ -985,6 +1018,11 @@ def _notes(plan: MemoryPlan) -> tuple[str, ...]:
             "RAM is short, so each component is in RAM only while a phase needs it: the text encoders load to encode "
             "a prompt not seen before and leave after it, and the transformer leaves RAM meanwhile (reloaded from "
             "disk: a new prompt costs a reload, a prompt used before costs nothing)"
+        )
+    if plan.text_encoder.offload_type == "from_file":
+        notes.append(
+            "the Llama text encoder does not fit in RAM even alone: its layers are read from its files onto the GPU "
+            "one at a time, so a new prompt reads it from disk again (a prompt used before costs nothing)"
         )
     if plan.ram_free is None:
         notes.append("free RAM is unknown (no /proc/meminfo and psutil is not installed); RAM was not checked")
@@ -1057,20 +1095,24 @@ def check_before_loading(
     models_dir: str | os.PathLike | None = None,
     memory: DeviceMemory | None = None,
     lora: LoraBytes | None = None,
+    transformer_file: str | os.PathLike | None = None,
 ) -> MemoryPlan:
     """Plan the job `settings` describes (with its LoRAs' `lora` bytes) on this machine's free memory; raise
-    MemoryPlanError if it will not fit.
+    MemoryPlanError if it will not fit (CheckpointError if `transformer_file` does not fit the model).
 
     The app calls it before loading (with its default settings) and the CLI with the job's settings; the
     returned plan then goes to `place_component` as each component loads. With `models_dir` (a local model
-    root, as `--models`) the sizes come from its config files, otherwise from the published configs.
+    root, as `--models`) the sizes come from its config files, otherwise from the published configs; with a
+    single-file transformer (`--transformer-file`), the transformer's from the file's header.
     """
     settings = settings or Settings()
     memory = memory or detect_device(device)
     sizes = None
-    if models_dir is not None:
-        configs = ModelConfigs.from_folder(models_dir, settings.variant)
-        sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8)
+    if models_dir is not None or transformer_file is not None:
+        configs = file_configs(models_dir, settings.variant, transformer_file)
+        file = inspect_transformer_file(transformer_file, configs.transformer, settings.variant) if transformer_file else None
+        sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8, transformer_file=file)
+        fp8 = sizes.fp8
     plan = plan_for_settings(
         settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes,
         swap_free=memory.swap_free, lora=lora,
@@ -1078,6 +1120,20 @@ def check_before_loading(
     if not plan.fits:
         raise MemoryPlanError(plan)
     return plan
+
+
+def file_configs(
+    models_dir: str | os.PathLike | None, variant: str, transformer_file: str | os.PathLike | None = None
+) -> ModelConfigs:
+    """The configs a plan sizes: a local model root's or the published ones, the transformer's taken as loading
+    takes it for a single-file transformer (its repo's config where at hand, else the published one)."""
+    transformer = None
+    if transformer_file is not None:
+        transformer = ModelSource(models_dir=models_dir, transformer_file=transformer_file).transformer_config(variant)
+    if models_dir is not None:
+        return ModelConfigs.from_folder(models_dir, variant, transformer)
+    published = ModelConfigs.published()
+    return published if transformer is None else replace(published, transformer=transformer)
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -1102,6 +1158,11 @@ def add_check_memory_parser(subparsers: argparse._SubParsersAction) -> argparse.
     parser.add_argument("--device", help="cuda, mps or cpu (default: this machine's best, or cuda with --vram)")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH", help="count this LoRA file too (repeatable)")
     parser.add_argument("--models", type=Path, help="local model root whose configs to plan (default: the published ones)")
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument("--transformer-file", type=Path, metavar="PATH",
+                         help="plan this single-file transformer (.safetensors or .gguf); reads only its header")  # fmt: skip
+    formats.add_argument("--transformer-format", choices=FORMATS,
+                         help="plan the transformer stored in this format (GGUF quantisations: q8_0, q6_k, ...)")  # fmt: skip
     parser.set_defaults(handler=run_check_memory)
     return parser
 
@@ -1133,15 +1194,19 @@ def run_check_memory(args: argparse.Namespace) -> int:
     # A given --ram describes a machine to plan for, whose swap is unknown unless given too.
     swap = int(args.swap * GB) if args.swap is not None else 0 if args.ram is not None else system_swap()
     transformer_dtype, encoder_dtype = resolve_dtypes(None, torch.device(device))
+    fp8 = args.fp8 or args.transformer_format == "fp8"
     try:
-        configs = ModelConfigs.from_folder(args.models, args.variant) if args.models else ModelConfigs.published()
-        # Without --models the plan sizes the published model itself (and its advice can try fp8 on it).
-        sizes = ModelSizes.from_configs(configs, transformer_dtype, encoder_dtype, fp8=args.fp8) if args.models else None
+        configs = file_configs(args.models, args.variant, args.transformer_file)
+        file = inspect_transformer_file(args.transformer_file, configs.transformer, args.variant) if args.transformer_file else None
+        sizes = None  # the published model: its advice can try fp8 on it
+        if args.models or file or args.transformer_format:
+            sizes = ModelSizes.from_configs(configs, transformer_dtype, encoder_dtype, fp8, args.transformer_format, file)
+            fp8 = sizes.fp8
         lora = lora_bytes(args.lora, configs, transformer_dtype) if args.lora else None
-    except (ModelsMissingError, ValueError) as exc:  # a LoraError is a ValueError
+    except (ModelsMissingError, ValueError) as exc:  # LoraError and CheckpointError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    plan = plan_for_settings(settings, vram, ram, fp8=args.fp8, device=device, swap_free=swap, sizes=sizes, lora=lora)
+    plan = plan_for_settings(settings, vram, ram, fp8=fp8, device=device, swap_free=swap, sizes=sizes, lora=lora)
     print(plan.report())
     return 0 if plan.fits else 1
 
@@ -1180,7 +1245,8 @@ def replan(
 ) -> Placement:
     """Re-plan a placed set for a job's settings and re-place what changed; MemoryPlanError if it will not fit.
 
-    The mode and fp8 stay as loaded (switching them means moving or reloading tens of GB). What a job can
+    The mode, fp8 and how the Llama is read stay as loaded (switching them means moving or reloading tens of GB,
+    and a plan of a loaded set sees the Llama's sizes, not where they are). What a job can
     change is how many transformer blocks stay on the GPU ("GPU memory to preserve", the resolution) and
     whether the VAE tiles. Free GPU memory is measured now, counting what this process holds as free
     (`vram_free` overrides it); free RAM is taken from the plan the set was loaded with.
@@ -1194,6 +1260,7 @@ def replan(
     plan = plan_for_settings(
         settings, vram_free, current.ram_free, fp8=current.fp8, device=device, sizes=ModelSizes.of(models),
         mode=current.mode, swap_free=current.swap_free, lora=lora,
+        llama_from_files=current.text_encoder.offload_type == "from_file",
     )  # fmt: skip
     if not plan.fits:
         raise MemoryPlanError(plan)

@@ -31,10 +31,11 @@ from .lora import LoraSpec
 from .controls import BLANK_STARTS, JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
 from .engine import Done, Error, Progress, SectionDone, Status
 from .plan import MemoryPlanError, check_before_loading
-from .models import ModelSource
+from .models import ModelSource, ModelsMissingError
 from .outputs import LOCAL_USER, job_name, settings_of_output, sweep_outputs
 from .attention import ATTENTION_CHOICES
 from .cache import DEFAULT_THRESHOLDS_TEXT
+from .checkpoints import CheckpointError
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
 from .video import VideoInputError, check_video
 from .worker import MAX_JOBS_PER_OWNER, Job, JobEvent, Waiting, Worker
@@ -754,6 +755,8 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
     add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (for GPUs with little memory)")
+    add("--transformer-file", type=Path, metavar="PATH",
+        help="a single-file transformer instead of the variant's repo: bf16, fp16 or fp8 .safetensors, or .gguf")  # fmt: skip
     add("--cache-method", choices=CACHE_METHODS, default="teacache", help="the step cache the page's checkbox turns on")
     add("--cache-threshold", type=float, default=None, help=f"its threshold (default {DEFAULT_THRESHOLDS_TEXT})")
     add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
@@ -795,11 +798,13 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
     # The same memory check as the CLI's, before anything loads: a plan that does not fit stops the app here.
-    plan = check_before_loading(Settings(variant=variant), fp8=args.fp8, models_dir=args.models)
+    plan = check_before_loading(
+        Settings(variant=variant), fp8=args.fp8, models_dir=args.models, transformer_file=args.transformer_file
+    )
     print(plan.summary(), file=sys.stderr)
     if tidied := sweep_outputs(outputs):
         logging.getLogger(__name__).info("Removed what interrupted writes left of %d job(s) in the outputs folder", tidied)
-    source = ModelSource(models_dir=args.models)
+    source = ModelSource(models_dir=args.models, transformer_file=args.transformer_file)
     worker = Worker(
         variant, source, outputs, attention=args.attention, compile=args.compile, plan=plan,
         max_jobs_per_owner=args.max_jobs_per_user,
@@ -834,6 +839,6 @@ def main(variant: str, argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(variant, parse_args(argv, variant))
-    except MemoryPlanError as exc:
+    except (MemoryPlanError, CheckpointError, ModelsMissingError) as exc:
         sys.exit(f"error: {exc}")
     app.launch()

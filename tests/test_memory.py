@@ -353,7 +353,10 @@ def test_a_6_gb_gpu_with_little_ram_and_no_swap(ram, fp8, fits):
     # the transformer; sampling holds the transformer's streamed part and the VAE and not the encoders.
     text, sampling = plan.phase("text encoding"), plan.phase("sampling")
     streamed = sizes["transformer"].total - sum(sizes["transformer"].blocks[: plan.transformer.resident_blocks])
-    encoders = sizes["text_encoder"].total + sizes["text_encoder_2"].total + sizes["vae"].total
+    # Where RAM cannot hold even the Llama alone (8 GB), only the layer being read from its files is in RAM.
+    llama = sizes["text_encoder"].total if plan.text_encoder.offload_type != "from_file" else max(sizes["text_encoder"].blocks)
+    assert (plan.text_encoder.offload_type == "from_file") == (ram == 8)
+    encoders = llama + sizes["text_encoder_2"].total + sizes["vae"].total
     assert text.ram_bytes - resident.phase("text encoding").ram_bytes == encoders - (
         streamed + sizes["text_encoder"].total + sizes["text_encoder_2"].total + sizes["image_encoder"].total + sizes["vae"].total
     )  # fmt: skip
@@ -667,3 +670,103 @@ def test_where_ram_is_short_the_text_encoders_come_and_go_and_the_goldens_hold(t
     plain = load_models("original", ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
     reference = list(generate(plain, settings.replace(prompt="A cat jumps."), case_dir / "input.png", tmp_path, job_id="plain", previews=False))
     assert torch.equal(other, torch.cat([e.latents for e in reference if isinstance(e, SectionDone)], dim=2))
+
+
+@needs_configs
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_k"])
+def test_quantised_formats_are_sized_weight_by_weight(fmt):
+    """A GGUF transformer's plan sizes: every Linear whose rows split into whole blocks at the format's bytes
+    per block, the float32 output head and everything else as before."""
+    from framepack.checkpoints import GGUF_BLOCKS
+
+    block, block_bytes = GGUF_BLOCKS[fmt]
+    plain = memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["transformer"]
+    expected = 0
+    for module_name, module in plain.named_modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            quantised = isinstance(module, torch.nn.Linear) and name == "weight" and module.in_features % block == 0
+            if quantised and not module_name.startswith(("norm_out", "proj_out")):
+                expected += parameter.numel() // block * block_bytes
+            else:
+                expected += parameter.numel() * parameter.element_size()
+    sizes = ModelSizes.from_configs(shared_configs(), torch.bfloat16, torch.float16, transformer_format=fmt)
+    assert sizes["transformer"].total == expected and sizes.quantized == fmt and not sizes.fp8
+    assert sizes["transformer"].total < {"q8_0": 0.55, "q4_k": 0.3}[fmt] * bytes_of(plain)
+    assert len(sizes["transformer"].blocks) == 60 and sizes["text_encoder"].total == bytes_of(
+        memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["text_encoder"]
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, fits, llama_from_files",
+    [
+        (["--ram", "32"], True, False),
+        (["--ram", "24", "--fp8"], True, False),
+        (["--ram", "24", "--transformer-format", "fp8"], True, False),
+        (["--ram", "16", "--transformer-format", "q4_k"], True, True),
+        (["--ram", "16", "--fp8"], False, True),
+        (["--ram", "8", "--transformer-format", "q4_k"], False, True),
+    ],
+)
+def test_check_memory_targets_for_a_6_gb_gpu_without_swap(argv, fits, llama_from_files, capsys):
+    """32 GB of RAM fits the bf16 transformer, 24 GB an 8-bit one, 16 GB a 4-bit one (the Llama encoder then read
+    from its files layer by layer, since it cannot sit in RAM even alone); 8 GB does not fit."""
+    code, lines, _ = check_memory("--vram", "6", "--swap", "0", *argv, capsys=capsys)
+    text = "\n".join(lines)
+    assert (code == 0) == fits and SUMMARY.match(lines[-1])[3] == ("fits" if fits else "does not fit"), text
+    assert ("Llama text encoder, read from its files layer by layer" in text) == llama_from_files
+    if "q4_k" in argv:
+        assert "transformer weights GGUF Q4_K, computing in bfloat16" in text
+
+
+def test_the_llama_read_from_its_files_counts_one_layer_in_ram():
+    """Reading the Llama from its files: RAM holds the layer being read, the GPU its embedding and one layer;
+    only where RAM is too short for it to sit there alone."""
+    sizes = ModelSizes.from_configs(ModelConfigs.published(), torch.bfloat16, torch.float16, transformer_format="q4_k")
+    plan = plan_memory(6 * GB, 16 * GB, swap_free=0, sizes=sizes)
+    assert plan.text_encoder.offload_type == "from_file" and plan.lifetime == "phase" and plan.fits
+    text = plan.phase("text encoding")
+    llama = sizes["text_encoder"]
+    assert f"Llama text encoder, the layer being read ({llama.blocks[0] / GB:.1f} GB)" in text.on_cpu
+    assert f"Llama text encoder, read from its files layer by layer ({(llama.remainder + llama.blocks[0]) / GB:.1f} GB)" in text.on_gpu
+    per_phase = plan_memory(6 * GB, 24 * GB, swap_free=0, sizes=sizes)
+    assert per_phase.lifetime == "phase" and per_phase.text_encoder.offload_type == "block_level"
+    assert text.ram_bytes == per_phase.phase("text encoding").ram_bytes - llama.total + llama.blocks[0]
+    assert plan.phase("sampling") == per_phase.phase("sampling")
+
+
+@needs_shared
+def test_the_llama_read_from_its_files_gives_the_goldens_and_holds_no_layer(tmp_path):
+    """Where RAM cannot hold the Llama encoder, its layers are read from the files as they run: the golden
+    outputs are the same, and no layer stays in memory."""
+    from conftest import load_case
+
+    from safetensors.torch import load_file
+
+    from framepack.engine import Done, SectionDone, generate
+    from framepack.placement import file_streaming
+
+    raw, case_dir = load_case("v1_original")
+    settings = Settings.from_dict(raw)
+    tiny = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS), torch.float32, torch.float32)
+    options = dict(height=64, width=96, device="cpu", mode="low", sizes=tiny)
+    resident = plan_memory(1 * GB, None, **options)
+    per_phase = plan_memory(1 * GB, resident.peak_ram - 1, **options)
+    # The tiny Llama is never what RAM cannot hold (the planner's choice is tested on the real sizes above).
+    from_files = plan_memory(1 * GB, per_phase.peak_ram, llama_from_files=True, **options)
+    assert from_files.text_encoder.offload_type == "from_file" and from_files.lifetime == "phase" and from_files.fits
+
+    models = load_models("original", ModelSource(models_dir=TINY_MODELS), dtype="float32", plan=from_files)
+    loaded = []
+    load = models.loader.load
+    models.loader.load = lambda name: loaded.append(module := load(name)) or module
+    events = list(generate(models, settings, case_dir / "input.png", tmp_path, previews=False))
+    assert isinstance(events[-1], Done), events[-1]
+    expected = load_file(case_dir / "expected.safetensors")
+    for i, section in enumerate(e.latents for e in events if isinstance(e, SectionDone)):
+        assert (section - expected[f"section_{i:03d}"]).abs().max() <= 1e-4
+    llama = next(m for m in loaded if file_streaming(m) is not None)
+    layers = llama.config.num_hidden_layers
+    assert file_streaming(llama).reads == layers  # one prompt (CFG 1: no negative prompt), each layer read once
+    assert all(p.device.type == "meta" for p in llama.layers.parameters())
+    assert models.text_encoder is None  # and the rest of it left memory after the phase
