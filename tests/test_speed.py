@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -55,6 +57,55 @@ def test_attention_backends_agree(tiny_models):
         assert set_attention(transformer, "auto", torch.device("cpu")) == ("sdpa", None)
     assert torch.allclose(reference, math_out, atol=1e-5)
     assert torch.equal(transformer(**inputs)[0], reference)
+
+
+FAKE_SAGE = """
+import torch
+calls = []
+
+def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, smooth_k=True):
+    # SageAttention 1.0.6's signature; exact attention in its place (the real one needs a GPU and Triton).
+    calls.append((tensor_layout, tuple(q.shape), sm_scale))
+    if tensor_layout == "NHD":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=sm_scale)
+    return out.transpose(1, 2) if tensor_layout == "NHD" else out
+"""
+
+
+@needs_shared
+def test_sageattention_1_runs_through_the_attention_dispatch(tiny_models, tmp_path, monkeypatch):
+    """SageAttention 1.0.6 (what pip installs) is older than diffusers' sage backend accepts: it is registered
+    under the same dispatch name, called with diffusers' (batch, tokens, heads, dim) layout. A stand-in package
+    with 1.0.6's signature checks the wiring; the kernel itself needs a GPU."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    (tmp_path / "sageattention").mkdir()
+    (tmp_path / "sageattention" / "__init__.py").write_text(FAKE_SAGE)
+    (tmp_path / "sageattention-1.0.6.dist-info").mkdir()
+    (tmp_path / "sageattention-1.0.6.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: sageattention\nVersion: 1.0.6\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sageattention
+
+    assert availability(torch.device("cuda"))["sage"] is None
+    registry = _AttentionBackendRegistry
+    saved = {store: dict(getattr(registry, store)) for store in ("_backends", "_constraints", "_supported_arg_names")}
+    transformer = tiny_models("original").transformer
+    inputs = transformer_inputs()
+    reference = transformer(**inputs)[0]
+    try:
+        assert set_attention(transformer, "sage", torch.device("cuda")) == ("sage", None)
+        out = transformer(**inputs)[0]
+    finally:
+        for store, entries in saved.items():
+            setattr(registry, store, entries)
+        set_attention(transformer, "sdpa", torch.device("cpu"))
+        sys.modules.pop("sageattention")  # the stand-in leaves with its path
+    heads = transformer.config.num_attention_heads
+    assert sageattention.calls and all(layout == "NHD" and shape[2] == heads for layout, shape, _ in sageattention.calls)
+    assert len(sageattention.calls) == len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+    assert torch.allclose(out, reference, atol=1e-5)
+    assert registry._backends[AttentionBackendName.SAGE] is saved["_backends"][AttentionBackendName.SAGE]
 
 
 @needs_shared
