@@ -1,5 +1,6 @@
 """What a new prompt costs where RAM is short (the per-phase lifetime): the text encoders load for it and the
-transformer comes back after; a prompt used before costs nothing extra.
+transformer comes back after; a prompt used before costs nothing extra. Shorter still, the Llama encoder is read
+from its files layer by layer as it runs.
 
     .venv/bin/python bench/prompt_reload.py [--models DIR]
 
@@ -37,7 +38,22 @@ def main() -> None:
     sizes = ModelSizes.from_configs(ModelConfigs.from_folder(args.models), torch.float32, torch.float32)
     options = dict(height=64, width=96, window=3, device="cpu", mode="low", sizes=sizes)
     plan = plan_memory(GB, plan_memory(GB, None, **options).peak_ram - 1, **options)  # just too little for all
-    models = load_models("original", ModelSource(models_dir=args.models), dtype="float32", plan=plan)
+    run_jobs("Per-phase model set", plan, args.models)
+    run_jobs("Llama read from its files", plan_memory(GB, plan.peak_ram, llama_from_files=True, **options), args.models)
+
+    real = published_sizes()
+    moved = sum(real[name].total for name in ("text_encoder", "text_encoder_2", "transformer"))
+    q4_k = ModelSizes.from_configs(ModelConfigs.published(), torch.bfloat16, torch.float16, transformer_format="q4_k")
+    from_files = sum(q4_k[name].total for name in ("text_encoder", "text_encoder_2", "transformer"))
+    print(f"\nReal 13B set: a new prompt reads {moved / GB:.1f} GB (Llama and CLIP encoders, then the transformer);")
+    print(f"with a Q4_K transformer and the Llama read from its files (16 GB of RAM), {from_files / GB:.1f} GB:")
+    for disk, speed in (("SATA SSD", 0.5), ("NVMe SSD", 2.0), ("fast NVMe", 7.0)):
+        print(f"  {disk:<10} {speed:.1f} GB/s: about {moved / GB / speed:.0f} s, {from_files / GB / speed:.0f} s per new prompt")
+
+
+def run_jobs(title: str, plan, models_dir: Path) -> None:
+    """Three 2-section jobs (a new prompt, the same again, another new one), timing the loads inside them."""
+    models = load_models("original", ModelSource(models_dir=models_dir), dtype="float32", plan=plan)
     timings: list[tuple[str, float]] = []
     load = models.loader.load
 
@@ -50,7 +66,7 @@ def main() -> None:
     models.loader.load = timed_load
     settings = Settings(total_second_length=0.8, latent_window_size=3, steps=2, height=64, width=96)
     out = Path(tempfile.mkdtemp())
-    print(f"Per-phase model set ({args.models.name}); one 2-section job each:")
+    print(f"{title} ({models_dir.name}); one 2-section job each:")
     for label, prompt in (("new prompt", "a girl dances"), ("same prompt", "a girl dances"), ("new prompt", "a cat jumps")):
         timings.clear()
         started = time.perf_counter()
@@ -58,12 +74,6 @@ def main() -> None:
         assert isinstance(done, Done), done
         loads = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings) or "nothing loaded"
         print(f"  {label:<12} job {time.perf_counter() - started:6.2f} s; loads: {loads}")
-
-    real = published_sizes()
-    moved = sum(real[name].total for name in ("text_encoder", "text_encoder_2", "transformer"))
-    print(f"\nReal 13B set: a new prompt reads {moved / GB:.1f} GB (Llama and CLIP encoders, then the transformer):")
-    for disk, speed in (("SATA SSD", 0.5), ("NVMe SSD", 2.0), ("fast NVMe", 7.0)):
-        print(f"  {disk:<10} {speed:.1f} GB/s: about {moved / GB / speed:.0f} s per new prompt")
 
 
 if __name__ == "__main__":
