@@ -52,9 +52,17 @@ def open_page(browser, url: str, seconds: float, steps: int = 3, prompt: str = "
 
 
 def set_number(page, elem_id: str, value: float) -> None:
+    """Type a number and leave the field, as a person does. A slider in an accordion that has just opened may
+    still be mounting and put its initial value back a moment later, so the value is checked after a pause
+    and typed again if it did not stay."""
     number = page.locator(f"#{elem_id} input[type=number]")
-    number.fill(str(value))
-    number.press("Enter")
+    for _ in range(3):
+        number.fill(str(value))
+        number.press("Tab")
+        page.wait_for_timeout(300)
+        if float(number.input_value()) == float(value):
+            return
+    raise AssertionError(f"{elem_id} does not keep the value {value}")
 
 
 def start_job(browser, url: str, seconds: float, steps: int = 3):
@@ -107,13 +115,13 @@ def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(b
     page = open_page(browser, app_server.url, seconds=1.2, prompt="A girl stands. [0s: she waves] [0.8s: she spins]")
     page.get_by_text("Advanced").click()
     set_number(page, "fp-window", 3)  # three sections of 0.4 s
+    timeline = page.locator("#fp-timeline")
     page.get_by_text("End frame and keyframes").click()
     page.locator("#fp-end-image input[type=file]").set_input_files(str(controls / "c1_original_end" / "end.png"))
     expect(page.locator("#fp-end-image img")).to_be_visible()
     page.locator("#fp-keyframes input[type=file]").set_input_files(str(controls / "c2_original_timed" / "keyframe_0.png"))
     page.locator("#fp-keyframe-times textarea").fill("0.8")
     page.locator("#fp-keyframe-times textarea").press("Enter")
-    timeline = page.locator("#fp-timeline")
     expect(timeline).to_contain_text('0.00–0.40 s (generated 3rd): "she waves" · start image')
     expect(timeline).to_contain_text('0.80–1.20 s (generated 1st): "she spins" · keyframe 1 (keyframe_0.png) · then the end frame')
 
