@@ -178,7 +178,7 @@ def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
         tensors, _ = random_lora("musubi", transformer, seed)
         save_file(tensors, str(folder / name))
     with running_app(tmp_path / "outputs", "--loras", str(folder)) as app:
-        page = open_page(browser, app.url, seconds=0.4)
+        page = open_page(browser, app.url, seconds=1)
         page.get_by_text("LoRA", exact=True).click()
         page.get_by_label("motion.safetensors").check()
         page.get_by_label("style.safetensors").check()
