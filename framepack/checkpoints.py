@@ -152,13 +152,17 @@ def _numel(shape: Iterable[int]) -> int:
 
 
 def load_transformer_file(
-    path: str | os.PathLike, config: dict[str, Any], variant: str, dtype: torch.dtype, fp8: bool = False
-) -> tuple[HunyuanVideoFramepackTransformer3DModel, TransformerFile]:
+    path: str | os.PathLike, config: dict[str, Any], variant: str, dtype: torch.dtype, fp8: bool = False,
+    matmuls: bool = False,
+) -> tuple[HunyuanVideoFramepackTransformer3DModel, TransformerFile]:  # fmt: skip
     """Load a single-file transformer with the architecture of `config`, computing in `dtype`, its output head in
     float32 as always. An fp8 file (or `fp8`) keeps its big layers in 8 bits, exactly as `--fp8` stores them
-    (diffusers' layerwise casting); a GGUF file stays quantised and each layer is dequantised as it runs."""
+    (diffusers' layerwise casting; `matmuls`: multiplying in fp8 too); a GGUF file stays quantised and each
+    layer is dequantised as it runs."""
     file = inspect_transformer_file(path, config, variant)
     if file.gguf:
+        if matmuls:
+            raise CheckpointError(f"{file.path.name} is GGUF, which computes in bf16: fp8 compute needs 16-bit or fp8 weights")
         return _load_gguf(file, config, dtype), file
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
@@ -166,21 +170,24 @@ def load_transformer_file(
             for key in f.keys():
                 yield strip_prefix(key), f.get_tensor(key)
 
-    return transformer_from_tensors(config, tensors(), file.path.name, dtype, fp8 or file.format == "fp8"), file
+    fp8 = fp8 or matmuls or file.format == "fp8"
+    return transformer_from_tensors(config, tensors(), file.path.name, dtype, fp8, matmuls), file
 
 
 def transformer_from_tensors(
-    config: dict[str, Any], tensors: Iterable[tuple[str, torch.Tensor]], source: str, dtype: torch.dtype, fp8: bool
-) -> HunyuanVideoFramepackTransformer3DModel:
+    config: dict[str, Any], tensors: Iterable[tuple[str, torch.Tensor]], source: str, dtype: torch.dtype, fp8: bool,
+    matmuls: bool = False,
+) -> HunyuanVideoFramepackTransformer3DModel:  # fmt: skip
     """The transformer of `config` computing in `dtype` (its output head in float32), its weights cast tensor by
-    tensor as they are read, to fp8 storage where `fp8` says (diffusers' layerwise casting, as `--fp8`): the same
-    weights as loading it whole and casting it then, without ever holding it at the file's precision."""
+    tensor as they are read, to fp8 storage where `fp8` says (diffusers' layerwise casting, as `--fp8`; with
+    `matmuls` multiplying in fp8 too): the same weights as loading it whole and casting it then, without ever
+    holding it at the file's precision."""
     transformer = meta_transformer(config)
     torch.nn.Module.to(transformer, dtype)
     transformer.norm_out.float()
     transformer.proj_out.float()
     if fp8:
-        enable_fp8(transformer)  # on the meta device: each tensor's storage dtype, and the casting hooks
+        enable_fp8(transformer, matmuls)  # on the meta device: each tensor's storage dtype, and the casting hooks
     assign_weights(transformer, tensors, source)
     transformer.eval().requires_grad_(False)
     keep_output_head_in_float32(transformer)

@@ -149,6 +149,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slow first section)")
     add("--fp8", action="store_true", help="store the transformer's weights in 8 bits (less memory)")
+    add("--fp8-compute", action="store_true",
+        help="--fp8, multiplying in fp8 too (faster; GPUs of compute capability 8.9+: RTX 40/50, L4, H100)")  # fmt: skip
     add("--transformer-file", type=Path, metavar="PATH",
         help="a single-file transformer instead of the variant's repo: bf16, fp16 or fp8 .safetensors, or .gguf")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar")
@@ -255,10 +257,10 @@ def _load(
         # The same check as the app's: say what will not fit before loading tens of GB.
         plan = check_before_loading(
             settings, fp8=args.fp8, device=args.device, models_dir=source.models_dir, lora=lora,
-            transformer_file=source.transformer_file,
+            transformer_file=source.transformer_file, fp8_matmuls=args.fp8_compute,
         )  # fmt: skip
         return load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
-    except (ModelsMissingError, MemoryPlanError, LoraError, CheckpointError) as exc:
+    except (ModelsMissingError, MemoryPlanError, LoraError, CheckpointError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
 

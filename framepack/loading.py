@@ -68,12 +68,17 @@ class ComponentLoader:
         dtype = self.encoder_dtype
         if name == "transformer":
             fp8 = self.plan is not None and self.plan.fp8
+            matmuls = self.plan is not None and self.plan.fp8_matmuls
             if self.source.transformer_file is not None:
                 config = self.source.transformer_config(self.variant)
-                module, file = load_transformer_file(self.source.transformer_file, config, self.variant, self.transformer_dtype, fp8)
+                module, file = load_transformer_file(
+                    self.source.transformer_file, config, self.variant, self.transformer_dtype, fp8, matmuls
+                )
                 self.quantized = file.format if file.gguf else ""
+            elif fp8:
+                module = load_transformer_fp8(transformer_folder, self.transformer_dtype, matmuls)
             else:
-                module = (load_transformer_fp8 if fp8 else load_transformer)(transformer_folder, self.transformer_dtype)
+                module = load_transformer(transformer_folder, self.transformer_dtype)
         elif name == "text_encoder" and self.plan is not None and self.plan.text_encoder.offload_type == "from_file":
             module = llama_from_files(hunyuan / "text_encoder", dtype, self.device)
         elif name == "text_encoder":
@@ -209,8 +214,11 @@ def llama_from_files(folder: str | os.PathLike, dtype: torch.dtype, device: torc
     return model
 
 
-def load_transformer_fp8(folder: str | os.PathLike, dtype: torch.dtype) -> HunyuanVideoFramepackTransformer3DModel:
-    """The transformer of a model folder with fp8 storage (see `placement.enable_fp8`), cast as it is read."""
+def load_transformer_fp8(
+    folder: str | os.PathLike, dtype: torch.dtype, matmuls: bool = False
+) -> HunyuanVideoFramepackTransformer3DModel:
+    """The transformer of a model folder with fp8 storage (see `placement.enable_fp8`; `matmuls`: multiplying
+    in fp8 too), cast as it is read."""
     folder = Path(folder)
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
@@ -220,4 +228,4 @@ def load_transformer_fp8(folder: str | os.PathLike, dtype: torch.dtype) -> Hunyu
                     yield key, f.get_tensor(key)
 
     config = HunyuanVideoFramepackTransformer3DModel.load_config(folder)
-    return transformer_from_tensors(config, tensors(), folder.name, dtype, fp8=True)
+    return transformer_from_tensors(config, tensors(), folder.name, dtype, fp8=True, matmuls=matmuls)

@@ -51,7 +51,7 @@ from .models import (
     resolve_dtypes,
 )
 from .packing import CONTEXT_1X, CONTEXT_2X, CONTEXT_4X
-from .placement import Placement, Streaming, enable_fp8, has_fp8, place_component
+from .placement import Placement, Streaming, enable_fp8, fp8_matmul_problem, has_fp8, place_component
 from .settings import VARIANTS, Settings, SettingsError
 
 GB = 1_000_000_000
@@ -576,6 +576,7 @@ class MemoryPlan:
     swap_free: int | None = None
     advice: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    fp8_matmuls: bool = False  # fp8 storage whose big matrix products run in fp8 (`placement.Fp8Linear`)
     # "resident": every component stays loaded. "phase" (RAM is short): the text encoders are loaded only to
     # encode prompts not seen before, the image encoder only for its phase, and the transformer leaves RAM while
     # the text encoders are in it (see `framepack.loading.components`).
@@ -1096,9 +1097,13 @@ def check_before_loading(
     memory: DeviceMemory | None = None,
     lora: LoraBytes | None = None,
     transformer_file: str | os.PathLike | None = None,
+    fp8_matmuls: bool = False,
 ) -> MemoryPlan:
     """Plan the job `settings` describes (with its LoRAs' `lora` bytes) on this machine's free memory; raise
     MemoryPlanError if it will not fit (CheckpointError if `transformer_file` does not fit the model).
+
+    `fp8_matmuls` (fp8 compute) stores the transformer as `fp8` does and multiplies in fp8 where the GPU can;
+    elsewhere it raises SettingsError with the reason.
 
     The app calls it before loading (with its default settings) and the CLI with the job's settings; the
     returned plan then goes to `place_component` as each component loads. With `models_dir` (a local model
@@ -1107,16 +1112,24 @@ def check_before_loading(
     """
     settings = settings or Settings()
     memory = memory or detect_device(device)
+    if fp8_matmuls:
+        if problem := fp8_matmul_problem(memory.device):
+            raise SettingsError("--fp8-compute", problem)
+        fp8 = True
     sizes = None
     if models_dir is not None or transformer_file is not None:
         configs = file_configs(models_dir, settings.variant, transformer_file)
         file = inspect_transformer_file(transformer_file, configs.transformer, settings.variant) if transformer_file else None
+        if fp8_matmuls and file is not None and file.gguf:
+            raise SettingsError("--fp8-compute", "it multiplies fp8 weights, and a GGUF transformer computes in bf16")
         sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8, transformer_file=file)
         fp8 = sizes.fp8
     plan = plan_for_settings(
         settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes,
         swap_free=memory.swap_free, lora=lora,
     )  # fmt: skip
+    if fp8_matmuls:
+        plan = replace(plan, fp8_matmuls=True, transformer_weights="fp8 storage, fp8 matrix products")
     if not plan.fits:
         raise MemoryPlanError(plan)
     return plan
@@ -1262,6 +1275,7 @@ def replan(
         mode=current.mode, swap_free=current.swap_free, lora=lora,
         llama_from_files=current.text_encoder.offload_type == "from_file",
     )  # fmt: skip
+    plan = replace(plan, fp8_matmuls=current.fp8_matmuls, transformer_weights=current.transformer_weights)
     if not plan.fits:
         raise MemoryPlanError(plan)
     if models.loader is not None:
