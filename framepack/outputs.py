@@ -139,20 +139,16 @@ else:
         fcntl.flock(file.fileno(), fcntl.LOCK_UN)
 
 
-class JobLock:
-    """Held while a job is worked on: an OS lock on a file in the job's parts folder.
+class FileLock:
+    """An OS lock on a file, taken without waiting. The OS releases it when its process ends, however it ends
+    (a SIGKILL too), so another process can tell a live holder from a dead one."""
 
-    The OS releases it when its process ends, however it ends (a SIGKILL too), so a resume or an app start can
-    tell a live job's files from the ones a killed process left behind; and a job cannot run twice at once,
-    from two tabs or two processes sharing the outputs folder.
-    """
-
-    def __init__(self, paths: JobPaths):
-        self.path = paths.parts_dir / "lock"
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
         self._file: Any = None
 
     def acquire(self) -> bool:
-        """Take the lock without waiting; False if someone is working on the job."""
+        """Take the lock without waiting; False if another holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "a+b")  # noqa: SIM115  (held open until released)
         try:
@@ -168,6 +164,16 @@ class JobLock:
             _unlock(self._file)
             self._file.close()
             self._file = None
+
+
+class JobLock(FileLock):
+    """Held while a job is worked on: an OS lock on a file in the job's parts folder, so a resume or an app start
+    can tell a live job's files from the ones a killed process left behind; and a job cannot run twice at once,
+    from two tabs or two processes sharing the outputs folder.
+    """
+
+    def __init__(self, paths: JobPaths):
+        super().__init__(paths.parts_dir / "lock")
 
 
 def tidy_job(paths: JobPaths) -> None:

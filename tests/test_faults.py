@@ -252,11 +252,11 @@ def test_if_the_worker_thread_ends_no_job_waits_for_it(tmp_path, monkeypatch):
     worker = Worker("original", ModelSource(models_dir=TINY_MODELS), tmp_path)
     release = threading.Event()
 
-    def dying(job):
+    def dying(job, stop):
         release.wait()
         raise SystemExit("the worker thread ends")
 
-    monkeypatch.setattr(worker, "_job_events", dying)
+    monkeypatch.setattr(worker.runners[0], "events", dying)
     running, waiting = submit(worker), submit(worker)
     release.set()
     assert isinstance(events_of(running)[-1], Error)
