@@ -1,4 +1,5 @@
-"""The headless command line: `python -m framepack generate ...` runs one job with a progress bar."""
+"""The headless command line: `python -m framepack generate ...` runs one job with a progress bar; `queue` and
+`batch` work the outputs folder's job queue, on one worker, one per GPU or Ray actors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +32,14 @@ from .engine import (
     read_checkpoint,
     resume_job,
 )
+from .batch import read_batch
+from .cluster import ClusterError
+from .jobs import QueuedJob, SqliteJobStore
 from .lora import LoraError, LoraSpec, describe_lora, read_lora
+from .outputs import LOCAL_USER, new_job_id
+from .worker import JobEvent, Worker, job_spec
 from .plan import (
+    MemoryPlan,
     MemoryPlanError,
     ModelConfigs,
     add_check_memory_parser,
@@ -68,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m framepack", description="FramePack image-to-video, headless.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate a video from an image and a prompt")
-    gen.add_argument("--image", type=Path, help="the start image (leave it out to start from a blank frame)")
-    gen.add_argument("--blank-start", choices=BLANK_STARTS, default="grey", help="the blank start frame without --image (default grey)")
-    gen.add_argument("--end-image", type=Path, help="the video's last frame (original variant)")
-    add_setting_options(gen)
+    add_job_options(gen)
     gen.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where files go (default ./outputs)")
     gen.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
     res = commands.add_parser("resume", help="finish a stopped or killed job, exactly as if it had not stopped")
@@ -99,14 +104,65 @@ def build_parser() -> argparse.ArgumentParser:
     branch.add_argument("--keep-sections", type=int, required=True, metavar="K", help="how many of its first sections to keep")
     add_setting_options(branch, for_branch=True)
     branch.add_argument("--job-name", help="file name stem of the new job (default: time and random suffix)")
-    for command in (gen, res, ext, branch):
+    queue = commands.add_parser(
+        "queue", help="the job queue of an outputs folder (the app's too): add, list, cancel, run",
+        description="Jobs wait in a queue kept in the outputs folder (jobs.sqlite3): it outlives the app, and the app, "
+        "`queue run` and `batch` all work from it.",
+    )  # fmt: skip
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True)
+    add = queue_commands.add_parser("add", help="queue a job (the generate command's options); prints its id")
+    add_job_options(add)
+    listing = queue_commands.add_parser("list", help="the queue: running, waiting in line order, then ended jobs")
+    cancel = queue_commands.add_parser("cancel", help="stop jobs: waiting ones at once, a running one after its step")
+    cancel.add_argument("job_ids", nargs="+", metavar="JOB", help="job ids, as `queue list` shows them")
+    run = queue_commands.add_parser("run", help="run the queued jobs, then stop")
+    batch = commands.add_parser(
+        "batch", help="run a JSON Lines or CSV file of jobs",
+        description="One job a line, keyed by `image` and the generate command's option names (prompt, seconds, "
+        "seed, steps, resolution, ...); the options given here are the defaults. Every line is checked before "
+        "anything runs. The jobs join the outputs folder's queue and run with whatever waits there.",
+    )  # fmt: skip
+    batch.add_argument("file", type=Path, help="the batch file (.jsonl or .csv)")
+    add_job_options(batch)
+    for command in (add, listing, cancel, run, batch):
+        command.add_argument("--output-dir", type=Path, default=Path("outputs"), help="the outputs folder (default ./outputs)")
+    for command in (gen, res, ext, branch, run, batch):
         add_runtime_options(command)
+    for command in (run, batch):
+        add_worker_options(command)
     add_check_memory_parser(commands)
     info = commands.add_parser("lora-info", help="what a LoRA file is: format, rank, alpha, the modules it changes")
     info.add_argument("path", type=Path, help="the LoRA file (.safetensors)")
     info.add_argument("--variant", choices=VARIANTS, default="original", help="the model to match it against")
     info.add_argument("--models", type=Path, help="local model root whose transformer config to use")
     return parser
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """What a new video is made from: its images and its settings (`generate`, `queue add`, `batch`)."""
+    parser.add_argument("--image", type=Path, help="the start image (leave it out to start from a blank frame)")
+    parser.add_argument("--blank-start", choices=BLANK_STARTS, default="grey", help="the blank start frame without --image (default grey)")
+    parser.add_argument("--end-image", type=Path, help="the video's last frame (original variant)")
+    add_setting_options(parser)
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """How many workers run the queue, and where."""
+    add = parser.add_argument
+    add("--gpus", type=gpu_list, metavar="0,1,...", help="one worker per GPU, each with its own models")
+    add("--workers", type=int, default=1, metavar="N", help="workers on the one device, without --gpus (default 1)")
+    add("--ray", metavar="ADDRESS", help='run the workers as Ray actors, one per GPU, on the cluster at ADDRESS ("local": '
+        'start one here; the outputs folder must be a path every node can write)')  # fmt: skip
+
+
+def gpu_list(text: str) -> list[int]:
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of GPU numbers, e.g. 0,1") from None
+    if not gpus or len(set(gpus)) != len(gpus) or min(gpus) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of distinct GPU numbers, e.g. 0,1")
+    return gpus
 
 
 def add_setting_options(parser: argparse.ArgumentParser, for_branch: bool = False) -> None:
@@ -175,13 +231,24 @@ def keyframe_arg(text: str) -> Keyframe:
         raise argparse.ArgumentTypeError(f"{text!r} is not SECONDS:PATH, e.g. 2.4:turn.png") from None
 
 
+def checked_job(args: argparse.Namespace) -> tuple[Settings, JobInputs]:
+    """The job the options describe, its images read and every control checked (before tens of GB of models
+    load, or before it joins the queue): its settings and its inputs as given (files, by path). Raises
+    SettingsError or ImageError."""
+    settings = settings_from_args(args)
+    given = JobInputs(args.image, args.end_image, args.keyframe or (), args.blank_start, loras=args.lora or ())
+    images = prepare_images(given.load(), settings)
+    plan_schedule(settings, images.keyframe_times, images.end is not None)
+    for lora in given.loras:
+        if not lora.path.is_file():
+            raise SettingsError("lora", f"no such LoRA file: {lora.path}")
+    return settings, given
+
+
 def run_generate(args: argparse.Namespace) -> int:
     try:
-        settings = settings_from_args(args)
-        # Read every image and check every control before loading tens of GB of models.
-        inputs = JobInputs(args.image, args.end_image, args.keyframe or (), args.blank_start, loras=args.lora or ()).load()
-        images = prepare_images(inputs, settings)
-        plan_schedule(settings, images.keyframe_times, images.end is not None)  # the job prints where each lands
+        settings, given = checked_job(args)
+        inputs = given.load()
     except (SettingsError, ImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -371,6 +438,130 @@ def _report(done: Done) -> int:
     return 130 if done.stopped else 0
 
 
+# ------------------------------------------------------------------------------------------ the queue
+
+
+def run_queue(args: argparse.Namespace) -> int:
+    store = SqliteJobStore.in_folder(args.output_dir)
+    try:
+        if args.queue_command == "add":
+            try:
+                job = queue_job(store, args.output_dir, *checked_job(args))
+            except (SettingsError, ImageError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(job.id)
+            return 0
+        if args.queue_command == "list":
+            for job in store.list():
+                print(queue_line(job))
+            return 0
+        if args.queue_command == "cancel":
+            return max(cancel_in_store(store, job_id) for job_id in args.job_ids)
+    finally:
+        store.close()
+    return run_workers(args)
+
+
+def queue_job(store: SqliteJobStore, output_dir: Path, settings: Settings, given: JobInputs) -> QueuedJob:
+    """Add a checked job to the store, for any front to run, as the person at this machine."""
+    job_id = new_job_id()
+    spec = job_spec(output_dir.resolve(), job_id, "generate", settings, given)
+    return store.add(QueuedJob(job_id, LOCAL_USER, spec, settings.variant))
+
+
+def queue_line(job: QueuedJob) -> str:
+    """One job of `queue list`: id, state, progress, worker, video and its last message."""
+    worker = job.worker.split("/", 1)[-1] if job.worker else "-"
+    prompt = str(job.spec.settings.get("prompt", job.spec.kind))[:40]
+    return f"{job.id}  {job.state:8} {job.progress:4.0%}  {worker:10} {job.video or '-':32} {prompt!r}  {job.message}"
+
+
+def cancel_in_store(store: SqliteJobStore, job_id: str) -> int:
+    """Stop one job from outside the process running it: a waiting one now, a running one at its next step."""
+    job = store.get(job_id)
+    if job is None or not job.active:
+        print(f"error: no waiting or running job {job_id!r}", file=sys.stderr)
+        return 1
+    if job.state == "queued":
+        store.update(job_id, state="stopped", finished=time.time(), message="Stopped before it started")
+        print(f"{job_id}: stopped")
+    else:
+        store.update(job_id, message="stop requested")
+        print(f"{job_id}: stops after its current step")
+    return 0
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    lines, problems = read_batch(args.file, add_job_options, args)
+    checked = []
+    for line, job_args in lines:
+        try:
+            checked.append(checked_job(job_args))
+        except (SettingsError, ImageError) as exc:
+            problems.append(f"{args.file.name}:{line}: {exc}")
+    if problems:
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        print(f"error: nothing was queued: fix the line(s) above in {args.file}", file=sys.stderr)
+        return 2
+    store = SqliteJobStore.in_folder(args.output_dir)
+    try:
+        for settings, given in checked:
+            print(f"queued {queue_job(store, args.output_dir, settings, given).id}")
+    finally:
+        store.close()
+    return run_workers(args)
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    """Run what waits in the outputs folder's queue (each variant's jobs on its own models), then stop; 0 if
+    every job that ran finished, 1 if one failed, 130 when stopped with Ctrl-C (the running jobs go back in
+    line and go on from their last finished section next time)."""
+    store = SqliteJobStore.in_folder(args.output_dir)
+    variants = [v for v in VARIANTS if any(job.active and job.variant == v for job in store.list())]
+    store.close()
+    failed = []
+
+    def report(job: QueuedJob, event: JobEvent) -> None:
+        where = f"{job.id} [{job.worker.split('/', 1)[-1] if job.worker else '-'}]"
+        if isinstance(event, SectionDone):
+            print(f"{where} section {event.section} of {event.sections}: {event.frames} frames", flush=True)
+        elif isinstance(event, Done):
+            print(f"{where} {'stopped' if event.stopped else 'done'}: {event.video_path or 'nothing written'}", flush=True)
+        elif isinstance(event, Error):
+            failed.append(job.id)
+            print(f"{where} failed: {event.message}", flush=True)
+
+    for variant in variants:
+        source = ModelSource(args.models, args.hf_cache, transformer_file=args.transformer_file)
+        try:
+            plans = worker_plans(args, variant)
+            worker = Worker(variant, source, args.output_dir, args.attention, args.compile, plans=plans, ray=args.ray,
+                            on_event=report)  # fmt: skip
+        except (ModelsMissingError, MemoryPlanError, CheckpointError, SettingsError, ClusterError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{variant}: {len(worker.runners)} worker(s): {', '.join(r.name.split('/', 1)[-1] for r in worker.runners)}")
+        try:
+            worker.wait_idle()
+        except KeyboardInterrupt:
+            print("\nStopping: the running jobs go back in line...", file=sys.stderr)
+            return 130
+        finally:
+            worker.close(timeout=120)
+    return 1 if failed else 0
+
+
+def worker_plans(args: argparse.Namespace, variant: str) -> list[MemoryPlan]:
+    """A memory plan per worker: one per GPU of --gpus, else --workers on the one device."""
+    devices = [f"cuda:{gpu}" for gpu in args.gpus] if args.gpus else [args.device] * max(1, args.workers)
+    return [
+        check_before_loading(Settings(variant=variant), fp8=args.fp8, device=device, models_dir=args.models,
+                             transformer_file=args.transformer_file, fp8_matmuls=args.fp8_compute)
+        for device in devices
+    ]  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -384,4 +575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_branch(args)
     if args.command == "extend":
         return run_extend_video(args)
+    if args.command == "queue":
+        return run_queue(args)
+    if args.command == "batch":
+        return run_batch(args)
     return run_check_memory(args)

@@ -13,6 +13,7 @@ cache, under a name nobody else can guess, and names outputs relative to the out
 import argparse
 import dataclasses
 import html
+import inspect
 import logging
 import os
 import secrets
@@ -38,6 +39,9 @@ from .cache import DEFAULT_THRESHOLDS_TEXT
 from .checkpoints import CheckpointError
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
 from .video import VideoInputError, check_video
+from .jobs import QueuedJob
+from .cli import add_worker_options
+from .cluster import ClusterError
 from .worker import MAX_JOBS_PER_OWNER, Job, JobEvent, Waiting, Worker
 
 DEFAULTS = Settings()
@@ -73,6 +77,7 @@ class Session:
 
     def __init__(self) -> None:
         self.jobs: list[Job] = []
+        self.page = False  # a browser page (API clients never load one): Start queues the job when the GPU is busy
 
     def stop(self) -> int:
         """Stop every job of this session; returns how many there were."""
@@ -80,6 +85,33 @@ class Session:
         for job in jobs:
             job.cancel()
         return len(jobs)
+
+
+QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video", "Message"]
+QUEUE_REFRESH_SECONDS = 2.0
+
+
+def mark_page(session: Session) -> Session:
+    session.page = True
+    return session
+
+
+def queue_entry(job: QueuedJob) -> dict[str, Any]:
+    """What `/queue_list` says of a job."""
+    return {
+        "job": job.id, "kind": job.spec.kind, "state": job.state, "progress": round(job.progress, 4),
+        "worker": job.worker.split("/", 1)[-1] if job.worker else None, "owner": job.owner,
+        "prompt": job.spec.settings.get("prompt"), "source": job.spec.source, "video": job.video,
+        "message": job.message, "created": job.created, "started": job.started, "finished": job.finished,
+    }  # fmt: skip
+
+
+def queue_row(job: QueuedJob) -> list[str]:
+    """A job as a row of the Queue tab's table."""
+    entry = queue_entry(job)
+    what = entry["prompt"] or f"{job.spec.kind} of {job.spec.source}"
+    return [job.id, job.state, f"{job.progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
+            job.message]  # fmt: skip
 
 
 def progress_html(fraction: float, text: str) -> str:
@@ -151,12 +183,20 @@ def previous_settings(path: str | None, lora_folder: Path | None = None) -> tupl
         return (*skip_all, gr.skip())
     try:
         saved, extras = settings_of_output(path)
-        settings = Settings.from_dict(saved)
-    except SettingsError as exc:
-        return (*skip_all, error_message(f"{Path(path).name}: {exc}"))
     except ValueError as exc:
         return (*skip_all, error_message(str(exc)))
-    inputs, loras = extras["inputs"], extras["loras"]
+    return settings_updates(saved, extras["inputs"], extras["loras"], Path(path).name, lora_folder)
+
+
+def settings_updates(
+    saved: dict[str, Any], inputs: dict[str, Any], loras: list[dict[str, Any]], name: str, lora_folder: Path | None
+) -> tuple[Any, ...]:
+    """Updates for the settings controls (then the status line) from a job's settings, what its record says of
+    its images (`inputs`) and its LoRAs (name and weight); `name` names the job in the message."""
+    try:
+        settings = Settings.from_dict(saved)
+    except SettingsError as exc:
+        return (*(gr.skip() for _ in PAGE_SETTINGS), error_message(f"{name}: {exc}"))
     keyframes = inputs.get("keyframes") or []
     start = inputs.get("image") or {}
     values = {
@@ -175,7 +215,7 @@ def previous_settings(path: str | None, lora_folder: Path | None = None) -> tupl
     if inputs.get("end_image"):
         wanted.append(f"the end image {inputs['end_image']['name']}")
     wanted += [f"keyframe {k['name']} ({k['seconds']:g} s)" for k in keyframes]
-    message = f"Loaded the settings of {Path(path).name}; add {', '.join(wanted)} and press Start."
+    message = f"Loaded the settings of {name}; add {', '.join(wanted)} and press Start."
     if loras and missing:
         message += f" Its LoRAs are not all in the LoRA folder ({', '.join(missing)}): choose them again."
     return (*(values.get(name, gr.skip()) for name in PAGE_SETTINGS), message)
@@ -414,10 +454,10 @@ def build_app(
             return
         owner, tab = owner_of(request), session_of(request)
         if video is None:
-            job = worker.submit(settings, inputs, owner, tab)
+            yield from queue_or_follow(session, lambda live: worker.submit(settings, inputs, owner, tab, live))
         else:
-            job = worker.submit_extension(settings, Path(image_path(video)), inputs, owner, tab)
-        yield from follow(session, job)
+            video_file = Path(image_path(video))
+            yield from queue_or_follow(session, lambda live: worker.submit_extension(settings, video_file, inputs, owner, tab, live))
 
     def resume(
         session: Session,
@@ -434,9 +474,9 @@ def build_app(
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message(message)
             return
         # The file's name says which job is meant; whether the caller may touch it is the job record's say.
-        owner, tab = owner_of(request), session_of(request)
-        job = worker.submit_resume(job_name(path), owner, tab, float(add_seconds or 0), add_prompt or "")
-        yield from follow(session, job)
+        owner, tab, name = owner_of(request), session_of(request), job_name(path)
+        seconds, prompt = float(add_seconds or 0), add_prompt or ""
+        yield from queue_or_follow(session, lambda live: worker.submit_resume(name, owner, tab, seconds, prompt, live))
 
     def branch(
         session: Session,
@@ -463,8 +503,23 @@ def build_app(
         except (TypeError, ValueError):
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_message("keep_sections: give a whole number of sections")
             return
-        job = worker.submit_branch(job_name(path), keep, changes, owner_of(request), session_of(request))
-        yield from follow(session, job)
+        owner, tab, name = owner_of(request), session_of(request), job_name(path)
+        yield from queue_or_follow(session, lambda live: worker.submit_branch(name, keep, changes, owner, tab, live))
+
+    def queue_or_follow(session: Session, submit: Callable[[bool], Job]) -> Iterator[Updates]:
+        """Start a job and stream it; from a page while the GPU is busy, queue it instead and say so (the
+        page stays free, and the job runs even if the page is closed)."""
+        if not (session.page and worker.busy()):
+            yield from follow(session, submit(True))
+            return
+        job = submit(False)
+        if job.refused:
+            message = next(job.events()).message
+            gr.Warning(message)
+            yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(message)
+            return
+        text = f"Queued as job `{job.id}`: it runs when the GPU is free, even if you close this page. See the Queue tab."
+        yield gr.skip(), progress_html(0, "Queued"), gr.skip(), gr.skip(), text
 
     def follow(session: Session, job: Job) -> Iterator[Updates]:
         """Page updates from a job's events; the job stops when the stream ends for any reason."""
@@ -493,160 +548,284 @@ def build_app(
         """The caller's previous jobs in the outputs folder, newest first (nobody else's)."""
         return worker.jobs_of(owner_of(request))
 
+    def queue_owner(request: gr.Request | None) -> str | None:
+        """Whose jobs the caller sees and controls in the queue: their own, or all for the person at the machine."""
+        return None if identity == "local" else owner_of(request)
+
+    def queue_add(*args: Any, **kwargs: Any) -> str:
+        """Queue a job with `/generate`'s parameters and return its id at once; it runs when a worker is free,
+        whether or not anyone follows it (see `/queue_list`)."""
+        call = inspect.signature(generate).bind(*args, **kwargs)
+        call.apply_defaults()
+        values, request = dict(call.arguments), call.arguments["request"]
+        fields = {name: value for name, value in values.items() if name in SETTING_NAMES}
+        try:
+            settings = Settings(variant=variant, **fields, **job_options)
+            chosen = lora_specs(lora_folder, values["loras"], values["lora_weights"])
+            inputs = job_inputs_of(values["input_image"], values["end_image"], values["keyframes"],
+                                   values["keyframe_times"], values["blank_start"], chosen)  # fmt: skip
+            images = prepare_images(inputs, settings)
+            plan_schedule(settings, images.keyframe_times, images.end is not None)
+        except (SettingsError, ImageError) as exc:
+            raise gr.Error(str(exc)) from None
+        job = worker.submit(settings, inputs, owner_of(request), None, follow=False)
+        if job.refused:
+            raise gr.Error(next(job.events()).message)
+        return job.id
+
+    queue_add.__signature__ = inspect.signature(generate).replace(return_annotation=str)  # as Gradio reads it
+    queue_add.__annotations__ = {**generate.__annotations__, "return": "str"}
+
+    def queue_list(request: gr.Request) -> list[dict[str, Any]]:
+        """The queue as the caller may see it (their own jobs; everyone's for the person at the machine):
+        running, waiting in line order, then ended jobs, newest first."""
+        return [queue_entry(job) for job in worker.list_jobs(queue_owner(request))]
+
+    def queue_cancel(job_id: str, request: gr.Request) -> str:
+        """Stop one of your jobs: a waiting one at once, a running one after its current step."""
+        if not worker.cancel_job(str(job_id), queue_owner(request)):
+            raise gr.Error(f"you have no waiting or running job {job_id!r}")
+        return f"{job_id}: stopping"
+
+    def queue_retry(job_id: str, request: gr.Request) -> str:
+        """Queue a stopped or failed job of yours again; it goes on from its last finished section."""
+        if not worker.retry(str(job_id), queue_owner(request)):
+            raise gr.Error(f"you have no stopped or failed job {job_id!r}")
+        return f"{job_id}: queued again"
+
+    def queue_view(chosen: str | None, request: gr.Request) -> tuple[Any, Any]:
+        """The Queue tab's table and job list, refreshed by its timer."""
+        jobs = worker.list_jobs(queue_owner(request))
+        rows = [queue_row(job) for job in jobs]
+        choices = [(f"{job.id} · {job.state}", job.id) for job in jobs]
+        value = chosen if any(job.id == chosen for job in jobs) else (jobs[0].id if jobs else None)
+        return gr.update(value=rows), gr.update(choices=choices, value=value)
+
+    def queue_action(action: str, job_id: str | None, request: gr.Request) -> str:
+        """One of the Queue tab's buttons on the chosen job; the status line says what happened."""
+        if not job_id:
+            return "Choose a job first."
+        owner = queue_owner(request)
+        done = {
+            "up": lambda: worker.move(job_id, -1, owner),
+            "down": lambda: worker.move(job_id, 1, owner),
+            "cancel": lambda: worker.cancel_job(job_id, owner),
+            "retry": lambda: worker.retry(job_id, owner),
+            "delete": lambda: worker.delete(job_id, owner),
+        }[action]()
+        if done:
+            return {"up": "Moved up.", "down": "Moved down.", "cancel": "Stopping it.", "retry": "Queued again.",
+                    "delete": "Deleted, with its files."}[action] + f" (`{job_id}`)"  # fmt: skip
+        return {"up": "Only a waiting job moves.", "down": "Only a waiting job moves.", "cancel": "It has ended already.",
+                "retry": "Only a stopped or failed job can run again.",
+                "delete": "Stop it first: a waiting or running job is not deleted."}[action]  # fmt: skip
+
+    def queue_button(action: str) -> Callable[[str | None, gr.Request], str]:
+        def on_click(job_id: str | None, request: gr.Request) -> str:
+            return queue_action(action, job_id, request)
+
+        return on_click
+
+    def queue_job_of(job_id: str | None, request: gr.Request | None) -> QueuedJob | None:
+        job = worker.store.get(job_id) if job_id else None
+        owner = queue_owner(request)
+        return job if job is not None and (owner is None or job.owner == owner) else None
+
+    def queue_video(job_id: str | None, request: gr.Request) -> tuple[Any, str]:
+        job = queue_job_of(job_id, request)
+        if job is None or not job.video or not (worker.output_dir / job.video).is_file():
+            return gr.skip(), "That job has no video yet."
+        return PageCopies(demo.GRADIO_CACHE)(worker.output_dir / job.video), f"The video of `{job.id}`."
+
+    def queue_settings(job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        job = queue_job_of(job_id, request)
+        if job is None or not job.spec.settings:
+            skip_all = tuple(gr.skip() for _ in PAGE_SETTINGS)
+            what = "Choose a job first." if job is None else f"`{job.id}` goes on from `{job.spec.source}`: load that job's record."
+            return (*skip_all, what)
+        loras = [{"name": Path(path).name, "weight": weight} for path, weight in job.spec.loras]
+        record = job.spec.options.get("record") or {}
+        return settings_updates(job.spec.settings, record, loras, f"job {job.id}", lora_folder)
+
     with gr.Blocks(title=title, delete_cache=TEMP_CACHE_PRUNING) as demo:
         session = gr.State(Session())  # deep-copied for every new session
         gr.Markdown(f"# {title}\nTurn one image into a video, section by section. The video grows as sections finish.")
-        with gr.Row():
-            with gr.Column():
-                with gr.Tabs():
-                    with gr.Tab("Start image"):
-                        image_input = gr.Image(
-                            sources=["upload"], type="filepath", label="Start image", height=320, elem_id="fp-image"
-                        )
-                    with gr.Tab("Extend a video"):
-                        video_input = gr.Video(
-                            sources=["upload"], label="Video to continue (its frames come first)", height=320,
-                            elem_id="fp-extend-video",
-                        )  # fmt: skip
-                        extend_button = gr.Button(
-                            "Extend this video by the video length below", variant="primary", elem_id="fp-extend"
-                        )
-                prompt_input = gr.Textbox(
-                    label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt",
-                    info='Prompts that change over time: "a man on a beach [0s: he waves] [2.4s: he turns around]"',
-                )  # fmt: skip
-                examples = gr.Dataset(
-                    samples=[[p] for p in EXAMPLE_PROMPTS], components=[prompt_input], label="Example prompts (click one)"
-                )
-                with gr.Accordion("End frame and keyframes", open=False):
-                    with gr.Row():
-                        end_input = gr.Image(
-                            sources=["upload"], type="filepath", label="End image (the video's last frame)", height=200,
-                            elem_id="fp-end-image", visible=variant == "original",
-                        )  # fmt: skip
-                        keyframes_input = gr.File(
-                            label="Keyframe images", file_count="multiple", file_types=["image"], type="filepath",
-                            elem_id="fp-keyframes",
-                        )  # fmt: skip
-                    end_strength_input = gr.Slider(
-                        0, 1, DEFAULTS.end_strength, step=0.01, label="End frame strength", visible=variant == "original"
-                    )
-                    keyframe_times_input = gr.Textbox(
-                        "", label="Keyframe times (seconds, one per image, in the order of the images)", placeholder="1.2, 2.4",
-                        elem_id="fp-keyframe-times",
-                        info="From its time on, a keyframe takes the start image's place as each section's anchor.",
-                    )  # fmt: skip
-                with gr.Accordion("LoRA", open=False):
-                    lora_input = gr.CheckboxGroup(
-                        list_loras(lora_folder), label="LoRAs (from the LoRA folder)", elem_id="fp-loras",
-                        info="Several at once; each gets a weight below (0 turns one off).",
-                    )  # fmt: skip
-                    lora_weights_input = gr.Textbox("", visible=False, elem_id="fp-lora-weights")
-                    refresh_button = gr.Button("Refresh the LoRA list", size="sm")
-
-                    @gr.render(inputs=[lora_input, lora_weights_input], triggers=[lora_input.change])
-                    def weight_sliders(chosen: list[str] | None, weights: str) -> None:
-                        """A weight slider for each chosen LoRA; the hidden weights box keeps them by name."""
-                        chosen = list(chosen or [])
-                        try:
-                            known = lora_weights_by_name(weights, chosen)
-                        except SettingsError:
-                            known = {}
-                        sliders = [
-                            gr.Slider(-1, 2, known.get(name, 1.0), step=0.05, label=f"Weight of {name}", interactive=True,
-                                      elem_id=f"fp-lora-weight-{k}")  # fmt: skip
-                            for k, name in enumerate(chosen)
-                        ]
-                        for slider in sliders:
-                            slider.change(
-                                lambda *values: ", ".join(f"{n}={v:g}" for n, v in zip(chosen, values)), sliders,
-                                lora_weights_input, queue=False, api_visibility="private",
-                            )  # fmt: skip
-
-                timeline_output = gr.Markdown(
-                    section_timeline(variant, DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size),
-                    elem_id="fp-timeline",
-                )
+        with gr.Tabs():
+            with gr.Tab("Generate", elem_id="fp-generate-tab"):
                 with gr.Row():
-                    start_button = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
-                    end_button = gr.Button("End Generation", interactive=False, elem_id="fp-end")
-                with gr.Group():
-                    teacache_input = gr.Checkbox(
-                        value=DEFAULTS.use_teacache,
-                        label=f"Use {CACHE_LABELS[(job_options or {}).get('cache_method', DEFAULTS.cache_method)]}",
-                        info="Faster, but hands and fingers may get slightly worse.",
-                    )
-                    seed_input = gr.Number(value=DEFAULTS.seed, label="Seed", precision=0)
-                    length_input = gr.Slider(
-                        1, MAX_SECONDS, DEFAULTS.total_second_length, step=0.1,
-                        label="Total video length (seconds)", elem_id="fp-length",
-                    )  # fmt: skip
-                    resolution_input = gr.Slider(
-                        128, 960, DEFAULTS.resolution, step=16,
-                        label="Resolution (bucket target)", elem_id="fp-resolution",
-                    )  # fmt: skip
-                    steps_input = gr.Slider(
-                        1, 100, DEFAULTS.steps, step=1, label="Steps",
-                        info="Changing this is not recommended.", elem_id="fp-steps",
-                    )  # fmt: skip
-                    distilled_input = gr.Slider(
-                        1, 32, DEFAULTS.distilled_cfg, step=0.01, label="Distilled CFG scale",
-                        info="Changing this is not recommended.",
-                    )  # fmt: skip
-                with gr.Accordion("Advanced", open=False):
-                    negative_input = gr.Textbox(
-                        value=DEFAULTS.negative_prompt, label="Negative prompt", info="Used only when CFG scale > 1."
-                    )
-                    cfg_input = gr.Slider(1, 32, DEFAULTS.cfg, step=0.01, label="CFG scale")
-                    rescale_input = gr.Slider(0, 1, DEFAULTS.cfg_rescale, step=0.01, label="CFG re-scale")
-                    window_input = gr.Slider(
-                        1, 33, DEFAULTS.latent_window_size, step=1, label="Latent window size", elem_id="fp-window",
-                        info="Frames per section = 4 × window − 3. Changing this is not recommended.",
-                    )  # fmt: skip
-                    memory_input = gr.Slider(
-                        0, 128, DEFAULTS.gpu_memory_preservation, step=0.1, label="GPU memory to preserve (GB)",
-                        info="Raise it if you run out of memory; larger is slower.",
-                    )  # fmt: skip
-                    crf_input = gr.Slider(
-                        0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
-                        info="0 is lossless; lower means better quality and larger files.",
-                    )  # fmt: skip
-                    blend_input = gr.Slider(
-                        0, 8, DEFAULTS.prompt_blend_sections, step=1, label="Prompt fade (sections)",
-                        info="A new timed prompt fades in over this many sections; 0 switches at once.",
-                    )  # fmt: skip
-                    blank_input = gr.Radio(
-                        list(BLANK_STARTS), value="grey", label="Without a start image, start from",
-                        info="Text to video: the first frame is blank.",
-                    )  # fmt: skip
-                with gr.Accordion("Previous output: load its settings, or resume it", open=False):
-                    previous_input = gr.File(
-                        label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
-                        type="filepath", elem_id="fp-previous",
-                    )  # fmt: skip
-                    add_seconds_input = gr.Number(
-                        value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add (finished FramePack-F1 videos)",
-                        info="0 finishes a stopped job; more makes a finished F1 video longer.",
-                    )  # fmt: skip
-                    add_prompt_input = gr.Textbox(
-                        "", label="Prompts for the added seconds (optional)", placeholder="[6s: he sits down]",
-                        visible=variant == "f1",
-                    )
-                    resume_button = gr.Button("Resume this job", elem_id="fp-resume")
-                    with gr.Row():
-                        keep_input = gr.Number(
-                            value=1, minimum=1, precision=0, label="Sections to keep", elem_id="fp-keep",
-                            info="Counted as the progress bar counts them; the seed and prompt above apply to the rest.",
+                    with gr.Column():
+                        with gr.Tabs():
+                            with gr.Tab("Start image"):
+                                image_input = gr.Image(
+                                    sources=["upload"], type="filepath", label="Start image", height=320, elem_id="fp-image"
+                                )
+                            with gr.Tab("Extend a video"):
+                                video_input = gr.Video(
+                                    sources=["upload"], label="Video to continue (its frames come first)", height=320,
+                                    elem_id="fp-extend-video",
+                                )  # fmt: skip
+                                extend_button = gr.Button(
+                                    "Extend this video by the video length below", variant="primary", elem_id="fp-extend"
+                                )
+                        prompt_input = gr.Textbox(
+                            label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt",
+                            info='Prompts that change over time: "a man on a beach [0s: he waves] [2.4s: he turns around]"',
                         )  # fmt: skip
-                        branch_button = gr.Button("Keep the first K sections and redo the rest", elem_id="fp-branch")
-            with gr.Column():
-                preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
-                progress_output = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
-                info_output = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
-                video_output = gr.Video(
-                    label="Video", autoplay=True, loop=True, interactive=False, height=512, elem_id="fp-video"
+                        examples = gr.Dataset(
+                            samples=[[p] for p in EXAMPLE_PROMPTS], components=[prompt_input], label="Example prompts (click one)"
+                        )
+                        with gr.Accordion("End frame and keyframes", open=False):
+                            with gr.Row():
+                                end_input = gr.Image(
+                                    sources=["upload"], type="filepath", label="End image (the video's last frame)", height=200,
+                                    elem_id="fp-end-image", visible=variant == "original",
+                                )  # fmt: skip
+                                keyframes_input = gr.File(
+                                    label="Keyframe images", file_count="multiple", file_types=["image"], type="filepath",
+                                    elem_id="fp-keyframes",
+                                )  # fmt: skip
+                            end_strength_input = gr.Slider(
+                                0, 1, DEFAULTS.end_strength, step=0.01, label="End frame strength", visible=variant == "original"
+                            )
+                            keyframe_times_input = gr.Textbox(
+                                "", label="Keyframe times (seconds, one per image, in the order of the images)", placeholder="1.2, 2.4",
+                                elem_id="fp-keyframe-times",
+                                info="From its time on, a keyframe takes the start image's place as each section's anchor.",
+                            )  # fmt: skip
+                        with gr.Accordion("LoRA", open=False):
+                            lora_input = gr.CheckboxGroup(
+                                list_loras(lora_folder), label="LoRAs (from the LoRA folder)", elem_id="fp-loras",
+                                info="Several at once; each gets a weight below (0 turns one off).",
+                            )  # fmt: skip
+                            lora_weights_input = gr.Textbox("", visible=False, elem_id="fp-lora-weights")
+                            refresh_button = gr.Button("Refresh the LoRA list", size="sm")
+
+                            @gr.render(inputs=[lora_input, lora_weights_input], triggers=[lora_input.change])
+                            def weight_sliders(chosen: list[str] | None, weights: str) -> None:
+                                """A weight slider for each chosen LoRA; the hidden weights box keeps them by name."""
+                                chosen = list(chosen or [])
+                                try:
+                                    known = lora_weights_by_name(weights, chosen)
+                                except SettingsError:
+                                    known = {}
+                                sliders = [
+                                    gr.Slider(-1, 2, known.get(name, 1.0), step=0.05, label=f"Weight of {name}", interactive=True,
+                                              elem_id=f"fp-lora-weight-{k}")  # fmt: skip
+                                    for k, name in enumerate(chosen)
+                                ]
+                                for slider in sliders:
+                                    slider.change(
+                                        lambda *values: ", ".join(f"{n}={v:g}" for n, v in zip(chosen, values)), sliders,
+                                        lora_weights_input, queue=False, api_visibility="private",
+                                    )  # fmt: skip
+
+                        timeline_output = gr.Markdown(
+                            section_timeline(variant, DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size),
+                            elem_id="fp-timeline",
+                        )
+                        with gr.Row():
+                            start_button = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
+                            end_button = gr.Button("End Generation", interactive=False, elem_id="fp-end")
+                        with gr.Group():
+                            teacache_input = gr.Checkbox(
+                                value=DEFAULTS.use_teacache,
+                                label=f"Use {CACHE_LABELS[(job_options or {}).get('cache_method', DEFAULTS.cache_method)]}",
+                                info="Faster, but hands and fingers may get slightly worse.",
+                            )
+                            seed_input = gr.Number(value=DEFAULTS.seed, label="Seed", precision=0)
+                            length_input = gr.Slider(
+                                1, MAX_SECONDS, DEFAULTS.total_second_length, step=0.1,
+                                label="Total video length (seconds)", elem_id="fp-length",
+                            )  # fmt: skip
+                            resolution_input = gr.Slider(
+                                128, 960, DEFAULTS.resolution, step=16,
+                                label="Resolution (bucket target)", elem_id="fp-resolution",
+                            )  # fmt: skip
+                            steps_input = gr.Slider(
+                                1, 100, DEFAULTS.steps, step=1, label="Steps",
+                                info="Changing this is not recommended.", elem_id="fp-steps",
+                            )  # fmt: skip
+                            distilled_input = gr.Slider(
+                                1, 32, DEFAULTS.distilled_cfg, step=0.01, label="Distilled CFG scale",
+                                info="Changing this is not recommended.",
+                            )  # fmt: skip
+                        with gr.Accordion("Advanced", open=False):
+                            negative_input = gr.Textbox(
+                                value=DEFAULTS.negative_prompt, label="Negative prompt", info="Used only when CFG scale > 1."
+                            )
+                            cfg_input = gr.Slider(1, 32, DEFAULTS.cfg, step=0.01, label="CFG scale")
+                            rescale_input = gr.Slider(0, 1, DEFAULTS.cfg_rescale, step=0.01, label="CFG re-scale")
+                            window_input = gr.Slider(
+                                1, 33, DEFAULTS.latent_window_size, step=1, label="Latent window size", elem_id="fp-window",
+                                info="Frames per section = 4 × window − 3. Changing this is not recommended.",
+                            )  # fmt: skip
+                            memory_input = gr.Slider(
+                                0, 128, DEFAULTS.gpu_memory_preservation, step=0.1, label="GPU memory to preserve (GB)",
+                                info="Raise it if you run out of memory; larger is slower.",
+                            )  # fmt: skip
+                            crf_input = gr.Slider(
+                                0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
+                                info="0 is lossless; lower means better quality and larger files.",
+                            )  # fmt: skip
+                            blend_input = gr.Slider(
+                                0, 8, DEFAULTS.prompt_blend_sections, step=1, label="Prompt fade (sections)",
+                                info="A new timed prompt fades in over this many sections; 0 switches at once.",
+                            )  # fmt: skip
+                            blank_input = gr.Radio(
+                                list(BLANK_STARTS), value="grey", label="Without a start image, start from",
+                                info="Text to video: the first frame is blank.",
+                            )  # fmt: skip
+                        with gr.Accordion("Previous output: load its settings, or resume it", open=False):
+                            previous_input = gr.File(
+                                label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
+                                type="filepath", elem_id="fp-previous",
+                            )  # fmt: skip
+                            add_seconds_input = gr.Number(
+                                value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add (finished FramePack-F1 videos)",
+                                info="0 finishes a stopped job; more makes a finished F1 video longer.",
+                            )  # fmt: skip
+                            add_prompt_input = gr.Textbox(
+                                "", label="Prompts for the added seconds (optional)", placeholder="[6s: he sits down]",
+                                visible=variant == "f1",
+                            )
+                            resume_button = gr.Button("Resume this job", elem_id="fp-resume")
+                            with gr.Row():
+                                keep_input = gr.Number(
+                                    value=1, minimum=1, precision=0, label="Sections to keep", elem_id="fp-keep",
+                                    info="Counted as the progress bar counts them; the seed and prompt above apply to the rest.",
+                                )  # fmt: skip
+                                branch_button = gr.Button("Keep the first K sections and redo the rest", elem_id="fp-branch")
+                    with gr.Column():
+                        preview_output = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
+                        progress_output = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
+                        info_output = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
+                        video_output = gr.Video(
+                            label="Video", autoplay=True, loop=True, interactive=False, height=512, elem_id="fp-video"
+                        )
+                        message_output = gr.Markdown("", label="Status", elem_id="fp-message")
+            with gr.Tab("Queue", elem_id="fp-queue-tab"):
+                gr.Markdown(
+                    "Every job waits here until a worker is free, and the queue outlives the app: after a restart "
+                    "waiting jobs wait and an interrupted one goes on from its last finished section."
                 )
-                message_output = gr.Markdown("", label="Status", elem_id="fp-message")
+                queue_table = gr.Dataframe(
+                    headers=QUEUE_COLUMNS, value=[], interactive=False, wrap=True, elem_id="fp-queue",
+                    label="Jobs: running, waiting in line order, then ended",
+                )  # fmt: skip
+                with gr.Row():
+                    queue_choice = gr.Dropdown(choices=[], label="Job", elem_id="fp-queue-job", scale=2)
+                    up_button = gr.Button("Move up", size="sm", elem_id="fp-queue-up")
+                    down_button = gr.Button("Move down", size="sm", elem_id="fp-queue-down")
+                    cancel_button = gr.Button("Cancel", size="sm", elem_id="fp-queue-cancel")
+                    retry_button = gr.Button("Retry", size="sm", elem_id="fp-queue-retry")
+                    delete_button = gr.Button("Delete", size="sm", variant="stop", elem_id="fp-queue-delete")
+                with gr.Row():
+                    open_button = gr.Button("Open its video", size="sm", elem_id="fp-queue-open")
+                    load_button = gr.Button("Load its settings", size="sm", elem_id="fp-queue-load")
+                queue_message = gr.Markdown("", elem_id="fp-queue-message")
+                queue_video_output = gr.Video(label="Video of the chosen job", interactive=False, elem_id="fp-queue-video")
+                # Gradio's own timer refreshes the view; nothing on the server polls.
+                queue_timer = gr.Timer(QUEUE_REFRESH_SECONDS)
 
         job_inputs = [
             session, image_input, prompt_input, negative_input, seed_input, length_input, resolution_input, window_input,
@@ -718,7 +897,29 @@ def build_app(
             show_progress="hidden",
         ).then(lambda: idle, None, buttons, queue=False, api_visibility="private")
         demo.unload(on_unload)
+        demo.load(mark_page, [session], [session], queue=False, api_visibility="private")
         gr.api(list_jobs, api_name="jobs", queue=False)
+        # The queue: the API's endpoints, and the Queue tab, refreshed by its timer and after each button.
+        hidden_queue_button = gr.Button(visible=False)
+        hidden_queue_button.click(queue_add, job_inputs, gr.Textbox(visible=False), api_name="queue_add", preprocess=False)
+        gr.api(queue_list, api_name="queue_list", queue=False)
+        gr.api(queue_cancel, api_name="queue_cancel", queue=False)
+        gr.api(queue_retry, api_name="queue_retry", queue=False)
+        refresh = dict(fn=queue_view, inputs=[queue_choice], outputs=[queue_table, queue_choice], queue=False,
+                       api_visibility="private")  # fmt: skip
+        queue_timer.tick(**refresh)
+        for action, button in (("up", up_button), ("down", down_button), ("cancel", cancel_button),
+                               ("retry", retry_button)):  # fmt: skip
+            button.click(queue_button(action), [queue_choice], [queue_message], queue=False,
+                         api_visibility="private").then(**refresh)  # fmt: skip
+        delete_button.click(
+            queue_button("delete"), [queue_choice], [queue_message], queue=False, api_visibility="private",
+            js="(job) => (job && confirm(`Delete job ${job} and its files?`)) ? job : null",
+        ).then(**refresh)  # fmt: skip
+        open_button.click(queue_video, [queue_choice], [queue_video_output, queue_message], queue=False,
+                          api_visibility="private")  # fmt: skip
+        load_button.click(queue_settings, [queue_choice], [*settings_inputs, queue_message], queue=False,
+                          api_visibility="private")  # fmt: skip
     demo.queue(max_size=64)
     return demo
 
@@ -759,6 +960,7 @@ def parse_args(argv: Sequence[str] | None = None, variant: str = "original") -> 
         help="--fp8, multiplying in fp8 too (faster; GPUs of compute capability 8.9+: RTX 40/50, L4, H100)")  # fmt: skip
     add("--transformer-file", type=Path, metavar="PATH",
         help="a single-file transformer instead of the variant's repo: bf16, fp16 or fp8 .safetensors, or .gguf")  # fmt: skip
+    add_worker_options(parser)
     add("--cache-method", choices=CACHE_METHODS, default="teacache", help="the step cache the page's checkbox turns on")
     add("--cache-threshold", type=float, default=None, help=f"its threshold (default {DEFAULT_THRESHOLDS_TEXT})")
     add("--auth", action="append", metavar="USER:PASSWORD", help="require this login (repeatable)")
@@ -800,17 +1002,19 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
     # The same memory check as the CLI's, before anything loads: a plan that does not fit stops the app here.
-    plan = check_before_loading(
-        Settings(variant=variant), fp8=args.fp8, models_dir=args.models, transformer_file=args.transformer_file,
-        fp8_matmuls=args.fp8_compute,
-    )  # fmt: skip
-    print(plan.summary(), file=sys.stderr)
+    devices = [f"cuda:{gpu}" for gpu in args.gpus] if args.gpus else [None] * max(1, args.workers)
+    plans = [
+        check_before_loading(Settings(variant=variant), fp8=args.fp8, device=device, models_dir=args.models,
+                             transformer_file=args.transformer_file, fp8_matmuls=args.fp8_compute)
+        for device in devices
+    ]  # fmt: skip
+    print(plans[0].summary(), file=sys.stderr)
     if tidied := sweep_outputs(outputs):
         logging.getLogger(__name__).info("Removed what interrupted writes left of %d job(s) in the outputs folder", tidied)
     source = ModelSource(models_dir=args.models, transformer_file=args.transformer_file)
     worker = Worker(
-        variant, source, outputs, attention=args.attention, compile=args.compile, plan=plan,
-        max_jobs_per_owner=args.max_jobs_per_user,
+        variant, source, outputs, attention=args.attention, compile=args.compile, plans=plans,
+        max_jobs_per_owner=args.max_jobs_per_user, ray=args.ray,
     )  # fmt: skip
     public = args.share or args.server not in LOCAL_ADDRESSES
     if public and not args.credentials:
@@ -842,6 +1046,6 @@ def main(variant: str, argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(variant, parse_args(argv, variant))
-    except (MemoryPlanError, CheckpointError, ModelsMissingError, SettingsError) as exc:
+    except (MemoryPlanError, CheckpointError, ModelsMissingError, SettingsError, ClusterError) as exc:
         sys.exit(f"error: {exc}")
     app.launch()

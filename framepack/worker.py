@@ -21,7 +21,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,14 +177,35 @@ def store_inputs(output_dir: Path, job_id: str, inputs: JobInputs) -> dict[str, 
     }
 
 
+def job_spec(
+    output_dir: Path, job_id: str, kind: str, settings: Settings, inputs: JobInputs, video: Path | None = None
+) -> JobSpec:
+    """A new video's or an uploaded video's extension's spec, its inputs (and `video`) copied into the job's input
+    folder. Raises ImageError or OSError, and then leaves no input folder behind."""
+    try:
+        fields = store_inputs(output_dir, job_id, inputs)
+        if video is not None:
+            target = input_folder(output_dir, job_id) / "video" / video.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(video, target)
+            fields["files"]["video"] = f"video/{video.name}"
+    except (ImageError, OSError):
+        remove_inputs(output_dir, job_id)
+        raise
+    return JobSpec(kind, settings.to_dict(), **fields)
+
+
 class ModelKeeper:
     """One worker's model set: loaded on its first job, and loaded again when a job goes on from one that was
     made with other models (as its record names them), then back to the app's own for the next new job."""
 
     def __init__(self, variant: str, source: ModelSource, output_dir: Path, attention: str, compile: bool,
-                 plan: MemoryPlan | None):  # fmt: skip
+                 plan: MemoryPlan | None, loading: threading.Lock | None = None):  # fmt: skip
         self.variant, self.source, self.output_dir = variant, source, output_dir
         self.attention, self.compile, self.plan = attention, compile, plan
+        # Held while loading: the libraries' loaders patch process-wide state (empty-weight initialisation), so
+        # workers of one process load one at a time; they run jobs side by side.
+        self.loading = loading or threading.Lock()
         self.models: ModelSet | None = None
         self._default_sources: dict[str, str] | None = None  # what the app's own models are, once loaded
         self._models_are_default = True
@@ -209,7 +230,8 @@ class ModelKeeper:
                 source = ModelSource.recorded(made_with, self.source.cache_dir)
                 yield Status("Loading the models this job was made with")
             try:
-                models = load_models(self.variant, source, attention=self.attention, compile=self.compile, plan=self.plan)
+                with self.loading:
+                    models = load_models(self.variant, source, attention=self.attention, compile=self.compile, plan=self.plan)
             except ModelsMissingError as exc:
                 logger.error("%s", exc)
                 yield Error("The model files are missing on this machine; whoever runs the app can see which in its log.", exc)
@@ -283,8 +305,10 @@ class Worker:
         workers: int = 1,
         ray: str | None = None,
         store: JobStore | None = None,
+        on_event: Callable[[QueuedJob, JobEvent], None] | None = None,
     ):
         self.variant = variant
+        self.on_event = on_event  # sees every job's events (the command line prints them)
         self.max_jobs_per_owner = max_jobs_per_owner
         self.source = source
         self.output_dir = Path(output_dir).resolve()
@@ -306,10 +330,10 @@ class Worker:
 
             self.runners = ray_runners(ray, self, plans, attention, compile)
         else:
-            names = _worker_names(plans)
+            loading = threading.Lock()
             self.runners = [
-                Runner(f"{self.front.id}/{name}", ModelKeeper(variant, source, self.output_dir, attention, compile, p))
-                for name, p in zip(names, plans)
+                Runner(f"{self.front.id}/{name}", ModelKeeper(variant, source, self.output_dir, attention, compile, p, loading))
+                for name, p in zip(_worker_names(plans), plans)
             ]  # fmt: skip
         self._alive = len(self.runners)
         self._threads = [
@@ -389,17 +413,11 @@ class Worker:
     ) -> Job:  # fmt: skip
         job_id = new_job_id()
         try:
-            fields = store_inputs(self.output_dir, job_id, inputs)
-            if video is not None:
-                target = input_folder(self.output_dir, job_id) / "video" / video.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(video, target)
-                fields["files"]["video"] = f"video/{video.name}"
+            spec = job_spec(self.output_dir, job_id, kind, settings, inputs, video)
         except (ImageError, OSError) as exc:
-            remove_inputs(self.output_dir, job_id)
             logger.warning("Could not keep the inputs of job %s: %s", job_id, exc)
             return _refused(Job(self, job_id, owner, session), f"the job's inputs could not be kept ({type(exc).__name__}: {exc})")
-        return self._add_spec(job_id, JobSpec(kind, settings.to_dict(), **fields), owner, session, follow)
+        return self._add_spec(job_id, spec, owner, session, follow)
 
     def _add_spec(self, job_id: str, spec: JobSpec, owner: str, session: str | None, follow: bool) -> Job:
         handle = Job(self, job_id, owner, session)
@@ -523,6 +541,10 @@ class Worker:
             self.cancel_job(job_id)
         return len(ids)
 
+    def busy(self) -> bool:
+        """Whether a job of this variant is running or waiting: a new one would wait in line."""
+        return any(job.active and job.variant == self.variant for job in self.store.list())
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job of this variant is waiting or running (for `queue run` and `batch`); False on timeout
         or when the workers stopped first."""
@@ -644,6 +666,8 @@ class Worker:
             followers = list(self._followers.get(job.id, ()))
         for handle in followers:
             handle._put(event)
+        if self.on_event is not None:
+            self.on_event(job, event)
 
     def _finish(self, job: QueuedJob, last: Done | Error) -> None:
         with self._cond:
@@ -656,8 +680,11 @@ class Worker:
                 fields = {"state": "stopped" if last.stopped else "done", "progress": 1.0 if not last.stopped else job.progress,
                           "message": "Stopped" if last.stopped else "Finished"}  # fmt: skip
             video = last.video_path.name if isinstance(last, Done) and last.video_path is not None else None
-            finished = None if fields["state"] == "queued" else time.time()
-            self.store.update(job.id, worker=None, finished=finished, video=video, **fields)
+            if fields["state"] == "queued":
+                fields.update(worker=None, finished=None)
+            else:  # the worker stays named: the queue shows where each job ran
+                fields.update(finished=time.time())
+            self.store.update(job.id, video=video, **fields)
             followers = self._followers.pop(job.id, [])
             self._stops.pop(job.id, None)
             self._runner_of.pop(job.id, None)
@@ -665,6 +692,8 @@ class Worker:
             self._cond.notify_all()
         for handle in followers:  # after the store says so: whoever sees the end sees the job's final state
             handle._put(last)
+        if self.on_event is not None:
+            self.on_event(job, last)
 
     def _requeue(self, job: QueuedJob, message: str) -> None:
         """Put a job whose worker was lost back at the head of the line, for any worker."""

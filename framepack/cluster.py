@@ -1,0 +1,126 @@
+"""Workers on a Ray cluster: one actor per GPU, each with its own model set, fed from the front's queue.
+
+The queue stays with the front (`framepack.worker.Worker`): it claims a job from its store for a free actor and
+streams the job's events back from it (a Ray streaming generator). Ray does the placement (`num_gpus=1` per
+actor), the transport and the failure detection: when an actor's process dies or its node is lost, the call
+fails with an actor error, the front puts the job back in line, and the next free worker goes on from the
+job's last finished section (Ray restarts the lost actor where it can).
+
+Every actor writes into the front's outputs folder, so that folder must be a path every node can write (a
+shared file system); the store, a SQLite file, is only used by the front. Ray is optional
+(`pip install "ray[default]"`) and imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .engine import Error, Event
+from .jobs import QueuedJob
+from .models import ModelSource
+from .plan import MemoryPlan
+from .worker import ModelKeeper, WorkerLost
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+logger = logging.getLogger(__name__)
+RESTARTS = 3  # how often Ray brings a lost actor back before its worker is given up
+
+
+class ClusterError(RuntimeError):
+    """Ray is not installed, or its cluster cannot be reached."""
+
+
+class ModelWorker:
+    """The Ray actor: a model set on the GPU Ray gave it, running the jobs the front sends, one at a time."""
+
+    def __init__(self, variant: str, source: ModelSource, output_dir: str, attention: str, compile: bool,
+                 plan: MemoryPlan | None):  # fmt: skip
+        self.keeper = ModelKeeper(variant, source, Path(output_dir), attention, compile, plan)
+        self.stops: dict[str, threading.Event] = {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: QueuedJob) -> Iterator[Event]:
+        """The job's events, as they happen (a streaming generator on the front's side)."""
+        stop = self.stops[job.id] = threading.Event()
+        try:
+            for event in self.keeper.events(job, stop):
+                # An exception may not survive pickling (it may need arguments its class does not re-create):
+                # its message is what the front needs, the traceback stays in this worker's log.
+                yield dataclasses.replace(event, exception=None) if isinstance(event, Error) else event
+        finally:
+            self.stops.pop(job.id, None)
+
+    def stop(self, job_id: str) -> None:
+        if (stop := self.stops.get(job_id)) is not None:
+            stop.set()
+
+
+class RayRunner:
+    """The front's side of one actor: what `Worker` calls a runner."""
+
+    keeper = None  # the models live in the actor's process
+
+    def __init__(self, name: str, actor: Any):
+        self.name = name
+        self.actor = actor
+
+    def events(self, job: QueuedJob, stop: threading.Event) -> Iterator[Event]:
+        import ray
+
+        try:
+            for ref in self.actor.run.remote(job):
+                yield ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            raise WorkerLost(type(exc).__name__) from exc
+
+    def stop(self, job_id: str) -> None:
+        self.actor.stop.remote(job_id)
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self.actor, no_restart=True)
+
+
+def ray_runners(
+    address: str, front: Worker, plans: Sequence[MemoryPlan | None], attention: str, compile: bool
+) -> list[RayRunner]:
+    """Connect to the Ray cluster at `address` ("local": start one on this machine) and place one actor per
+    plan there, each on a GPU of its own where the cluster has GPUs (the plans' devices are then each actor's
+    own "cuda"), else on a CPU."""
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError('--ray needs Ray: pip install "ray[default]"') from None
+    if not ray.is_initialized():
+        # The workers import this package: a local cluster's workers find it where this process does.
+        package_root = str(Path(__file__).resolve().parents[1])
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}}
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+            else:
+                ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    actor_class = ray.remote(ModelWorker).options(max_restarts=RESTARTS, max_task_retries=0, max_concurrency=2, **resources)
+    runners = []
+    for index, plan in enumerate(plans):
+        if gpus and plan is not None:
+            plan = dataclasses.replace(plan, device="cuda")  # Ray shows each actor its own GPU as the first
+        actor = actor_class.remote(front.variant, front.source, str(front.output_dir), attention, compile, plan)
+        runners.append(RayRunner(f"{front.front.id}/ray-{index + 1}", actor))
+    logger.info("%d Ray worker(s) on %s (%s)", len(runners), address, f"{gpus} GPU(s)" if gpus else "no GPUs")
+    return runners
