@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RESTARTS = 3  # how often Ray brings a lost actor back before its worker is given up
+RESTART_WAIT_SECONDS = 300.0  # how long a restarting actor may take (it loads nothing until its next job)
 
 
 class ClusterError(RuntimeError):
@@ -82,6 +84,23 @@ class RayRunner:
                 yield ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             raise WorkerLost(type(exc).__name__) from exc
+
+    def ready(self) -> bool:
+        """Wait for the actor to answer (after a loss Ray restarts it, which takes a moment; Ray tells no one
+        when it is back, so it is asked every second); False once it is gone for good or does not come back."""
+        import ray
+
+        deadline = time.monotonic() + RESTART_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actor.pid.remote(), timeout=RESTART_WAIT_SECONDS)
+                return True
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(1.0)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                logger.error("Ray worker %s is gone (%s)", self.name, type(exc).__name__)
+                return False
+        return False
 
     def stop(self, job_id: str) -> None:
         self.actor.stop.remote(job_id)

@@ -272,6 +272,10 @@ class Runner:
     def events(self, job: QueuedJob, stop: threading.Event) -> Iterator[Event]:
         return self.keeper.events(job, stop)
 
+    def ready(self) -> bool:
+        """Whether the worker can take a job (one in this process always can)."""
+        return True
+
     def stop(self, job_id: str) -> None:
         """Nothing to do here: the job's stop event reaches the engine in this process."""
 
@@ -603,7 +607,8 @@ class Worker:
 
     def _serve(self, runner: Runner) -> None:
         try:
-            while (taken := self._next(runner)) is not None:
+            # A worker that was lost (a Ray actor) takes the next job only once it is back.
+            while runner.ready() and (taken := self._next(runner)) is not None:
                 self._run(runner, *taken)
         finally:
             with self._cond:

@@ -218,3 +218,77 @@ def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_extend.png"), full_page=True)
     page.close()
+
+
+def test_the_queue_tab_moves_cancels_and_shows_jobs_changing_state(browser, app_server):  # noqa: F811
+    """Start while the GPU is busy queues the job; the Queue tab moves the second one up, cancels the other, and
+    shows the states change as the jobs run."""
+    import json
+
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import expect
+
+    blocker = Client(app_server.url, verbose=False).predict(
+        handle_file(str(IMAGE)), prompt="busy", total_second_length=2.0, resolution=128, steps=3, latent_window_size=3,
+        api_name="/queue_add",
+    )  # fmt: skip
+    page = open_page(browser, app_server.url, seconds=1, prompt="first in line")
+    queued: list[str] = []
+    for prompt in ("first in line", "second in line"):
+        page.locator("#fp-prompt textarea").fill(prompt)
+        expect(page.locator("#fp-start")).to_be_enabled()
+        page.locator("#fp-start").click()
+        seen = json.dumps(queued)
+        message = page.wait_for_function(
+            f"""() => {{ const text = document.querySelector('#fp-message').innerText;
+                        return text.includes('Queued as job') && !{seen}.some(id => text.includes(id)) && text; }}""",
+            timeout=30_000,
+        ).json_value()  # fmt: skip
+        queued.append(message.split("Queued as job ")[1].split(":")[0].strip("` "))
+    first, second = queued
+    assert first != second
+
+    page.get_by_role("tab", name="Queue").click()
+    table = page.locator("#fp-queue")
+    expect(table).to_contain_text(second, timeout=10_000)
+
+    def order() -> list[str]:
+        text = table.inner_text()
+        return sorted((blocker, first, second), key=text.find)
+
+    assert order() == [blocker, first, second]
+    choose(page, second)
+    page.locator("#fp-queue-up").click()
+    expect(page.locator("#fp-queue-message")).to_contain_text(f"Moved up. ({second})")
+    page.wait_for_function(f"() => {{ const t = document.querySelector('#fp-queue').innerText; return t.indexOf('{second}') < t.indexOf('{first}'); }}", timeout=10_000)
+    choose(page, first)
+    page.locator("#fp-queue-cancel").click()
+    expect(page.locator("#fp-queue-message")).to_contain_text(f"Stopping it. ({first})")
+    row = lambda job: table.get_by_role("row").filter(has_text=job)  # noqa: E731
+    expect(row(first)).to_contain_text("stopped", timeout=10_000)
+    expect(row(second)).to_contain_text("running", timeout=90_000)  # after the blocker
+    expect(row(blocker)).to_contain_text("done")
+    expect(row(second)).to_contain_text("done", timeout=90_000)
+    expect(row(second)).to_contain_text(f"{second}.mp4")
+    choose(page, second)
+    page.locator("#fp-queue-open").click()
+    expect(page.locator("#fp-queue-video video")).to_be_visible(timeout=10_000)
+    # Delete asks first; declined, nothing happens; accepted, the job and its files go.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator("#fp-queue-delete").click()
+    page.wait_for_timeout(500)
+    expect(row(second)).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#fp-queue-delete").click()
+    expect(page.locator("#fp-queue-message")).to_contain_text(f"Deleted, with its files. ({second})")
+    expect(row(second)).to_have_count(0, timeout=10_000)
+    assert not (app_server.outputs / f"{second}.mp4").exists() and not (app_server.outputs / f"{second}.json").exists()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_queue.png"), full_page=True)
+    page.close()
+
+
+def choose(page, job_id: str) -> None:
+    """Pick a job in the Queue tab's job list."""
+    page.locator("#fp-queue-job input").click()
+    page.get_by_role("option", name=job_id).first.click()
