@@ -239,10 +239,17 @@ def checked_job(args: argparse.Namespace) -> tuple[Settings, JobInputs]:
     given = JobInputs(args.image, args.end_image, args.keyframe or (), args.blank_start, loras=args.lora or ())
     images = prepare_images(given.load(), settings)
     plan_schedule(settings, images.keyframe_times, images.end is not None)
-    for lora in given.loras:
-        if not lora.path.is_file():
-            raise SettingsError("lora", f"no such LoRA file: {lora.path}")
     return settings, given
+
+
+def check_loras(loras: Sequence[LoraSpec], variant: str, models_dir: Path | None) -> None:
+    """Match a queued job's LoRA files against the model's architecture now (raises LoraError), so a bad file is
+    reported when the job is queued, not hours later when it runs."""
+    if loras:
+        configs = ModelConfigs.from_folder(models_dir, variant) if models_dir else ModelConfigs.published()
+        transformer = meta_transformer(configs)
+        for spec in loras:
+            read_lora(spec.path, transformer)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -446,8 +453,10 @@ def run_queue(args: argparse.Namespace) -> int:
     try:
         if args.queue_command == "add":
             try:
-                job = queue_job(store, args.output_dir, *checked_job(args))
-            except (SettingsError, ImageError) as exc:
+                settings, given = checked_job(args)
+                check_loras(given.loras, settings.variant, None)
+                job = queue_job(store, args.output_dir, settings, given)
+            except (SettingsError, ImageError, LoraError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             print(job.id)
@@ -487,7 +496,7 @@ def cancel_in_store(store: SqliteJobStore, job_id: str) -> int:
         store.update(job_id, state="stopped", finished=time.time(), message="Stopped before it started")
         print(f"{job_id}: stopped")
     else:
-        store.update(job_id, message="stop requested")
+        store.update(job_id, stop_requested=True)
         print(f"{job_id}: stops after its current step")
     return 0
 
@@ -497,8 +506,10 @@ def run_batch(args: argparse.Namespace) -> int:
     checked = []
     for line, job_args in lines:
         try:
-            checked.append(checked_job(job_args))
-        except (SettingsError, ImageError) as exc:
+            settings, given = checked_job(job_args)
+            check_loras(given.loras, settings.variant, args.models)
+            checked.append((settings, given))
+        except (SettingsError, ImageError, LoraError) as exc:
             problems.append(f"{args.file.name}:{line}: {exc}")
     if problems:
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)

@@ -91,6 +91,7 @@ class QueuedJob:
     finished: float | None = None
     video: str | None = None
     attempts: int = 0
+    stop_requested: bool = False  # by another process (`queue cancel`): the one running it stops at its next step
 
     @property
     def active(self) -> bool:
@@ -118,7 +119,7 @@ class JobStore(Protocol):
 
 
 _COLUMNS = ("id", "owner", "spec", "variant", "front", "state", "position", "progress", "message", "worker",
-            "created", "started", "finished", "video", "attempts")  # fmt: skip
+            "created", "started", "finished", "video", "attempts", "stop_requested")  # fmt: skip
 
 
 class SqliteJobStore:
@@ -134,7 +135,7 @@ class SqliteJobStore:
                 "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, spec TEXT NOT NULL, "
                 "variant TEXT NOT NULL, front TEXT, state TEXT NOT NULL, position REAL NOT NULL, "
                 "progress REAL NOT NULL, message TEXT NOT NULL, worker TEXT, created REAL NOT NULL, started REAL, "
-                "finished REAL, video TEXT, attempts INTEGER NOT NULL)"
+                "finished REAL, video TEXT, attempts INTEGER NOT NULL, stop_requested INTEGER NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS jobs_line ON jobs (state, position)")
 
@@ -210,11 +211,13 @@ class SqliteJobStore:
             if row is None:
                 return None
             job = _job(row)
-            job = replace(job, state="running", worker=worker, started=time.time(), message="", attempts=job.attempts + 1)
+            job = replace(job, state="running", worker=worker, started=time.time(), message="", attempts=job.attempts + 1,
+                          stop_requested=False)  # fmt: skip
             db.execute(
-                "UPDATE jobs SET state = ?, worker = ?, started = ?, attempts = ?, message = ? WHERE id = ?",
+                "UPDATE jobs SET state = ?, worker = ?, started = ?, attempts = ?, message = ?, stop_requested = 0 "
+                "WHERE id = ?",
                 (job.state, job.worker, job.started, job.attempts, job.message, job.id),
-            )
+            )  # fmt: skip
         return job
 
     def recover(self, alive: Callable[[str], bool]) -> list[QueuedJob]:
@@ -272,6 +275,7 @@ def _row(job: QueuedJob) -> tuple[Any, ...]:
 def _job(row: tuple[Any, ...]) -> QueuedJob:
     values = dict(zip(_COLUMNS, row))
     values["spec"] = JobSpec.from_json(values["spec"])
+    values["stop_requested"] = bool(values["stop_requested"])
     return QueuedJob(**values)
 
 

@@ -472,7 +472,7 @@ class Worker:
                     self._stops[job_id].set()
                     self._runner_of[job_id].stop(job_id)
                 else:  # running in another process: it sees the request at its next step
-                    self.store.update(job_id, message="stop requested")
+                    self.store.update(job_id, stop_requested=True)
                 return True
             self.store.update(job_id, state="stopped", finished=time.time(), message="Stopped before it started")
             followers = self._followers.pop(job_id, [])
@@ -660,7 +660,7 @@ class Worker:
         """Record a job's event in the store and hand it to whoever follows the job."""
         if isinstance(event, Progress):
             row = self.store.update(job.id, progress=event.fraction)
-            if row is not None and row.message == "stop requested":  # by another process (`queue cancel`)
+            if row is not None and row.stop_requested and not stop.is_set():  # by another process (`queue cancel`)
                 self._cancelled.add(job.id)
                 stop.set()
                 if (runner := self._runner_of.get(job.id)) is not None:

@@ -159,11 +159,37 @@ def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_e
     assert all((out / job.video).is_file() for job in jobs)
 
     wrong = tmp_path / "in" / "wrong.jsonl"
-    wrong.write_text('{"image": "missing.png"}\n{"prompt": "x", "colour": "red"}\nnot json\n')
-    refused = run_cli("batch", str(wrong), "--output-dir", str(out))
+    (tmp_path / "in" / "notes.safetensors").write_text("not a tensor file")
+    wrong.write_text('{"image": "missing.png"}\n{"prompt": "x", "colour": "red"}\nnot json\n'
+                     '{"image": "start.png", "lora": ["notes.safetensors:0.5"]}\n')  # fmt: skip
+    refused = run_cli("batch", str(wrong), "--output-dir", str(out), "--models", str(MODELS))
     assert refused.returncode == 2
     assert "wrong.jsonl:1:" in refused.stderr and "missing.png" in refused.stderr
     assert "wrong.jsonl:2: unknown key 'colour'" in refused.stderr and "wrong.jsonl:3: not JSON" in refused.stderr
+    assert "wrong.jsonl:4: notes.safetensors" in refused.stderr  # the LoRA file, checked before anything runs
+    assert len(SqliteJobStore.in_folder(out).list()) == 4  # nothing more was queued
+
+
+@requires_tiny_models
+def test_queue_cancel_stops_a_job_that_another_process_runs(tmp_path):
+    out = tmp_path / "out"
+    added = run_cli("queue", "add", "--output-dir", str(out), "--image", str(IMAGE), "--prompt", "a long one",
+                    "--seconds", "4", *[f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()])  # fmt: skip
+    job_id = added.stdout.strip()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    runner = subprocess.Popen([sys.executable, "-m", "framepack", "queue", "run", "--output-dir", str(out), "--models",
+                               str(MODELS)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        store = SqliteJobStore.in_folder(out)
+        wait_for(lambda: store.get(job_id).progress > 0, 120, "the job to make progress")
+        cancelled = run_cli("queue", "cancel", "--output-dir", str(out), job_id)
+        assert cancelled.returncode == 0 and "stops after its current step" in cancelled.stdout
+        output, _ = runner.communicate(timeout=120)
+    finally:
+        runner.kill()
+    job = store.get(job_id)
+    assert job.state == "stopped" and job.progress < 1, job
+    assert f"{job_id} [cpu] stopped" in output
 
 
 # ------------------------------------------------------------------------------------------ the app
