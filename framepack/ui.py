@@ -439,15 +439,8 @@ def build_app(
     ) -> Iterator[Updates]:  # fmt: skip
         """Check a page's job and queue it: a new video, or (`video`) the extension of one."""
         try:
-            settings = Settings(variant=variant, **fields, **job_options)
-            chosen = lora_specs(lora_folder, loras, lora_weights)
-            inputs = job_inputs_of(image, end_image, keyframes, keyframe_times, blank_start, chosen)
-            if video is None:
-                images = prepare_images(inputs, settings)  # read once, now: an upload may be gone when the job runs
-                plan_schedule(settings, images.keyframe_times, images.end is not None)
-            else:
-                plan_schedule(settings, [k.seconds for k in inputs.keyframes], inputs.end_image is not None)
-                check_video(image_path(video))
+            settings, inputs = checked_job(fields, image, video, end_image, keyframes, keyframe_times, blank_start,
+                                           loras, lora_weights)  # fmt: skip
         except (SettingsError, ImageError, VideoInputError) as exc:
             gr.Warning(str(exc))
             yield gr.skip(), progress_html(0, "Not started"), gr.skip(), gr.skip(), error_message(str(exc))
@@ -506,6 +499,23 @@ def build_app(
         owner, tab, name = owner_of(request), session_of(request), job_name(path)
         yield from queue_or_follow(session, lambda live: worker.submit_branch(name, keep, changes, owner, tab, live))
 
+    def checked_job(
+        fields: dict[str, Any], image: Any, video: Any, end_image: Any, keyframes: Any, keyframe_times: str,
+        blank_start: str, loras: list[str] | None, lora_weights: str,
+    ) -> tuple[Settings, JobInputs]:  # fmt: skip
+        """A job's settings and inputs from the page's or the API's values, every image read and every control
+        checked; raises SettingsError, ImageError or VideoInputError."""
+        settings = Settings(variant=variant, **fields, **job_options)
+        chosen = lora_specs(lora_folder, loras, lora_weights)
+        inputs = job_inputs_of(image, end_image, keyframes, keyframe_times, blank_start, chosen)
+        if video is None:
+            images = prepare_images(inputs, settings)  # read once, now: an upload may be gone when the job runs
+            plan_schedule(settings, images.keyframe_times, images.end is not None)
+        else:
+            plan_schedule(settings, [k.seconds for k in inputs.keyframes], inputs.end_image is not None)
+            check_video(image_path(video))
+        return settings, inputs
+
     def queue_or_follow(session: Session, submit: Callable[[bool], Job]) -> Iterator[Updates]:
         """Start a job and stream it; from a page while the GPU is busy, queue it instead and say so (the
         page stays free, and the job runs even if the page is closed)."""
@@ -560,12 +570,9 @@ def build_app(
         values, request = dict(call.arguments), call.arguments["request"]
         fields = {name: value for name, value in values.items() if name in SETTING_NAMES}
         try:
-            settings = Settings(variant=variant, **fields, **job_options)
-            chosen = lora_specs(lora_folder, values["loras"], values["lora_weights"])
-            inputs = job_inputs_of(values["input_image"], values["end_image"], values["keyframes"],
-                                   values["keyframe_times"], values["blank_start"], chosen)  # fmt: skip
-            images = prepare_images(inputs, settings)
-            plan_schedule(settings, images.keyframe_times, images.end is not None)
+            settings, inputs = checked_job(fields, values["input_image"], None, values["end_image"], values["keyframes"],
+                                           values["keyframe_times"], values["blank_start"], values["loras"],
+                                           values["lora_weights"])  # fmt: skip
         except (SettingsError, ImageError) as exc:
             raise gr.Error(str(exc)) from None
         job = worker.submit(settings, inputs, owner_of(request), None, follow=False)
