@@ -254,8 +254,7 @@ def check_loras(loras: Sequence[LoraSpec], variant: str, models_dir: Path | None
 
 def run_generate(args: argparse.Namespace) -> int:
     try:
-        settings, given = checked_job(args)
-        inputs = given.load()
+        settings, inputs = checked_job(args)  # its files, which the job reads again as it starts
     except (SettingsError, ImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -529,7 +528,7 @@ def run_workers(args: argparse.Namespace) -> int:
     every job that ran finished, 1 if one failed, 130 when stopped with Ctrl-C (the running jobs go back in
     line and go on from their last finished section next time)."""
     store = SqliteJobStore.in_folder(args.output_dir)
-    variants = [v for v in VARIANTS if any(job.active and job.variant == v for job in store.list())]
+    variants = [v for v in VARIANTS if any(job.variant == v for job in store.list(active=True))]
     store.close()
     failed = []
 

@@ -30,7 +30,6 @@ from typing import Any, Protocol
 from .outputs import FileLock
 
 # A job's life: queued -> running -> done | stopped | failed; cancelled while queued is "stopped" too.
-STATES = ("queued", "running", "done", "stopped", "failed")
 ACTIVE = ("queued", "running")
 # What a job runs: a new video, the extension of an uploaded video, the rest of a stopped job, a finished F1 job
 # made longer, or a branch of a job.
@@ -97,19 +96,13 @@ class QueuedJob:
     def active(self) -> bool:
         return self.state in ACTIVE
 
-    def to_dict(self) -> dict[str, Any]:
-        """What a listing shows of the job (its spec's settings included, for "load its settings")."""
-        data = asdict(self)
-        data["spec"] = asdict(self.spec)
-        return data
-
 
 class JobStore(Protocol):
     """What the queue needs of a store; `SqliteJobStore` is the embedded one."""
 
     def add(self, job: QueuedJob) -> QueuedJob: ...
     def get(self, job_id: str) -> QueuedJob | None: ...
-    def list(self, owner: str | None = None) -> list[QueuedJob]: ...
+    def list(self, owner: str | None = None, active: bool = False) -> list[QueuedJob]: ...
     def update(self, job_id: str, **fields: Any) -> QueuedJob | None: ...
     def claim(self, worker: str, variant: str, front: str) -> QueuedJob | None: ...
     def recover(self, alive: Callable[[str], bool]) -> list[QueuedJob]: ...
@@ -175,11 +168,15 @@ class SqliteJobStore:
         row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list(self, owner: str | None = None) -> list[QueuedJob]:
-        """Jobs in line order (running, then queued by position, then the rest newest first), or one owner's."""
-        query, args = "SELECT * FROM jobs", ()
+    def list(self, owner: str | None = None, active: bool = False) -> list[QueuedJob]:
+        """Jobs in line order (running, then queued by position, then the rest newest first), or one owner's;
+        `active`: only the running and queued ones (the line, without the history)."""
+        conditions, args = [], []
         if owner is not None:
-            query, args = query + " WHERE owner = ?", (owner,)
+            conditions, args = ["owner = ?"], [owner]
+        if active:
+            conditions.append("state IN ('queued', 'running')")
+        query = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
         jobs = [_job(row) for row in self._connection().execute(query, args)]
         active = sorted((j for j in jobs if j.active), key=lambda j: (j.state != "running", j.position))
         ended = sorted((j for j in jobs if not j.active), key=lambda j: j.finished or j.created, reverse=True)

@@ -604,7 +604,7 @@ def build_app(
         """The Queue tab's table and job list, refreshed by its timer."""
         jobs = worker.list_jobs(queue_owner(request))
         rows = [queue_row(job) for job in jobs]
-        choices = [(f"{job.id} · {queue_row(job)[5][:40]}", job.id) for job in jobs]
+        choices = [(f"{job.id} · {row[5][:40]}", job.id) for job, row in zip(jobs, rows)]
         value = chosen if any(job.id == chosen for job in jobs) else (jobs[0].id if jobs else None)
         return gr.update(value=rows), gr.update(choices=choices, value=value)
 

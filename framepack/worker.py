@@ -445,7 +445,7 @@ class Worker:
         ):
             # The same answer whether the job does not exist or is someone else's: nothing leaks.
             return f"you have no job named {spec.source!r} in this app's outputs"
-        active = [job for job in self.store.list() if job.active]
+        active = self.store.list(active=True)
         if owner != LOCAL_USER and sum(job.owner == owner for job in active) >= self.max_jobs_per_owner:
             limit = self.max_jobs_per_owner
             return f"you already have {limit} jobs waiting or running; wait for one to end or stop one"
@@ -547,14 +547,14 @@ class Worker:
 
     def busy(self) -> bool:
         """Whether a job of this variant is running or waiting: a new one would wait in line."""
-        return any(job.active and job.variant == self.variant for job in self.store.list())
+        return any(job.variant == self.variant for job in self.store.list(active=True))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job of this variant is waiting or running (for `queue run` and `batch`); False on timeout
         or when the workers stopped first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while any(j.active and j.variant == self.variant for j in self.store.list()):
+            while self.busy():
                 if self._closed:
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
@@ -594,7 +594,7 @@ class Worker:
     def _announce_positions(self) -> None:
         # Called with the lock held. A waiting job hears its place in line behind the running ones; a job that an
         # idle worker is about to take hears nothing. Only changed positions are sent, so a stream is not flooded.
-        line = [job.id for job in self.store.list() if job.state == "queued" and job.variant == self.variant]
+        line = [job.id for job in self.store.list(active=True) if job.state == "queued" and job.variant == self.variant]
         for index, job_id in enumerate(line, start=1):
             if index <= self._idle:
                 continue
@@ -625,6 +625,7 @@ class Worker:
                 while not self._closed:
                     job = self.store.claim(runner.name, self.variant, self.front.id)
                     if job is not None:
+                        logger.info("Job %s starts on %s (attempt %d)", job.id, runner.name.split("/", 1)[-1], job.attempts)
                         stop = self._stops[job.id] = threading.Event()
                         self._runner_of[job.id] = runner
                         self._idle -= 1
@@ -690,6 +691,7 @@ class Worker:
             else:  # the worker stays named: the queue shows where each job ran
                 fields.update(finished=time.time())
             self.store.update(job.id, video=video, **fields)
+            logger.info("Job %s: %s", job.id, fields["message"])
             followers = self._followers.pop(job.id, [])
             self._stops.pop(job.id, None)
             self._runner_of.pop(job.id, None)
@@ -703,7 +705,7 @@ class Worker:
     def _requeue(self, job: QueuedJob, message: str) -> None:
         """Put a job whose worker was lost back at the head of the line, for any worker."""
         with self._cond:
-            first = min((j.position for j in self.store.list() if j.state == "queued"), default=job.position)
+            first = min((j.position for j in self.store.list(active=True) if j.state == "queued"), default=job.position)
             self.store.update(job.id, state="queued", worker=None, position=min(first, job.position) - 1.0, message=message)
             self._stops.pop(job.id, None)
             self._runner_of.pop(job.id, None)
