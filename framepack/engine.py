@@ -14,7 +14,6 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 
 from .cache import StepCache, configure_cache
+from .events import Done, Error, Event, FrameProgress, Progress, SectionDone, Status  # noqa: F401  (re-exported)
 from .conditioning import (
     LLAMA_MAX_TOKENS,
     Conditioning,
@@ -87,67 +87,6 @@ from .video import (
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Status:
-    """A phase of the job began (encoding the prompt, decoding a section, ...)."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One sampler step finished. `section` and `step` count from 1."""
-
-    section: int
-    sections: int
-    step: int
-    steps: int
-    frames: int  # frames of video finished before this section
-    preview: np.ndarray | None  # latent preview of the step's x0 prediction, uint8 (h, T*w, 3)
-    span: tuple[float, float] = (0.0, 0.0)  # the section's time range in the video, seconds
-
-    @property
-    def fraction(self) -> float:
-        return ((self.section - 1) * self.steps + self.step) / (self.sections * self.steps)
-
-
-@dataclass(frozen=True)
-class SectionDone:
-    """A section was sampled, decoded and added to the video at `video_path` (rewritten after every section)."""
-
-    section: int
-    sections: int
-    video_path: Path
-    frames: int
-    seconds: float
-    latents: torch.Tensor  # what the sampler returned for this section, (1, 16, window, h, w) float32
-    cache_counts: dict[str, tuple[int, int]]  # per pass ("positive"/"negative"): (blocks run, blocks skipped)
-
-
-@dataclass(frozen=True)
-class Done:
-    """The job ended. `stopped` when a stop was requested; the files then hold the finished sections."""
-
-    video_path: Path | None
-    latents_path: Path | None
-    frames: int
-    seconds: float
-    sections_done: int
-    stopped: bool
-    elapsed: float
-    attention: str = "sdpa"  # the attention backend the job ran with
-    step_cache: str | None = None  # the step cache method, if any
-
-
-@dataclass(frozen=True)
-class Error:
-    """The job failed. `message` is meant for the user; any finished sections are kept on disk."""
-
-    message: str
-    exception: BaseException | None = None
-
-
-Event = Status | Progress | SectionDone | Done | Error
 
 
 def generate(

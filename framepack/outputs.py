@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import secrets
 import shutil
@@ -18,34 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-
-def temporary_path(path: Path) -> Path:
-    """Where an atomic write of `path` goes first (see TEMPORARY)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+from .files import TEMPORARY, FileLock, atomic_path, publish, temporary_path, write_json  # noqa: F401  (re-exported)
 
 
-def publish(tmp: Path, path: Path) -> None:
-    """Put a finished temporary file in place in one rename."""
-    os.chmod(tmp, 0o644)  # some writers create private files; outputs are meant to be shared like any video
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on failure it is removed."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        yield tmp
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# What `atomic_path` writes before the rename: `.<file name>.<8 hex digits>.tmp`. A process killed mid-write
-# leaves one behind; `tidy_job` removes those of a job nobody is working on.
-TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
 # Job names are file name stems: no folders, no leading dot (hidden files are the app's own).
 JOB_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
 # Metadata keys that describe a job's inputs and origin in its checkpoint and latents files (`JobImages`, the
@@ -118,52 +92,6 @@ def _listdir(folder: Path) -> list[Path]:
         return list(folder.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-if os.name == "nt":
-    import msvcrt
-
-    def _try_lock(file: Any) -> None:
-        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
-
-    def _unlock(file: Any) -> None:
-        msvcrt.locking(file.fileno(), msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(file: Any) -> None:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _unlock(file: Any) -> None:
-        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
-
-
-class FileLock:
-    """An OS lock on a file, taken without waiting. The OS releases it when its process ends, however it ends
-    (a SIGKILL too), so another process can tell a live holder from a dead one."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._file: Any = None
-
-    def acquire(self) -> bool:
-        """Take the lock without waiting; False if another holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a+b")  # noqa: SIM115  (held open until released)
-        try:
-            _try_lock(file)
-        except OSError:
-            file.close()
-            return False
-        self._file = file
-        return True
-
-    def release(self) -> None:
-        if self._file is not None:
-            _unlock(self._file)
-            self._file.close()
-            self._file = None
 
 
 class JobLock(FileLock):
@@ -265,13 +193,6 @@ def save_latents(
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-    return path
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import collections
 import contextlib
-import hashlib
 import queue
 import shutil
 import threading
@@ -21,7 +20,7 @@ import av
 import numpy as np
 import torch
 
-from .outputs import atomic_path, publish, temporary_path
+from .files import atomic_path, file_sha256, publish, temporary_path
 
 FPS = 30
 
@@ -501,14 +500,6 @@ def read_video(
             emit(image)
         width, height = stream.codec_context.width, stream.codec_context.height
     return InputVideo(path.name, file_sha256(path), rate, emitted, width, height, first, list(kept))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def extract_audio(source: str | Path, target: str | Path) -> Path | None:
