@@ -33,11 +33,13 @@ from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framepack.attention import availability, set_attention  # noqa: E402
-from framepack.models import compile_blocks, keep_output_head_in_float32  # noqa: E402
+from framepack.models.attention import availability, set_attention  # noqa: E402
+from framepack.models.components import compile_blocks, keep_output_head_in_float32  # noqa: E402
 from framepack.packing import plan_sections  # noqa: E402
-from framepack.placement import Fp8Linear, enable_fp8, fp8_matmul_problem, place_component  # noqa: E402
-from framepack.plan import GB, ModelConfigs, ModelSizes, plan_memory  # noqa: E402
+from framepack.models.fp8 import Fp8Linear, enable_fp8, fp8_matmul_problem  # noqa: E402
+from framepack.memory.placement import place_component  # noqa: E402
+from framepack.memory.sizes import GB, ModelConfigs, ModelSizes  # noqa: E402
+from framepack.memory.planning import plan_memory  # noqa: E402
 
 TINY_MODELS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tiny-framepack" / "models"
 LLAMA_TOKENS = 256 + 95  # the prompt template's length with a full prompt

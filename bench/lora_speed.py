@@ -19,7 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framepack.lora import LoraSpec, linear_modules  # noqa: E402
 from framepack.lora import apply_loras  # noqa: E402
-from framepack.plan import GB, ModelConfigs, lora_bytes, meta_transformer, plan_memory  # noqa: E402
+from framepack.memory.sizes import GB, ModelConfigs  # noqa: E402
+from framepack.lora import lora_bytes  # noqa: E402
+from framepack.models.components import meta_transformer  # noqa: E402
+from framepack.memory.planning import plan_memory  # noqa: E402
 from framepack.loading import load_models
 from framepack.models import ModelSource  # noqa: E402
 
@@ -71,7 +74,7 @@ def main() -> None:
         timed(f"none (weights restored exactly, {how})", lambda: apply_loras(models, []))
 
     configs = ModelConfigs.published()
-    real = meta_transformer(configs)
+    real = meta_transformer(configs.transformer)
     path = folder / "real.safetensors"
     save_file(musubi_lora(real, args.rank, torch.bfloat16), str(path))
     lora = lora_bytes([path], configs, torch.bfloat16)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framepack.conditioning import BUCKETS_640  # noqa: E402
-from framepack.plan import GB, plan_memory  # noqa: E402
+from framepack.media.images import BUCKETS_640  # noqa: E402
+from framepack.memory.sizes import GB  # noqa: E402
+from framepack.memory.planning import plan_memory  # noqa: E402
 
 CASES = (  # (label, free GPU GB, preserve GB, fp8)
     ("low, 6 GB free", 6, 6, False),

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from long_video import IMAGE, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 from framepack import Done, Error, ModelSource, Progress, SectionDone, Settings, Status, generate, load_models  # noqa: E402
-from framepack.plan import GB, check_before_loading  # noqa: E402
+from framepack.memory.sizes import GB  # noqa: E402
+from framepack.memory.planning import check_before_loading  # noqa: E402
 
 # The engine's phases, told apart by its events; "encoding" covers the plan's text and image encoding.
 PLAN_PHASES = {

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from framepack import Done, Settings, generate  # noqa: E402
 from framepack.loading import load_models  # noqa: E402
 from framepack.models import ModelSource  # noqa: E402
-from framepack.plan import GB, ModelConfigs, ModelSizes, plan_memory, published_sizes  # noqa: E402
+from framepack.memory.sizes import GB, ModelConfigs, ModelSizes, published_sizes  # noqa: E402
+from framepack.memory.planning import plan_memory  # noqa: E402
 
 DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tiny-framepack" / "models"
 IMAGE = DEFAULT_MODELS.parent / "cases" / "v1_original" / "input.png"

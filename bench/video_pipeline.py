@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from long_video import peak_rss_mb, reset_peak_rss  # noqa: E402
 
 from framepack.settings import Settings  # noqa: E402
-from framepack.video import BackgroundVideoWriter, FrameAssembler, SegmentedVideo, blend, encode_mp4, to_uint8_frames  # noqa: E402
+from framepack.media.mp4 import BackgroundVideoWriter, SegmentedVideo, encode_mp4  # noqa: E402
+from framepack.engine.frames import FrameAssembler, blend, to_uint8_frames  # noqa: E402
 
 
 def clips(settings: Settings, height: int, width: int):

@@ -1,6 +1,7 @@
 """FramePack: next-frame-section image-to-video generation with a packed, constant-length frame context."""
 
-from .engine import Done, Error, Event, Progress, SectionDone, Status, generate, resume_job
+from .events import Done, Error, Event, Progress, SectionDone, Status
+from .engine.core import generate, resume_job
 from .loading import load_models
 from .models import ModelSet, ModelSource, ModelsMissingError
 from .settings import Settings, SettingsError

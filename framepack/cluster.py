@@ -22,10 +22,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engine import Error, Event
+from .events import Error, Event
 from .jobs import QueuedJob
 from .models import ModelSource
-from .plan import MemoryPlan
+from .memory.planning import MemoryPlan
 from .worker import ModelKeeper, WorkerLost
 
 if TYPE_CHECKING:

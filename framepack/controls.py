@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from .conditioning import load_image, resize_and_center_crop, target_size
+from .media.images import load_image, resize_and_center_crop, target_size
 from .lora import LoraSpec
 from .settings import EPSILON, FPS, Settings, SettingsError, check_distinct
 

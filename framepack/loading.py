@@ -20,19 +20,18 @@ from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransforme
 from safetensors import safe_open
 from transformers import AutoTokenizer, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessorPil, SiglipVisionModel
 
-from .attention import set_attention
-from .models import (
-    COMPONENTS,
-    ModelSet,
-    ModelSource,
-    compile_blocks,
-    default_device,
-    load_transformer,
-    resolve_dtypes,
-)
-from .checkpoints import load_transformer_file, transformer_from_tensors
-from .placement import Placement, place_component, stream_from_files
-from .plan import MemoryPlan, ModuleSize, module_size
+from .models.attention import set_attention
+from .models.components import COMPONENTS, compile_blocks, default_device, load_transformer, resolve_dtypes
+from .models import ModelSet, ModelSource
+from .models.checkpoints import load_transformer_file, transformer_from_tensors
+from .memory.placement import Placement, place_component, stream_from_files
+from .memory.planning import MemoryPlan
+from .memory.sizes import ModuleSize, module_size
+from dataclasses import replace
+from .memory.planning import MemoryPlanError, plan_for_settings
+from .memory.sensing import held_by_process, detect_device
+from .memory.sizes import ModelSizes
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +228,40 @@ def load_transformer_fp8(
 
     config = HunyuanVideoFramepackTransformer3DModel.load_config(folder)
     return transformer_from_tensors(config, tensors(), folder.name, dtype, fp8=True, matmuls=matmuls)
+
+
+def replan(
+    models: ModelSet, placement: Placement, settings: Settings, *, vram_free: int | None = None
+) -> Placement:
+    """Re-plan a placed set for a job's settings and re-place what changed; MemoryPlanError if it will not fit.
+
+    The mode, fp8 and how the Llama is read stay as loaded (switching them means moving or reloading tens of GB,
+    and a plan of a loaded set sees the Llama's sizes, not where they are). What a job can
+    change is how many transformer blocks stay on the GPU ("GPU memory to preserve", the resolution) and
+    whether the VAE tiles. Free GPU memory is measured now, counting what this process holds as free
+    (`vram_free` overrides it); free RAM is taken from the plan the set was loaded with.
+    """
+    current = placement.plan
+    device = torch.device(current.device)
+    if vram_free is None and current.mode != "cpu":
+        measured = detect_device(device).vram_free
+        vram_free = current.vram_free if measured is None else measured + held_by_process(device)
+    lora = models.loras.memory() if models.loras is not None else None
+    plan = plan_for_settings(
+        settings, vram_free, current.ram_free, fp8=current.fp8, device=device, sizes=ModelSizes.of(models),
+        mode=current.mode, swap_free=current.swap_free, lora=lora,
+        llama_from_files=current.text_encoder.offload_type == "from_file",
+    )  # fmt: skip
+    plan = replace(plan, fp8_matmuls=current.fp8_matmuls, transformer_weights=current.transformer_weights)
+    if not plan.fits:
+        raise MemoryPlanError(plan)
+    if models.loader is not None:
+        models.loader.plan = plan  # what leaves memory comes back placed by the new plan
+    if plan.transformer != current.transformer and models.transformer is not None:
+        place_component("transformer", models.transformer, plan)
+    if plan.vae_tiling:
+        models.vae.enable_tiling()
+    elif current.vae_tiling:
+        models.vae.disable_tiling()
+    return Placement(plan)
+

@@ -22,14 +22,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
-
-if TYPE_CHECKING:
-    from .plan import LoraBytes
-    from .models import ModelSet
+import os
+from .memory.placement import place_component
+from .memory.planning import fuses_loras
+from .memory.sizes import LoraBytes, ModelConfigs
+from .models.checkpoints import is_quantised
+from .models.components import ModelSet, meta_transformer
+from .models.fp8 import has_fp8
 
 FORMATS = {
     "diffusers": "diffusers / PEFT",
@@ -445,8 +447,6 @@ class LoraState:
     def memory(self) -> LoraBytes:
         """For a memory plan of the loaded set: the adapters are parameters of the transformer already (its
         sizes count them); the fused layers' originals are not."""
-        from .plan import LoraBytes
-
         return LoraBytes(adapters=0, touched=sum(t.numel() * t.element_size() for t in self._originals.values()))
 
 
@@ -455,9 +455,6 @@ def apply_loras(models: ModelSet, specs: Sequence[LoraSpec]) -> list[AppliedLora
     one device in its own dtype and the copies of the touched layers fit in the RAM the plan leaves free; with
     fp8 storage, quantised (GGUF) weights, a streamed transformer or too little RAM they run beside it, unfused.
     `models.fuse_loras` overrides that, except that quantised weights cannot take a LoRA in."""
-    from .checkpoints import is_quantised
-    from .placement import has_fp8, place_component
-
     if models.loras is None:
         if not specs:
             return []
@@ -466,12 +463,11 @@ def apply_loras(models: ModelSet, specs: Sequence[LoraSpec]) -> list[AppliedLora
     streamed = plan is not None and plan.mode == "low"
 
     def fuse(touched: int) -> bool:
-        if is_quantised(models.transformer):
-            return False
-        if models.fuse_loras is not None:
+        if models.fuse_loras is not None and not is_quantised(models.transformer):
             return models.fuse_loras
+        mode = plan.mode if plan is not None else "cpu"
         room = None if plan is None or plan.ram_free is None else plan.ram_free - plan.peak_ram
-        return not streamed and not has_fp8(models.transformer) and (room is None or touched <= room)
+        return fuses_loras(mode, has_fp8(models.transformer), is_quantised(models.transformer), touched, room)
 
     applied, changed = models.loras.apply(specs, fuse)
     if changed and streamed:
@@ -494,3 +490,14 @@ def specs_from_record(entries: Sequence[dict[str, object]]) -> list[LoraSpec]:
             raise LoraError(f"the LoRA {entry['name']} changed since this job began (SHA-256 differs); it cannot go on with other weights")  # fmt: skip
         specs.append(LoraSpec(path, float(entry["weight"])))
     return specs
+
+
+def lora_bytes(paths: Sequence[str | os.PathLike], configs: ModelConfigs, dtype: torch.dtype) -> LoraBytes:
+    """What LoRA files add to a plan, matched against the transformer of `configs` built on the meta device."""
+    transformer = meta_transformer(configs.transformer, dtype)
+    files = [read_lora(path, transformer) for path in paths]
+    modules = dict(transformer.named_modules())
+    touched = {name for file in files for name in file.target_names}
+    weights = (modules[name].weight for name in touched)
+    return LoraBytes(sum(file.nbytes(dtype) for file in files), sum(w.numel() * w.element_size() for w in weights))
+

@@ -27,18 +27,18 @@ from typing import Any
 
 import gradio as gr
 
-from .conditioning import ImageError
+from .media.images import ImageError
 from .lora import LoraSpec
 from .controls import BLANK_STARTS, JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
-from .engine import Done, Error, Progress, SectionDone, Status
-from .plan import MemoryPlanError, check_before_loading
+from .events import Done, Error, Progress, SectionDone, Status
+from .memory.planning import MemoryPlanError, check_before_loading
 from .models import ModelSource, ModelsMissingError
 from .outputs import LOCAL_USER, job_name, settings_of_output, sweep_outputs
-from .attention import ATTENTION_CHOICES
-from .cache import DEFAULT_THRESHOLDS_TEXT
-from .checkpoints import CheckpointError
+from .models.attention import ATTENTION_CHOICES
+from .engine.stepcache import DEFAULT_THRESHOLDS_TEXT
+from .models.checkpoints import CheckpointError
 from .settings import CACHE_METHODS, FPS, MAX_SECONDS, Settings, SettingsError
-from .video import VideoInputError, check_video
+from .media.reading import VideoInputError, check_video
 from .jobs import QueuedJob
 from .cli import add_worker_options
 from .cluster import ClusterError

@@ -28,27 +28,16 @@ from typing import Any
 
 from PIL import Image
 
-from .conditioning import ImageError, load_image
+from .media.images import ImageError, load_image
 from .controls import ImageSource, JobInputs, Keyframe
-from .engine import (
-    Done,
-    Error,
-    Event,
-    Progress,
-    Status,
-    branch_job,
-    extend_job,
-    extend_video,
-    failure_message,
-    generate,
-    resume_job,
-)
+from .events import Done, Error, Event, Progress, Status
+from .engine.core import branch_job, extend_job, extend_video, failure_message, generate, resume_job
 from .jobs import FrontLock, JobSpec, JobStore, QueuedJob, SqliteJobStore, input_folder, remove_inputs
 from .loading import load_models
 from .lora import LoraSpec
 from .models import ModelSet, ModelSource, ModelsMissingError
 from .outputs import LOCAL_USER, JobPaths, is_job_name, job_owner, new_job_id
-from .plan import MemoryPlan
+from .memory.planning import MemoryPlan
 from .settings import Settings
 
 # Jobs one owner may have waiting or running at once: one user cannot fill the line for everyone. The person at

@@ -16,9 +16,9 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from framepack import ui
-from framepack.conditioning import nearest_bucket
+from framepack.media.images import nearest_bucket
 from framepack.settings import Settings
-from framepack.video import probe
+from framepack.media.reading import probe
 
 pytestmark = requires_tiny_models
 
@@ -306,8 +306,8 @@ def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
 
 
 def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path: Path):
-    from framepack.conditioning import load_image
-    from framepack.engine import Done, Error, Status
+    from framepack.media.images import load_image
+    from framepack.events import Done, Error, Status
     from framepack.models import ModelSource
     from framepack.worker import Waiting, Worker
 
@@ -331,8 +331,8 @@ def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path
 
 
 def test_missing_models_give_a_clear_message(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from framepack.conditioning import load_image
-    from framepack.engine import Error
+    from framepack.media.images import load_image
+    from framepack.events import Error
     from framepack.models import ModelSource
     from framepack.worker import Worker
 

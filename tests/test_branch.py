@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
-from framepack.engine import Done, Error, SectionDone, branch_job, generate
+from framepack.events import Done, Error, SectionDone
+from framepack.engine.core import branch_job, generate
 from framepack.outputs import JobLock, JobPaths
 from framepack.settings import Settings
-from framepack.video import read_frames
+from framepack.media.reading import read_frames
 
 pytestmark = needs_shared
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_branch_from_the_command_line(tiny_models, tmp_path):
 
 
 def test_stopping_a_branch_leaves_it_resumable(source):
-    from framepack.engine import resume_job
+    from framepack.engine.core import resume_job
 
     folder, models = source["folder"], source["models"]
     stop = threading.Event()

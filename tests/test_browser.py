@@ -142,7 +142,7 @@ def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(b
 def test_closing_the_tab_stops_its_job(browser, app_server):  # noqa: F811
     from gradio_client import Client, handle_file
 
-    from framepack.video import probe
+    from framepack.media.reading import probe
 
     before = set(app_server.outputs.glob("*.mp4"))
     # Three sections, 109 frames if it ran to the end; enough steps that a section outlasts the time the page
@@ -169,11 +169,12 @@ def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
     from safetensors.torch import save_file
     from test_lora import random_lora
 
-    from framepack.plan import ModelConfigs, meta_transformer
+    from framepack.memory.sizes import ModelConfigs
+    from framepack.models.components import meta_transformer
 
     folder = tmp_path / "loras"
     folder.mkdir()
-    transformer = meta_transformer(ModelConfigs.from_folder(IMAGE.parents[2] / "models"))  # shapes are enough
+    transformer = meta_transformer(ModelConfigs.from_folder(IMAGE.parents[2] / "models").transformer)  # shapes are enough
     for name, seed in (("style.safetensors", 1), ("motion.safetensors", 2)):
         tensors, _ = random_lora("musubi", transformer, seed)
         save_file(tensors, str(folder / name))
@@ -198,7 +199,7 @@ def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server
     from playwright.sync_api import expect
     from test_extend_video import make_video
 
-    from framepack.video import probe
+    from framepack.media.reading import probe
 
     clip = make_video(tmp_path / "holiday.mp4", 45, 24, (90, 70))
     page = browser.new_page(viewport={"width": 1400, "height": 1300})

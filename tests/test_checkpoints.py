@@ -18,21 +18,18 @@ from safetensors.torch import load_file, save_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
 from test_memory import check_memory, transformer_inputs
-from framepack.checkpoints import (
-    CheckpointError,
-    format_sizes,
-    inspect_transformer_file,
-    is_quantised,
-    load_transformer_file,
-    meta_transformer,
-)
-from framepack.conditioning import load_image
+from framepack.models.checkpoints import CheckpointError, format_sizes, inspect_transformer_file, is_quantised, load_transformer_file
+from framepack.models.components import meta_transformer
+from framepack.media.images import load_image
 from framepack.controls import JobInputs
-from framepack.engine import Done, SectionDone, generate
+from framepack.events import Done, SectionDone
+from framepack.engine.core import generate
 from framepack.loading import load_models, load_transformer_fp8
 from framepack.lora import LoraSpec, apply_loras
-from framepack.models import TRANSFORMER_REPOS, ModelSource, load_transformer
-from framepack.plan import module_size
+from framepack.models.sources import TRANSFORMER_REPOS
+from framepack.models import ModelSource
+from framepack.models.components import load_transformer
+from framepack.memory.sizes import module_size
 from framepack.settings import Settings
 
 pytestmark = needs_shared
@@ -239,8 +236,9 @@ def test_a_gguf_transformer_streams_block_by_block_and_is_planned_from_its_heade
     counts the file's bytes, which `check-memory --transformer-file` reads from the header alone."""
     from diffusers.hooks import HookRegistry
 
-    from framepack.plan import ModelConfigs, ModelSizes, plan_memory
-    from framepack.placement import place_component
+    from framepack.memory.sizes import ModelConfigs, ModelSizes
+    from framepack.memory.planning import plan_memory
+    from framepack.memory.placement import place_component
 
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     file = inspect_transformer_file(path, CONFIG, "original")

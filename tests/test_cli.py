@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import json
 
 from conftest import CASES, CONTROL_CASES, TINY_MODELS, needs_shared
-from framepack.video import probe
+from framepack.media.reading import probe
 
 pytestmark = needs_shared
 REPO = Path(__file__).resolve().parents[1]

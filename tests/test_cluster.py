@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
-from framepack.engine import Done, SectionDone
+from framepack.events import Done, SectionDone
 from framepack.models import ModelSource
 from framepack.settings import Settings
 from framepack.worker import Worker

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from framepack.conditioning import Conditioning, PromptEmbeds
+from framepack.engine.conditioning import Conditioning, PromptEmbeds
 from framepack.controls import (
     JobInputs,
     Keyframe,

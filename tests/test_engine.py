@@ -10,13 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASES, needs_shared
-from framepack.conditioning import encode_conditioning
+from framepack.engine.conditioning import encode_conditioning
 from framepack.controls import JobInputs, plan_schedule, prepare_images
-from framepack.engine import Done, Error, Progress, SectionDone, generate
+from framepack.events import Done, Error, Progress, SectionDone
+from framepack.engine.core import generate
 from framepack.packing import original_paddings
 from framepack.sampling import make_denoiser, sample_unipc, section_sigmas
 from framepack.settings import Settings
-from framepack.video import probe
+from framepack.media.reading import probe
 from PIL import Image
 
 pytestmark = needs_shared
@@ -27,7 +28,7 @@ def reference_latents(models, settings: Settings, inputs=None) -> torch.Tensor:
     """FramePack's worker loop written out the original way (one growing history tensor, split indices), with
     the section controls added as the fixtures' README (section 6) states them; it shares only the encoders and
     the sampler with the engine."""
-    from framepack.conditioning import encode_prompt, encode_start_latent
+    from framepack.engine.conditioning import encode_prompt, encode_start_latent
 
     h, w, window = settings.height, settings.width, settings.latent_window_size
     images = prepare_images(inputs or JobInputs(IMAGE), settings)
@@ -230,7 +231,8 @@ def test_low_memory_placement_reproduces_the_golden_video(tmp_path):
     import json
 
     from conftest import TINY_MODELS
-    from framepack.plan import GB, ModelConfigs, ModelSizes, plan_memory
+    from framepack.memory.sizes import GB, ModelConfigs, ModelSizes
+    from framepack.memory.planning import plan_memory
     from framepack.loading import load_models
     from framepack.models import ModelSource
 

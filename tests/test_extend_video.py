@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASES, needs_shared
-from framepack.conditioning import resize_and_center_crop, target_size
-from framepack.engine import Done, Error, SectionDone, extend_job, extend_video, generate, resume_job
+from framepack.media.images import resize_and_center_crop, target_size
+from framepack.events import Done, Error, SectionDone
+from framepack.engine.core import extend_job, extend_video, generate, resume_job
 from framepack.settings import Settings
-from framepack.video import VideoInputError, probe, read_frames, read_video
+from framepack.media.reading import VideoInputError, probe, read_frames, read_video
 
 pytestmark = needs_shared
 IMAGE = CASES / "v1_original" / "input.png"

@@ -15,13 +15,13 @@ from safetensors.torch import load_file, save_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
 from framepack import engine
-from framepack.cache import has_teacache
-from framepack.conditioning import load_image
-from framepack.engine import Done, Error, SectionDone
+from framepack.engine.stepcache import has_teacache
+from framepack.media.images import load_image
+from framepack.events import Done, Error, SectionDone
 from framepack.models import ModelSource
 from framepack.outputs import Checkpoint
 from framepack.settings import Settings
-from framepack.video import probe
+from framepack.media.reading import probe
 from framepack.worker import Job, Worker
 
 pytestmark = needs_shared
@@ -201,7 +201,7 @@ def test_a_failed_section_keeps_the_finished_ones_and_resumes_exactly(workers, u
         monkeypatch.setattr(Checkpoint, "save", fail_on_call(2, full, Checkpoint.save))
         expected = "Writing the job's files failed (the disk is full)"
     elif fault == "disk full during the video":
-        import framepack.video as video_module
+        import framepack.media.mp4 as video_module
 
         error = OSError(28, "No space left on device")
         monkeypatch.setattr(video_module, "concat_mp4", fail_on_call(2, error, video_module.concat_mp4))

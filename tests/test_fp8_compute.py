@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import torch
 
-import framepack.plan
+import framepack.memory.planning
 from conftest import CASES, TINY_MODELS, needs_shared
 from test_checkpoints import FOLDER, JOB, section_latents
 from test_cli import run_cli
-from framepack.checkpoints import meta_transformer
+from framepack.models.components import meta_transformer
 from framepack.loading import load_models, load_transformer_fp8
 from framepack.models import ModelSource
-from framepack.placement import FP8, Fp8Linear, enable_fp8, fp8_matmul_problem, has_fp8
-from framepack.plan import ModelConfigs, check_before_loading
+from framepack.models.fp8 import FP8, Fp8Linear, enable_fp8, fp8_matmul_problem, has_fp8
+from framepack.memory.sizes import ModelConfigs
+from framepack.memory.planning import check_before_loading
 
 # On the tiny model, a job multiplying in fp8 stays this close to the same job with fp8 storage only (which
 # casts weights back to float32 and multiplies at full precision): the difference is the activations' rounding.
@@ -76,7 +77,7 @@ def test_fp8_compute_is_refused_where_the_device_cannot_and_explains_why():
 @needs_shared
 def test_a_job_multiplying_in_fp8_stays_close_to_the_fp8_storage_job(tmp_path, monkeypatch):
     # Loaded the way the app and the CLI load it, on the CPU (where the option is refused, so the check is lifted).
-    monkeypatch.setattr(framepack.plan, "fp8_matmul_problem", lambda device: None)
+    monkeypatch.setattr(framepack.memory.planning, "fp8_matmul_problem", lambda device: None)
     plan = check_before_loading(JOB, device="cpu", models_dir=TINY_MODELS, fp8_matmuls=True)
     assert plan.fp8 and plan.fp8_matmuls and "fp8 matrix products" in plan.summary() + plan.report()
     computed = load_models("original", ModelSource(models_dir=TINY_MODELS), dtype="float32", plan=plan)

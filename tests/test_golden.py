@@ -8,12 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASE_NAMES, case_inputs, load_case, needs_shared
-from framepack.conditioning import encode_conditioning, encode_prompt
+from framepack.engine.conditioning import encode_conditioning, encode_prompt
 from framepack.controls import plan_schedule, prepare_images
-from framepack.engine import Done, SectionDone, generate
+from framepack.events import Done, SectionDone
+from framepack.engine.core import generate
 from framepack.packing import LatentHistory, join_sections, plan_sections
 from framepack.settings import Settings
-from framepack.video import FrameAssembler, decode_latents, probe, read_frames
+from framepack.engine.frames import FrameAssembler, decode_latents
+from framepack.media.reading import probe, read_frames
 
 pytestmark = needs_shared
 
@@ -117,7 +119,7 @@ def luma(frames: np.ndarray) -> np.ndarray:
 
 def test_sectioned_decode_of_golden_latents_is_exact(case):
     """Decoding the golden sections with the engine's schedule, decode and blending gives the golden frames."""
-    raw, expected, settings = case["raw"], case["expected"], case["settings"]
+    expected, settings = case["expected"], case["settings"]
     history = LatentHistory(settings.variant, expected["start_latent"], settings.latent_window_size)
     assembler = FrameAssembler(settings.frames_per_section, prepend=history.prepends)
     final, sections = [], []
@@ -133,7 +135,7 @@ def test_sectioned_decode_of_golden_latents_is_exact(case):
 
 
 def test_progress_previews(case):
-    from framepack.engine import Progress
+    from framepack.events import Progress
 
     settings = case["settings"]
     progress = [e for e in case["events"] if isinstance(e, Progress)]

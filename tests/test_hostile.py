@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import needs_shared
-from framepack.engine import Done, Error, generate
+from framepack.events import Done, Error
+from framepack.engine.core import generate
 from framepack.settings import Settings
-from framepack.video import probe
+from framepack.media.reading import probe
 
 pytestmark = needs_shared
 
@@ -98,7 +99,7 @@ def assert_every_file_usable(folder):
 def test_stopping_at_any_point_leaves_usable_files(tiny_models, tmp_path, when):
     import threading
 
-    from framepack.engine import Progress, SectionDone, Status
+    from framepack.events import Progress, SectionDone, Status
 
     settings = Settings(variant="original", total_second_length=1.2, latent_window_size=3, steps=2, resolution=128)
     triggers = {
@@ -124,7 +125,8 @@ def test_stopping_at_any_point_leaves_usable_files(tiny_models, tmp_path, when):
 def test_out_of_gpu_memory_keeps_the_finished_sections(tiny_models, tmp_path):
     import torch
 
-    from framepack.engine import Progress, resume_job
+    from framepack.events import Progress
+    from framepack.engine.core import resume_job
 
     models = tiny_models("f1")
     settings = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, resolution=128)

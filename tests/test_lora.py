@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import CASES, TINY_MODELS, load_case, needs_shared
 from framepack.controls import JobInputs
-from framepack.engine import Done, Error, SectionDone, generate, resume_job
+from framepack.events import Done, Error, SectionDone
+from framepack.engine.core import generate, resume_job
 from framepack.lora import FORMATS, LoraError, LoraSpec, linear_modules, read_lora
 from framepack.loading import load_models
 from framepack.models import ModelSource
@@ -190,7 +191,7 @@ def test_after_loras_the_golden_case_reproduces_exactly(models, tmp_path):
 def test_loras_with_fp8_storage_streaming_and_step_caches(hand_merged, tmp_path):
     from test_memory import low_plan_on_cpu
 
-    from framepack.placement import apply_plan
+    from framepack.memory.placement import apply_plan
 
     models = load_models("original", ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
     tensors, deltas = random_lora("musubi", models.transformer, seed=31)
@@ -227,7 +228,7 @@ def test_the_job_record_keeps_its_loras_and_a_resume_checks_them(models, tmp_pat
     [lora] = manifest["loras"]
     assert (lora["name"], lora["weight"], lora["format"]) == ("style.safetensors", 0.6, "musubi")
     assert len(lora["sha256"]) == 64
-    from framepack.video import probe
+    from framepack.media.reading import probe
 
     shared = json.loads(probe(tmp_path / "out" / "job.mp4").metadata["comment"])["loras"]
     assert shared == [{"name": "style.safetensors", "sha256": lora["sha256"], "weight": 0.6}]  # no server path
@@ -316,10 +317,13 @@ def test_the_command_line_applies_loras_and_explains_files(models, tmp_path, cap
 
 
 def test_the_memory_plan_counts_a_rank_32_lora_of_the_real_model(tmp_path):
-    from framepack.plan import GB, ModelConfigs, lora_bytes, meta_transformer, plan_memory
+    from framepack.memory.sizes import GB, ModelConfigs
+    from framepack.lora import lora_bytes
+    from framepack.models.components import meta_transformer
+    from framepack.memory.planning import plan_memory
 
     configs = ModelConfigs.published()
-    transformer = meta_transformer(configs)
+    transformer = meta_transformer(configs.transformer)
     tensors, touched = {}, 0
     for name, (width, rows) in linear_modules(transformer).items():
         if name.startswith(("transformer_blocks.", "single_transformer_blocks.")) and "norm" not in name:

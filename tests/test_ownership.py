@@ -16,7 +16,7 @@ from app_harness import IMAGE, AppServer, requires_tiny_models, running_app
 from gradio_client import Client, handle_file
 
 from framepack import ui
-from framepack.video import probe
+from framepack.media.reading import probe
 
 pytestmark = requires_tiny_models
 

@@ -18,7 +18,8 @@ from app_harness import IMAGE, MODELS, REPO, free_port, requires_tiny_models, ru
 from gradio_client import Client, handle_file
 from safetensors.torch import load_file
 
-from framepack.engine import Done, generate
+from framepack.events import Done
+from framepack.engine.core import generate
 from framepack.jobs import FrontLock, JobSpec, QueuedJob, SqliteJobStore
 from framepack.outputs import FileLock
 from framepack.settings import Settings

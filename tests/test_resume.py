@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
-from framepack.engine import Done, Error, Progress, SectionDone, generate, resume_job
+from framepack.events import Done, Error, Progress, SectionDone
+from framepack.engine.core import generate, resume_job
 from framepack.settings import Settings
-from framepack.video import probe, read_frames
+from framepack.media.reading import probe, read_frames
 
 pytestmark = needs_shared
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +39,11 @@ def cli(*args: str, **kwargs) -> subprocess.Popen:
 # rename that would publish it. Where the kill lands does not depend on timing.
 KILL_DURING_WRITE = """
 import contextlib, os, signal, sys
-import framepack.outputs as outputs, framepack.video as video
+import framepack.files as files
 from framepack.cli import main
 
 target, number, writes = sys.argv[1], int(sys.argv[2]), 0
-atomic_path = outputs.atomic_path
+atomic_path = files.atomic_path
 
 @contextlib.contextmanager
 def killing_atomic_path(path):
@@ -53,7 +54,9 @@ def killing_atomic_path(path):
         if writes == number:
             os.kill(os.getpid(), signal.SIGKILL)
 
-outputs.atomic_path = video.atomic_path = killing_atomic_path
+for module in list(sys.modules.values()):  # every module that writes through it, wherever it was imported
+    if getattr(module, "__name__", "").startswith("framepack") and getattr(module, "atomic_path", None) is atomic_path:
+        module.atomic_path = killing_atomic_path
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -213,7 +216,7 @@ def test_the_app_loads_settings_from_a_previous_output(tiny_models, tmp_path):
 
 
 def test_a_finished_f1_video_extends_to_the_longer_uninterrupted_video(tiny_models, tmp_path):
-    from framepack.engine import extend_job
+    from framepack.engine.core import extend_job
 
     models = tiny_models("f1")
     short = Settings(variant="f1", total_second_length=2.4, steps=2, height=64, width=96, prompt="run", seed=3)
@@ -248,7 +251,7 @@ def run_extend_cli(path: Path, seconds: str) -> subprocess.CompletedProcess:
 
 def test_controls_survive_a_stop_and_an_extension_adds_timed_prompts(tiny_models, tmp_path):
     from framepack.controls import JobInputs, Keyframe
-    from framepack.engine import extend_job
+    from framepack.engine.core import extend_job
 
     models = tiny_models("f1")
     keyframe = CASES.parent / "cases-controls" / "c3_f1_timed" / "keyframe_0.png"
@@ -300,7 +303,7 @@ def test_the_apps_resume_uses_the_models_the_job_was_made_with(tmp_path):
     """In the app too: a job made from another model root resumes on those models, then new jobs on the app's."""
     import shutil
 
-    from framepack.engine import Status
+    from framepack.events import Status
     from framepack.models import ModelSource
     from framepack.worker import Worker
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import CASES, needs_shared
-from framepack.attention import ATTENTION_CHOICES, availability, choose_backend, set_attention
-from framepack.cache import FRAMEPACK_MAG_RATIOS, configure_cache, has_teacache
-from framepack.engine import Done, SectionDone, Status, generate
-from framepack.models import compile_blocks
+from framepack.models.attention import ATTENTION_CHOICES, availability, choose_backend, set_attention
+from framepack.engine.stepcache import FRAMEPACK_MAG_RATIOS, configure_cache, has_teacache
+from framepack.events import Done, SectionDone, Status
+from framepack.engine.core import generate
+from framepack.models.components import compile_blocks
 from framepack.settings import Settings
 
 IMAGE = CASES / "v1_original" / "input.png"
@@ -110,7 +111,8 @@ def test_sageattention_1_runs_through_the_attention_dispatch(tiny_models, tmp_pa
 
 @needs_shared
 def test_compiled_blocks_give_the_same_output(tiny_models):
-    from framepack.models import TRANSFORMER_REPOS, load_transformer
+    from framepack.models.sources import TRANSFORMER_REPOS
+    from framepack.models.components import load_transformer
     from conftest import TINY_MODELS
 
     transformer = load_transformer(TINY_MODELS / TRANSFORMER_REPOS["f1"])

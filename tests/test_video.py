@@ -10,18 +10,9 @@ import torch
 from safetensors import safe_open
 
 from framepack.outputs import Checkpoint
-from framepack.video import (
-    BackgroundVideoWriter,
-    FrameAssembler,
-    SegmentedVideo,
-    blend,
-    concat_mp4,
-    encode_mp4,
-    latent_preview,
-    probe,
-    read_frames,
-    to_uint8_frames,
-)
+from framepack.media.mp4 import BackgroundVideoWriter, SegmentedVideo, concat_mp4, encode_mp4
+from framepack.engine.frames import FrameAssembler, blend, latent_preview, to_uint8_frames
+from framepack.media.reading import probe, read_frames
 
 
 def clip(*values: float) -> torch.Tensor:
@@ -143,7 +134,7 @@ def test_background_writer_runs_the_follow_up_on_its_thread_after_the_update(tmp
 def test_a_failed_update_stops_the_writer_without_a_gap_and_nothing_waits_forever(tmp_path):
     from safetensors import SafetensorError
 
-    from framepack.video import VideoWriterError
+    from framepack.media.mp4 import VideoWriterError
 
     video = SegmentedVideo(tmp_path / "parts", prepend=False)
     writer = BackgroundVideoWriter(video)

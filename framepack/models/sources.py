@@ -1,49 +1,35 @@
-"""Where the weights come from and how every component is loaded.
-
-The same code loads the published Hugging Face repos (cached in `./hf_download`) and a local model root laid
-out as `<root>/<org>/<name>/<subfolder>`, so the tiny test models go through exactly what users run.
-"""
+"""Where the weights come from: the published Hugging Face repos (cached in `./hf_download`) or a local model root
+laid out like them (`<root>/<org>/<name>/<subfolder>`), so the tiny test models go through what users run."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
 from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
-from transformers import (
-    CLIPTextModel,
-    LlamaModel,
-    PreTrainedTokenizerBase,
-    SiglipImageProcessorPil,
-    SiglipVisionModel,
-)
-
-
-if TYPE_CHECKING:
-    from .loading import ComponentLoader
-    from .lora import LoraState
-    from .placement import Placement
 
 logger = logging.getLogger(__name__)
 
-# A model set's components with weights, in the order they load (the transformer first: see `load_models`).
-COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "image_encoder", "vae")
 HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
+
+
 REDUX_REPO = "lllyasviel/flux_redux_bfl"
+
+
 TRANSFORMER_REPOS = {
     "original": "lllyasviel/FramePackI2V_HY",
     "f1": "lllyasviel/FramePack_F1_I2V_HY_20250503",
 }
+
+
 DEFAULT_CACHE_DIR = Path("hf_download")
+
+
 # The published transformers' architecture (both variants), for a single-file transformer without its repo at hand
 # and for plans made without weights. The tests check it against the real config.
 PUBLISHED_TRANSFORMER = {
@@ -150,6 +136,8 @@ class ModelSource:
 
 # How `ModelSource.describe` names a hub snapshot: "owner/name@<commit>".
 _HUB_SOURCE = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}")
+
+
 # The file whose presence shows a subfolder is really there (tokenizers have no config.json).
 _CONFIG_OF = {
     "": "config.json",
@@ -162,97 +150,3 @@ _CONFIG_OF = {
     "feature_extractor": "preprocessor_config.json",
 }
 
-
-@dataclass
-class ModelSet:
-    """Every component one generation needs, with the variant and the places they were loaded from.
-
-    A component is None while it is out of memory (a per-phase lifetime, see `framepack.loading.components`);
-    `loader` brings it back. `prompt_cache` keeps the encoded prompts, most recently used last.
-    """
-
-    variant: str
-    text_encoder: LlamaModel | None
-    text_encoder_2: CLIPTextModel | None
-    tokenizer: PreTrainedTokenizerBase
-    tokenizer_2: PreTrainedTokenizerBase
-    vae: AutoencoderKLHunyuanVideo
-    feature_extractor: SiglipImageProcessorPil
-    image_encoder: SiglipVisionModel | None
-    transformer: HunyuanVideoFramepackTransformer3DModel | None
-    sources: dict[str, str]
-    attention: str = "sdpa"  # the attention backend in use (see framepack.attention)
-    compiled: bool = False
-    placement: Placement | None = None  # where the components live and move (None: all on one device)
-    loras: LoraState | None = None  # the LoRAs on the transformer (see framepack.lora)
-    fuse_loras: bool | None = None  # merge LoRAs into the weights; None: where memory allows
-    loader: ComponentLoader | None = None  # loads a component again after it left memory
-    prompt_cache: OrderedDict[str, Any] = field(default_factory=OrderedDict)  # prompt text -> PromptEmbeds
-
-    @property
-    def device(self) -> torch.device:
-        """Where the transformer computes: its placement's device (a streamed transformer's weights rest on the
-        CPU between calls), else where its weights are."""
-        if self.placement is not None:
-            return self.placement.device
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The transformer's compute dtype (known while it is out of memory too)."""
-        return self.transformer.dtype if self.transformer is not None else self.loader.transformer_dtype
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtypes(dtype: str | None, device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    """(transformer dtype, encoder/VAE dtype). FramePack runs bf16 + fp16 on GPUs; CPUs compute in fp32."""
-    if dtype is None:
-        if device.type == "cpu":
-            return torch.float32, torch.float32
-        return torch.bfloat16, torch.float16
-    transformer_dtype = getattr(torch, dtype)
-    encoder_dtype = torch.float32 if transformer_dtype == torch.float32 else torch.float16
-    return transformer_dtype, encoder_dtype
-
-
-def load_transformer(
-    folder: str | os.PathLike, dtype: torch.dtype = torch.float32
-) -> HunyuanVideoFramepackTransformer3DModel:
-    """Load a FramePack transformer with diffusers' class; its output head is kept in float32 like FramePack's."""
-    transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(folder, torch_dtype=dtype)
-    transformer.eval().requires_grad_(False)
-    keep_output_head_in_float32(transformer)
-    return transformer
-
-
-def keep_output_head_in_float32(transformer: HunyuanVideoFramepackTransformer3DModel) -> None:
-    """Run the final norm and projection in float32 whatever the model dtype, as FramePack does for quality.
-
-    The pre-hook upcasts the head's inputs; the model then returns float32 predictions.
-    """
-    transformer.norm_out.float()
-    transformer.proj_out.float()
-    if getattr(transformer.norm_out, "_framepack_fp32_hook", False):
-        return
-
-    def upcast(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(a.float() if torch.is_tensor(a) else a for a in args)
-
-    transformer.norm_out.register_forward_pre_hook(upcast)
-    transformer.norm_out._framepack_fp32_hook = True
-
-
-def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor") -> None:
-    """Compile each transformer block once; the blocks repeat, so this compiles fast and reuses well.
-
-    Whole-model compilation would recompile for every section shape; the step-cache hooks stay outside.
-    """
-    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
-        block.compile(backend=backend, dynamic=True)

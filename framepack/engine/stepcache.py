@@ -17,7 +17,7 @@ import torch
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
-from .settings import CACHE_METHODS
+from ..settings import CACHE_METHODS
 
 _HEAD_HOOK = "framepack_teacache_head"
 _BLOCK_HOOK = "framepack_teacache_block"

@@ -20,8 +20,9 @@ import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 from safetensors import SafetensorError, safe_open
 
-from .models import keep_output_head_in_float32
-from .placement import enable_fp8
+from .components import keep_output_head_in_float32
+from .fp8 import enable_fp8
+from .components import meta_transformer
 
 # GGUF quantisations diffusers can run, by their names in lower case: (weights per block, bytes per block).
 GGUF_BLOCKS = {
@@ -71,11 +72,6 @@ class TransformerFile:
 def strip_prefix(name: str) -> str:
     """A tensor's name in diffusers' transformer, whatever prefix the exporting tool put before it."""
     return next((name[len(p) :] for p in _PREFIXES if name.startswith(p)), name)
-
-
-def meta_transformer(config: dict[str, Any]) -> HunyuanVideoFramepackTransformer3DModel:
-    with torch.device("meta"):
-        return HunyuanVideoFramepackTransformer3DModel.from_config(config)
 
 
 def inspect_transformer_file(path: str | os.PathLike, config: dict[str, Any], variant: str) -> TransformerFile:

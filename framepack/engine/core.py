@@ -23,66 +23,26 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from .cache import StepCache, configure_cache
-from .events import Done, Error, Event, FrameProgress, Progress, SectionDone, Status  # noqa: F401  (re-exported)
-from .conditioning import (
-    LLAMA_MAX_TOKENS,
-    Conditioning,
-    ImageError,
-    encode_conditioning,
-    encode_frames,
-    encode_prompt,
-    prompt_texts,
-    prompt_token_count,
-    target_size,
-)
-from .controls import (
-    ImageSource,
-    JobImages,
-    JobInputs,
-    Keyframe,
-    describe_schedule,
-    plan_schedule,
-    prepare_images,
-    timeline,
-)
-from .loading import components, ensure_loaded
-from .checkpoints import CheckpointError
-from .lora import LoraError, LoraSpec, apply_loras, specs_from_record
-from .plan import MemoryPlanError, replan
-from .models import ModelSet
-from .outputs import (
-    LOCAL_USER,
-    Checkpoint,
-    JobBusyError,
-    JobLock,
-    JobPaths,
-    is_job_name,
-    job_name,
-    load_latents,
-    new_job_id,
-    remove_parts_if_unneeded,
-    save_latents,
-    working_on,
-    write_json,
-)
-from .packing import CONTEXT_FRAMES, LatentHistory, SectionPlan, join_sections, plan_sections
-from .sampling import make_denoiser, sample_unipc, section_sigmas
-from .settings import EPSILON, FPS, Settings, SettingsError, parse_timed_prompt
-from .video import (
-    BackgroundVideoWriter,
-    FrameAssembler,
-    Mp4Encoder,
-    SegmentedVideo,
-    VideoInputError,
-    VideoWriterError,
-    decode_latents,
-    describe_write_error,
-    extract_audio,
-    latent_preview,
-    read_video,
-    trim_mp4,
-)
+from .stepcache import StepCache, configure_cache
+from ..events import Done, Error, Event, FrameProgress, Progress, SectionDone, Status  # noqa: F401  (re-exported)
+from ..models.components import LLAMA_MAX_TOKENS
+from .conditioning import Conditioning, encode_conditioning, encode_frames, encode_prompt, prompt_texts, prompt_token_count
+from ..media.images import ImageError, target_size
+from ..controls import ImageSource, JobImages, JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
+from ..loading import components, ensure_loaded
+from ..models.checkpoints import CheckpointError
+from ..lora import LoraError, LoraSpec, apply_loras, specs_from_record
+from ..memory.planning import MemoryPlanError
+from ..loading import replan
+from ..models import ModelSet
+from ..outputs import LOCAL_USER, Checkpoint, JobBusyError, JobLock, JobPaths, is_job_name, job_name, load_latents, new_job_id, remove_parts_if_unneeded, save_latents, working_on
+from ..files import write_json
+from ..packing import CONTEXT_FRAMES, LatentHistory, SectionPlan, join_sections, plan_sections
+from ..sampling import make_denoiser, sample_unipc, section_sigmas
+from ..settings import EPSILON, FPS, Settings, SettingsError, parse_timed_prompt
+from ..media.mp4 import BackgroundVideoWriter, Mp4Encoder, SegmentedVideo, VideoWriterError, describe_write_error, trim_mp4
+from .frames import FrameAssembler, decode_latents, latent_preview
+from ..media.reading import VideoInputError, extract_audio, read_video
 
 logger = logging.getLogger(__name__)
 

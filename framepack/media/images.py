@@ -1,0 +1,96 @@
+"""Images as users give them: any file, PIL image or array read as upright RGB, fitted to FramePack's buckets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# FramePack's 640 buckets as (height, width); every side is a multiple of 16 and the areas are close to 640².
+BUCKETS_640: tuple[tuple[int, int], ...] = (
+    (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),
+    (640, 608), (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416),
+)  # fmt: skip
+
+
+def buckets(resolution: int = 640) -> list[tuple[int, int]]:
+    """The aspect buckets for a target resolution: FramePack's 640 set, scaled to `resolution`² area."""
+    if resolution == 640:
+        return list(BUCKETS_640)
+    scale = resolution / 640
+    return [(max(16, round(h * scale / 16) * 16), max(16, round(w * scale / 16) * 16)) for h, w in BUCKETS_640]
+
+
+def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int, int]:
+    """The bucket (height, width) whose aspect is nearest the image's; on a tie the later bucket wins, as in FramePack."""
+    best, best_metric = None, float("inf")
+    for bucket_h, bucket_w in buckets(resolution):
+        metric = abs(height * bucket_w - width * bucket_h)
+        if metric <= best_metric:
+            best, best_metric = (bucket_h, bucket_w), metric
+    return best
+
+
+def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Cover (width, height) with a Lanczos resize, then crop the centre. An image of that size is kept as is."""
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    pil = Image.fromarray(image)
+    scale = max(width / pil.width, height / pil.height)
+    resized_w, resized_h = round(pil.width * scale), round(pil.height * scale)
+    pil = pil.resize((resized_w, resized_h), Image.LANCZOS)
+    box = ((resized_w - width) / 2, (resized_h - height) / 2, (resized_w + width) / 2, (resized_h + height) / 2)
+    return np.array(pil.crop(box))
+
+
+class ImageError(ValueError):
+    """The input image cannot be used; the message says why in one line."""
+
+
+def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """Any image a user may give (path, PIL image or array) as RGB uint8 HxWx3.
+
+    Photos are turned upright by their EXIF orientation, transparency is composited on white, animated
+    images give their first frame and 16-bit or palette images are converted.
+    """
+    if isinstance(source, np.ndarray):
+        array = source
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ImageError(f"expected an HxWx3 or HxWx4 image array, got shape {array.shape}")
+        if array.dtype != np.uint8:
+            raise ImageError(f"expected a uint8 image array, got {array.dtype}")
+        pil = Image.fromarray(array)
+    elif isinstance(source, Image.Image):
+        pil = source
+    else:
+        try:
+            pil = Image.open(source)
+            pil.load()
+        except FileNotFoundError:
+            raise ImageError(f"image file not found: {Path(str(source)).name}") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{Path(str(source)).name} has too many pixels to read safely ({exc})") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            # The library's message may name the full path; the file's name is enough.
+            reason = str(exc).replace(str(source), Path(str(source)).name)
+            raise ImageError(f"cannot read {Path(str(source)).name} as an image ({reason})") from None
+    pil = ImageOps.exif_transpose(pil)
+    if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping.
+        pil = Image.fromarray(np.clip(np.asarray(pil, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8))
+    if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
+        rgba = pil.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        pil = Image.alpha_composite(white, rgba)
+    return np.array(pil.convert("RGB"))
+
+
+def target_size(image: np.ndarray, resolution: int, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """(height, width) of the video: the explicit size if given, else the nearest bucket for `resolution`."""
+    if height is not None and width is not None:
+        return height, width
+    return nearest_bucket(image.shape[0], image.shape[1], resolution)
+

@@ -1,0 +1,165 @@
+"""Reading videos users give: their facts, their frames at 30 fps streamed start to end, and their sound."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..files import atomic_path, file_sha256
+from ..settings import FPS
+from .images import resize_and_center_crop
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str
+    pix_fmt: str
+    metadata: dict[str, str]
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Read a video's stream facts, counting frames by decoding (container counts can be missing)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return VideoInfo(
+            frames=frames,
+            fps=float(stream.average_rate),
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            codec=stream.codec_context.name,
+            pix_fmt=stream.codec_context.pix_fmt,
+            metadata=dict(container.metadata),
+        )
+
+
+def read_frames(path: str | Path) -> np.ndarray:
+    """All frames of a video as uint8 (T, H, W, 3)."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+class VideoInputError(ValueError):
+    """A video given to extend cannot be used; the message names the file and says why, in one line."""
+
+
+@dataclass
+class InputVideo:
+    """What reading an input video found: its frame rate, how many frames it has at 30 fps, its first frame and
+    its last frames at the video's size (the rest went to the caller as they came)."""
+
+    name: str
+    sha256: str
+    fps: float
+    frames: int
+    width: int
+    height: int
+    first: np.ndarray
+    tail: list[np.ndarray]
+
+
+def check_video(path: str | Path) -> None:
+    """Refuse at once what is not a video (reading it whole is the job's work): VideoInputError says why."""
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoInputError(f"{path.name} has no video stream")
+    except FileNotFoundError:
+        raise VideoInputError(f"video file not found: {path.name}") from None
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
+
+
+def read_video(
+    path: str | Path,
+    size_of: Callable[[np.ndarray], tuple[int, int]],
+    tail: int,
+    passed: Callable[[np.ndarray], None],
+) -> InputVideo:
+    """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame resized
+    and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are kept;
+    the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoInputError(f"{path.name} has no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or FPS)
+        kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
+        size: tuple[int, int] | None = None
+        first = None
+        emitted = decoded = 0
+        pending, pending_time, start = None, 0.0, None
+
+        def emit(frame: np.ndarray) -> None:
+            nonlocal emitted
+            if len(kept) == kept.maxlen:
+                passed(kept[0])
+            kept.append(frame)
+            emitted += 1
+
+        def fitted(frame: av.VideoFrame) -> np.ndarray:
+            nonlocal size, first
+            rgb = frame.to_ndarray(format="rgb24")
+            if size is None:
+                size = size_of(rgb)
+            image = resize_and_center_crop(rgb, size[1], size[0])
+            if first is None:
+                first = image
+            return image
+
+        try:
+            for frame in container.decode(stream):
+                time = frame.time if frame.time is not None else decoded / rate
+                start = time if start is None else start
+                if pending is not None:
+                    image = fitted(pending)
+                    # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
+                    # (containers round timestamps, to the millisecond in WebM).
+                    while (emitted + 0.25) / FPS < time - start:
+                        emit(image)
+                pending, pending_time = frame, time - start
+                decoded += 1
+        except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
+            raise VideoInputError(f"{path.name} breaks after {decoded} frames ({type(exc).__name__}); cut the video before that point") from None
+        if pending is None:
+            raise VideoInputError(f"{path.name} has no frames")
+        image = fitted(pending)
+        while emitted < max(1, round((pending_time + 1 / rate) * FPS)):  # the last frame lasts 1/rate
+            emit(image)
+        width, height = stream.codec_context.width, stream.codec_context.height
+    return InputVideo(path.name, file_sha256(path), rate, emitted, width, height, first, list(kept))
+
+
+def extract_audio(source: str | Path, target: str | Path) -> Path | None:
+    """The source's first audio track as AAC in its own file (None without one), to go with its frames."""
+    with av.open(str(source)) as container:
+        if not container.streams.audio:
+            return None
+        audio = container.streams.audio[0]
+        rate = audio.codec_context.sample_rate or 48000
+        layout = "stereo" if (audio.codec_context.channels or 2) > 1 else "mono"
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        with atomic_path(Path(target)) as tmp, av.open(str(tmp), "w", format="mp4") as out:
+            stream = out.add_stream("aac", rate=rate, layout=layout)
+            for frame in container.decode(audio):
+                for chunk in resampler.resample(frame):
+                    out.mux(stream.encode(chunk))
+            for chunk in resampler.resample(None):
+                out.mux(stream.encode(chunk))
+            out.mux(stream.encode())
+    return Path(target)
+

@@ -1,0 +1,118 @@
+"""`python -m framepack postprocess INPUT ...`: upscale, interpolate, colour-match and convert a finished video from
+the command line, with a progress bar on stderr. Bad input ends with one `error: ...` line and exit status 2;
+nothing is left half-written and the input is never overwritten."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..events import Done, FrameProgress, Status
+from . import PostprocessError
+from .formats import FORMATS
+from .pipeline import (
+    DEFAULT_INTERPOLATION_MODEL,
+    PostprocessOptions,
+    default_output,
+    postprocess,
+)
+from .weights import KNOWN_MODELS
+
+# An output name's suffix says the format when --format is not given.
+_FORMAT_OF_SUFFIX = {".mp4": "mp4", ".webm": "webm", ".mov": "prores", ".gif": "gif", ".webp": "webp", ".mkv": "ffv1"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `postprocess` command to a CLI's subparsers."""
+    upscalers = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "upscaler")
+    interpolators = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "interpolator")
+    parser = subparsers.add_parser(
+        "postprocess", help="upscale, interpolate, colour-match or convert a finished video",
+        description="Post-process a video frame by frame (memory does not grow with its length). The result goes "
+        "beside the input under a name that says what was done, unless --output names it.",
+    )  # fmt: skip
+    parser.add_argument("input", type=Path, help="the video to post-process (never overwritten)")
+    parser.add_argument("--output", type=Path, help="where the result goes (png: a folder)")
+    parser.add_argument("--upscale", metavar="MODEL", help=f"Real-ESRGAN model file or known name ({upscalers})")
+    parser.add_argument("--scale", type=float, help="final scale after the upscale model (e.g. 2 with a x4 model)")
+    parser.add_argument("--interpolate", type=int, default=1, metavar="N",
+                        help="frames per input frame: 2 or 4 (RIFE); fps goes up as much, duration stays")  # fmt: skip
+    parser.add_argument("--interpolation-model", default=DEFAULT_INTERPOLATION_MODEL, metavar="MODEL",
+                        help=f"RIFE model file or known name ({interpolators}; default {DEFAULT_INTERPOLATION_MODEL})")  # fmt: skip
+    parser.add_argument("--color-match", "--colour-match", default="off", metavar="MODE",
+                        help="start: match every frame's colours to the first frame's (off by default)")  # fmt: skip
+    parser.add_argument("--format", metavar="FORMAT",
+                        help=f"{', '.join(FORMATS)} (default: from --output's suffix, else mp4)")  # fmt: skip
+    parser.add_argument("--crf", type=int, default=16, help="quality for mp4, h265, webm, av1 (lower is better)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
+    parser.add_argument("--hf-cache", type=Path, default=Path("hf_download"), help="where known models are kept")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> PostprocessOptions:
+    """The command's options as PostprocessOptions (PostprocessError on a bad value)."""
+    fmt = args.format
+    if fmt is None:
+        fmt = _FORMAT_OF_SUFFIX.get(args.output.suffix.lower(), "mp4") if args.output else "mp4"
+    return PostprocessOptions(
+        upscale=args.upscale, scale=args.scale, interpolate=args.interpolate,
+        interpolation_model=args.interpolation_model, color_match=args.color_match.lower(), format=fmt.lower(),
+        crf=args.crf,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command: 0 done, 2 bad input, 1 failed while running, 130 interrupted (Ctrl+C)."""
+    bar: tqdm | None = None
+    try:
+        options = options_from_args(args)
+        output = args.output or default_output(args.input, options)
+        for event in postprocess(args.input, output, options, device=args.device, cache_dir=args.hf_cache):
+            if isinstance(event, FrameProgress) and not args.quiet:
+                if bar is None:
+                    bar = tqdm(total=event.total or None, unit="frame", desc="postprocess", file=sys.stderr)
+                bar.update(event.done - bar.n)
+                bar.set_postfix_str(f"{event.fps:.1f} fps")
+            elif isinstance(event, Status) and not args.quiet:
+                (bar.write if bar else _stderr)(event.message)
+            elif isinstance(event, Done):
+                _close(bar)
+                print(event.video_path)
+    except PostprocessError as exc:
+        _close(bar)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        _close(bar)
+        print("\nstopped: nothing was written", file=sys.stderr)
+        return 130
+    except (OSError, RuntimeError, ValueError) as exc:  # the disk filled up, an encoder or the GPU failed
+        _close(bar)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+        print(f"error: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _close(bar: tqdm | None) -> None:
+    if bar is not None:
+        bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command on its own (`python -m framepack.postprocess.command INPUT ...`)."""
+    parser = argparse.ArgumentParser(prog="python -m framepack")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(["postprocess", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
