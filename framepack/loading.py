@@ -174,6 +174,12 @@ def ensure_loaded(models: ModelSet, *names: str) -> list[str]:
     return missing
 
 
+def phase(models: ModelSet, *modules: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Bring CPU-resident modules to the GPU for one phase of the job (low-memory mode); else nothing."""
+    return models.placement.phase(*modules) if models.placement is not None else contextlib.nullcontext()
+
+
+
 @contextlib.contextmanager
 def components(models: ModelSet, *names: str) -> Iterator[None]:
     """The named components in memory (and on the GPU, in low mode) for the block; with a per-phase lifetime

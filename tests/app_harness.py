@@ -40,7 +40,7 @@ def running_app(outputs: Path, *args: str, variant: str = "original") -> Iterato
     """The app on the tiny models, built from its command line (plus `args`) as `main` builds it."""
     if not MODELS.is_dir():
         pytest.skip(f"the tiny FramePack models are not beside the checkout ({MODELS} is missing)")
-    from framepack import ui
+    from framepack.app import start as ui
 
     port = free_port()
     argv = ["--models", str(MODELS), "--outputs", str(outputs), "--port", str(port), *args]

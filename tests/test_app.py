@@ -15,7 +15,8 @@ from app_harness import IMAGE, MODELS, REPO, app_server, free_port, requires_tin
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from framepack import ui
+from framepack.app import start as ui
+from framepack.app.views import event_updates
 from framepack.media.images import nearest_bucket
 from framepack.settings import Settings
 from framepack.media.reading import probe
@@ -247,12 +248,12 @@ def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, caps
     args = ui.parse_args(["--share", *out, "--auth", "me:pw", "--auth-file", str(auth_file)])
     assert args.credentials == [("me", "pw"), ("ana", "secret1"), ("bo", "pa:ss")]
     protected = ui.create_app("original", args)
-    protected.worker.close()
+    protected.front.close()
     assert protected.launch_kwargs["auth"] == args.credentials
     assert "anyone with the link" not in capsys.readouterr().err
 
     open_app = ui.create_app("f1", ui.parse_args(["--share", *out]))
-    open_app.worker.close()
+    open_app.front.close()
     assert "anyone with the link can use" in capsys.readouterr().err
     # The outputs folder is never served as it is; uploads have a size limit.
     assert open_app.launch_kwargs["blocked_paths"] == [str((tmp_path / "out").resolve())]
@@ -260,10 +261,10 @@ def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, caps
     assert open_app.launch_kwargs["max_file_size"] == 500 * 1024 * 1024
 
     network = ui.create_app("original", ui.parse_args(["--server", "0.0.0.0", *out]))
-    network.worker.close()
+    network.front.close()
     assert "--server 0.0.0.0 without --auth" in capsys.readouterr().err
     local = ui.create_app("original", ui.parse_args(["--server", "127.0.0.1", *out]))
-    local.worker.close()
+    local.front.close()
     assert "WARNING" not in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ui.parse_args(["--auth", "nopassword"])
@@ -309,9 +310,9 @@ def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path
     from framepack.media.images import load_image
     from framepack.events import Done, Error, Status
     from framepack.models import ModelSource
-    from framepack.worker import Waiting, Worker
+    from framepack.queue.front import Waiting, QueueFront
 
-    worker = Worker("original", ModelSource(models_dir=MODELS), tmp_path)
+    worker = QueueFront("original", ModelSource(models_dir=MODELS), tmp_path)
     try:
         image = load_image(IMAGE)
         running = worker.submit(Settings(**FAST, total_second_length=0.4), image, session="tab-1")
@@ -334,9 +335,9 @@ def test_missing_models_give_a_clear_message(tmp_path: Path, caplog: pytest.LogC
     from framepack.media.images import load_image
     from framepack.events import Error
     from framepack.models import ModelSource
-    from framepack.worker import Worker
+    from framepack.queue.front import QueueFront
 
-    worker = Worker("f1", ModelSource(models_dir=tmp_path / "empty"), tmp_path / "out")
+    worker = QueueFront("f1", ModelSource(models_dir=tmp_path / "empty"), tmp_path / "out")
     try:
         *_, last = worker.submit(Settings(variant="f1", **FAST), load_image(IMAGE)).events()
     finally:
@@ -344,7 +345,7 @@ def test_missing_models_give_a_clear_message(tmp_path: Path, caplog: pytest.LogC
     # The page says what is wrong without the server's folders; the log, for whoever runs the app, says which.
     assert isinstance(last, Error) and "model files are missing" in last.message and str(tmp_path) not in last.message
     assert "Model files not found" in caplog.text and str(tmp_path / "empty") in caplog.text
-    assert ui.event_updates(last)[MESSAGE] == f"**Error:** {last.message}"
+    assert event_updates(last)[MESSAGE] == f"**Error:** {last.message}"
 
 
 def test_section_controls_through_the_api(client: Client, app_server):  # noqa: F811
@@ -372,8 +373,10 @@ def test_section_controls_through_the_api(client: Client, app_server):  # noqa: 
     assert [row["prompt"] for row in manifest["schedule"]] == ["it looks around", "it looks around", "it jumps"]
 
     # Loading that video's settings restores the timed prompt, strength and keyframe times, and names the images.
-    *values, message = ui.previous_settings(str(saved_video(final[MESSAGE], app_server.outputs)))
-    loaded = dict(zip(ui.PAGE_SETTINGS, values))
+    from framepack.app.service import AppService
+
+    result = AppService(None, "original").settings_of_file(str(saved_video(final[MESSAGE], app_server.outputs)))
+    loaded, message = result.values, result.message
     assert loaded["prompt"] == "a cat sits [0s: it looks around] [0.5s: it jumps]"
     assert (loaded["end_strength"], loaded["keyframe_times"], loaded["prompt_blend_sections"]) == (0.5, "0.8", 1)
     assert "the end image end.png" in message and "keyframe keyframe_0.png (0.8 s)" in message

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
 from framepack.events import Done, Error, SectionDone
-from framepack.engine.core import branch_job, generate
-from framepack.outputs import JobLock, JobPaths
+from framepack.engine import branch_job, generate
+from framepack.jobs.paths import JobLock, JobPaths
 from framepack.settings import Settings
 from framepack.media.reading import read_frames
 
@@ -133,7 +133,7 @@ def test_branch_from_the_command_line(tiny_models, tmp_path):
 
 
 def test_stopping_a_branch_leaves_it_resumable(source):
-    from framepack.engine.core import resume_job
+    from framepack.engine import resume_job
 
     folder, models = source["folder"], source["models"]
     stop = threading.Event()

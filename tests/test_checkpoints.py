@@ -23,7 +23,7 @@ from framepack.models.components import meta_transformer
 from framepack.media.images import load_image
 from framepack.controls import JobInputs
 from framepack.events import Done, SectionDone
-from framepack.engine.core import generate
+from framepack.engine import generate
 from framepack.loading import load_models, load_transformer_fp8
 from framepack.lora import LoraSpec, apply_loras
 from framepack.models.sources import TRANSFORMER_REPOS
@@ -328,19 +328,19 @@ def test_the_command_line_generates_with_a_gguf_file_and_a_branch_loads_it_again
 
 
 def test_the_app_takes_a_transformer_file_and_refuses_a_wrong_one_at_start(reference, tmp_path):
-    from framepack import ui
+    from framepack.app import start as ui
 
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     common = ["--outputs", str(tmp_path / "out"), "--models", str(TINY_MODELS)]
     app = ui.create_app("original", ui.parse_args([*common, "--transformer-file", str(path)]))
     try:
-        assert app.worker.source.transformer_file == path.resolve()
-        job = app.worker.submit(JOB, load_image(IMAGE))
+        assert app.front.source.transformer_file == path.resolve()
+        job = app.front.submit(JOB, load_image(IMAGE))
         *_, last = job.events()
         assert isinstance(last, Done), last
         assert json.loads(Path(last.video_path).with_suffix(".json").read_text())["models"]["transformer_file"] == str(path.resolve())
     finally:
-        app.worker.close()
+        app.front.close()
     with pytest.raises(SystemExit) as refused:
         ui.main("f1", [*common, "--transformer-file", str(path)])
     assert str(refused.value) == (

@@ -13,7 +13,7 @@ from conftest import CASES, TINY_MODELS, needs_shared
 from framepack.events import Done, SectionDone
 from framepack.models import ModelSource
 from framepack.settings import Settings
-from framepack.worker import Worker
+from framepack.queue.front import QueueFront
 
 # In CI Ray is installed (requirements-test.txt) and this must run; elsewhere it is optional.
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
@@ -23,7 +23,7 @@ FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3, "prompt": "a gir
 
 
 def test_two_ray_workers_run_four_jobs_and_a_killed_worker_loses_nothing(tmp_path):
-    worker = Worker("original", ModelSource(models_dir=TINY_MODELS), tmp_path / "out", workers=2, ray="local")
+    worker = QueueFront("original", ModelSource(models_dir=TINY_MODELS), tmp_path / "out", workers=2, ray="local")
     try:
         assert [runner.name.split("/")[-1] for runner in worker.runners] == ["ray-1", "ray-2"]
         # The first two are the same job: one is killed mid-way, the other runs through on the other worker.

@@ -13,7 +13,7 @@ from conftest import CASES, needs_shared
 from framepack.engine.conditioning import encode_conditioning
 from framepack.controls import JobInputs, plan_schedule, prepare_images
 from framepack.events import Done, Error, Progress, SectionDone
-from framepack.engine.core import generate
+from framepack.engine import generate
 from framepack.packing import original_paddings
 from framepack.sampling import make_denoiser, sample_unipc, section_sigmas
 from framepack.settings import Settings

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import CASES, needs_shared
 from framepack.media.images import resize_and_center_crop, target_size
 from framepack.events import Done, Error, SectionDone
-from framepack.engine.core import extend_job, extend_video, generate, resume_job
+from framepack.engine import add_seconds, extend_video, generate, resume_job
 from framepack.settings import Settings
 from framepack.media.reading import VideoInputError, probe, read_frames, read_video
 
@@ -171,7 +171,7 @@ def test_extending_this_apps_own_f1_video_from_its_mp4(tiny_models, tmp_path):
     settings = Settings(variant="f1", total_second_length=1.6, latent_window_size=3, steps=2, height=48, width=80, prompt="x")
     assert isinstance(list(generate(models, settings, IMAGE, tmp_path / "a", job_id="own", previews=False))[-1], Done)
     assert isinstance(list(generate(models, settings, IMAGE, tmp_path / "b", job_id="own", previews=False))[-1], Done)
-    by_latents = list(extend_job(models, tmp_path / "a" / "own.json", 0.8, previews=False))[-1]
+    by_latents = list(add_seconds(models, tmp_path / "a" / "own.json", 0.8, job_id="longer", previews=False))[-1]
     added = Settings(variant="f1", total_second_length=0.8, latent_window_size=3, steps=2, height=48, width=80, prompt="x")
     by_video = list(extend_video(models, added, tmp_path / "b" / "own.mp4", tmp_path / "c", job_id="own", previews=False))[-1]
     assert isinstance(by_latents, Done) and isinstance(by_video, Done)
@@ -181,7 +181,7 @@ def test_extending_this_apps_own_f1_video_from_its_mp4(tiny_models, tmp_path):
     assert record["past"] and record["frames_encoded"] == tail  # the history is encoded from the decoded tail
     latents = load_file(tmp_path / "c" / "own.latents.safetensors")["latents"]
     assert latents.shape[2] == (tail + 3) // 4 + added.num_sections * 3
-    refused = list(extend_job(models, tmp_path / "c" / "own.json", 0.8))[-1]
+    refused = list(add_seconds(models, tmp_path / "c" / "own.json", 0.8))[-1]
     assert isinstance(refused, Error) and "continues another video: extend it as any video" in refused.message
 
 

@@ -14,15 +14,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
-from framepack import engine
+from framepack.engine import loop as engine
 from framepack.engine.stepcache import has_teacache
 from framepack.media.images import load_image
 from framepack.events import Done, Error, SectionDone
 from framepack.models import ModelSource
-from framepack.outputs import Checkpoint
+from framepack.jobs.checkpoint import Checkpoint
 from framepack.settings import Settings
 from framepack.media.reading import probe
-from framepack.worker import Job, Worker
+from framepack.queue.front import Job, QueueFront
 
 pytestmark = needs_shared
 IMAGE = CASES / "v1_original" / "input.png"
@@ -31,13 +31,13 @@ FAST = {"total_second_length": 1.2, "steps": 2, "height": 64, "width": 96, "late
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Worker]]:
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], QueueFront]]:
     """One app worker per variant, kept for the whole module: it must survive every fault below."""
-    made: dict[str, Worker] = {}
+    made: dict[str, QueueFront] = {}
 
-    def get(variant: str) -> Worker:
+    def get(variant: str) -> QueueFront:
         if variant not in made:
-            made[variant] = Worker(variant, ModelSource(models_dir=TINY_MODELS), tmp_path_factory.mktemp(variant))
+            made[variant] = QueueFront(variant, ModelSource(models_dir=TINY_MODELS), tmp_path_factory.mktemp(variant))
         return made[variant]
 
     yield get
@@ -54,11 +54,11 @@ def events_of(job: Job, stop_after_section: int | None = None) -> list:
     return events
 
 
-def submit(worker: Worker, **changes) -> Job:
+def submit(worker: QueueFront, **changes) -> Job:
     return worker.submit(Settings(variant=worker.variant, **{**FAST, **changes}), load_image(IMAGE))
 
 
-def assert_serves_a_normal_job(worker: Worker) -> None:
+def assert_serves_a_normal_job(worker: QueueFront) -> None:
     last = events_of(submit(worker, seed=99))[-1]
     assert isinstance(last, Done) and not last.stopped and last.frames == Settings(**FAST).num_frames
     models = worker._models
@@ -66,7 +66,7 @@ def assert_serves_a_normal_job(worker: Worker) -> None:
     assert not [t for t in threading.enumerate() if t.name == "framepack-video-writer"]
 
 
-def assert_failed_clearly(event, worker: Worker, *phrases: str) -> None:
+def assert_failed_clearly(event, worker: QueueFront, *phrases: str) -> None:
     assert isinstance(event, Error), event
     for phrase in phrases:
         assert phrase in event.message, event.message
@@ -75,13 +75,13 @@ def assert_failed_clearly(event, worker: Worker, *phrases: str) -> None:
     assert not [t for t in threading.enumerate() if t.name == "framepack-video-writer"]
 
 
-def finished_job(worker: Worker, **changes) -> Path:
+def finished_job(worker: QueueFront, **changes) -> Path:
     last = events_of(submit(worker, **changes))[-1]
     assert isinstance(last, Done) and not last.stopped
     return last.video_path
 
 
-def stopped_job(worker: Worker, **changes) -> Path:
+def stopped_job(worker: QueueFront, **changes) -> Path:
     """A job of 5 sections stopped once its first is on disk (the next may finish before the stop lands)."""
     last = events_of(submit(worker, total_second_length=2.0, **changes), stop_after_section=1)[-1]
     assert isinstance(last, Done) and last.stopped and 1 <= last.sections_done < 5
@@ -110,7 +110,7 @@ def test_an_exception_outside_the_engine(workers, monkeypatch):
     def broken(*args, **kwargs):
         raise TypeError("not an engine failure")
 
-    monkeypatch.setattr("framepack.worker.generate", broken)
+    monkeypatch.setattr("framepack.kinds.generate", broken)
     assert_failed_clearly(events_of(submit(worker))[-1], worker, "The job failed (TypeError)")
     monkeypatch.undo()
     assert_serves_a_normal_job(worker)
@@ -231,7 +231,7 @@ def test_a_failed_section_keeps_the_finished_ones_and_resumes_exactly(workers, u
 
 def test_a_job_cannot_run_twice_at_once(workers):
     """Two resumes of one job (two tabs, or the app and the command line) would write the same files."""
-    from framepack.outputs import JobLock, JobPaths
+    from framepack.jobs.paths import JobLock, JobPaths
 
     worker = workers("original")
     video = stopped_job(worker, seed=4)
@@ -249,7 +249,7 @@ def test_a_job_cannot_run_twice_at_once(workers):
 def test_if_the_worker_thread_ends_no_job_waits_for_it(tmp_path, monkeypatch):
     """Even a failure no `except Exception` catches (here: SystemExit in the worker's thread) ends the waiting
     jobs' streams and refuses later jobs, instead of leaving pages waiting forever."""
-    worker = Worker("original", ModelSource(models_dir=TINY_MODELS), tmp_path)
+    worker = QueueFront("original", ModelSource(models_dir=TINY_MODELS), tmp_path)
     release = threading.Event()
 
     def dying(job, stop):

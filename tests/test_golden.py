@@ -11,7 +11,7 @@ from conftest import CASE_NAMES, case_inputs, load_case, needs_shared
 from framepack.engine.conditioning import encode_conditioning, encode_prompt
 from framepack.controls import plan_schedule, prepare_images
 from framepack.events import Done, SectionDone
-from framepack.engine.core import generate
+from framepack.engine import generate
 from framepack.packing import LatentHistory, join_sections, plan_sections
 from framepack.settings import Settings
 from framepack.engine.frames import FrameAssembler, decode_latents

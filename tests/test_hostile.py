@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import needs_shared
 from framepack.events import Done, Error
-from framepack.engine.core import generate
+from framepack.engine import generate
 from framepack.settings import Settings
 from framepack.media.reading import probe
 
@@ -126,7 +126,7 @@ def test_out_of_gpu_memory_keeps_the_finished_sections(tiny_models, tmp_path):
     import torch
 
     from framepack.events import Progress
-    from framepack.engine.core import resume_job
+    from framepack.engine import resume_job
 
     models = tiny_models("f1")
     settings = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, resolution=128)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from conftest import CASES, TINY_MODELS, load_case, needs_shared
 from framepack.controls import JobInputs
 from framepack.events import Done, Error, SectionDone
-from framepack.engine.core import generate, resume_job
+from framepack.engine import generate, resume_job
 from framepack.lora import FORMATS, LoraError, LoraSpec, linear_modules, read_lora
 from framepack.loading import load_models
 from framepack.models import ModelSource
@@ -378,10 +378,9 @@ def test_the_app_offers_the_lora_folder_and_applies_the_chosen_ones(models, tmp_
         [lora] = json.loads((app.outputs / f"{name}.json").read_text())["loras"]
         assert (lora["name"], lora["weight"]) == ("style.safetensors", 0.5)
         # Loading that job's settings chooses its LoRA again, at its weight.
-        from framepack import ui
+        from framepack.app.service import AppService
 
-        *values, _ = ui.previous_settings(str(app.outputs / f"{name}.mp4"), folder)
-        loaded = dict(zip(ui.PAGE_SETTINGS, values))
+        loaded = AppService(None, "original", lora_folder=folder).settings_of_file(str(app.outputs / f"{name}.mp4")).values
         assert (loaded["loras"], loaded["lora_weights"]) == (["style.safetensors"], "style.safetensors=0.5")
         assert run(loras=["style.safetensors"], lora_weights="style.safetensors=0.25").startswith("Finished")
         # Every bad file gets its one line; names outside the folder are not reached.

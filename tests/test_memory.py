@@ -610,7 +610,7 @@ def test_where_ram_is_short_the_text_encoders_come_and_go_and_the_goldens_hold(t
     from safetensors.torch import load_file
 
     from framepack.events import Done, SectionDone, Status
-    from framepack.engine.core import generate
+    from framepack.engine import generate
 
     raw, case_dir = load_case("v1_original")
     settings = Settings.from_dict(raw)
@@ -726,7 +726,7 @@ def test_the_llama_read_from_its_files_gives_the_goldens_and_holds_no_layer(tmp_
     from safetensors.torch import load_file
 
     from framepack.events import Done, SectionDone
-    from framepack.engine.core import generate
+    from framepack.engine import generate
     from framepack.memory.placement import file_streaming
 
     raw, case_dir = load_case("v1_original")

@@ -15,7 +15,6 @@ import pytest
 from app_harness import IMAGE, AppServer, requires_tiny_models, running_app
 from gradio_client import Client, handle_file
 
-from framepack import ui
 from framepack.media.reading import probe
 
 pytestmark = requires_tiny_models
@@ -103,8 +102,9 @@ def test_another_user_cannot_resume_extend_list_or_download_a_job(server: AppSer
     # Loading settings reads only the uploaded file: a forged record named like alice's gives its own settings.
     forged_record = tmp_path / f"{name}.json"
     forged_record.write_text(json.dumps({"settings": {"prompt": "forged"}}))
-    *values, _ = ui.previous_settings(str(forged_record))
-    assert dict(zip(ui.PAGE_SETTINGS, values))["prompt"] == "forged"
+    from framepack.app.service import AppService
+
+    assert AppService(None, "original").settings_of_file(str(forged_record)).values["prompt"] == "forged"
 
     # Alice's job is as she left it, and she can resume it.
     assert manifest.read_text() == before

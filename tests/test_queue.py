@@ -19,9 +19,10 @@ from gradio_client import Client, handle_file
 from safetensors.torch import load_file
 
 from framepack.events import Done
-from framepack.engine.core import generate
-from framepack.jobs import FrontLock, JobSpec, QueuedJob, SqliteJobStore
-from framepack.outputs import FileLock
+from framepack.engine import generate
+from framepack.queue.store import FrontLock, QueuedJob, SqliteJobStore
+from framepack.jobs.spec import JobSpec
+from framepack.files import FileLock
 from framepack.settings import Settings
 
 FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3}

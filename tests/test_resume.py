@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import CASES, TINY_MODELS, needs_shared
 from framepack.events import Done, Error, Progress, SectionDone
-from framepack.engine.core import generate, resume_job
+from framepack.engine import generate, resume_job
 from framepack.settings import Settings
 from framepack.media.reading import probe, read_frames
 
@@ -121,7 +121,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_the_app_tidies_what_killed_jobs_left_and_spares_live_ones(tmp_path):
-    from framepack.outputs import JobLock, JobPaths, sweep_outputs
+    from framepack.jobs.paths import JobLock, JobPaths, sweep_outputs
 
     def leftovers(job: str, resumable: bool) -> JobPaths:
         paths = JobPaths(tmp_path, job)
@@ -193,65 +193,70 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
 
 
 def test_the_app_loads_settings_from_a_previous_output(tiny_models, tmp_path):
-    import gradio as gr
+    from framepack.app.fields import LOADABLE
+    from framepack.app.service import AppService
 
-    from framepack import ui
-
+    service = AppService(None, "f1")  # loading settings needs no queue
     settings = Settings(variant="f1", total_second_length=1.2, steps=2, height=64, width=96, prompt="jump", seed=5,
                         cfg=1.5, negative_prompt="still", mp4_crf=20)  # fmt: skip
     done = list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, job_id="old", previews=False))[-1]
     assert isinstance(done, Done)
-    expected = {name: getattr(settings, name, None) for name in ui.PAGE_SETTINGS}
+    expected = {name: getattr(settings, name, None) for name in LOADABLE}
     expected.update(keyframe_times="", loras=[], lora_weights="")
     for source in (tmp_path / "old.mp4", tmp_path / "old.json"):
-        *values, message = ui.previous_settings(str(source))
-        loaded = dict(zip(ui.PAGE_SETTINGS, values))
-        assert isinstance(loaded.pop("blank_start"), type(gr.skip()))  # the job had a start image
-        assert loaded == {name: value for name, value in expected.items() if name != "blank_start"}
-        assert message == f"Loaded the settings of {source.name}; add the start image input.png and press Start."
+        loaded = service.settings_of_file(str(source))
+        assert "blank_start" not in loaded.values  # the job had a start image: the choice stays as it is
+        assert loaded.values == {name: value for name, value in expected.items() if name != "blank_start"}
+        assert loaded.message == f"Loaded the settings of {source.name}; add the start image input.png and press Start."
     not_ours = tmp_path / "other.json"
     not_ours.write_text("{}")
-    *_, message = ui.previous_settings(str(not_ours))
-    assert message.startswith("**Error:** other.json holds no FramePack settings")
+    refused = service.settings_of_file(str(not_ours))
+    assert refused.error and refused.message.startswith("other.json holds no FramePack settings")
 
 
 def test_a_finished_f1_video_extends_to_the_longer_uninterrupted_video(tiny_models, tmp_path):
-    from framepack.engine.core import extend_job
+    from framepack.engine import add_seconds
 
     models = tiny_models("f1")
     short = Settings(variant="f1", total_second_length=2.4, steps=2, height=64, width=96, prompt="run", seed=3)
     assert isinstance(list(generate(models, short, IMAGE, tmp_path / "ext", job_id="job", previews=False))[-1], Done)
     longer = short.replace(total_second_length=3.6)
     assert isinstance(list(generate(models, longer, IMAGE, tmp_path / "one", job_id="job", previews=False))[-1], Done)
+    short_video = read_frames(tmp_path / "ext" / "job.mp4")
 
-    result = run_extend_cli(tmp_path / "ext" / "job.mp4", "1.2")
+    result = run_extend_cli(tmp_path / "ext" / "job.mp4", "1.2", "--job-name", "longer")
     assert result.returncode == 0, result.stderr
     expected = load_file(tmp_path / "one" / "job.latents.safetensors")["latents"]
-    assert torch.equal(load_file(tmp_path / "ext" / "job.latents.safetensors")["latents"], expected)
-    frames, expected_frames = read_frames(tmp_path / "ext" / "job.mp4"), read_frames(tmp_path / "one" / "job.mp4")
+    assert torch.equal(load_file(tmp_path / "ext" / "longer.latents.safetensors")["latents"], expected)
+    frames, expected_frames = read_frames(tmp_path / "ext" / "longer.mp4"), read_frames(tmp_path / "one" / "job.mp4")
     assert frames.shape == expected_frames.shape == (longer.num_frames, 64, 96, 3)
     assert np.abs(frames.astype(float) - expected_frames).mean() < 3
-    manifest = json.loads((tmp_path / "ext" / "job.json").read_text())
+    manifest = json.loads((tmp_path / "ext" / "longer.json").read_text())
     assert manifest["state"] == "done" and manifest["sections_done"] == 3
     assert manifest["settings"]["total_second_length"] == longer.total_second_length
-    assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == ["job.json", "job.latents.safetensors", "job.mp4"]
+    assert manifest["origin"] == {"lengthened_from": {"job": "job", "seconds": 1.2}}
+    # The shorter video stays as it was, beside the new one.
+    assert np.array_equal(read_frames(tmp_path / "ext" / "job.mp4"), short_video)
+    assert json.loads((tmp_path / "ext" / "job.json").read_text())["settings"]["total_second_length"] == 2.4
+    files = sorted(p.name for p in (tmp_path / "ext").iterdir() if p.suffix != ".log")
+    assert files == ["job.json", "job.latents.safetensors", "job.mp4", "longer.json", "longer.latents.safetensors", "longer.mp4"]
 
     original = Settings(variant="original", total_second_length=1.2, steps=1, height=64, width=96)
     list(generate(tiny_models("original"), original, IMAGE, tmp_path / "orig", job_id="job", previews=False))
-    refused = list(extend_job(tiny_models("original"), tmp_path / "orig" / "job.mp4", 1.2))[-1]
-    assert isinstance(refused, Error) and "only F1 videos can be extended" in refused.message
+    refused = list(add_seconds(tiny_models("original"), tmp_path / "orig" / "job.mp4", 1.2))[-1]
+    assert isinstance(refused, Error) and "only F1 videos can be made longer" in refused.message
 
 
-def run_extend_cli(path: Path, seconds: str) -> subprocess.CompletedProcess:
+def run_extend_cli(path: Path, seconds: str, *more: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "framepack", "resume", str(path), "--add-seconds", seconds, "--models",
-               str(TINY_MODELS), "--quiet"]  # fmt: skip
+               str(TINY_MODELS), "--quiet", *more]  # fmt: skip
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_controls_survive_a_stop_and_an_extension_adds_timed_prompts(tiny_models, tmp_path):
     from framepack.controls import JobInputs, Keyframe
-    from framepack.engine.core import extend_job
+    from framepack.engine import add_seconds
 
     models = tiny_models("f1")
     keyframe = CASES.parent / "cases-controls" / "c3_f1_timed" / "keyframe_0.png"
@@ -266,17 +271,18 @@ def test_controls_survive_a_stop_and_an_extension_adds_timed_prompts(tiny_models
     final = list(resume_job(models, tmp_path / "job" / "job.json", previews=False))[-1]
     assert isinstance(final, Done) and not final.stopped
 
-    # The extension adds a prompt for its own seconds; the result is the longer job made at once.
-    extended = list(extend_job(models, tmp_path / "job" / "job.mp4", 0.8, prompt="[1.2s: she sits down]", previews=False))
+    # The longer video adds a prompt for its own seconds; the result is the longer job made at once.
+    extended = list(add_seconds(models, tmp_path / "job" / "job.mp4", 0.8, prompt="[1.2s: she sits down]",
+                                job_id="longer", previews=False))  # fmt: skip
     assert isinstance(extended[-1], Done), extended[-1]
     longer = short.replace(total_second_length=2.0, prompts=short.prompts + ((1.2, "she sits down"),))
     once = list(generate(models, longer, inputs, tmp_path / "once", job_id="job", previews=False))[-1]
-    assert torch.equal(load_file(tmp_path / "job" / "job.latents.safetensors")["latents"], load_file(once.latents_path)["latents"])
-    manifest = json.loads((tmp_path / "job" / "job.json").read_text())
+    assert torch.equal(load_file(tmp_path / "job" / "longer.latents.safetensors")["latents"], load_file(once.latents_path)["latents"])
+    manifest = json.loads((tmp_path / "job" / "longer.json").read_text())
     assert manifest["settings"]["prompts"] == [[0.0, "she walks"], [0.8, "she waves"], [1.2, "she sits down"]]
-    assert manifest["inputs"]["keyframes"][0]["name"] == "keyframe_0.png"  # the first record's, kept
+    assert manifest["inputs"]["keyframes"][0]["seconds"] == 0.8  # the images it goes on with, kept
 
-    refused = list(extend_job(models, tmp_path / "job" / "job.mp4", 0.8, prompt="[0.4s: too early]"))[-1]
+    refused = list(add_seconds(models, tmp_path / "job" / "job.mp4", 0.8, prompt="[0.4s: too early]"))[-1]
     assert isinstance(refused, Error) and "0.4 s is in the part already made" in refused.message
 
 
@@ -305,12 +311,12 @@ def test_the_apps_resume_uses_the_models_the_job_was_made_with(tmp_path):
 
     from framepack.events import Status
     from framepack.models import ModelSource
-    from framepack.worker import Worker
+    from framepack.queue.front import QueueFront
 
     elsewhere = tmp_path / "other-root"
     shutil.copytree(TINY_MODELS, elsewhere)
-    worker = Worker("f1", ModelSource(models_dir=TINY_MODELS), tmp_path / "out")
-    other = Worker("f1", ModelSource(models_dir=elsewhere), tmp_path / "out")
+    worker = QueueFront("f1", ModelSource(models_dir=TINY_MODELS), tmp_path / "out")
+    other = QueueFront("f1", ModelSource(models_dir=elsewhere), tmp_path / "out")
     try:
         settings = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, height=48, width=80)
         job = other.submit(settings, IMAGE)

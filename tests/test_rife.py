@@ -54,7 +54,8 @@ def test_hdv3_file_loads_strictly(hdv3):
 
 def test_hdv3_recovers_the_middle_of_a_known_shift(hdv3):
     """Crops of one real frame moved by 0, d and 2d pixels: the frame made between the 0 and 2d crops is the d
-    crop, far more closely than a 50/50 blend of the two (HDv3, fp32; measured 30.8-34.9 dB against 16-19 dB)."""
+    crop, far more closely than a 50/50 blend of the two (HDv3, fp32; measured 44.0 and 38.3 dB for d = 4 and 8
+    against 18.3 and 15.7 dB for the blend)."""
     image = demo("I0_0.png")
     h, w = 160, 288
     for d in (4, 8):
@@ -63,7 +64,7 @@ def test_hdv3_recovers_the_middle_of_a_known_shift(hdv3):
         blend = (crops[0] + crops[2]) / 2
         assert made.shape == crops[1].shape and made.dtype == torch.float32
         ours, blended = psnr(made, crops[1]), psnr(blend, crops[1])
-        assert ours > 28 and ours > blended + 10, (d, ours, blended)
+        assert ours > 34 and ours > blended + 15, (d, ours, blended)
 
 
 def test_hdv3_between_real_consecutive_frames(hdv3):

@@ -11,7 +11,7 @@ from conftest import CASES, needs_shared
 from framepack.models.attention import ATTENTION_CHOICES, availability, choose_backend, set_attention
 from framepack.engine.stepcache import FRAMEPACK_MAG_RATIOS, configure_cache, has_teacache
 from framepack.events import Done, SectionDone, Status
-from framepack.engine.core import generate
+from framepack.engine import generate
 from framepack.models.components import compile_blocks
 from framepack.settings import Settings
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,10 +10,13 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PRO
 
 from ..models.components import ModelSet
 from ..models.components import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH
+from collections.abc import Iterator
+from ..events import Event, Status
+from ..loading import components
+from ..packing import LatentHistory, SectionPlan
 
-if TYPE_CHECKING:
-    from ..controls import JobImages, SectionSchedule
-    from ..settings import Settings
+from ..controls import JobImages, SectionSchedule
+from ..settings import Settings
 
 
 @dataclass
@@ -191,4 +193,56 @@ def encode_conditioning(
         blend_sections=settings.prompt_blend_sections,
     )
 
+
+# Encoded prompts a model set keeps, so a prompt used again does not need the text encoders (which, where RAM is
+# short, must be loaded for it). A prompt's states take about 2 MB at most.
+PROMPT_CACHE_SIZE = 64
+
+
+def prompt_embeds(models: ModelSet, texts: list[str]) -> Iterator[Event]:
+    """The prompts' conditioning, from the model set's cache or, for those it lacks, encoded now (the text
+    encoders loaded for it if they are out of memory); yields a Status when that happens, returns the embeds."""
+    cache = models.prompt_cache
+    missing = [text for text in texts if text not in cache]
+    if missing:
+        if models.text_encoder is None:
+            yield Status(f"Loading the text encoders for {len(missing)} new prompt(s)")
+        with components(models, "text_encoder", "text_encoder_2"):
+            for text in missing:
+                cache[text] = encode_prompt(models, text).cpu()
+    for text in texts:
+        cache.move_to_end(text)
+    while len(cache) > PROMPT_CACHE_SIZE:
+        cache.popitem(last=False)
+    return {text: cache[text] for text in texts}
+
+
+def section_inputs(
+    models: ModelSet, cond: Conditioning, history: LatentHistory, plan: SectionPlan
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The transformer's inputs for one section, per pass ("positive"/"negative"): the section's prompt and
+    packed context (its start slot, and the history at 1x/2x/4x) with the RoPE frame indices of everything."""
+    device, dtype = models.device, models.dtype
+    positive, start_slot = cond.section(plan.index)
+    context = history.context(start_slot)
+    shared = {
+        "image_embeds": cond.image_embeds.to(device, dtype),
+        "indices_latents": plan.latent_indices.to(device),
+        "latents_clean": context.clean.to(device, dtype),
+        "indices_latents_clean": plan.clean_indices.to(device),
+        "latents_history_2x": context.history_2x.to(device, dtype),
+        "indices_latents_history_2x": plan.clean_2x_indices.to(device),
+        "latents_history_4x": context.history_4x.to(device, dtype),
+        "indices_latents_history_4x": plan.clean_4x_indices.to(device),
+    }
+    inputs = {}
+    for name, embeds in (("positive", positive), ("negative", cond.negative)):
+        states, mask = embeds.padded()
+        inputs[name] = {
+            "encoder_hidden_states": states.to(device, dtype),
+            "encoder_attention_mask": mask.to(device),
+            "pooled_projections": embeds.clip_pooler.to(device, dtype),
+            **shared,
+        }
+    return inputs
 

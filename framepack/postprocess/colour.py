@@ -19,77 +19,84 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 MODES = ("off", "start")
 
 # sRGB (D65) to CIE XYZ, and the D65 white it is relative to.
-_RGB_TO_XYZ = np.array(
+_RGB_TO_XYZ = torch.tensor(
     [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]],
-    np.float32,
+    dtype=torch.float64,
 )
-_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ).astype(np.float32)
-_WHITE = np.array([0.95047, 1.0, 1.08883], np.float32)
+_XYZ_TO_RGB = torch.linalg.inv(_RGB_TO_XYZ)
+_WHITE = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
 _DELTA = 6 / 29
 # sRGB decoding of every 8-bit value, exactly, once.
-_CODES = np.arange(256, dtype=np.float64) / 255
-_LINEAR = np.where(_CODES <= 0.04045, _CODES / 12.92, ((_CODES + 0.055) / 1.055) ** 2.4).astype(np.float32)
+_CODES = torch.arange(256, dtype=torch.float64) / 255
+_LINEAR = torch.where(_CODES <= 0.04045, _CODES / 12.92, ((_CODES + 0.055) / 1.055) ** 2.4)
 # A channel whose spread would change by more than this factor is only changed by this much: a flat frame (a fade
 # to black) would otherwise have its noise blown up to the reference's contrast.
 MAX_SPREAD_RATIO = 2.0
 _SAMPLE = 256  # frames are measured on a grid of about this many rows and columns
 
 
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """uint8 sRGB (..., 3) to float32 CIE Lab (L in 0..100)."""
-    xyz = (_LINEAR[rgb] @ _RGB_TO_XYZ.T) / _WHITE
-    f = np.where(xyz > _DELTA**3, np.cbrt(xyz), xyz / (3 * _DELTA**2) + 4 / 29)
-    return np.stack((116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])), -1)
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 sRGB (..., 3) to float32 CIE Lab (L in 0..100), on rgb's device."""
+    device = rgb.device
+    xyz = (_LINEAR.to(device, torch.float32)[rgb.long()] @ _RGB_TO_XYZ.to(device, torch.float32).T)
+    xyz = xyz / _WHITE.to(device, torch.float32)
+    f = torch.where(xyz > _DELTA**3, xyz.clamp_min(1e-12) ** (1 / 3), xyz / (3 * _DELTA**2) + 4 / 29)
+    return torch.stack((116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])), -1)
 
 
-def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """float32 CIE Lab (..., 3) to uint8 sRGB, out-of-gamut colours clipped."""
+    device = lab.device
     fy = (lab[..., 0] + 16) / 116
-    f = np.stack((fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200), -1)
-    xyz = np.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4 / 29)) * _WHITE
-    linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0, 1)
-    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
-    return np.clip(np.rint(srgb * 255), 0, 255).astype(np.uint8)
+    f = torch.stack((fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200), -1)
+    xyz = torch.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4 / 29)) * _WHITE.to(device, torch.float32)
+    linear = (xyz @ _XYZ_TO_RGB.to(device, torch.float32).T).clamp(0, 1)
+    srgb = torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+    return (srgb * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass(frozen=True)
 class LabStats:
     """Mean and standard deviation of L, a and b over a frame."""
 
-    mean: np.ndarray  # (3,)
-    std: np.ndarray  # (3,)
+    mean: torch.Tensor  # (3,)
+    std: torch.Tensor  # (3,)
 
 
-def lab_stats(frame: np.ndarray) -> LabStats:
+def lab_stats(frame: torch.Tensor) -> LabStats:
     """The Lab statistics of a uint8 RGB frame (H, W, 3), measured on a grid of about 256 x 256 of its pixels."""
     h, w = frame.shape[:2]
     lab = rgb_to_lab(frame[:: max(1, h // _SAMPLE), :: max(1, w // _SAMPLE)]).reshape(-1, 3)
-    return LabStats(lab.mean(0), lab.std(0))
+    return LabStats(lab.mean(0), lab.std(0, correction=0))
 
 
 class ColourMatch:
-    """Matches frames to a reference frame's colour statistics; `__call__(frame) -> frame`, uint8 RGB (H, W, 3)."""
+    """Matches frames to a reference frame's colour statistics; `__call__(frame) -> frame`, uint8 RGB (H, W, 3)
+    numpy arrays. The arithmetic runs on `device` (the GPU's many cores make it nearly free there)."""
 
-    def __init__(self, reference: np.ndarray):
+    def __init__(self, reference: np.ndarray, device: str | torch.device = "cpu"):
         if reference.ndim != 3 or reference.shape[-1] != 3 or reference.dtype != np.uint8:
             raise ValueError(f"the reference must be a uint8 RGB image (H, W, 3), got {reference.dtype} {reference.shape}")
-        self.reference = lab_stats(reference)
+        self.device = torch.device(device)
+        self.reference = lab_stats(torch.from_numpy(reference).to(self.device))
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        stats = lab_stats(frame)
-        ratio = np.clip(self.reference.std / np.maximum(stats.std, 1e-3), 1 / MAX_SPREAD_RATIO, MAX_SPREAD_RATIO)
-        if np.allclose(ratio, 1, atol=1e-4) and np.allclose(stats.mean, self.reference.mean, atol=1e-3):
+        pixels = torch.from_numpy(frame).to(self.device)
+        stats = lab_stats(pixels)
+        ratio = (self.reference.std / stats.std.clamp_min(1e-3)).clamp(1 / MAX_SPREAD_RATIO, MAX_SPREAD_RATIO)
+        if torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4) and torch.allclose(stats.mean, self.reference.mean, atol=1e-3):
             return frame  # already matched: no round trip through Lab
-        lab = rgb_to_lab(frame)
-        lab = (lab - stats.mean) * ratio.astype(np.float32) + self.reference.mean
-        return lab_to_rgb(lab.astype(np.float32))
+        lab = (rgb_to_lab(pixels) - stats.mean) * ratio + self.reference.mean
+        return lab_to_rgb(lab).cpu().numpy()
 
 
 def drift(frame: np.ndarray, reference: np.ndarray) -> float:
     """How far a frame's colours are from a reference's: the distance between their mean Lab colours (Delta E
     of the means; about 2.3 is a just noticeable difference)."""
-    return float(np.linalg.norm(lab_stats(frame).mean - lab_stats(reference).mean))
+    a, b = lab_stats(torch.from_numpy(frame)), lab_stats(torch.from_numpy(reference))
+    return float(torch.linalg.vector_norm(a.mean - b.mean))

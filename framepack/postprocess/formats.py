@@ -127,7 +127,7 @@ def open_writer(path: Path, fmt: Format, width: int, height: int, fps: Fraction,
     """A streamed writer of uint8 RGB frames (height, width, 3) at `fps` to `path`, with the first audio track of
     `sound` (usually the input video) where the format holds sound."""
     if fmt.container is None:
-        return PngFolderWriter(path, sound)
+        return PngFolderWriter(path, width, height)
     return AvWriter(path, fmt, width, height, fps, crf=crf, sound=sound, metadata=metadata)
 
 
@@ -173,8 +173,7 @@ class AvWriter:
         return stream
 
     def add(self, frame: np.ndarray) -> None:
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frames of shape {(self.height, self.width, 3)}, got {frame.dtype} {frame.shape}")
+        _check_frame(frame, self.width, self.height)
         pad_h, pad_w = self._stream.height - self.height, self._stream.width - self.width
         if pad_h or pad_w:
             frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -203,6 +202,11 @@ class AvWriter:
             self._sound.close()
         self._out.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def _check_frame(frame: np.ndarray, width: int, height: int) -> None:
+    if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames of shape {(height, width, 3)}, got {frame.dtype} {frame.shape}")
 
 
 def _pal8_frame(frame: np.ndarray) -> av.VideoFrame:
@@ -284,14 +288,15 @@ class _Sound:
 class PngFolderWriter:
     """Numbered PNG frames (`000000.png`, ...) in a folder, built under a temporary name and renamed into place."""
 
-    def __init__(self, path: Path, sound: Path | None = None):
-        self.path = Path(path)
+    def __init__(self, path: Path, width: int, height: int):
+        self.path, self.width, self.height = Path(path), width, height
         self.frames = 0
         self.notes = ["PNG frames hold no sound"]
         self._tmp = temporary_path(self.path)
         self._tmp.mkdir()
 
     def add(self, frame: np.ndarray) -> None:
+        _check_frame(frame, self.width, self.height)
         # compress_level 1: several times faster than the default, the frames stay lossless
         Image.fromarray(frame).save(self._tmp / f"{self.frames:06d}.png", compress_level=1)
         self.frames += 1

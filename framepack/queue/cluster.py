@@ -1,6 +1,6 @@
 """Workers on a Ray cluster: one actor per GPU, each with its own model set, fed from the front's queue.
 
-The queue stays with the front (`framepack.worker.Worker`): it claims a job from its store for a free actor and
+The queue stays with the front (`framepack.queue.front`): it claims a job from its store for a free actor and
 streams the job's events back from it (a Ray streaming generator). Ray does the placement (`num_gpus=1` per
 actor), the transport and the failure detection: when an actor's process dies or its node is lost, the call
 fails with an actor error, the front puts the job back in line, and the next free worker goes on from the
@@ -20,20 +20,21 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .events import Error, Event
-from .jobs import QueuedJob
-from .models import ModelSource
-from .memory.planning import MemoryPlan
-from .worker import ModelKeeper, WorkerLost
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from ..events import Error, Event
+from ..memory.planning import MemoryPlan
+from ..models import ModelSource
+from .runners import ModelKeeper, WorkerLost
+from .store import QueuedJob
 
 logger = logging.getLogger(__name__)
 RESTARTS = 3  # how often Ray brings a lost actor back before its worker is given up
 RESTART_WAIT_SECONDS = 300.0  # how long a restarting actor may take (it loads nothing until its next job)
+# How long the front waits for a job's next event before it asks whether the actor is still there (a step of the
+# 13B model streamed through a small GPU, or a first load, can take minutes).
+EVENT_WAIT_SECONDS = 120.0
+ANSWER_SECONDS = 30.0  # how long a live actor may take to say it is there
 
 
 class ClusterError(RuntimeError):
@@ -68,9 +69,7 @@ class ModelWorker:
 
 
 class RayRunner:
-    """The front's side of one actor: what `Worker` calls a runner."""
-
-    keeper = None  # the models live in the actor's process
+    """The front's side of one actor: a `framepack.queue.runners.Runner`."""
 
     def __init__(self, name: str, actor: Any):
         self.name = name
@@ -80,14 +79,23 @@ class RayRunner:
         import ray
 
         try:
-            for ref in self.actor.run.remote(job):
-                yield ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            stream = self.actor.run.remote(job)
+            while True:
+                ready, _ = ray.wait([stream], timeout=EVENT_WAIT_SECONDS)
+                if not ready:
+                    ray.get(self.actor.pid.remote(), timeout=ANSWER_SECONDS)  # still there: the step is just long
+                    continue
+                try:
+                    ref = next(stream)
+                except StopIteration:
+                    return
+                yield ray.get(ref, timeout=ANSWER_SECONDS)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as exc:
             raise WorkerLost(type(exc).__name__) from exc
 
     def ready(self) -> bool:
-        """Wait for the actor to answer (after a loss Ray restarts it, which takes a moment; Ray tells no one
-        when it is back, so it is asked every second); False once it is gone for good or does not come back."""
+        """Wait for the actor to answer (after a loss Ray restarts it, which takes a moment; Ray tells no one when it
+        is back, so it is asked every second); False once it is gone for good or does not come back."""
         import ray
 
         deadline = time.monotonic() + RESTART_WAIT_SECONDS
@@ -112,18 +120,19 @@ class RayRunner:
 
 
 def ray_runners(
-    address: str, front: Worker, plans: Sequence[MemoryPlan | None], attention: str, compile: bool
-) -> list[RayRunner]:
-    """Connect to the Ray cluster at `address` ("local": start one on this machine) and place one actor per
-    plan there, each on a GPU of its own where the cluster has GPUs (the plans' devices are then each actor's
-    own "cuda"), else on a CPU."""
+    address: str, variant: str, source: ModelSource, output_dir: Path, front_id: str, plans: Sequence[MemoryPlan | None],
+    attention: str, compile: bool,
+) -> list[RayRunner]:  # fmt: skip
+    """Connect to the Ray cluster at `address` ("local": start one on this machine) and place one actor per plan
+    there, each on a GPU of its own where the cluster has GPUs (the plans' devices are then each actor's own "cuda"),
+    else on a CPU. Runner names start with the front's id, as the store expects."""
     try:
         import ray
     except ImportError:
         raise ClusterError('--ray needs Ray: pip install "ray[default]"') from None
     if not ray.is_initialized():
         # The workers import this package: a local cluster's workers find it where this process does.
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}}
         try:
             if address == "local":
@@ -139,7 +148,7 @@ def ray_runners(
     for index, plan in enumerate(plans):
         if gpus and plan is not None:
             plan = dataclasses.replace(plan, device="cuda")  # Ray shows each actor its own GPU as the first
-        actor = actor_class.remote(front.variant, front.source, str(front.output_dir), attention, compile, plan)
-        runners.append(RayRunner(f"{front.front.id}/ray-{index + 1}", actor))
+        actor = actor_class.remote(variant, source, str(output_dir), attention, compile, plan)
+        runners.append(RayRunner(f"{front_id}/ray-{index + 1}", actor))
     logger.info("%d Ray worker(s) on %s (%s)", len(runners), address, f"{gpus} GPU(s)" if gpus else "no GPUs")
     return runners

@@ -13,7 +13,6 @@ a job that is running elsewhere from one whose process was killed, and put the l
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -23,50 +22,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .outputs import FileLock
+from ..files import FileLock
+from ..jobs.spec import JobSpec
 
 # A job's life: queued -> running -> done | stopped | failed; cancelled while queued is "stopped" too.
 ACTIVE = ("queued", "running")
-# What a job runs: a new video, the extension of an uploaded video, the rest of a stopped job, a finished F1 job
-# made longer, or a branch of a job.
-KINDS = ("generate", "extend_video", "resume", "extend", "branch")
+
+
 DB_NAME = "jobs.sqlite3"
+
+
 QUEUE_DIR = ".queue"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a job runs, as JSON-able data: `settings` (a `Settings` dict; empty for resume/extend, which take the
-    source's own), `files` (input name -> path relative to the job's input folder: image, end_image, video,
-    keyframe_0, ...), `keyframe_times`, `loras` ([path, weight] pairs), `source` (the job it goes on from) and
-    `options` (the kind's own: keep_sections and changes for a branch, seconds and prompt for an extension, and
-    `record`, what the job record says of the images the user gave: their names and SHA-256)."""
-
-    kind: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
-    keyframe_times: tuple[float, ...] = ()
-    loras: tuple[tuple[str, float], ...] = ()
-    blank_start: str = "grey"
-    source: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"job kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        object.__setattr__(self, "keyframe_times", tuple(float(t) for t in self.keyframe_times))
-        object.__setattr__(self, "loras", tuple((str(p), float(w)) for p, w in self.loras))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> JobSpec:
-        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -123,6 +93,8 @@ class SqliteJobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []  # every thread's connection, to close them all
+        self._opened_lock = threading.Lock()
         with self._transaction() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, spec TEXT NOT NULL, "
@@ -139,10 +111,14 @@ class SqliteJobStore:
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # check_same_thread off only so that `close` can close every thread's connection; each is used by
+            # the thread that opened it.
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
+            with self._opened_lock:
+                self._opened.append(connection)
         return connection
 
     @contextmanager
@@ -228,7 +204,12 @@ class SqliteJobStore:
                 front = front_of(job.worker) if job.state == "running" else job.front
                 if front is None or alive(front):
                     continue
-                if job.state == "running":
+                if job.state == "running" and job.stop_requested:  # cancelled while its process was down
+                    db.execute(
+                        "UPDATE jobs SET state = 'stopped', front = NULL, finished = ?, message = 'Stopped' WHERE id = ?",
+                        (time.time(), job.id),
+                    )  # fmt: skip
+                elif job.state == "running":
                     first -= 1.0
                     db.execute(
                         "UPDATE jobs SET state = 'queued', worker = NULL, front = NULL, position = ?, message = ? "
@@ -258,10 +239,12 @@ class SqliteJobStore:
             return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
+        """Close every thread's connection (a thread that uses the store again opens a new one)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
             connection.close()
-            self._local.connection = None
+        self._local = threading.local()
 
 
 def _row(job: QueuedJob) -> tuple[Any, ...]:
@@ -290,6 +273,23 @@ def front_of(worker: str | None) -> str | None:
     return worker.split("/", 1)[0] if worker else None
 
 
+def front_alive(output_dir: str | Path, worker: str | None) -> bool:
+    """Whether the front a worker belongs to still runs, seen from any process."""
+    front = front_of(worker)
+    return front is not None and _holds_lock(Path(output_dir) / QUEUE_DIR / "fronts" / f"{front}.lock")
+
+
+def _holds_lock(path: Path) -> bool:
+    other = FileLock(path)
+    if not other.path.exists():
+        return False
+    if not other.acquire():
+        return True
+    other.release()
+    other.path.unlink(missing_ok=True)  # a dead front's file: nobody needs it any more
+    return False
+
+
 class FrontLock:
     """The lock a front holds while it lives: `<outputs>/.queue/fronts/<id>.lock`, an OS lock (as `JobLock`)."""
 
@@ -303,17 +303,9 @@ class FrontLock:
 
     def alive(self, front: str) -> bool:
         """Whether the front `front` still runs (holds its lock); this front always does."""
-        if front == self.id:
-            return True
-        other = FileLock(self.folder / f"{front}.lock")
-        if not other.path.exists():
-            return False
-        if not other.acquire():
-            return True
-        other.release()
-        other.path.unlink(missing_ok=True)  # a dead front's file: nobody needs it any more
-        return False
+        return front == self.id or _holds_lock(self.folder / f"{front}.lock")
 
     def release(self) -> None:
         self._lock.release()
         self._lock.path.unlink(missing_ok=True)
+

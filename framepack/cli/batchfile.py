@@ -90,10 +90,11 @@ def _tokens(key: str, value: Any, options: dict[str, argparse.Action], folder: P
         return [flag if value else f"--no-{flag.removeprefix('--')}"]
     if isinstance(action, argparse._AppendAction):
         values = value if isinstance(value, list) else [part for part in str(value).split(";") if part.strip()]
-        return [token for item in values for token in (flag, _relative(dest, str(item).strip(), folder))]
+        return [f"{flag}={_relative(dest, str(item).strip(), folder)}" for item in values]
     if isinstance(value, (list, dict)):
         raise _Refusal(f"{key}: give one value, not {type(value).__name__}")
-    return [flag, _relative(dest, str(value), folder)]
+    # One token, "--flag=value": a value may begin with "-" (a prompt, a negative seed) without reading as an option.
+    return [f"{flag}={_relative(dest, str(value), folder)}"]
 
 
 def _relative(dest: str, value: str, folder: Path) -> str:

@@ -1,0 +1,127 @@
+"""The page's layout: where each field's control and each button and output sits. Controls are built from the fields
+table (`framepack.app.fields`); the layout only places them. Called inside a `gr.Blocks`."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from ..settings import MAX_SECONDS
+from .fields import BY_NAME, Page
+from .views import QUEUE_COLUMNS, frames_line, progress_html
+
+EXAMPLE_PROMPTS = (
+    "The girl dances gracefully, with clear movements, full of charm.",
+    "A character doing some simple body movements.",
+    "The man turns his head and smiles warmly at the camera.",
+    "Leaves sway gently in the wind as the camera slowly pushes in.",
+)
+
+
+@dataclass
+class Controls:
+    """The page's components: `fields` by field name, the rest by what they are."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name] if name in self.fields else self.parts[name]
+
+
+def build_layout(page: Page, timeline: str) -> Controls:
+    """Every component of the page, placed: the Generate tab (inputs and settings on the left, the live preview,
+    progress and growing video on the right) and the Queue tab. `timeline` is the sections' first description."""
+    controls = Controls()
+    place = lambda name: controls.fields.setdefault(name, BY_NAME[name].control(page))  # noqa: E731
+    parts = controls.parts
+    with gr.Tabs():
+        with gr.Tab("Generate", elem_id="fp-generate-tab"):
+            with gr.Row():
+                with gr.Column():
+                    _inputs(controls, place)
+                    parts["timeline"] = gr.Markdown(timeline, elem_id="fp-timeline")
+                    with gr.Row():
+                        parts["start"] = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
+                        parts["end"] = gr.Button("End Generation", interactive=False, elem_id="fp-end")
+                    with gr.Group():
+                        for name in ("use_teacache", "seed", "total_second_length", "resolution", "steps", "distilled_cfg"):
+                            place(name)
+                    with gr.Accordion("Advanced", open=False):
+                        for name in ("negative_prompt", "cfg", "cfg_rescale", "latent_window_size",
+                                     "gpu_memory_preservation", "mp4_crf", "prompt_blend_sections", "blank_start"):  # fmt: skip
+                            place(name)
+                    _previous_output(parts, page)
+                with gr.Column():
+                    parts["preview"] = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
+                    parts["progress"] = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
+                    parts["info"] = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
+                    parts["video"] = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, height=512,
+                                              elem_id="fp-video")  # fmt: skip
+                    parts["message"] = gr.Markdown("", label="Status", elem_id="fp-message")
+        with gr.Tab("Queue", elem_id="fp-queue-tab"):
+            _queue_tab(parts)
+    return controls
+
+
+def _inputs(controls: Controls, place: Any) -> None:
+    parts = controls.parts
+    with gr.Tabs():
+        with gr.Tab("Start image"):
+            place("input_image")
+        with gr.Tab("Extend a video"):
+            parts["extend_video"] = gr.Video(sources=["upload"], label="Video to continue (its frames come first)",
+                                             height=320, elem_id="fp-extend-video")  # fmt: skip
+            parts["extend"] = gr.Button("Extend this video by the video length below", variant="primary", elem_id="fp-extend")
+    prompt = place("prompt")
+    parts["examples"] = gr.Dataset(samples=[[p] for p in EXAMPLE_PROMPTS], components=[prompt],
+                                   label="Example prompts (click one)")  # fmt: skip
+    with gr.Accordion("End frame and keyframes", open=False):
+        with gr.Row():
+            place("end_image")
+            place("keyframes")
+        place("end_strength")
+        place("keyframe_times")
+    with gr.Accordion("LoRA", open=False):
+        place("loras")
+        place("lora_weights")
+        parts["refresh_loras"] = gr.Button("Refresh the LoRA list", size="sm")
+
+
+def _previous_output(parts: dict[str, Any], page: Page) -> None:
+    with gr.Accordion("Previous output: load its settings, or resume it", open=False):
+        parts["previous"] = gr.File(label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
+                                    type="filepath", elem_id="fp-previous")  # fmt: skip
+        parts["add_seconds"] = gr.Number(
+            value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add (finished FramePack-F1 videos)",
+            info="0 finishes a stopped job; more makes a new, longer video of a finished F1 video.",
+        )  # fmt: skip
+        parts["add_prompt"] = gr.Textbox("", label="Prompts for the added seconds (optional)", placeholder="[6s: he sits down]",
+                                         visible=page.variant == "f1")  # fmt: skip
+        parts["resume"] = gr.Button("Resume this job", elem_id="fp-resume")
+        with gr.Row():
+            parts["keep"] = gr.Number(
+                value=1, minimum=1, precision=0, label="Sections to keep", elem_id="fp-keep",
+                info="Counted as the progress bar counts them; the seed and prompt above apply to the rest.",
+            )  # fmt: skip
+            parts["branch"] = gr.Button("Keep the first K sections and redo the rest", elem_id="fp-branch")
+
+
+def _queue_tab(parts: dict[str, Any]) -> None:
+    gr.Markdown(
+        "Every job waits here until a worker is free, and the queue outlives the app: after a restart waiting jobs wait "
+        "and an interrupted one goes on from its last finished section."
+    )
+    parts["queue_table"] = gr.Dataframe(headers=QUEUE_COLUMNS, value=[], interactive=False, wrap=True, elem_id="fp-queue",
+                                        label="Jobs: running, waiting in line order, then ended")  # fmt: skip
+    with gr.Row():
+        parts["queue_choice"] = gr.Dropdown(choices=[], label="Job", elem_id="fp-queue-job", scale=2)
+        for action, label in (("up", "Move up"), ("down", "Move down"), ("cancel", "Cancel"), ("retry", "Retry")):
+            parts[f"queue_{action}"] = gr.Button(label, size="sm", elem_id=f"fp-queue-{action}")
+        parts["queue_delete"] = gr.Button("Delete", size="sm", variant="stop", elem_id="fp-queue-delete")
+    with gr.Row():
+        parts["queue_open"] = gr.Button("Open its video", size="sm", elem_id="fp-queue-open")
+        parts["queue_load"] = gr.Button("Load its settings", size="sm", elem_id="fp-queue-load")
+    parts["queue_message"] = gr.Markdown("", elem_id="fp-queue-message")
+    parts["queue_video"] = gr.Video(label="Video of the chosen job", interactive=False, elem_id="fp-queue-video")
+

@@ -1,0 +1,244 @@
+"""What the page and its API do, as plain methods that a test can call without a server: each takes the caller (the
+job's `owner`, and the browser `session` following it) and the fields' values, checks them, and hands the job to
+the queue's front. Nothing here knows Gradio; `framepack.app.wiring` turns these into handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..controls import JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
+from ..jobs.paths import job_name
+from ..jobs.record import RecordError, settings_of_output
+from ..lora import LoraSpec
+from ..media.reading import check_video
+from ..queue.front import Job, QueueFront
+from ..queue.store import QueuedJob
+from ..settings import Settings, SettingsError
+from .fields import LOADABLE, SETTING_NAMES, list_loras
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A previous job's settings as the fields' values (those it has; the rest stay as they are) and what to tell
+    the user."""
+
+    values: dict[str, Any]
+    message: str
+    error: bool = False
+
+
+class AppService:
+    """The app's actions over one queue front. `job_options` are settings fixed for the app's lifetime (the step
+    cache method); `lora_folder` holds the LoRA files the page offers."""
+
+    def __init__(self, front: QueueFront, variant: str, job_options: dict[str, Any] | None = None,
+                 lora_folder: Path | None = None):  # fmt: skip
+        self.front, self.variant = front, variant
+        self.job_options = job_options or {}
+        self.lora_folder = lora_folder
+
+    # --- jobs
+
+    def check_job(self, values: dict[str, Any], video: str | None = None) -> tuple[Settings, JobInputs]:
+        """A job's settings and inputs from the fields' values, every image read and every control checked (an upload
+        may be gone when the job runs); raises SettingsError, ImageError or VideoInputError."""
+        settings = Settings(variant=self.variant, **{k: v for k, v in values.items() if k in SETTING_NAMES}, **self.job_options)
+        chosen = lora_specs(self.lora_folder, values.get("loras"), values.get("lora_weights"))
+        files = [upload_path(item) for item in (values.get("keyframes") or [])]
+        keyframes = [Keyframe(s, path) for s, path in zip(parse_times(values.get("keyframe_times"), len(files)), files)]
+        image = None if video is not None else upload_path(values.get("input_image"))
+        blank = values.get("blank_start") or "grey"
+        inputs = JobInputs(image, upload_path(values.get("end_image")), keyframes, blank, loras=chosen).load()
+        if video is None:
+            images = prepare_images(inputs, settings)
+            plan_schedule(settings, images.keyframe_times, images.end is not None)
+        else:
+            plan_schedule(settings, [k.seconds for k in inputs.keyframes], inputs.end_image is not None)
+            check_video(video)
+        return settings, inputs
+
+    def submit(self, owner: str, session: str | None, values: dict[str, Any], follow: bool = True) -> Job:
+        """Queue a new video (checked first: raises what `check_job` raises)."""
+        settings, inputs = self.check_job(values)
+        return self.front.submit(settings, inputs, owner, session, follow)
+
+    def extend(self, owner: str, session: str | None, video: str, values: dict[str, Any], follow: bool = True) -> Job:
+        """Queue the extension of an uploaded video by the length the fields say."""
+        settings, inputs = self.check_job(values, video)
+        return self.front.submit_extension(settings, Path(video), inputs, owner, session, follow)
+
+    def resume(self, owner: str, session: str | None, previous: str, add_seconds: float = 0, add_prompt: str = "",
+               follow: bool = True) -> Job:  # fmt: skip
+        """Queue the rest of a stopped job, or a longer video of a finished F1 job. The file's name says which job is
+        meant; whether the caller may touch it is the job record's say."""
+        seconds = float(add_seconds or 0)
+        return self.front.submit_resume(job_name(previous), owner, session, seconds, add_prompt or "", follow)
+
+    def branch(self, owner: str, session: str | None, previous: str, keep_sections: Any, seed: int, prompt: str = "",
+               follow: bool = True) -> Job:  # fmt: skip
+        """Queue a new job that keeps the first `keep_sections` sections of a previous job of the caller's and redoes
+        the rest with `seed` and `prompt` (empty: the job's own)."""
+        try:
+            keep = int(keep_sections)
+            if keep != float(keep_sections):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise SettingsError("keep_sections", "give a whole number of sections") from None
+        changes: dict[str, Any] = {"seed": seed}
+        if prompt and prompt.strip():
+            changes["prompt"] = prompt
+        return self.front.submit_branch(job_name(previous), keep, changes, owner, session, follow)
+
+    def jobs_of(self, owner: str) -> list[dict[str, object]]:
+        return self.front.jobs_of(owner)
+
+    # --- the queue (`viewer` None: the person at the machine, who sees and controls every job)
+
+    def queue(self, viewer: str | None) -> list[QueuedJob]:
+        return self.front.list_jobs(viewer)
+
+    def queue_action(self, action: str, job_id: str | None, viewer: str | None) -> str:
+        """One of the Queue tab's buttons on a job; what happened, in a line."""
+        if not job_id:
+            return "Choose a job first."
+        if action == "retry":
+            problem = self.front.retry(job_id, viewer)
+            return problem or f"Queued again. (`{job_id}`)"
+        done = {
+            "up": lambda: self.front.move(job_id, -1, viewer),
+            "down": lambda: self.front.move(job_id, 1, viewer),
+            "cancel": lambda: self.front.cancel_job(job_id, viewer),
+            "delete": lambda: self.front.delete(job_id, viewer),
+        }[action]()
+        if done:
+            said = {"up": "Moved up.", "down": "Moved down.", "cancel": "Stopping it.", "delete": "Deleted, with its files."}
+            return f"{said[action]} (`{job_id}`)"
+        return {"up": "Only a waiting job moves.", "down": "Only a waiting job moves.", "cancel": "It has ended already.",
+                "delete": "Stop it first: a waiting or running job is not deleted."}[action]  # fmt: skip
+
+    def video_of(self, job_id: str | None, viewer: str | None) -> Path | None:
+        """The video of one of the viewer's jobs, if it has one."""
+        job = self.front.job(job_id, viewer) if job_id else None
+        if job is None or not job.video or not (self.front.output_dir / job.video).is_file():
+            return None
+        return self.front.output_dir / job.video
+
+    # --- settings of earlier jobs
+
+    def settings_of_file(self, path: str) -> Loaded:
+        """The fields' values from a previous output's MP4 or record: the prompt with its timed groups, the keyframes'
+        times and the LoRAs (those in the LoRA folder) with their weights; the images themselves are named, to add."""
+        try:
+            saved, extras = settings_of_output(path)
+        except RecordError as exc:
+            return Loaded({}, str(exc), error=True)
+        return self.settings_values(saved, extras["inputs"], extras["loras"], Path(path).name)
+
+    def settings_of_job(self, job_id: str | None, viewer: str | None) -> Loaded:
+        """The fields' values from a queued job of the viewer's."""
+        job = self.front.job(job_id, viewer) if job_id else None
+        if job is None:
+            return Loaded({}, "Choose a job first.")
+        if not job.spec.settings:
+            return Loaded({}, f"`{job.id}` goes on from `{job.spec.source}`: load that job's record.")
+        loras = [{"name": Path(path).name, "weight": weight} for path, weight in job.spec.loras]
+        return self.settings_values(job.spec.settings, job.spec.options.get("record") or {}, loras, f"job {job.id}")
+
+    def settings_values(self, saved: dict[str, Any], inputs: dict[str, Any], loras: list[dict[str, Any]], name: str) -> Loaded:
+        """The fields' values from a job's settings, what its record says of its images (`inputs`) and its LoRAs
+        (name and weight); `name` names the job in the message."""
+        try:
+            settings = Settings.from_dict(saved)
+        except SettingsError as exc:
+            return Loaded({}, f"{name}: {exc}", error=True)
+        keyframes = inputs.get("keyframes") or []
+        start = inputs.get("image") or {}
+        values = {
+            **settings.to_dict(), "prompt": settings.prompt_text,
+            "keyframe_times": ", ".join(f"{k['seconds']:g}" for k in keyframes),
+            "loras": [lora["name"] for lora in loras],
+            "lora_weights": ", ".join(f"{lora['name']}={lora['weight']:g}" for lora in loras),
+        }  # fmt: skip
+        if "blank" in start:
+            values["blank_start"] = start["blank"]
+        missing = [lora["name"] for lora in loras if lora["name"] not in set(list_loras(self.lora_folder))]
+        if missing:
+            del values["loras"], values["lora_weights"]
+        wanted = [f"the start image {start['name']}" if "name" in start else "the start image"]
+        if inputs.get("end_image"):
+            wanted.append(f"the end image {inputs['end_image']['name']}")
+        wanted += [f"keyframe {k['name']} ({k['seconds']:g} s)" for k in keyframes]
+        message = f"Loaded the settings of {name}; add {', '.join(wanted)} and press Start."
+        if missing:
+            message += f" Its LoRAs are not all in the LoRA folder ({', '.join(missing)}): choose them again."
+        return Loaded({key: values[key] for key in LOADABLE if key in values}, message)
+
+    def timeline(self, prompt: str, seconds: float, window: int, keyframes: Any, keyframe_times: str, end_image: Any) -> list[str]:
+        """The sections before Start, in time order: each one's time range, prompt and start-slot image."""
+        settings = Settings(variant=self.variant, prompt=prompt, total_second_length=seconds, latent_window_size=window)
+        names = [Path(upload_path(item) or "").name for item in (keyframes or [])]
+        keyed = sorted(zip(parse_times(keyframe_times, len(names)), names))
+        has_end = upload_path(end_image) is not None
+        rows = describe_schedule(plan_schedule(settings, [s for s, _ in keyed], has_end), settings, has_end)
+        for row in rows:  # name the keyframe images
+            if row["start_slot"].startswith("keyframe "):
+                row["start_slot"] += f" ({keyed[int(row['start_slot'].split()[1]) - 1][1]})"
+        return timeline(rows)
+
+
+def upload_path(value: Any) -> str | None:
+    """The uploaded file's path from a component's raw payload (a FileData dict) or a plain path."""
+    if isinstance(value, dict):
+        return value.get("path")
+    return value or None
+
+
+def lora_specs(folder: Path | None, names: Sequence[str] | None, weights: str | None) -> tuple[LoraSpec, ...]:
+    """The chosen LoRAs of the LoRA folder with their weights: "0.7, 0.4" in the order chosen, or by name
+    ("a.safetensors=0.7, b.safetensors=0.4", as the page writes them); a LoRA without one gets 1."""
+    names = list(names or [])
+    available = list_loras(folder)
+    for name in names:
+        if name not in available:  # only names listed in the folder: nothing outside it can be reached
+            raise SettingsError("loras", f"there is no LoRA named {name!r} in the LoRA folder")
+    by_name = lora_weights_by_name(weights, names)
+    return tuple(LoraSpec(folder / name, by_name.get(name, 1.0)) for name in names)
+
+
+def lora_weights_by_name(text: str | None, names: list[str]) -> dict[str, float]:
+    """The weights text as {name: weight}: pairs "name=weight", or numbers in the order of `names`."""
+    if "=" not in (text or ""):
+        values = parse_numbers(text, "lora_weights")
+        if values and len(values) != len(names):
+            raise SettingsError("lora_weights", f"give one weight per LoRA: {len(names)} LoRA(s), {len(values)} weight(s)")
+        return dict(zip(names, values))
+    weights = {}
+    for part in (text or "").split(","):
+        name, _, value = part.strip().rpartition("=")
+        if part.strip():
+            weights[name.strip()] = (parse_numbers(value, "lora_weights") or [1.0])[0]
+    return weights
+
+
+def parse_numbers(text: str | None, field_name: str) -> list[float]:
+    """Numbers from "1.2, 2.4s" (a trailing "s" for seconds is allowed)."""
+    numbers = []
+    for part in (text or "").replace(";", ",").split(","):
+        if part.strip():
+            try:
+                numbers.append(float(part.strip().removesuffix("s")))
+            except ValueError:
+                raise SettingsError(field_name, f"{part.strip()!r} is not a number") from None
+    return numbers
+
+
+def parse_times(text: str | None, count: int) -> list[float]:
+    """`count` times in seconds from "1.2, 2.4s" (one per keyframe image)."""
+    times = parse_numbers(text, "keyframe_times")
+    if len(times) != count:
+        raise SettingsError("keyframe_times", f"give one time per keyframe image: {count} image(s), {len(times)} time(s)")
+    return times
+

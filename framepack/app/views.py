@@ -1,0 +1,125 @@
+"""How jobs look on the page: the progress bar, the frames line, messages, the page updates for each job event, the
+Queue tab's rows, and the page's own copies of videos (the outputs folder is never served)."""
+
+import html
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..events import Done, Progress, SectionDone, Status
+from ..queue.front import JobEvent, Waiting
+from ..queue.store import QueuedJob
+from ..settings import FPS
+
+CSS = """
+.fp-progress { display: flex; flex-direction: column; gap: 6px; padding: 4px 0; }
+.fp-progress-text { font-size: 0.95em; }
+.fp-progress-track { height: 12px; border-radius: 6px; background: var(--neutral-200, #e5e7eb); overflow: hidden; }
+.fp-progress-fill { height: 100%; background: var(--color-accent, #f97316); transition: width 0.2s ease; }
+"""
+
+
+Updates = tuple[Any, Any, Any, Any, Any]  # preview, progress, info, video, message
+
+
+QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video", "Message"]
+
+
+QUEUE_REFRESH_SECONDS = 2.0
+
+
+def queue_entry(job: QueuedJob) -> dict[str, Any]:
+    """What `/queue_list` says of a job."""
+    return {
+        "job": job.id, "kind": job.spec.kind, "state": job.state, "progress": round(job.progress, 4),
+        "worker": job.worker.split("/", 1)[-1] if job.worker else None, "owner": job.owner,
+        "prompt": job.spec.settings.get("prompt"), "source": job.spec.source, "video": job.video,
+        "message": job.message, "created": job.created, "started": job.started, "finished": job.finished,
+    }  # fmt: skip
+
+
+def queue_row(job: QueuedJob) -> list[str]:
+    """A job as a row of the Queue tab's table."""
+    entry = queue_entry(job)
+    what = entry["prompt"] or f"{job.spec.kind} of {job.spec.source}"
+    return [job.id, job.state, f"{job.progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
+            job.message]  # fmt: skip
+
+
+def progress_html(fraction: float, text: str) -> str:
+    """An HTML progress bar with a caption."""
+    percent = max(0.0, min(1.0, fraction)) * 100
+    return (
+        f'<div class="fp-progress"><div class="fp-progress-text">{html.escape(text)}</div>'
+        f'<div class="fp-progress-track"><div class="fp-progress-fill" style="width: {percent:.1f}%"></div></div></div>'
+    )
+
+
+def frames_line(frames: int) -> str:
+    """The line under the progress bar: frames generated so far and the video's length."""
+    return f"Frames so far: {frames} · video length: {frames / FPS:.2f} s ({FPS} fps)"
+
+
+def error_message(text: str) -> str:
+    """How a user's mistake or a failed job reads on the page."""
+    return f"**Error:** {text}"
+
+
+def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> Updates:
+    """The page updates for one job event; outputs that do not change are skipped. `show_video` gives the
+    page its own copy of a video of the outputs folder."""
+    skip = gr.skip()
+    if isinstance(event, Waiting):
+        text = f"Waiting for the GPU: position {event.position} in line"
+        return skip, progress_html(0, text), skip, skip, text
+    if isinstance(event, Status):
+        return skip, skip, skip, skip, event.message
+    if isinstance(event, Progress):
+        where = f"Section {event.section} of {event.sections} ({event.span[0]:.2f}–{event.span[1]:.2f} s)"
+        bar = progress_html(event.fraction, f"{where} · step {event.step} of {event.steps} · {event.fraction:.0%}")
+        preview = event.preview if event.preview is not None else skip
+        return preview, bar, frames_line(event.frames), skip, f"Sampling {where.lower()}"
+    if isinstance(event, SectionDone):
+        text = f"Section {event.section} of {event.sections} finished"
+        return skip, skip, frames_line(event.frames), show_video(event.video_path), text
+    if isinstance(event, Done):
+        if event.video_path is None:
+            text = "Stopped before the first section was finished; no video was written."
+            return skip, progress_html(0, "Stopped"), skip, None, text
+        made = f"{event.frames} frames ({event.seconds:.2f} s of video) in {event.elapsed:.1f} s"
+        summary = f"{made}, saved as `{event.video_path.name}` in the outputs folder"
+        if event.stopped:
+            state, text = "Stopped", f"Stopped after {event.sections_done} section(s): {summary}"
+        else:
+            state, text = "Finished", f"Finished: {summary}"
+        return skip, progress_html(1, state), frames_line(event.frames), show_video(event.video_path), text
+    return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
+
+
+class PageCopies:
+    """The page's own copies of one job's videos, in a folder of Gradio's cache with an unguessable name.
+
+    Gradio serves its cache, never the outputs folder, and hands each path only to the page it answers, so a
+    job's video reaches its owner's page and no one else's. Each version gets a folder of its own (the video
+    is rewritten after every section); a hard link costs nothing where the cache shares the disk.
+    """
+
+    def __init__(self, cache_dir: str | Path):
+        self.folder = Path(cache_dir) / f"framepack-{secrets.token_urlsafe(24)}"
+        self.count = 0
+
+    def __call__(self, video: Path) -> str:
+        self.count += 1
+        target = self.folder / str(self.count) / video.name
+        target.parent.mkdir(parents=True)
+        try:
+            os.link(video, target)  # the outputs are replaced, never changed in place: a link is a snapshot
+        except OSError:
+            shutil.copyfile(video, target)
+        return str(target)
+

@@ -1,0 +1,347 @@
+"""The page wired to the app's actions: Gradio handlers (thin: who is calling, then `AppService`) connected to the
+layout's controls, and the API's endpoints.
+
+Each browser session (and each gradio_client) has its own followed jobs in a `gr.State`; a streaming handler passes
+its job's events to the page and stops the job when the stream ends for any reason (End, a closed tab, a cancelled
+API call). Every job belongs to a user: the login with `--auth`; without logins the person at this machine when the
+app serves only this machine, or else each browser session.
+"""
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+from ..events import Error
+from ..jobs.paths import LOCAL_USER
+from ..media.images import ImageError
+from ..media.reading import VideoInputError
+from ..queue.front import Job, QueueFront
+from ..settings import SettingsError
+from .fields import DEFAULTS, FIELDS, LOADABLE, Page, endpoint_fields, list_loras, signature, with_signature
+from .layout import Controls, build_layout
+from .service import AppService, Loaded, lora_weights_by_name, upload_path
+from .views import QUEUE_REFRESH_SECONDS, PageCopies, Updates, error_message, event_updates, frames_line, progress_html, queue_entry, queue_row
+
+TITLES = {"original": "FramePack", "f1": "FramePack-F1"}
+# Jobs beyond this many wait in Gradio's own queue instead of holding a server thread each.
+MAX_ACTIVE_REQUESTS = 8
+# Gradio copies every version of the growing video and every preview into its temp cache; prune it every 30 minutes
+# of files older than 2 hours (the finished video stays in the outputs folder).
+TEMP_CACHE_PRUNING = (1800, 7200)
+USER_ERRORS = (SettingsError, ImageError, VideoInputError)
+
+
+class Session:
+    """The jobs one browser session or API client follows (the value of a `gr.State`, so never shared)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+        self.page = False  # a browser page (API clients never load one): Start queues the job when the GPU is busy
+
+    def stop(self) -> int:
+        """Stop every job of this session; returns how many there were."""
+        jobs = list(self.jobs)
+        for job in jobs:
+            job.cancel()
+        return len(jobs)
+
+
+class Handlers:
+    """The page's handlers over one service. `identity` says who owns a job: "login" (the `--auth` user),
+    "session" (each browser session: the app is open to others without logins) or "local" (the person at the
+    machine)."""
+
+    def __init__(self, service: AppService, identity: str):
+        self.service, self.identity = service, identity
+        self.cache_dir: str | None = None  # Gradio's cache folder, once the page exists
+
+    def owner_of(self, request: gr.Request | None) -> str:
+        if request is None or self.identity == "local":
+            return LOCAL_USER
+        if self.identity == "login":
+            return f"user:{request.username}"
+        return f"session:{request.session_hash}"
+
+    def viewer_of(self, request: gr.Request | None) -> str | None:
+        """Whose jobs the caller sees and controls in the queue: their own, or all for the person at the machine."""
+        return None if self.identity == "local" else self.owner_of(request)
+
+    # --- jobs that stream
+
+    def generate(self, values: dict[str, Any]) -> Iterator[Updates]:
+        """Generate a video from an image and a prompt; streams (preview, progress, frames, video, status).
+
+        The prompt may hold timed prompts ("[2.4s: he turns around]"); `keyframes` are images with one time each in
+        `keyframe_times` ("1.2, 2.4"); without an image the video starts from a `blank_start` frame. `loras` are file
+        names in the app's LoRA folder, `lora_weights` their weights ("0.7, 0.4"; none: 1)."""
+        owner, tab = self.owner_of(values["request"]), _session_of(values["request"])
+        yield from self._start(values["session"], lambda live: self.service.submit(owner, tab, values, live))
+
+    def extend(self, values: dict[str, Any]) -> Iterator[Updates]:
+        """Make a video longer by `total_second_length` seconds: its frames first, then the new ones (any container,
+        codec, size and frame rate); the other parameters are `generate`'s. Streams like `generate`."""
+        video = upload_path(values["video"])
+        if video is None:
+            yield _refusal("no video: upload the video to extend first")
+            return
+        owner, tab = self.owner_of(values["request"]), _session_of(values["request"])
+        yield from self._start(values["session"], lambda live: self.service.extend(owner, tab, video, values, live))
+
+    def resume(self, session: Session, previous: Any = None, add_seconds: float = 0, add_prompt: str = "",
+               request: gr.Request = None) -> Iterator[Updates]:  # fmt: skip
+        """Finish a stopped job of this app, named by its video or record, or make a new, longer video of a finished F1
+        video (`add_seconds`, with timed prompts for the added seconds in `add_prompt`); streams like `generate`."""
+        path = upload_path(previous)
+        if path is None:
+            yield _refusal("no job to resume: drop the video (.mp4) or record (.json) of a stopped job first", bar=False)
+            return
+        owner, tab = self.owner_of(request), _session_of(request)
+        yield from self._start(session, lambda live: self.service.resume(owner, tab, path, add_seconds, add_prompt, live))
+
+    def branch(self, session: Session, previous: Any = None, keep_sections: int = 1, seed: int = 31337, prompt: str = "",
+               request: gr.Request = None) -> Iterator[Updates]:  # fmt: skip
+        """A new job that keeps the first `keep_sections` sections of a previous job of yours (its video or record) and
+        redoes the rest with `seed` and `prompt` (empty: the job's own); streams like `generate`."""
+        path = upload_path(previous)
+        if path is None:
+            yield _refusal("no job to branch from: drop the video (.mp4) or record (.json) of a job first", bar=False)
+            return
+        owner, tab = self.owner_of(request), _session_of(request)
+        yield from self._start(session, lambda live: self.service.branch(owner, tab, path, keep_sections, seed, prompt, live))
+
+    def _start(self, session: Session, submit: Callable[[bool], Job]) -> Iterator[Updates]:
+        """Start a job and stream it; from a page while the GPU is busy, queue it instead and say so (the page stays
+        free, and the job runs even if the page is closed). A user's mistake is one line on the page."""
+        live = not (session.page and self.service.front.busy())
+        try:
+            job = submit(live)
+        except USER_ERRORS as exc:
+            gr.Warning(str(exc))
+            yield _refusal(str(exc))
+            return
+        if live:
+            yield from self._follow(session, job)
+        elif job.refused:
+            message = next(job.events()).message
+            gr.Warning(message)
+            yield _refusal(message)
+        else:
+            text = f"Queued as job `{job.id}`: it runs when the GPU is free, even if you close this page. See the Queue tab."
+            yield gr.skip(), progress_html(0, "Queued"), gr.skip(), gr.skip(), text
+
+    def _follow(self, session: Session, job: Job) -> Iterator[Updates]:
+        """Page updates from a job's events; the job stops when the stream ends for any reason."""
+        session.jobs.append(job)
+        copies = PageCopies(self.cache_dir)
+        try:
+            yield None, progress_html(0, "Starting"), frames_line(0), None, "Starting"
+            for event in job.events():
+                if isinstance(event, Error):
+                    gr.Warning(event.message)  # a toast too, in case the status line is scrolled away
+                yield event_updates(event, copies)
+        finally:
+            # Also runs when Gradio closes the generator: a closed tab or a cancelled API call.
+            job.cancel()
+            session.jobs.remove(job)
+
+    def stop(self, session: Session) -> None:
+        """Stop the calling session's job after its current step; the finished sections stay playable."""
+        session.stop()
+
+    def on_unload(self, request: gr.Request) -> None:
+        # A closed tab stops its job at once, even one still waiting in line for the GPU.
+        self.service.front.cancel_session(request.session_hash)
+
+    # --- the API's plain calls
+
+    def queue_add(self, values: dict[str, Any]) -> str:
+        """Queue a job with `/generate`'s parameters and return its id at once; it runs when a worker is free, whether
+        or not anyone follows it (see `/queue_list`)."""
+        try:
+            job = self.service.submit(self.owner_of(values["request"]), None, values, follow=False)
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+        if job.refused:
+            raise gr.Error(next(job.events()).message)
+        return job.id
+
+    def list_jobs(self, request: gr.Request) -> list[dict[str, Any]]:
+        """The caller's previous jobs in the outputs folder, newest first (nobody else's)."""
+        return self.service.jobs_of(self.owner_of(request))
+
+    def queue_list(self, request: gr.Request) -> list[dict[str, Any]]:
+        """The queue as the caller may see it (their own jobs; everyone's for the person at the machine): running,
+        waiting in line order, then ended jobs, newest first."""
+        return [queue_entry(job) for job in self.service.queue(self.viewer_of(request))]
+
+    def queue_cancel(self, job_id: str, request: gr.Request) -> str:
+        """Stop one of your jobs: a waiting one at once, a running one after its current step."""
+        if not self.service.front.cancel_job(str(job_id), self.viewer_of(request)):
+            raise gr.Error(f"you have no waiting or running job {job_id!r}")
+        return f"{job_id}: stopping"
+
+    def queue_retry(self, job_id: str, request: gr.Request) -> str:
+        """Queue a stopped or failed job of yours again; it goes on from its last finished section."""
+        if self.service.front.job(str(job_id), self.viewer_of(request)) is None:
+            raise gr.Error(f"you have no stopped or failed job {job_id!r}")
+        if problem := self.service.front.retry(str(job_id), self.viewer_of(request)):
+            raise gr.Error(problem)
+        return f"{job_id}: queued again"
+
+    # --- the Queue tab and settings loading
+
+    def queue_view(self, chosen: str | None, request: gr.Request) -> tuple[Any, Any]:
+        """The Queue tab's table and job list, refreshed by its timer."""
+        jobs = self.service.queue(self.viewer_of(request))
+        rows = [queue_row(job) for job in jobs]
+        choices = [(f"{job.id} · {row[5][:40]}", job.id) for job, row in zip(jobs, rows)]
+        value = chosen if any(job.id == chosen for job in jobs) else (jobs[0].id if jobs else None)
+        return gr.update(value=rows), gr.update(choices=choices, value=value)
+
+    def queue_button(self, action: str) -> Callable[[str | None, gr.Request], str]:
+        def on_click(job_id: str | None, request: gr.Request) -> str:
+            return self.service.queue_action(action, job_id, self.viewer_of(request))
+
+        return on_click
+
+    def queue_video(self, job_id: str | None, request: gr.Request) -> tuple[Any, str]:
+        video = self.service.video_of(job_id, self.viewer_of(request))
+        if video is None:
+            return gr.skip(), "That job has no video yet."
+        return PageCopies(self.cache_dir)(video), f"The video of `{job_id}`."
+
+    def queue_settings(self, job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return _loaded_updates(self.service.settings_of_job(job_id, self.viewer_of(request)))
+
+    def previous_settings(self, path: str | None) -> tuple[Any, ...]:
+        """Updates for the loadable fields (then the status line) from a previous output's MP4 or record."""
+        if not path:
+            return (*(gr.skip() for _ in LOADABLE), gr.skip())
+        return _loaded_updates(self.service.settings_of_file(path))
+
+    def timeline(self, prompt: str, seconds: float, window: int, keyframes: Any = None, keyframe_times: str = "",
+                 end_image: Any = None) -> str:  # fmt: skip
+        """The page's timeline of the sections before Start."""
+        try:
+            lines = self.service.timeline(prompt, seconds, window, keyframes, keyframe_times, end_image)
+        except SettingsError as exc:
+            return error_message(str(exc))
+        return "**Sections, in time order**\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def _session_of(request: gr.Request | None) -> str | None:
+    return request.session_hash if request else None
+
+
+def _refusal(message: str, bar: bool = True) -> Updates:
+    return gr.skip(), progress_html(0, "Not started") if bar else gr.skip(), gr.skip(), gr.skip(), error_message(message)
+
+
+def _loaded_updates(loaded: Loaded) -> tuple[Any, ...]:
+    message = error_message(loaded.message) if loaded.error else loaded.message
+    return (*(loaded.values.get(name, gr.skip()) for name in LOADABLE), message)
+
+
+def build_app(front: QueueFront, variant: str, job_options: dict[str, Any] | None = None, identity: str = "local",
+              lora_folder: Any = None) -> gr.Blocks:  # fmt: skip
+    """The page over a queue front, its controls built from the fields table and wired to the app's actions."""
+    page = Page(variant, job_options or {}, lora_folder)
+    handlers = Handlers(AppService(front, variant, job_options, lora_folder), identity)
+    with gr.Blocks(title=TITLES[variant], delete_cache=TEMP_CACHE_PRUNING) as demo:
+        session = gr.State(Session())  # deep-copied for every new session
+        gr.Markdown(f"# {TITLES[variant]}\nTurn one image into a video, section by section. The video grows as sections finish.")
+        controls = build_layout(page, handlers.timeline(DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size))
+        _wire_jobs(demo, controls, handlers, session, page)
+        _wire_queue(controls, handlers)
+    handlers.cache_dir = demo.GRADIO_CACHE
+    demo.queue(max_size=64)
+    return demo
+
+
+def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session: gr.State, page: Page) -> None:
+    fields = controls.fields
+    outputs = [controls[name] for name in ("preview", "progress", "info", "video", "message")]
+    buttons = [controls["start"], controls["end"]]
+    busy = lambda: (gr.update(interactive=False), gr.update(interactive=True))  # noqa: E731
+    idle = lambda: (gr.update(interactive=True), gr.update(interactive=False))  # noqa: E731
+    state = inspect.Parameter("session", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Session)
+    video = inspect.Parameter("video", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Any)
+    generate_fields, extend_fields = endpoint_fields("generate"), endpoint_fields("extend")
+    generate = with_signature(handlers.generate, signature(generate_fields, [state]), "generate", handlers.generate.__doc__)
+    extend = with_signature(handlers.extend, signature(extend_fields, [state, video]), "extend", handlers.extend.__doc__)
+    queue_add = with_signature(handlers.queue_add, signature(generate_fields, returns=str), "queue_add", handlers.queue_add.__doc__)
+    streams = dict(concurrency_limit=MAX_ACTIVE_REQUESTS, preprocess=False, show_progress="hidden")
+    private = dict(queue=False, api_visibility="private")
+    # Each job button greys Start while its stream runs (Gradio's own queue holds the rest); `preprocess=False`
+    # hands the raw upload payloads over, so an unreadable file gets our message, not a Gradio error.
+    for button, handler, inputs, name in (
+        (controls["start"], generate, [session, *(fields[f.name] for f in generate_fields)], "generate"),
+        (controls["extend"], extend, [session, controls["extend_video"], *(fields[f.name] for f in extend_fields)], "extend"),
+        (controls["resume"], handlers.resume, [session, controls["previous"], controls["add_seconds"], controls["add_prompt"]], "resume"),
+        (controls["branch"], handlers.branch, [session, controls["previous"], controls["keep"], fields["seed"], fields["prompt"]], "branch"),
+    ):  # fmt: skip
+        button.click(busy, None, buttons, **private).then(handler, inputs, outputs, api_name=name, **streams).then(
+            idle, None, buttons, **private
+        )
+    controls["end"].click(handlers.stop, [session], None, api_name="stop", queue=False)
+    demo.unload(handlers.on_unload)
+    demo.load(_mark_page, [session], [session], **private)
+    hidden = gr.Button(visible=False)
+    hidden.click(queue_add, [fields[f.name] for f in generate_fields], gr.Textbox(visible=False), api_name="queue_add",
+                 preprocess=False)  # fmt: skip
+    gr.api(handlers.list_jobs, api_name="jobs", queue=False)
+    controls["examples"].click(lambda sample: sample[0], [controls["examples"]], [fields["prompt"]], **private)
+    loadable = [fields[name] for name in (f.name for f in FIELDS if f.loadable)]
+    controls["previous"].upload(handlers.previous_settings, [controls["previous"]], [*loadable, controls["message"]], **private)
+    controls["refresh_loras"].click(lambda: gr.update(choices=list_loras(page.lora_folder)), None, fields["loras"], **private)
+    timeline_inputs = [fields[name] for name in ("prompt", "total_second_length", "latent_window_size", "keyframes",
+                                                  "keyframe_times", "end_image")]  # fmt: skip
+    gr.on([c.change for c in timeline_inputs], handlers.timeline, timeline_inputs, controls["timeline"], **private)
+    _lora_sliders(fields["loras"], fields["lora_weights"])
+
+
+def _lora_sliders(loras: gr.CheckboxGroup, weights: gr.Textbox) -> None:
+    @gr.render(inputs=[loras, weights], triggers=[loras.change])
+    def weight_sliders(chosen: list[str] | None, text: str) -> None:
+        """A weight slider for each chosen LoRA; the hidden weights box keeps them by name."""
+        chosen = list(chosen or [])
+        try:
+            known = lora_weights_by_name(text, chosen)
+        except SettingsError:
+            known = {}
+        sliders = [
+            gr.Slider(-1, 2, known.get(name, 1.0), step=0.05, label=f"Weight of {name}", interactive=True,
+                      elem_id=f"fp-lora-weight-{k}")  # fmt: skip
+            for k, name in enumerate(chosen)
+        ]
+        for slider in sliders:
+            slider.change(lambda *values: ", ".join(f"{n}={v:g}" for n, v in zip(chosen, values)), sliders, weights,
+                          queue=False, api_visibility="private")  # fmt: skip
+
+
+def _wire_queue(controls: Controls, handlers: Handlers) -> None:
+    gr.api(handlers.queue_list, api_name="queue_list", queue=False)
+    gr.api(handlers.queue_cancel, api_name="queue_cancel", queue=False)
+    gr.api(handlers.queue_retry, api_name="queue_retry", queue=False)
+    private = dict(queue=False, api_visibility="private")
+    choice, message = controls["queue_choice"], controls["queue_message"]
+    # Gradio's own timer refreshes the view; nothing on the server polls.
+    refresh = dict(fn=handlers.queue_view, inputs=[choice], outputs=[controls["queue_table"], choice], **private)
+    gr.Timer(QUEUE_REFRESH_SECONDS).tick(**refresh)
+    for action in ("up", "down", "cancel", "retry"):
+        controls[f"queue_{action}"].click(handlers.queue_button(action), [choice], [message], **private).then(**refresh)
+    controls["queue_delete"].click(
+        handlers.queue_button("delete"), [choice], [message], js="(job) => (job && confirm(`Delete job ${job} and its files?`)) ? job : null",
+        **private,
+    ).then(**refresh)  # fmt: skip
+    controls["queue_open"].click(handlers.queue_video, [choice], [controls["queue_video"], message], **private)
+    loadable = [controls.fields[name] for name in LOADABLE]
+    controls["queue_load"].click(handlers.queue_settings, [choice], [*loadable, message], **private)
+
+
+def _mark_page(session: Session) -> Session:
+    session.page = True
+    return session
+

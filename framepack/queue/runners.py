@@ -1,0 +1,139 @@
+"""The workers that run queued jobs. A `Runner` runs one job at a time and streams its events; `LocalRunner` does
+it in this process with a `ModelKeeper`, which holds one model set and loads the one each job needs (the Ray runner
+in `framepack.queue.cluster` puts a keeper in another process)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ..events import Error, Event, Status
+from ..jobs.paths import RecordError
+from ..kinds import JobContext, execute, recorded_models
+from ..loading import load_models
+from ..memory.planning import MemoryPlan
+from ..models import ModelSet, ModelSource, ModelsMissingError
+from .store import QueuedJob, input_folder
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerLost(RuntimeError):
+    """The process running a job died (a Ray actor killed, a node lost): the job goes back in line."""
+
+
+class Runner(Protocol):
+    """A worker: a model set on one device, running one job at a time. `name` is "<front>/<device>"."""
+
+    name: str
+
+    def events(self, job: QueuedJob, stop: threading.Event) -> Iterator[Event]:
+        """The job's events as they happen; raises WorkerLost when the worker died under it."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether the worker can take a job (after a loss it may come back; False once it is gone for good)."""
+        ...
+
+    def stop(self, job_id: str) -> None:
+        """Pass a stop on to where the job runs."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ModelKeeper:
+    """One worker's model set: loaded on its first job, and loaded again when a job goes on from one that was made
+    with other models (as its record names them), then back to the app's own for the next new job."""
+
+    def __init__(self, variant: str, source: ModelSource, output_dir: Path, attention: str, compile: bool,
+                 plan: MemoryPlan | None, loading: threading.Lock | None = None):  # fmt: skip
+        self.variant, self.source, self.output_dir = variant, source, output_dir
+        self.attention, self.compile, self.plan = attention, compile, plan
+        # Held while loading: the libraries' loaders patch process-wide state (empty-weight initialisation), so
+        # workers of one process load one at a time; they run jobs side by side.
+        self.loading = loading or threading.Lock()
+        self.models: ModelSet | None = None
+        self._default_sources: dict[str, str] | None = None  # what the app's own models are, once loaded
+        self._models_are_default = True
+
+    def events(self, job: QueuedJob, stop: threading.Event) -> Iterator[Event]:
+        """The job's engine events, after loading the models it needs."""
+        try:
+            made_with = recorded_models(job.spec, job.id, job.attempts, self.output_dir)
+        except RecordError as exc:
+            yield Error(str(exc), exc)
+            return
+        models = yield from self._models_for(made_with)
+        if models is None:
+            return
+        context = JobContext(models, job.id, job.owner, job.spec, self.output_dir, input_folder(self.output_dir, job.id),
+                             stop, job.attempts)  # fmt: skip
+        yield from execute(context)
+
+    def _models_for(self, made_with: dict[str, str] | None) -> Iterator[Event]:
+        """The model set for a job made with `made_with` (None: the app's own), loading it if another is in memory;
+        None after an `Error` when it cannot be loaded."""
+        if made_with is not None and self._default_sources is None:
+            try:
+                self._default_sources = self.source.sources(self.variant)
+            except ModelsMissingError:
+                pass  # the app's own models are not there: the recorded ones may be
+        own = made_with is None or made_with == self._default_sources
+        models = self.models
+        if models is not None and self._models_are_default == own and (own or models.sources == made_with):
+            return models
+        self.models = models = None  # one model set in memory at a time
+        gc.collect()
+        if own:
+            source = self.source
+            yield Status("Loading models" + (" (first job only)" if self._default_sources is None else " again"))
+        else:
+            source = ModelSource.recorded(made_with, self.source.cache_dir)
+            yield Status("Loading the models this job was made with")
+        try:
+            with self.loading:
+                models = load_models(self.variant, source, attention=self.attention, compile=self.compile, plan=self.plan)
+        except ModelsMissingError as exc:
+            logger.error("%s", exc)
+            yield Error("The model files are missing on this machine; whoever runs the app can see which in its log.", exc)
+            return None
+        except Exception as exc:  # any loading failure must reach the user; the traceback goes to the log
+            logger.exception("Loading the models failed")
+            yield Error(f"Could not load the models ({type(exc).__name__}); the details are in the app's log.", exc)
+            return None
+        self.models, self._models_are_default = models, own
+        if own:
+            self._default_sources = models.sources
+        return models
+
+
+class LocalRunner:
+    """A worker in this process, running one job at a time on its front's thread."""
+
+    def __init__(self, name: str, keeper: ModelKeeper):
+        self.name = name  # "<front>/<device>": the page shows the part after the slash
+        self.keeper = keeper
+
+    def events(self, job: QueuedJob, stop: threading.Event) -> Iterator[Event]:
+        return self.keeper.events(job, stop)
+
+    def ready(self) -> bool:
+        return True  # one in this process always can
+
+    def stop(self, job_id: str) -> None:
+        """Nothing to do: the job's stop event reaches the engine in this process."""
+
+    def close(self) -> None:
+        self.keeper.models = None
+
+
+def worker_names(plans: Sequence[MemoryPlan | None]) -> list[str]:
+    """A name per worker: its device, numbered where several share one ("cuda:0", "cpu-1", "cpu-2")."""
+    devices = [plan.device if plan is not None else "default" for plan in plans]
+    return [device if devices.count(device) == 1 else f"{device}-{devices[:i].count(device) + 1}"
+            for i, device in enumerate(devices)]  # fmt: skip
