@@ -25,8 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from framepack.postprocess.upscale import Upscaler, load_upscaler, tile_for_budget  # noqa: E402
-from framepack.postprocess.weights import resolve_model  # noqa: E402
+from framepack.postprocess.upscale import Upscaler, load_upscaler, tile_for_budget
+from framepack.postprocess.weights import resolve_model
 
 GB = 1 << 30
 SIZES = {640: (640, 1136), 1080: (1080, 1920)}  # 16:9 frames of that many lines

@@ -39,7 +39,7 @@ class Layer:
     outputs: list[str]
     params: dict[int, int | float | list[float]]
 
-    def int(self, key: int, default: int = 0) -> int:
+    def number(self, key: int, default: int = 0) -> int:
         return int(self.params.get(key, default))  # type: ignore[arg-type]
 
 
@@ -105,13 +105,13 @@ def read_weights(layers: list[Layer], data: bytes) -> list[dict[str, np.ndarray]
     for layer in layers:
         arrays: dict[str, np.ndarray] = {}
         if layer.type == "Convolution":
-            out_channels, kernel, size = layer.int(0), layer.int(1), layer.int(6)
+            out_channels, kernel, size = layer.number(0), layer.number(1), layer.number(6)
             arrays["weight"] = reader.tagged(size).reshape(out_channels, size // (out_channels * kernel * kernel),
                                                            kernel, kernel)  # fmt: skip
-            if layer.int(5):
+            if layer.number(5):
                 arrays["bias"] = reader.raw(out_channels)
         elif layer.type == "PReLU":
-            arrays["weight"] = reader.raw(layer.int(0))
+            arrays["weight"] = reader.raw(layer.number(0))
         elif layer.type not in ("Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle"):
             raise ValueError(f"layer type {layer.type} ({layer.name}) is not one these converters know")
         weights.append(arrays)
@@ -136,7 +136,7 @@ def _conv(state: dict[str, torch.Tensor], name: str, arrays: dict[str, np.ndarra
 
 
 def _leaky_slope(layer: Layer) -> float | None:
-    if layer.int(9) != LEAKY_RELU:
+    if layer.number(9) != LEAKY_RELU:
         return None
     return float(layer.params[10][0])  # type: ignore[index]
 
@@ -170,7 +170,7 @@ def _rrdbnet(layers: list[Layer], weights: list[dict[str, np.ndarray]]) -> Conve
             activated.append((name, slope))
         _conv(state, name, arrays)
     scalings = sorted({tuple(layer.params.get(1, [])) for layer in layers if layer.type == "Eltwise"})  # type: ignore[arg-type]
-    interps = [(layer.int(0), layer.params.get(1), layer.params.get(2)) for layer in layers if layer.type == "Interp"]
+    interps = [(layer.number(0), layer.params.get(1), layer.params.get(2)) for layer in layers if layer.type == "Interp"]
     facts = {
         "num_block": num_block, "num_feat": num_feat, "num_grow": num_grow,
         # names of the convolutions followed by a LeakyReLU, and the slopes used
@@ -189,7 +189,7 @@ def _srvgg(layers: list[Layer], weights: list[dict[str, np.ndarray]]) -> Convert
     index = 0
     for layer, arrays in zip(layers, weights, strict=True):
         if layer.type == "Convolution":
-            if index % 2 or layer.int(9):
+            if index % 2 or layer.number(9):
                 raise ValueError(f"{layer.name}: SRVGG convolutions sit at even places and carry no activation")
             _conv(state, f"body.{index}", arrays)
             index += 1
@@ -198,8 +198,8 @@ def _srvgg(layers: list[Layer], weights: list[dict[str, np.ndarray]]) -> Convert
                 raise ValueError(f"{layer.name}: a PReLU must follow a convolution")
             state[f"body.{index}.weight"] = torch.from_numpy(arrays["weight"])
             index += 1
-    shuffles = [layer.int(0) for layer in layers if layer.type == "PixelShuffle"]
-    interps = [(layer.int(0), layer.params.get(1), layer.params.get(2)) for layer in layers if layer.type == "Interp"]
+    shuffles = [layer.number(0) for layer in layers if layer.type == "PixelShuffle"]
+    interps = [(layer.number(0), layer.params.get(1), layer.params.get(2)) for layer in layers if layer.type == "Interp"]
     last = state[f"body.{index - 1}.weight"]
     scale = math.isqrt(last.shape[0] // 3)
     if shuffles != [scale] or last.shape[0] != 3 * scale * scale:

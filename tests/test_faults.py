@@ -61,7 +61,7 @@ def submit(worker: QueueFront, **changes) -> Job:
 def assert_serves_a_normal_job(worker: QueueFront) -> None:
     last = events_of(submit(worker, seed=99))[-1]
     assert isinstance(last, Done) and not last.stopped and last.frames == Settings(**FAST).num_frames
-    models = worker._models
+    models = worker.runners[0].keeper.models
     assert not has_teacache(models.transformer) and not getattr(models.transformer, "is_cache_enabled", False)
     assert not [t for t in threading.enumerate() if t.name == "framepack-video-writer"]
 

@@ -4,12 +4,15 @@ files that are not upscalers, and fetching known models over HTTP with resumptio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
+import itertools
 import math
 import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import ncnn
@@ -33,7 +36,12 @@ from framepack.postprocess.upscale import (
     tile_bytes,
     tile_for_budget,
 )
-from framepack.postprocess.weights import KnownModel, download, model_kind, resolve_model
+from framepack.postprocess.weights import (
+    KnownModel,
+    download,
+    model_kind,
+    resolve_model,
+)
 
 GB = 1 << 30
 
@@ -47,7 +55,7 @@ def conv(sd: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tenso
 
 def reference_rrdbnet(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """RRDBNet as published, step by step with concatenations, on a BasicSR-layout state dict."""
-    lrelu = lambda t: F.leaky_relu(t, 0.2)  # noqa: E731
+    lrelu = lambda t: F.leaky_relu(t, 0.2)
     in_channels = sd["conv_first.weight"].shape[1]
     if in_channels > 3:
         x = F.pixel_unshuffle(x, math.isqrt(in_channels // 3))
@@ -197,35 +205,35 @@ def test_converted_weights_upscale_a_photo_sensibly(real, photo, name):
         assert psnr(out, bicubic) > psnr(random_out, bicubic) + 8
     else:
         learned, wanted, noise = out - nearest, bicubic - nearest, random_out - nearest
-        correlation = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])  # noqa: E731
-        assert correlation(learned, wanted) > 0.6 > 0.2 > abs(correlation(noise, wanted))
+        correlation = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+        assert correlation(learned, wanted) > 0.6
+        assert abs(correlation(noise, wanted)) < 0.2
 
 
-@pytest.mark.parametrize("name", ["anime_6B", "animevideov3", "animevideov3-x2"])
+@pytest.mark.parametrize("name", ["x4plus", "anime_6B", "animevideov3", "animevideov3-x2"])
 def test_real_weights_match_the_reference_forward(real, photo, name):
     converted, path = real(name)
-    frame = photo[..., 100:132, 200:248]
+    frame = photo[..., 100:124, 200:232]
     reference = (reference_rrdbnet if converted.arch == "rrdbnet" else reference_srvgg)(converted.state_dict, frame)
     upscaler = load_upscaler(path, tile=0)
     assert (upscaler.name, upscaler.scale) == (path.name, 4)
     whole = upscaler(frame)
-    assert whole.shape == (1, 3, 128, 192) and whole.dtype == torch.float32
+    assert whole.shape == (1, 3, 96, 128) and whole.dtype == torch.float32
     assert (whole - reference).abs().max() < 2e-5
     upscaler.tile = 16  # many tiles, each with the default overlap (the full receptive radius for these two)
     assert (upscaler(frame) - reference).abs().max() < 2e-5
 
 
 @pytest.mark.slow
-def test_x4plus_matches_the_reference_forward_whole_and_tiled(real, photo):
-    converted, path = real("x4plus")
-    frame = photo[..., 120:144, 40:200]  # 24 x 160: one row of five 32-pixel tiles
-    reference = reference_rrdbnet(converted.state_dict, frame)
-    upscaler = load_upscaler(path, tile=0)
-    assert upscaler.overlap == RRDB_OVERLAP
+def test_x4plus_tiles_with_the_measured_overlap_give_the_whole_frame(real, photo):
+    upscaler = load_upscaler(real("x4plus")[1], tile=0)
+    assert upscaler.overlap == RRDB_OVERLAP == 112
+    frame = photo[..., 120:136, :]  # 16 x 448: five 90-pixel tiles in a row, the inner ones cut off both sides
     whole = upscaler(frame)
-    assert (whole - reference).abs().max() < 2e-5
-    upscaler.tile = 32
+    upscaler.tile = 96
     tiled = upscaler(frame)
+    # float32 rounding apart, the tiles give the whole frame's values: a rare value on a rounding boundary flips
+    assert (tiled - whole).abs().max() < 1e-3
     assert (to_uint8(tiled) != to_uint8(whole)).float().mean() < 1e-4
     assert (to_uint8(tiled).int() - to_uint8(whole).int()).abs().max() <= 1
 
@@ -258,7 +266,6 @@ def test_rrdbnet_tiles_equal_the_whole_frame_from_the_receptive_radius(tmp_path)
 # ----------------------------------------------------------------------------------------------- layouts
 
 
-@pytest.mark.slow
 def test_old_esrgan_layout_loads_and_gives_the_same_output(real, photo, tmp_path):
     converted, path = real("x4plus")
     old = tmp_path / "4x-Community.pth"
@@ -433,7 +440,7 @@ class Server:
             def log_message(self, *args) -> None:  # keep the test output clean
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Range")))
                 data = server.files.get(self.path.lstrip("/"))
                 if data is None:
@@ -463,13 +470,18 @@ class Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> Server:
-        self.thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+
+@contextlib.contextmanager
+def serving(files: dict[str, bytes]) -> Iterator[Server]:
+    """A Server on a thread for the length of a `with` block."""
+    server = Server(files)
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
 
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -477,11 +489,11 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 def test_download_with_progress_and_checks(tmp_path):
     seen = []
-    with Server({"model.pth": PAYLOAD}) as server:
+    with serving({"model.pth": PAYLOAD}) as server:
         target = download(f"{server.url}/model.pth", tmp_path / "model.pth", size=len(PAYLOAD),
                           sha256=hashlib.sha256(PAYLOAD).hexdigest(), progress=lambda d, t: seen.append((d, t)))  # fmt: skip
         assert target.read_bytes() == PAYLOAD
-        assert seen[-1] == (len(PAYLOAD), len(PAYLOAD)) and all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
+        assert seen[-1] == (len(PAYLOAD), len(PAYLOAD)) and all(b >= a for (a, _), (b, _) in itertools.pairwise(seen))
         assert server.requests == [("/model.pth", None)]
         with pytest.raises(PostprocessError, match=r"download of bad.pth is damaged \(its SHA-256"):
             download(f"{server.url}/model.pth", tmp_path / "bad.pth", sha256="0" * 64, retry_delay=0)
@@ -489,7 +501,7 @@ def test_download_with_progress_and_checks(tmp_path):
 
 
 def test_download_resumes_after_an_interruption(tmp_path):
-    with Server({"model.pth": PAYLOAD}) as server:
+    with serving({"model.pth": PAYLOAD}) as server:
         server.cut_after = 300_000
         target = download(f"{server.url}/model.pth", tmp_path / "model.pth", size=len(PAYLOAD), retry_delay=0)
         assert target.read_bytes() == PAYLOAD
@@ -497,7 +509,7 @@ def test_download_resumes_after_an_interruption(tmp_path):
 
 
 def test_download_resumes_in_a_later_call_and_says_what_to_do_offline(tmp_path):
-    with Server({"model.pth": PAYLOAD}) as server:
+    with serving({"model.pth": PAYLOAD}) as server:
         server.cut_after = 200_000
         url = f"{server.url}/model.pth"
         with pytest.raises(PostprocessError) as caught:
@@ -519,7 +531,7 @@ def test_resolve_model_fetches_known_names_once_into_the_cache(tmp_path, monkeyp
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("RIFEv4.26_0921/train_log/flownet.pkl", b"rife weights")
         zipped.writestr("RIFEv4.26_0921/train_log/IFNet_HDv3.py", b"code, not extracted")
-    with Server({"x4.pth": PAYLOAD, "rife.zip": archive.getvalue()}) as server:
+    with serving({"x4.pth": PAYLOAD, "rife.zip": archive.getvalue()}) as server:
         known = {"RealESRGAN_x4plus": KnownModel("upscaler", f"{server.url}/x4.pth", "RealESRGAN_x4plus.pth",
                                                  len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest()),
                  "RIFE-v4.26": KnownModel("interpolator", f"{server.url}/rife.zip", "RIFE-v4.26-flownet.pkl",

@@ -166,7 +166,8 @@ def test_an_update_submitted_after_the_writer_ended_still_gets_an_outcome(tmp_pa
 
 def test_checkpoint_keeps_float16_frames_in_half_the_bytes_and_others_exactly(tmp_path):
     def checkpoint(frames):
-        return Checkpoint("job", {}, 1, torch.zeros(4, dtype=torch.uint8), frames, 0, [], {"start_image": torch.zeros(2, 2, 3)})
+        return Checkpoint(job_id="job", settings={}, sections_done=1, rng_state=torch.zeros(4, dtype=torch.uint8),
+                          open_frames=frames, final_frames=0, segments=[], images={"start_image": torch.zeros(2, 2, 3)})  # fmt: skip
 
     from_half_vae = torch.randn(1, 3, 5, 8, 8).half().float()
     full = torch.randn(1, 3, 5, 8, 8)

@@ -35,6 +35,7 @@ from ..models import ModelSet, ModelSource, ModelsMissingError
 from ..models.components import default_device, resolve_dtypes
 from ..options import add_runtime_options, model_source
 from ..settings import Settings
+from .logs import log_file
 from .options import add_job_options, add_setting_options, checked_job, setting_changes, settings_from_args
 
 logger = logging.getLogger("framepack.cli")
@@ -195,9 +196,10 @@ def follow(start: Callable[[threading.Event], Iterator[Event]], total_steps: int
                 bar.write(event.message, file=sys.stderr)
             elif isinstance(event, Error):
                 bar.close()
-                print(f"error: {event.message}", file=sys.stderr)
                 if event.exception is not None and not isinstance(event.exception, USER_ERRORS):
                     logger.error("The job failed", exc_info=event.exception)  # the traceback goes to the log file
+                where = f" (the full log: {log_file()})" if log_file() else ""
+                print(f"error: {event.message}{where}", file=sys.stderr)
                 return 1
             elif isinstance(event, Done):
                 bar.close()

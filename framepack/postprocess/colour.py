@@ -16,6 +16,7 @@ back towards the reference too. It is off unless asked for.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,22 +41,27 @@ MAX_SPREAD_RATIO = 2.0
 _SAMPLE = 256  # frames are measured on a grid of about this many rows and columns
 
 
+@functools.lru_cache(maxsize=4)
+def _constants(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The conversion tables on a device, float32, moved there once."""
+    return tuple(x.to(device, torch.float32) for x in (_LINEAR, _RGB_TO_XYZ.T, _XYZ_TO_RGB.T, _WHITE))
+
+
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """uint8 sRGB (..., 3) to float32 CIE Lab (L in 0..100), on rgb's device."""
-    device = rgb.device
-    xyz = (_LINEAR.to(device, torch.float32)[rgb.long()] @ _RGB_TO_XYZ.to(device, torch.float32).T)
-    xyz = xyz / _WHITE.to(device, torch.float32)
+    linear, to_xyz, _, white = _constants(rgb.device)
+    xyz = (linear[rgb.long()] @ to_xyz) / white
     f = torch.where(xyz > _DELTA**3, xyz.clamp_min(1e-12) ** (1 / 3), xyz / (3 * _DELTA**2) + 4 / 29)
     return torch.stack((116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])), -1)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """float32 CIE Lab (..., 3) to uint8 sRGB, out-of-gamut colours clipped."""
-    device = lab.device
+    _, _, to_rgb, white = _constants(lab.device)
     fy = (lab[..., 0] + 16) / 116
     f = torch.stack((fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200), -1)
-    xyz = torch.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4 / 29)) * _WHITE.to(device, torch.float32)
-    linear = (xyz @ _XYZ_TO_RGB.to(device, torch.float32).T).clamp(0, 1)
+    xyz = torch.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4 / 29)) * white
+    linear = (xyz @ to_rgb).clamp(0, 1)
     srgb = torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
     return (srgb * 255).round_().clamp_(0, 255).to(torch.uint8)
 

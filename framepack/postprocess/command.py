@@ -21,6 +21,9 @@ from .pipeline import (
 )
 from .weights import KNOWN_MODELS
 
+# Frames done of all, time, and the pipeline's own frames per second (input frames), not tqdm's rate between two
+# (throttled) updates.
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} frames [{elapsed}<{remaining}{postfix}]"
 # An output name's suffix says the format when --format is not given.
 _FORMAT_OF_SUFFIX = {".mp4": "mp4", ".webm": "webm", ".mov": "prores", ".gif": "gif", ".webp": "webp", ".mkv": "ffv1"}
 
@@ -74,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
         for event in postprocess(args.input, output, options, device=args.device, cache_dir=args.hf_cache):
             if isinstance(event, FrameProgress) and not args.quiet:
                 if bar is None:
-                    bar = tqdm(total=event.total or None, unit="frame", desc="postprocess", file=sys.stderr)
+                    bar = tqdm(total=event.total or None, unit="frame", desc="postprocess", file=sys.stderr,
+                               bar_format=_BAR)  # fmt: skip
+                bar.total = max(bar.total or 0, event.total) or None
+                bar.set_postfix_str(f"{event.fps:.1f} fps", refresh=False)
                 bar.update(event.done - bar.n)
-                bar.set_postfix_str(f"{event.fps:.1f} fps")
             elif isinstance(event, Status) and not args.quiet:
                 (bar.write if bar else _stderr)(event.message)
             elif isinstance(event, Done):

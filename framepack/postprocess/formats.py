@@ -71,10 +71,11 @@ FORMATS: dict[str, Format] = {
                   {"preset": "8"}, _FASTSTART),
     "prores": Format("prores", "ProRes 422 HQ MOV", ".mov", "mov", "prores_ks", "yuv422p10le", False, "aac", ("aac",),
                      options={"profile": "3", "vendor": "apl0"}),
-    # GIF delays count hundredths of a second and players treat 1/100 s as 1/10 s: 50 fps is the most it shows.
+    # Browsers show an animation frame of 10 ms or less for 100 ms. GIF delays count hundredths of a second, so
+    # 50 fps (2/100 s) is the most a GIF shows; WebP counts milliseconds, so up to 90 fps (11 ms).
     "gif": Format("gif", "GIF", ".gif", "gif", "gif", "pal8", max_fps=50.0),
     "webp": Format("webp", "animated WebP", ".webp", "webp", "libwebp_anim", "yuv420p",
-                   options={"quality": "90"}, container_options={"loop": "0"}),
+                   options={"quality": "90"}, container_options={"loop": "0"}, max_fps=90.0),
     "png": Format("png", "PNG frames", "", None, "png", "rgb24"),
     "ffv1": Format("ffv1", "FFV1 MKV (lossless)", ".mkv", "matroska", "ffv1", "bgr0", False, "flac", ("*",)),
 }  # fmt: skip

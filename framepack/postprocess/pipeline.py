@@ -4,8 +4,9 @@ being worked on, the one before it and the frames made between them, plus the ne
 
 `postprocess(...)` checks everything it can before a model is loaded or a file written (the input is a video, the
 models are of the right kinds, the factor is supported, the output is not the input, the format can be encoded)
-and raises PostprocessError for the first problem; it then yields `Status` lines, `FrameProgress` and a final
-`Done`. Frames are re-timed at the input's average frame rate (variable-rate inputs come out constant-rate).
+and raises PostprocessError for the first problem (when the generator is first advanced); it then yields `Status`
+lines, `FrameProgress` (input frames done of all, input frames per second) and a final `Done`. Frames are re-timed
+at the input's average frame rate (variable-rate inputs come out constant-rate).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .rife import (
     is_scene_cut,
     load_interpolator,
 )
+from .upscale import Upscaler, detect_upscaler, load_upscaler, resize_to
 from .weights import read_state_dict, resolve_model
 
 DEFAULT_INTERPOLATION_MODEL = "RIFE-HDv3"  # a known name (weights.KNOWN_MODELS), fetched on first use
@@ -55,6 +57,13 @@ class PostprocessOptions:
     crf: int = 16
 
     def __post_init__(self) -> None:
+        # names in any case, whole numbers given as floats (a form's number field): stored in one spelling
+        object.__setattr__(self, "format", str(self.format).lower())
+        object.__setattr__(self, "color_match", str(self.color_match).lower())
+        for name in ("interpolate", "crf"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
         if self.upscale is not None and not str(self.upscale).strip():
             raise PostprocessError("upscale needs a model file or name (leave it out for no upscaling)")
         if self.scale is not None and not 0 < self.scale <= 8:
@@ -67,7 +76,7 @@ class PostprocessOptions:
             raise PostprocessError("interpolation_model needs a model file or name")
         if self.color_match not in MODES:
             raise PostprocessError(f"unknown colour match {self.color_match!r} (one of {', '.join(MODES)})")
-        if self.format.lower() not in FORMATS:
+        if self.format not in FORMATS:
             raise PostprocessError(f"unknown format {self.format!r} (formats: {', '.join(FORMATS)})")
         if not 0 <= self.crf <= MAX_CRF:
             raise PostprocessError(f"crf must be 0 to {MAX_CRF}, got {self.crf}")
@@ -123,6 +132,8 @@ class VideoInfo:
 
 def probe(source: Path) -> VideoInfo:
     """The input's size, frame rate and frame count; PostprocessError when it is not a video PyAV can read."""
+    if source.is_dir():
+        raise PostprocessError(f"{source} is a folder, not a video")
     if not source.is_file():
         raise PostprocessError(f"input not found: {source}")
     try:
@@ -158,7 +169,7 @@ def default_output(source: Path, options: PostprocessOptions) -> Path:
     """A name beside the input that says what was done, e.g. `clip.x4-60fps-colour.mp4` (a folder
     `clip.60fps-frames` for PNG frames)."""
     source = Path(source)
-    fmt = FORMATS[options.format.lower()]
+    fmt = FORMATS[options.format]
     parts = []
     if options.upscale:
         found = re.search(r"x(\d+)", Path(options.upscale).stem)
@@ -229,11 +240,9 @@ def _plan(source: Path, output: Path, options: PostprocessOptions, device: str |
     fps = info.fps * options.interpolate
     if fmt.max_fps and fps > fmt.max_fps:
         raise PostprocessError(f"{fmt.label} plays at most {fmt.max_fps:g} fps, not {float(fps):g}: "
-                               f"interpolate less or choose webp")  # fmt: skip
+                               f"interpolate less or choose a video format (mp4, webm)")  # fmt: skip
     plan = _Plan(info, fmt, _device(device), (info.width, info.height), fps)
     if options.upscale:
-        from .upscale import detect_upscaler
-
         path = resolve_model(options.upscale, "upscaler", cache_dir)
         spec = detect_upscaler(read_state_dict(path), path.name)
         scale = options.scale or spec.scale
@@ -261,24 +270,24 @@ def _uint8(frame: torch.Tensor) -> np.ndarray:
 class _Steps:
     """The per-frame steps before interpolation: colour match, then upscale (and resize to the asked scale)."""
 
-    def __init__(self, colour: ColourMatch | None, upscaler: Any, size: tuple[int, int], first_is_reference: bool):
+    def __init__(self, colour: ColourMatch | None, upscaler: Upscaler | None, size: tuple[int, int],
+                 first_is_reference: bool, device: torch.device):  # fmt: skip
         self.colour, self.upscaler, self.size = colour, upscaler, size
-        self.first_is_reference = first_is_reference
+        self.first_is_reference, self.device = first_is_reference, device
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         if self.first_is_reference:
-            self.colour, self.first_is_reference = ColourMatch(frame), False
+            self.colour, self.first_is_reference = ColourMatch(frame, self.device), False
         if self.colour is not None:
             frame = self.colour(frame)
         if self.upscaler is not None:
-            from .upscale import resize_to
-
             width, height = self.size
             frame = _uint8(resize_to(self.upscaler(_tensor(frame)), (height, width)))
         return frame
 
 
-def _describe(options: PostprocessOptions, plan: _Plan, upscaler: Any, interpolator: Interpolator | None) -> str:
+def _describe(options: PostprocessOptions, plan: _Plan, upscaler: Upscaler | None,
+              interpolator: Interpolator | None) -> str:  # fmt: skip
     """The steps in the user's words, e.g. "colour matching, upscaling x4 (RealESRGAN_x4plus), interpolating x2"."""
     steps = ["colour matching"] if options.color_match != "off" else []
     if upscaler is not None:
@@ -300,10 +309,9 @@ def postprocess(source: Path, output: Path, options: PostprocessOptions, *, refe
     if reference is not None and (reference.ndim != 3 or reference.shape[-1] != 3 or reference.dtype != np.uint8):
         raise PostprocessError(f"the colour reference must be a uint8 RGB image, got {reference.dtype} {reference.shape}")
     plan = _plan(source, output, options, device, Path(cache_dir))
-    upscaler = interpolator = None
+    upscaler: Upscaler | None = None
+    interpolator: Interpolator | None = None
     if plan.upscaler is not None:
-        from .upscale import load_upscaler
-
         yield Status(f"loading {plan.upscaler[0].name} on {plan.device}")
         upscaler = load_upscaler(plan.upscaler[0], plan.device)
     if plan.interpolator is not None:
@@ -312,8 +320,8 @@ def postprocess(source: Path, output: Path, options: PostprocessOptions, *, refe
         plan.interpolator = None  # the weights are on the device now; the CPU copy can go
     colour = None
     if options.color_match == "start" and reference is not None:
-        colour = ColourMatch(reference)
-    steps = _Steps(colour, upscaler, plan.size, options.color_match == "start" and reference is None)
+        colour = ColourMatch(reference, plan.device)
+    steps = _Steps(colour, upscaler, plan.size, options.color_match == "start" and reference is None, plan.device)
     stage = _describe(options, plan, upscaler, interpolator)
     yield Status(f"{source.name}: {plan.info.width}x{plan.info.height} at {float(plan.info.fps):g} fps -> "
                  f"{output.name}: {plan.size[0]}x{plan.size[1]} at {float(plan.fps):g} fps; {stage}")  # fmt: skip
@@ -326,18 +334,23 @@ def postprocess(source: Path, output: Path, options: PostprocessOptions, *, refe
         for note in writer.notes:
             yield Status(note)
         sequence = _Sequence(interpolator, options.interpolate)
-        reported, stopped = -PROGRESS_EVERY, False
-        for done, frame in enumerate(read_frames(source), 1):
+        reported, done, stopped = -PROGRESS_EVERY, 0, False
+        for frame in read_frames(source):
             if stop is not None and stop.is_set():
                 stopped = True
                 break
             for made in sequence.push(steps(frame)):
                 writer.add(made)
+            done += 1
             elapsed = time.monotonic() - started
             if done == plan.info.frames or elapsed - reported >= PROGRESS_EVERY:
                 reported = elapsed
-                yield FrameProgress(stage, done, plan.info.frames, done / max(elapsed, 1e-9))
+                yield FrameProgress(stage, done, max(plan.info.frames, done), done / max(elapsed, 1e-9))
         stopped = stopped or (stop is not None and stop.is_set())
+        if not stopped and done == 0:
+            raise PostprocessError(f"{source.name} has no picture PyAV can decode")
+        if not stopped and done != plan.info.frames:  # the container's count was an estimate: say the true one
+            yield FrameProgress(stage, done, done, done / max(time.monotonic() - started, 1e-9))
         if stopped:
             writer.abort()
             yield Done(None, None, writer.frames, float(writer.frames / plan.fps), 0, True, time.monotonic() - started)

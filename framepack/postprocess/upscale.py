@@ -41,9 +41,10 @@ RESIDUAL_SCALE = 0.2  # RRDBNet scales each dense block's and each RRDB's residu
 #   overlap 112: 1.4e-5-4.8e-5,   0.0046-0.0053 %, 1 level
 #   overlap 128: 5e-6-1.1e-5,     0.0006-0.0046 %, 1 level
 #   overlap 192: 3.6e-6-7.2e-6,   0.0028-0.0031 %, 1 level
-# From about 112 on the difference is float32's own rounding (the convolution algorithms differ with the input's
-# size), which flips the few values that sit on a rounding boundary; no overlap makes those identical. 112 is
-# there; smaller networks (anime_6B: radius 94) get their full radius, which makes their tiles exact.
+# By 128 the difference is float32's own rounding (the convolution algorithms differ with the input's size), which
+# flips the few values that sit on a rounding boundary: no overlap makes those identical. 112 is within a few times
+# of that floor, its 1-level flips barely more than at 192. Networks whose whole radius is shorter get all of it,
+# which makes their tiles exact: anime_6B (radius 94) tiled with 94 gave the untiled frame bit for bit.
 RRDB_OVERLAP = 112
 
 # Memory the tile choice leaves for others: the fraction of free device memory (or available RAM) one tile's
@@ -95,10 +96,15 @@ class UpscalerSpec:
         feat, grow = self.num_feat, self.num_grow
         # body: the long skip, the RRDB's input, a dense block's buffer, its input and a conv's output
         body = feat * 3 + (feat + 4 * grow) + feat
-        # upsampling to area a: the nearest-upsampled input and the conv output, then the conv_hr output beside it
+        # each upsampling: the map before and after the nearest x2, and the conv's output; at the end the last
+        # upsampling conv's output, conv_hr's and conv_last's
         ups = [2 * feat * 4**k + feat * 4 ** (k - 1) for k in range(1, self.num_up + 1)]
         final = 2 * feat * 4**self.num_up + 3 * 4**self.num_up
         return pixels * max(body, *ups, final)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class ResidualDenseBlock(nn.Module):
@@ -114,7 +120,7 @@ class ResidualDenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The dense connections write into one buffer instead of concatenating before every conv (a copy of
-        # everything so far each time); for a batch of one the channel prefix a conv reads is contiguous.
+        # everything so far each time). In NCHW the channel prefix a conv reads is contiguous for a batch of one.
         channels, grow = x.shape[1], self.num_grow
         layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
         buffer = torch.empty((x.shape[0], channels + 4 * grow, *x.shape[2:]), dtype=x.dtype, device=x.device,
@@ -125,10 +131,6 @@ class ResidualDenseBlock(nn.Module):
             out = getattr(self, f"conv{k + 1}")(buffer[:, :end])
             buffer[:, end : end + grow] = F.leaky_relu_(out, LEAKY_SLOPE)
         return self.conv5(buffer).mul_(RESIDUAL_SCALE).add_(x)
-
-
-def _channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class RRDB(nn.Module):
@@ -374,7 +376,7 @@ class Upscaler:
                 break
             except torch.OutOfMemoryError:
                 # the memory free when the tile was chosen went to someone else: halve it and run the frame again
-                if self.tile == MIN_TILE or self.device.type == "cpu":
+                if self.tile == MIN_TILE or self.device.type != "cuda":
                     raise
                 largest = max(frame.shape[-2:])
                 self.tile = max(MIN_TILE, (self.tile if self.tile > 0 else largest) // 2)
@@ -406,7 +408,7 @@ class Upscaler:
             except RuntimeError:  # pinned memory refused (a small limit on some systems): the plain way
                 return result.cpu()
         view = self._staging[: result.numel()].view(result.shape)
-        view.copy_(result, non_blocking=True)
+        view.copy_(result.contiguous(), non_blocking=True)  # NCHW on the GPU, then one plain transfer
         torch.cuda.current_stream(self.device).synchronize()  # before the view is read, or reused by the next tile
         return view
 
@@ -435,7 +437,7 @@ def memory_budget(device: torch.device) -> int:
     elif device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
         free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
     else:
-        from ..memory.sensing import system_ram  # the app's reading of available RAM (the plan module is loaded anyway)
+        from ..memory.sensing import system_ram
 
         free = system_ram()[0] or 4 << 30  # unknown: assume a small machine
     return int(free * MEMORY_SHARE)
