@@ -157,15 +157,19 @@ def test_out_of_memory_while_decoding_an_extension(workers, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(engine, "decode_latents", out_of_memory)
+    from framepack.engine import starts
+
+    monkeypatch.setattr(starts, "decode_latents", out_of_memory)  # while the longer video's start re-decodes its end
     last = events_of(worker.submit_resume(video.stem, add_seconds=1.2))[-1]
     assert_failed_clearly(last, worker, "Out of GPU memory")
-    # The finished video is as it was, and still extends once memory allows.
+    # The finished video is as it was, and a longer one is still made once memory allows; the shorter one stays.
     assert probe(video).frames == frames and not (video.parent / f".{video.stem}.parts").exists()
     assert json.loads(video.with_suffix(".json").read_text())["state"] == "done"
     monkeypatch.undo()
     last = events_of(worker.submit_resume(video.stem, add_seconds=1.2))[-1]
-    assert isinstance(last, Done) and not last.stopped and probe(video).frames == Settings(**{**FAST, "total_second_length": 2.4}).num_frames
+    longer = Settings(**{**FAST, "total_second_length": 2.4}).num_frames
+    assert isinstance(last, Done) and not last.stopped and probe(last.video_path).frames == longer
+    assert probe(video).frames == frames
     assert_serves_a_normal_job(worker)
 
 
