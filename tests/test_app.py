@@ -178,7 +178,7 @@ def test_a_stopped_job_resumes_from_the_page(client: Client, app_server):  # noq
     # This app runs the original variant, whose length is fixed; the reason is shown.
     refused = client.submit(handle_file(str(stopped)), add_seconds=2, api_name="/resume")
     refused.result()
-    assert "only F1 videos can be extended" in refused.outputs()[-1][MESSAGE]
+    assert "only F1 videos can be made longer" in refused.outputs()[-1][MESSAGE]
 
 
 def test_stop_from_another_session_does_not_touch_this_job(app_server):  # noqa: F811
@@ -290,12 +290,13 @@ def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
         final = run(client, prompt="a robot waves", total_second_length=0.4, **FAST)[-1]
         assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == 13
         video = saved_video(final[MESSAGE], tmp_path / "out")
-        # A finished F1 video grows by the seconds asked for, in place.
+        # Seconds added to a finished F1 video make a new, longer video; the shorter one stays.
         extended = client.submit(handle_file(str(video)), add_seconds=0.4, api_name="/resume")
         extended.result()
         last = extended.outputs()[-1]
         assert last[MESSAGE].startswith("Finished"), last[MESSAGE]
-        assert saved_video(last[MESSAGE], tmp_path / "out") == video and probe(video).frames == 25
+        longer = saved_video(last[MESSAGE], tmp_path / "out")
+        assert longer != video and probe(longer).frames == 25 and probe(video).frames == 13
         # F1 generates forwards: an end frame is refused, not ignored.
         end = handle_file(str(CONTROLS / "c1_original_end" / "end.png"))
         refused = run(client, prompt="a robot waves", total_second_length=0.4, end_image=end, **FAST)[-1]

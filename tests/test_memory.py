@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from conftest import MODEL_CONFIGS, TINY_MODELS, needs_shared
-from framepack.cli import add_check_memory_parser
+from framepack.cli.memory import add_parsers as add_check_memory_parser
 from framepack.loading import replan
 from framepack.memory.planning import GPU_OVERHEAD, RAM_OVERHEAD, MemoryPlan
 from framepack.memory.sensing import detect_device

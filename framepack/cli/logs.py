@@ -1,12 +1,14 @@
-"""The command line's log: warnings to the terminal as one line each (everything, tracebacks included, with
-`--verbose`), and the full log kept in memory and written to `.logs/framepack.log` in the outputs folder only when
+"""The command line's log: the app's warnings to the terminal as one line each (everything, tracebacks included,
+with `--verbose`), and the full log kept in memory and written to `.logs/framepack.log` in the outputs folder only when
 something fails, so a run that goes well leaves no file behind."""
 
 from __future__ import annotations
 
-import logging
 import collections
+import logging
+import sys
 from pathlib import Path
+from typing import Any
 
 LOG_NAME = Path(".logs") / "framepack.log"
 KEPT_RECORDS = 2000  # what a failure's log shows of the run before it (more is written out as it comes)
@@ -14,9 +16,11 @@ KEPT_RECORDS = 2000  # what a failure's log shows of the run before it (more is 
 
 def configure(folder: Path | None, verbose: bool) -> None:
     """Log to the terminal and, where there is an outputs `folder`, to its log file on failure."""
-    console = logging.StreamHandler()
+    console = _Terminal()
     console.setLevel(logging.DEBUG if verbose else logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if verbose else _OneLine())
+    if not verbose:  # the libraries' own warnings (retries, deprecations) are for the log file
+        console.addFilter(lambda record: record.name.startswith("framepack") or record.levelno >= logging.ERROR)
     handlers: list[logging.Handler] = [console]
     if folder is not None:
         target = _LazyFile(Path(folder) / LOG_NAME)
@@ -32,6 +36,21 @@ def log_file() -> Path | None:
         if isinstance(target, _LazyFile) and Path(target.baseFilename).is_file():
             return Path(target.baseFilename)
     return None
+
+
+class _Terminal(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (a caller may replace it after logging is set up)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
 
 
 class _OnFailure(logging.Handler):
