@@ -22,7 +22,7 @@ from test_rife import save_pkl, srvgg_state_dict, v4_state_dict
 
 from framepack.events import Done, FrameProgress, Status
 from framepack.postprocess import PostprocessError
-from framepack.postprocess import command as command_module
+from framepack.cli import postprocess as command_module
 from framepack.postprocess import pipeline as pipeline_module
 from framepack.postprocess.colour import ColourMatch, drift
 from framepack.postprocess.pipeline import (
@@ -251,7 +251,7 @@ def test_a_stop_leaves_nothing_under_the_output_name(tmp_path, tiny_rife):
 
 def command(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="framepack")
-    command_module.add_parser(parser.add_subparsers(dest="command", required=True))
+    command_module.add_parsers(parser.add_subparsers(dest="command", required=True))
     return command_module.run(parser.parse_args(["postprocess", *argv]))
 
 
@@ -308,7 +308,7 @@ def test_every_bad_input_is_one_line_and_writes_nothing(tmp_path, hdv3, capsys):
 def test_command_as_a_program_has_no_traceback(tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video")
     result = subprocess.run(
-        [sys.executable, "-m", "framepack.postprocess.command", str(tmp_path / "notes.mp4")],
+        [sys.executable, "-m", "framepack", "postprocess", str(tmp_path / "notes.mp4")],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr == "error: notes.mp4 is not a video this app can read (InvalidDataError)\n"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..engine.errors import USER_ERRORS
 from ..models import ModelsMissingError
-from . import app, logs, loras, memory, queue, running
+from . import app, logs, loras, memory, postprocess, queue, running
 
-COMMANDS = (running, queue, memory, loras, app)
+COMMANDS = (running, queue, postprocess, memory, loras, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""`python -m framepack postprocess INPUT ...`: upscale, interpolate, colour-match and convert a finished video from
+"""`framepack postprocess INPUT ...`: upscale, interpolate, colour-match and convert a finished video from
 the command line, with a progress bar on stderr. Bad input ends with one `error: ...` line and exit status 2;
 nothing is left half-written and the input is never overwritten."""
 
@@ -11,15 +11,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..events import Done, FrameProgress, Status
-from . import PostprocessError
-from .formats import FORMATS
-from .pipeline import (
-    DEFAULT_INTERPOLATION_MODEL,
-    PostprocessOptions,
-    default_output,
-    postprocess,
-)
-from .weights import KNOWN_MODELS
+from ..postprocess import PostprocessError
+from ..postprocess.formats import FORMATS
+from ..postprocess.pipeline import DEFAULT_INTERPOLATION_MODEL, PostprocessOptions, default_output, postprocess
+from ..postprocess.weights import KNOWN_MODELS
 
 # Frames done of all, time, and the pipeline's own frames per second (input frames), not tqdm's rate between two
 # (throttled) updates.
@@ -28,8 +23,8 @@ _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} frames [{elapsed}<
 _FORMAT_OF_SUFFIX = {".mp4": "mp4", ".webm": "webm", ".mov": "prores", ".gif": "gif", ".webp": "webp", ".mkv": "ffv1"}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `postprocess` command to a CLI's subparsers."""
+def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The `postprocess` command."""
     upscalers = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "upscaler")
     interpolators = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "interpolator")
     parser = subparsers.add_parser(
@@ -53,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
     parser.add_argument("--hf-cache", type=Path, default=Path("hf_download"), help="where known models are kept")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
+    parser.set_defaults(handler=run)
     return parser
 
 
@@ -111,13 +107,3 @@ def _close(bar: tqdm | None) -> None:
     if bar is not None:
         bar.close()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """The command on its own (`python -m framepack.postprocess.command INPUT ...`)."""
-    parser = argparse.ArgumentParser(prog="python -m framepack")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    return run(parser.parse_args(["postprocess", *(sys.argv[1:] if argv is None else argv)]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
