@@ -183,15 +183,17 @@ def phase(models: ModelSet, *modules: torch.nn.Module) -> contextlib.AbstractCon
 @contextlib.contextmanager
 def components(models: ModelSet, *names: str) -> Iterator[None]:
     """The named components in memory (and on the GPU, in low mode) for the block; with a per-phase lifetime
-    the encoders leave memory after it."""
-    ensure_loaded(models, *names)
-    modules = [getattr(models, name) for name in names]
-    with models.placement.phase(*modules) if models.placement is not None else contextlib.nullcontext():
-        yield
-    if lifetime(models) == "phase":
-        for name in names:
-            if name in TRANSIENT:
-                release(models, name)
+    the encoders leave memory after it, however the block ends (a failure must not leave a 15 GB Llama in RAM)."""
+    try:
+        ensure_loaded(models, *names)
+        modules = [getattr(models, name) for name in names]
+        with models.placement.phase(*modules) if models.placement is not None else contextlib.nullcontext():
+            yield
+    finally:
+        if lifetime(models) == "phase":
+            for name in names:
+                if name in TRANSIENT:
+                    release(models, name)
 
 
 def lifetime(models: ModelSet) -> str:

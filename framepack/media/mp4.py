@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import queue
 import shutil
 import threading
@@ -20,6 +21,11 @@ import numpy as np
 
 from ..files import atomic_path, publish, temporary_path
 from ..settings import FPS
+
+logger = logging.getLogger(__name__)
+# The longest one video update may take (encoding a section's frames and joining the segments) before the job gives
+# up on its writer.
+WRITE_TIMEOUT_SECONDS = 600.0
 
 class Mp4Encoder:
     """H.264 yuv420p at `fps`, index first, written atomically: `add` frames one at a time, then `close`.
@@ -70,8 +76,12 @@ def encode_mp4(frames: np.ndarray, path: str | Path, fps: int = FPS, crf: int = 
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
     encoder = Mp4Encoder(path, frames.shape[2], frames.shape[1], fps, crf, metadata)
-    for frame in frames:
-        encoder.add(frame)
+    try:
+        for frame in frames:
+            encoder.add(frame)
+    except BaseException:
+        encoder.abort()  # nothing half-written stays, under its name or a temporary one
+        raise
     return encoder.close()
 
 
@@ -237,8 +247,10 @@ class BackgroundVideoWriter:
         results = []
         while self._pending and self.error is None:
             try:
-                tag, error = self._done.get(block=wait)
+                tag, error = self._done.get(block=wait, timeout=WRITE_TIMEOUT_SECONDS if wait else None)
             except queue.Empty:
+                if wait:  # a writer stuck on a hung disk must not hang the job with it
+                    self.error = VideoWriterError(f"writing the video failed: no update finished in {WRITE_TIMEOUT_SECONDS:g} s")
                 break
             self._pending -= 1
             if error is None:
@@ -249,9 +261,12 @@ class BackgroundVideoWriter:
         return results
 
     def close(self) -> None:
-        """End the thread after the queued updates."""
+        """End the thread after the queued updates (a thread that does not end in time is left behind: it is a daemon
+        and touches only the job's parts folder)."""
         self._tasks.put(None)
-        self._thread.join()
+        self._thread.join(WRITE_TIMEOUT_SECONDS)
+        if self._thread.is_alive():
+            logger.warning("The video writer did not stop within %g s; it is left behind", WRITE_TIMEOUT_SECONDS)
 
     def _work(self) -> None:
         error: BaseException | None = None

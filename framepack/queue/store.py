@@ -89,8 +89,10 @@ class SqliteJobStore:
     """Jobs in one SQLite file (write-ahead log, one connection per thread). Safe for the app's threads and for
     several processes on one machine sharing the outputs folder; claiming a job is one transaction."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, busy_timeout: float = 30.0):
+        """`busy_timeout`: how long a write waits for another process's before it fails with "database is locked"."""
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []  # every thread's connection, to close them all
@@ -113,7 +115,7 @@ class SqliteJobStore:
         if connection is None:
             # check_same_thread off only so that `close` can close every thread's connection; each is used by
             # the thread that opened it.
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
