@@ -11,17 +11,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app_harness import IMAGE, MODELS, REPO, app_server, free_port, requires_tiny_models  # noqa: F401  (fixture)
 from gradio_client import Client, handle_file
+from helpers import IMAGE, REPO, TINY_MODELS, free_port, needs_shared
 from PIL import Image
 
 from framepack.app import start as ui
 from framepack.app.views import event_updates
 from framepack.media.images import nearest_bucket
-from framepack.settings import Settings
 from framepack.media.reading import probe
+from framepack.settings import Settings
 
-pytestmark = requires_tiny_models
+pytestmark = needs_shared
 
 # Small, fast jobs: a 3-latent window makes 12 frames a section (13, 25, 37, ... frames in all).
 FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3}
@@ -244,7 +244,7 @@ def test_cancelling_an_api_call_stops_its_job(app_server):  # noqa: F811
 def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, capsys: pytest.CaptureFixture):
     auth_file = tmp_path / "logins.txt"
     auth_file.write_text("# team\nana:secret1\n\nbo:pa:ss\n")
-    out = ["--outputs", str(tmp_path / "out"), "--models", str(MODELS)]
+    out = ["--outputs", str(tmp_path / "out"), "--models", str(TINY_MODELS)]
     args = ui.parse_args(["--share", *out, "--auth", "me:pw", "--auth-file", str(auth_file)])
     assert args.credentials == [("me", "pw"), ("ana", "secret1"), ("bo", "pa:ss")]
     protected = ui.create_app("original", args)
@@ -272,7 +272,7 @@ def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, caps
 
 def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
     port = free_port()
-    command = [sys.executable, "demo_gradio_f1.py", "--models", str(MODELS), "--outputs", str(tmp_path / "out"),
+    command = [sys.executable, "demo_gradio_f1.py", "--models", str(TINY_MODELS), "--outputs", str(tmp_path / "out"),
                "--port", str(port), "--auth", "tester:secret"]  # fmt: skip
     log = (tmp_path / "app.log").open("w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -308,12 +308,12 @@ def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
 
 
 def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path: Path):
-    from framepack.media.images import load_image
     from framepack.events import Done, Error, Status
+    from framepack.media.images import load_image
     from framepack.models import ModelSource
-    from framepack.queue.front import Waiting, QueueFront
+    from framepack.queue.front import QueueFront, Waiting
 
-    worker = QueueFront("original", ModelSource(models_dir=MODELS), tmp_path)
+    worker = QueueFront("original", ModelSource(models_dir=TINY_MODELS), tmp_path)
     try:
         image = load_image(IMAGE)
         running = worker.submit(Settings(**FAST, total_second_length=0.4), image, session="tab-1")
@@ -333,8 +333,8 @@ def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path
 
 
 def test_missing_models_give_a_clear_message(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from framepack.media.images import load_image
     from framepack.events import Error
+    from framepack.media.images import load_image
     from framepack.models import ModelSource
     from framepack.queue.front import QueueFront
 
@@ -410,9 +410,9 @@ def test_bad_section_controls_get_a_clear_message(client: Client, tmp_path: Path
 
 
 def test_extend_a_video_through_the_api(client: Client, app_server, tmp_path: Path):  # noqa: F811
-    from test_extend_video import make_video
+    from helpers import make_clip
 
-    clip = make_video(tmp_path / "clip.webm", 30, 30, (64, 48), codec="libvpx-vp9", fmt="webm")
+    clip = make_clip(tmp_path / "clip.webm", 30, 30, (64, 48), codec="libvpx-vp9", fmt="webm")
     job = client.submit(handle_file(str(clip)), prompt="more", total_second_length=0.4, api_name="/extend", **FAST)
     job.result()
     final = job.outputs()[-1]

@@ -6,12 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import needs_shared
+from helpers import REPO, needs_shared
 
 pytestmark = needs_shared
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_runs_on_the_tiny_configs_without_cuda(tmp_path):

@@ -7,23 +7,20 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import IMAGE, REPO, TINY_MODELS, needs_shared
 from safetensors.torch import load_file
 
-from conftest import CASES, TINY_MODELS, needs_shared
-from framepack.events import Done, Error, SectionDone
 from framepack.engine import branch_job, generate
+from framepack.events import Done, Error, SectionDone
 from framepack.jobs.paths import JobLock, JobPaths
-from framepack.settings import Settings
 from framepack.media.reading import read_frames
+from framepack.settings import Settings
 
 pytestmark = needs_shared
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = CASES / "v1_original" / "input.png"
 # Five sections of three latent frames (0.4 s each).
 JOB = dict(total_second_length=2.0, latent_window_size=3, steps=2, height=48, width=80, prompt="a girl dances", seed=4)
 

@@ -1,17 +1,20 @@
 """A real browser on the page: upload an image, press Start, watch the video play; closing the tab stops the job."""
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_harness import IMAGE, REPO, app_server, requires_tiny_models  # noqa: F401  (fixture)
+from helpers import IMAGE, needs_shared
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-ARTIFACTS = REPO / "test-artifacts"
+# Screenshots of each page test, to look at after a run; outside the checkout.
+ARTIFACTS = Path(os.environ.get("FRAMEPACK_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "framepack-test-artifacts"))
 VIDEO_PLAYING = """() => {
     const video = document.querySelector('#fp-video video');
     return video !== null && !video.paused && video.readyState >= 2 && video.currentTime > 0;
@@ -19,7 +22,9 @@ VIDEO_PLAYING = """() => {
 VIDEO_SHOWN = "() => document.querySelector('#fp-video video') !== null"
 
 pytestmark = [
-    requires_tiny_models,
+    needs_shared,
+    pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
 ]
 
@@ -79,7 +84,7 @@ def test_page_generates_and_plays_the_video(browser, app_server):  # noqa: F811
     page.wait_for_function(VIDEO_PLAYING, timeout=90_000)
     expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=60_000)
     expect(page.locator("#fp-start")).to_be_enabled()
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_app.png"), full_page=True)
 
     message = page.locator("#fp-message").inner_text()
@@ -128,7 +133,7 @@ def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(b
     page.locator("#fp-start").click()
     page.wait_for_function(VIDEO_PLAYING, timeout=90_000)
     expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=60_000)
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_controls.png"), full_page=True)
     name = page.locator("#fp-message").inner_text().split("saved as ")[1].split(".mp4")[0].strip("` ")
     manifest = json.loads((app_server.outputs / f"{name}.json").read_text())
@@ -164,10 +169,9 @@ def test_closing_the_tab_stops_its_job(browser, app_server):  # noqa: F811
 def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
     import json
 
-    from app_harness import running_app
+    from helpers import random_lora, running_app
     from playwright.sync_api import expect
     from safetensors.torch import save_file
-    from test_lora import random_lora
 
     from framepack.memory.sizes import ModelConfigs
     from framepack.models.components import meta_transformer
@@ -196,12 +200,12 @@ def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
 
 
 def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server, tmp_path):  # noqa: F811
+    from helpers import make_clip
     from playwright.sync_api import expect
-    from test_extend_video import make_video
 
     from framepack.media.reading import probe
 
-    clip = make_video(tmp_path / "holiday.mp4", 45, 24, (90, 70))
+    clip = make_clip(tmp_path / "holiday.mp4", 45, 24, (90, 70))
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(app_server.url)
     page.get_by_role("tab", name="Extend a video").click()
@@ -216,7 +220,7 @@ def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server
     expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=60_000)
     name = page.locator("#fp-message").inner_text().split("saved as ")[1].split(".mp4")[0].strip("` ")
     assert probe(app_server.outputs / f"{name}.mp4").frames == 56 + 36  # 1.875 s at 30 fps, then one section
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_extend.png"), full_page=True)
     page.close()
 
@@ -287,7 +291,7 @@ def test_the_queue_tab_moves_cancels_and_shows_jobs_changing_state(browser, app_
     expect(page.locator("#fp-queue-message")).to_contain_text(f"Deleted, with its files. ({second})")
     expect(row(second)).to_have_count(0, timeout=10_000)
     assert not (app_server.outputs / f"{second}.mp4").exists() and not (app_server.outputs / f"{second}.json").exists()
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_queue.png"), full_page=True)
     page.close()
 

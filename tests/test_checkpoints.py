@@ -14,27 +14,35 @@ import numpy as np
 import pytest
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
+from helpers import (
+    IMAGE,
+    REPO,
+    TINY_MODELS,
+    check_memory,
+    needs_shared,
+    section_latents,
+    transformer_inputs,
+)
 from safetensors.torch import load_file, save_file
 
-from conftest import CASES, TINY_MODELS, needs_shared
-from test_memory import check_memory, transformer_inputs
-from framepack.models.checkpoints import CheckpointError, format_sizes, inspect_transformer_file, is_quantised, load_transformer_file
-from framepack.models.components import meta_transformer
-from framepack.media.images import load_image
-from framepack.controls import JobInputs
-from framepack.events import Done, SectionDone
-from framepack.engine import generate
+from framepack.events import Done
 from framepack.loading import load_models, load_transformer_fp8
 from framepack.lora import LoraSpec, apply_loras
-from framepack.models.sources import TRANSFORMER_REPOS
-from framepack.models import ModelSource
-from framepack.models.components import load_transformer
+from framepack.media.images import load_image
 from framepack.memory.sizes import module_size
+from framepack.models import ModelSource
+from framepack.models.checkpoints import (
+    CheckpointError,
+    format_sizes,
+    inspect_transformer_file,
+    is_quantised,
+    load_transformer_file,
+)
+from framepack.models.components import load_transformer, meta_transformer
+from framepack.models.sources import TRANSFORMER_REPOS
 from framepack.settings import Settings
 
 pytestmark = needs_shared
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = CASES / "v1_original" / "input.png"
 FOLDER = TINY_MODELS / TRANSFORMER_REPOS["original"]
 CONFIG = json.loads((FOLDER / "config.json").read_text()) if FOLDER.is_dir() else {}
 JOB = Settings(total_second_length=0.8, latent_window_size=3, steps=3, height=48, width=80, use_teacache=False, seed=5)
@@ -90,12 +98,6 @@ def random_q4_k(rows: int, columns: int, rng: np.random.Generator) -> np.ndarray
 # A small transformer whose rows split into whole Q4_K blocks (the tiny model's 32-wide rows do not).
 Q4_CONFIG = {**CONFIG, "num_attention_heads": 2, "attention_head_dim": 128, "rope_axes_dim": [16, 56, 56],
              "num_layers": 1, "num_single_layers": 1, "num_refiner_layers": 1}  # fmt: skip
-
-
-def section_latents(models, out: Path, loras=()) -> torch.Tensor:
-    events = list(generate(models, JOB, JobInputs(IMAGE, loras=tuple(loras)), out, previews=False))
-    assert isinstance(events[-1], Done), events[-1]
-    return torch.cat([e.latents for e in events if isinstance(e, SectionDone)], dim=2)
 
 
 # ------------------------------------------------------------------------------------------ safetensors files
@@ -161,7 +163,7 @@ def test_a_q8_0_gguf_file_dequantises_exactly_as_gguf_does(reference, tmp_path):
 def test_a_q8_0_job_stays_close_to_the_float_job(tiny_models, reference, tmp_path):
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     quantised = load_models("original", ModelSource(models_dir=TINY_MODELS, transformer_file=path), device="cpu", dtype="float32")
-    latents = section_latents(quantised, tmp_path / "q8")
+    latents = section_latents(quantised, JOB, tmp_path / "q8")
     expected = section_latents(tiny_models("original"), tmp_path / "float")
     difference = (latents - expected).abs().max().item()
     assert 0 < difference < Q8_0_LATENT_ATOL, difference
@@ -217,18 +219,18 @@ def test_the_memory_plan_sizes_a_gguf_file_from_its_header(reference, tmp_path):
 def test_loras_run_beside_a_quantised_transformer(tiny_models, reference, tmp_path):
     """Fusing into quantised weights is impossible: a LoRA on a GGUF transformer runs beside it, and taking it off
     gives the plain quantised model's output back."""
-    from test_lora import random_lora, write
+    from helpers import random_lora, write_lora
 
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     quantised = load_models("original", ModelSource(models_dir=TINY_MODELS, transformer_file=path), device="cpu", dtype="float32")
-    plain = section_latents(quantised, tmp_path / "plain")
+    plain = section_latents(quantised, JOB, tmp_path / "plain")
     tensors, _ = random_lora("diffusers", reference, seed=3)
-    lora = write(tmp_path, "style.safetensors", tensors)
-    with_lora = section_latents(quantised, tmp_path / "lora", [LoraSpec(lora, 1.0)])
+    lora = write_lora(tmp_path, "style.safetensors", tensors)
+    with_lora = section_latents(quantised, JOB, tmp_path / "lora", [LoraSpec(lora, 1.0)])
     assert not quantised.loras.fused
     assert (with_lora - plain).abs().max() > 1e-3
     apply_loras(quantised, [])
-    assert torch.equal(section_latents(quantised, tmp_path / "again"), plain)
+    assert torch.equal(section_latents(quantised, JOB, tmp_path / "again"), plain)
 
 
 def test_a_gguf_transformer_streams_block_by_block_and_is_planned_from_its_header(reference, tmp_path, capsys):
@@ -236,9 +238,9 @@ def test_a_gguf_transformer_streams_block_by_block_and_is_planned_from_its_heade
     counts the file's bytes, which `check-memory --transformer-file` reads from the header alone."""
     from diffusers.hooks import HookRegistry
 
-    from framepack.memory.sizes import ModelConfigs, ModelSizes
-    from framepack.memory.planning import plan_memory
     from framepack.memory.placement import place_component
+    from framepack.memory.planning import plan_memory
+    from framepack.memory.sizes import ModelConfigs, ModelSizes
 
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     file = inspect_transformer_file(path, CONFIG, "original")

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
-
 import json
 
-from conftest import CASES, CONTROL_CASES, TINY_MODELS, needs_shared
+import torch
+from helpers import CASES, CONTROL_CASES, TINY_MODELS, needs_shared, run_cli
+from safetensors.torch import load_file
+
 from framepack.media.reading import probe
 
 pytestmark = needs_shared
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "framepack", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
 
 
 def test_generate_writes_video_and_latents(tmp_path):

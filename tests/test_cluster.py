@@ -7,18 +7,17 @@ import signal
 
 import pytest
 import torch
+from helpers import IMAGE, TINY_MODELS, needs_shared
 from safetensors.torch import load_file
 
-from conftest import CASES, TINY_MODELS, needs_shared
 from framepack.events import Done, SectionDone
 from framepack.models import ModelSource
-from framepack.settings import Settings
 from framepack.queue.front import QueueFront
+from framepack.settings import Settings
 
 # In CI Ray is installed (requirements-test.txt) and this must run; elsewhere it is optional.
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
-pytestmark = needs_shared
-IMAGE = CASES / "v1_original" / "input.png"
+pytestmark = [needs_shared, pytest.mark.ray, pytest.mark.slow]
 FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3, "prompt": "a girl dances"}
 
 

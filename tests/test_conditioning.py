@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framepack.media.images import BUCKETS_640, ImageError, buckets, load_image, nearest_bucket, resize_and_center_crop, target_size
+from framepack.media.images import (
+    BUCKETS_640,
+    ImageError,
+    buckets,
+    load_image,
+    nearest_bucket,
+    resize_and_center_crop,
+    target_size,
+)
 
 
 def test_640_buckets_are_framepacks():

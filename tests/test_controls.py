@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from framepack.engine.conditioning import Conditioning, PromptEmbeds
 from framepack.controls import (
     JobInputs,
     Keyframe,
@@ -20,7 +19,13 @@ from framepack.controls import (
     section_starts,
     timeline,
 )
-from framepack.settings import Settings, SettingsError, format_timed_prompt, parse_timed_prompt
+from framepack.engine.conditioning import Conditioning, PromptEmbeds
+from framepack.settings import (
+    Settings,
+    SettingsError,
+    format_timed_prompt,
+    parse_timed_prompt,
+)
 
 
 def expected_index(times: list[float], window: int, t: int) -> int:

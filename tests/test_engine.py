@@ -7,21 +7,20 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import CASES, IMAGE, needs_shared
+from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import CASES, needs_shared
-from framepack.engine.conditioning import encode_conditioning
 from framepack.controls import JobInputs, plan_schedule, prepare_images
-from framepack.events import Done, Error, Progress, SectionDone
 from framepack.engine import generate
+from framepack.engine.conditioning import encode_conditioning
+from framepack.events import Done, Error, Progress, SectionDone
+from framepack.media.reading import probe
 from framepack.packing import original_paddings
 from framepack.sampling import make_denoiser, sample_unipc, section_sigmas
 from framepack.settings import Settings
-from framepack.media.reading import probe
-from PIL import Image
 
 pytestmark = needs_shared
-IMAGE = CASES / "v1_original" / "input.png"
 
 
 def reference_latents(models, settings: Settings, inputs=None) -> torch.Tensor:
@@ -230,10 +229,11 @@ def test_low_memory_placement_reproduces_the_golden_video(tmp_path):
     where weights live, not what is computed: the golden case comes out the same."""
     import json
 
-    from conftest import TINY_MODELS
-    from framepack.memory.sizes import GB, ModelConfigs, ModelSizes
-    from framepack.memory.planning import plan_memory
+    from helpers import TINY_MODELS
+
     from framepack.loading import load_models
+    from framepack.memory.planning import plan_memory
+    from framepack.memory.sizes import GB, ModelConfigs, ModelSizes
     from framepack.models import ModelSource
 
     raw = json.loads((CASES / "v1_original" / "settings.json").read_text())

@@ -12,47 +12,17 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import IMAGE, make_clip, needs_shared
 from safetensors.torch import load_file
 
-from conftest import CASES, needs_shared
-from framepack.media.images import resize_and_center_crop, target_size
-from framepack.events import Done, Error, SectionDone
 from framepack.engine import add_seconds, extend_video, generate, resume_job
-from framepack.settings import Settings
+from framepack.events import Done, Error, SectionDone
+from framepack.media.images import resize_and_center_crop, target_size
 from framepack.media.reading import VideoInputError, probe, read_frames, read_video
+from framepack.settings import Settings
 
 pytestmark = needs_shared
-IMAGE = CASES / "v1_original" / "input.png"
 ADD = dict(total_second_length=0.8, latent_window_size=3, steps=2, resolution=128, prompt="it goes on")  # 2 sections
-
-
-def make_video(path: Path, frames: int, fps: int, size: tuple[int, int], codec: str = "libx264", fmt: str | None = None,
-               audio: bool = False) -> Path:  # fmt: skip
-    """A clip whose frames are told apart by their brightness and a moving bar, optionally with a tone."""
-    width, height = size
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        sound = container.add_stream("aac", rate=44100, layout="mono") if audio else None
-        for index in range(frames):
-            image = np.full((height, width, 3), 40 + (index * 7) % 180, np.uint8)
-            image[:, (index * 3) % width] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-        if sound is not None:
-            samples = round(44100 * frames / fps)
-            for start in range(0, samples, 1024):
-                count = min(1024, samples - start)
-                tone = np.sin(np.arange(start, start + count, dtype=np.float32)[None] * 0.05)
-                frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = 44100, start
-                for packet in sound.encode(frame):
-                    container.mux(packet)
-            for packet in sound.encode():
-                container.mux(packet)
-    return path
 
 
 def at_30_fps(path: Path, resolution: int = 128) -> np.ndarray:
@@ -80,7 +50,7 @@ def at_30_fps(path: Path, resolution: int = 128) -> np.ndarray:
     ],
 )
 def test_the_output_is_the_input_then_new_frames(tiny_models, tmp_path, variant, name, frames, fps, codec, fmt, audio):
-    source = make_video(tmp_path / name, frames, fps, (90, 70), codec, fmt, audio)
+    source = make_clip(tmp_path / name, frames, fps, (90, 70), codec, fmt, audio)
     expected = at_30_fps(source)
     settings = Settings(variant=variant, **ADD)
     events = list(extend_video(tiny_models(variant), settings, source, tmp_path / "out", job_id="ext", previews=False))
@@ -112,7 +82,7 @@ def test_the_output_is_the_input_then_new_frames(tiny_models, tmp_path, variant,
 
 def test_memory_does_not_grow_with_the_inputs_length(tmp_path):
     """The reader keeps only the frames the context needs; the rest pass through one at a time."""
-    short, long = make_video(tmp_path / "short.mp4", 300, 30, (64, 48)), make_video(tmp_path / "long.mp4", 3000, 30, (64, 48))
+    short, long = make_clip(tmp_path / "short.mp4", 300, 30, (64, 48)), make_clip(tmp_path / "long.mp4", 3000, 30, (64, 48))
     peaks = []
     for path in (short, long):
         passed = []
@@ -125,7 +95,7 @@ def test_memory_does_not_grow_with_the_inputs_length(tmp_path):
 
 
 def test_a_long_input_extends(tiny_models, tmp_path):
-    source = make_video(tmp_path / "long.mp4", 2000, 30, (48, 32))
+    source = make_clip(tmp_path / "long.mp4", 2000, 30, (48, 32))
     done = list(extend_video(tiny_models("f1"), Settings(variant="f1", **ADD), source, tmp_path, job_id="long", previews=False))[-1]
     assert isinstance(done, Done) and done.frames == 2000 + 24
     assert probe(tmp_path / "long.mp4").frames == 2024
@@ -141,11 +111,11 @@ def test_bad_inputs_get_one_clear_line(tiny_models, tmp_path):
         frame.sample_rate, frame.pts = 44100, 0
         for packet in [*stream.encode(frame), *stream.encode()]:
             container.mux(packet)
-    tiny = make_video(tmp_path / "tiny.mp4", 3, 30, (64, 48))
-    short = make_video(tmp_path / "short.mp4", 20, 30, (64, 48))
+    tiny = make_clip(tmp_path / "tiny.mp4", 3, 30, (64, 48))
+    short = make_clip(tmp_path / "short.mp4", 20, 30, (64, 48))
     # Motion JPEG in AVI: frames stand alone and the bytes are the same every run, so noise in the middle of the
     # file breaks a frame there for sure (the decoder fails, rather than skipping what it cannot read).
-    broken = make_video(tmp_path / "broken.avi", 60, 30, (64, 48), codec="mjpeg", fmt="avi")
+    broken = make_clip(tmp_path / "broken.avi", 60, 30, (64, 48), codec="mjpeg", fmt="avi")
     data = bytearray(broken.read_bytes())
     data[len(data) // 2 : len(data) // 2 + len(data) // 4] = np.random.default_rng(0).bytes(len(data) // 4)
     broken.write_bytes(bytes(data))
@@ -186,7 +156,7 @@ def test_extending_this_apps_own_f1_video_from_its_mp4(tiny_models, tmp_path):
 
 
 def test_a_stopped_extension_resumes_to_the_whole_one(tiny_models, tmp_path):
-    source = make_video(tmp_path / "in.mp4", 40, 30, (64, 48), audio=True)
+    source = make_clip(tmp_path / "in.mp4", 40, 30, (64, 48), audio=True)
     models = tiny_models("original")
     settings = Settings(variant="original", **{**ADD, "total_second_length": 1.6})  # 4 sections
     stop = threading.Event()

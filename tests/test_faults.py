@@ -10,22 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import IMAGE, TINY_MODELS, needs_shared
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from conftest import CASES, TINY_MODELS, needs_shared
 from framepack.engine import loop as engine
 from framepack.engine.stepcache import has_teacache
-from framepack.media.images import load_image
 from framepack.events import Done, Error, SectionDone
-from framepack.models import ModelSource
 from framepack.jobs.checkpoint import Checkpoint
-from framepack.settings import Settings
+from framepack.media.images import load_image
 from framepack.media.reading import probe
+from framepack.models import ModelSource
 from framepack.queue.front import Job, QueueFront
+from framepack.settings import Settings
 
 pytestmark = needs_shared
-IMAGE = CASES / "v1_original" / "input.png"
 # Three sections of three latent frames (9, 21, 33 frames... of 37 in all), two steps each.
 FAST = {"total_second_length": 1.2, "steps": 2, "height": 64, "width": 96, "latent_window_size": 3, "prompt": "waves"}
 

@@ -10,74 +10,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from helpers import TONE, decoded, make_video, moving_frames, sound_of
 from PIL import Image
 
 from framepack.postprocess import PostprocessError
 from framepack.postprocess import formats as formats_module
 from framepack.postprocess.formats import FORMATS, open_writer, output_format
-
-TONE = 440.0  # Hz, the sine of the test videos' sound
-
-
-def make_video(path: Path, frames: list[np.ndarray], fps: Fraction | int = 30, *, sound: str | None = "aac",
-               codec: str = "libx264", container: str | None = None) -> Path:  # fmt: skip
-    """A test video of `frames` (uint8 RGB), with a TONE Hz sine as long as the picture (`sound`: its codec, AAC at
-    44.1 kHz or Opus at 48 kHz; None: silent). libx264 at CRF 0 unless `codec` says otherwise (ffv1: lossless)."""
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w", format=container) as out:
-        video = out.add_stream(codec, rate=fps)
-        video.width, video.height = w, h
-        video.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
-        if codec == "libx264":
-            video.options = {"crf": "0"}
-        audio = out.add_stream(sound, rate=48000 if sound == "libopus" else 44100, layout="stereo") if sound else None
-        for i, frame in enumerate(frames):
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            picture.pts = i
-            out.mux(video.encode(picture))
-        out.mux(video.encode())
-        if audio is not None:
-            rate = audio.rate
-            total = round(rate * len(frames) / Fraction(fps))
-            for start in range(0, total, 960):
-                t = np.arange(start, min(start + 960, total)) / rate
-                wave = (0.3 * np.sin(2 * np.pi * TONE * t)).astype(np.float32)
-                chunk = av.AudioFrame.from_ndarray(np.stack([wave, wave]), format="fltp", layout="stereo")
-                chunk.sample_rate, chunk.pts = rate, start
-                out.mux(audio.encode(chunk))
-            out.mux(audio.encode(None))
-    return path
-
-
-def moving_frames(count: int, h: int = 48, w: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """A random texture panning right by 1 px per frame: detail in brightness every 4 px, colour that changes
-    slowly across it (as 4:2:0 chroma can hold it)."""
-    rng = np.random.default_rng(seed)
-    width = w + count
-    grey = rng.integers(40, 216, (h // 4 + 2, width // 4 + 2), dtype=np.uint8)
-    detail = np.asarray(Image.fromarray(grey).resize((grey.shape[1] * 4, grey.shape[0] * 4), Image.Resampling.BICUBIC))
-    x = np.linspace(0, 1, width)[None, :, None]
-    tint = np.array([0.7, 0.85, 1.0]) + 0.3 * np.array([1.0, -0.5, -1.0]) * x  # a slow sweep of hue
-    big = np.clip(detail[:h, :width, None] * tint, 0, 255).astype(np.uint8)
-    return [np.ascontiguousarray(big[:, i : i + w]) for i in range(count)]
-
-
-def decoded(path: Path) -> tuple[list[np.ndarray], Fraction]:
-    """All frames of a video (uint8 RGB) and its average frame rate."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], Fraction(stream.average_rate)
-
-
-def sound_of(path: Path) -> tuple[str, float, float]:
-    """The first audio track's codec, length in seconds and strongest frequency."""
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        chunks = [f.to_ndarray()[0] for f in container.decode(stream)]
-        samples = np.concatenate(chunks).astype(np.float64)
-        spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-        peak = np.fft.rfftfreq(len(samples), 1 / stream.rate)[spectrum.argmax()]
-        return stream.codec_context.name, len(samples) / stream.rate, float(peak)
 
 
 def write(path: Path, name: str, frames: list[np.ndarray], fps: int = 30, sound: Path | None = None):

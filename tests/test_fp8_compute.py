@@ -7,17 +7,23 @@ refusal on other devices is checked through the command line."""
 from __future__ import annotations
 
 import torch
+from helpers import (
+    CASES,
+    FOLDER,
+    JOB,
+    TINY_MODELS,
+    needs_shared,
+    run_cli,
+    section_latents,
+)
 
 import framepack.memory.planning
-from conftest import CASES, TINY_MODELS, needs_shared
-from test_checkpoints import FOLDER, JOB, section_latents
-from test_cli import run_cli
-from framepack.models.components import meta_transformer
 from framepack.loading import load_models, load_transformer_fp8
-from framepack.models import ModelSource
-from framepack.models.fp8 import FP8, Fp8Linear, enable_fp8, fp8_matmul_problem, has_fp8
-from framepack.memory.sizes import ModelConfigs
 from framepack.memory.planning import check_before_loading
+from framepack.memory.sizes import ModelConfigs
+from framepack.models import ModelSource
+from framepack.models.components import meta_transformer
+from framepack.models.fp8 import FP8, Fp8Linear, enable_fp8, fp8_matmul_problem, has_fp8
 
 # On the tiny model, a job multiplying in fp8 stays this close to the same job with fp8 storage only (which
 # casts weights back to float32 and multiplies at full precision): the difference is the activations' rounding.
@@ -82,10 +88,10 @@ def test_a_job_multiplying_in_fp8_stays_close_to_the_fp8_storage_job(tmp_path, m
     assert plan.fp8 and plan.fp8_matmuls and "fp8 matrix products" in plan.summary() + plan.report()
     computed = load_models("original", ModelSource(models_dir=TINY_MODELS), dtype="float32", plan=plan)
     assert any(isinstance(m, Fp8Linear) for m in computed.transformer.modules())
-    latents = section_latents(computed, tmp_path / "computed")
+    latents = section_latents(computed, JOB, tmp_path / "computed")
     stored = load_models("original", ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
     stored.transformer = load_transformer_fp8(FOLDER, torch.float32)
-    expected = section_latents(stored, tmp_path / "stored")
+    expected = section_latents(stored, JOB, tmp_path / "stored")
     difference = (latents - expected).abs().max().item()
     assert 0 < difference < FP8_COMPUTE_LATENT_ATOL, difference
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import CASE_NAMES, case_inputs, load_case, needs_shared
 from safetensors.torch import load_file
 
-from conftest import CASE_NAMES, case_inputs, load_case, needs_shared
-from framepack.engine.conditioning import encode_conditioning, encode_prompt
 from framepack.controls import plan_schedule, prepare_images
-from framepack.events import Done, SectionDone
 from framepack.engine import generate
+from framepack.engine.conditioning import encode_conditioning, encode_prompt
+from framepack.engine.frames import FrameAssembler, decode_latents
+from framepack.events import Done, SectionDone
+from framepack.media.reading import probe, read_frames
 from framepack.packing import LatentHistory, join_sections, plan_sections
 from framepack.settings import Settings
-from framepack.engine.frames import FrameAssembler, decode_latents
-from framepack.media.reading import probe, read_frames
 
 pytestmark = needs_shared
 

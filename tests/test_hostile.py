@@ -6,13 +6,13 @@ import io
 
 import numpy as np
 import pytest
+from helpers import needs_shared
 from PIL import Image
 
-from conftest import needs_shared
-from framepack.events import Done, Error
 from framepack.engine import generate
-from framepack.settings import Settings
+from framepack.events import Done, Error
 from framepack.media.reading import probe
+from framepack.settings import Settings
 
 pytestmark = needs_shared
 
@@ -116,8 +116,10 @@ def test_stopping_at_any_point_leaves_usable_files(tiny_models, tmp_path, when):
         if triggers[when](event):
             stop.set()
     assert isinstance(event, Done)
-    if out.exists():
-        assert_every_file_usable(out)
+    # Stopped before a section was finished, nothing is written; after one, its video plays and its files load.
+    assert (event.video_path is None) == (when == "encoding")
+    assert out.is_dir()  # the job's lock was taken there
+    assert_every_file_usable(out)
     if event.video_path is not None:
         assert probe(event.video_path).frames == event.frames
 
@@ -125,8 +127,8 @@ def test_stopping_at_any_point_leaves_usable_files(tiny_models, tmp_path, when):
 def test_out_of_gpu_memory_keeps_the_finished_sections(tiny_models, tmp_path):
     import torch
 
-    from framepack.events import Progress
     from framepack.engine import resume_job
+    from framepack.events import Progress
 
     models = tiny_models("f1")
     settings = Settings(variant="f1", total_second_length=1.2, latent_window_size=3, steps=2, resolution=128)

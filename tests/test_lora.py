@@ -5,80 +5,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    IMAGE,
+    TINY_MODELS,
+    load_case,
+    needs_shared,
+    random_lora,
+    run_cli,
+    section_latents,
+    write_lora,
+)
 from safetensors.torch import load_file, save_file
 
-from conftest import CASES, TINY_MODELS, load_case, needs_shared
 from framepack.controls import JobInputs
-from framepack.events import Done, Error, SectionDone
 from framepack.engine import generate, resume_job
-from framepack.lora import FORMATS, LoraError, LoraSpec, linear_modules, read_lora
+from framepack.events import Done, Error, SectionDone
 from framepack.loading import load_models
+from framepack.lora import FORMATS, LoraError, LoraSpec, linear_modules, read_lora
 from framepack.models import ModelSource
 from framepack.settings import Settings
 
 pytestmark = needs_shared
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = CASES / "v1_original" / "input.png"
 JOB = Settings(total_second_length=0.8, latent_window_size=3, steps=2, height=48, width=80, use_teacache=False,
                prompt="a girl dances", seed=3)  # fmt: skip
-
-# The modules each test LoRA changes: fused rows where a format has them, split by hand here.
-DOUBLE_QKV = ("attn.to_q", "attn.to_k", "attn.to_v")
-SINGLE_LINEAR1 = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-
-
-def random_lora(fmt: str, transformer, seed: int, rank: int = 3, alpha: float | None = 2.0):
-    """A LoRA file's tensors in `fmt` for the tiny transformer, and the change it means for each diffusers module
-    (up @ down * alpha / rank, rows split by hand)."""
-    generator = torch.Generator().manual_seed(seed)
-    linears = linear_modules(transformer)
-    tensors, deltas = {}, {}
-
-    def pair(key: str, pieces: list[str], down_name: str, up_name: str, with_alpha: bool) -> None:
-        width = linears[pieces[0]][0]
-        rows = [linears[piece][1] for piece in pieces]
-        down = torch.randn(rank, width, generator=generator) * 0.3
-        up = torch.randn(sum(rows), rank, generator=generator) * 0.3
-        tensors[f"{key}.{down_name}"], tensors[f"{key}.{up_name}"] = down, up
-        scale = 1.0
-        if with_alpha:
-            tensors[f"{key}.alpha"] = torch.tensor(alpha)
-            scale = alpha / rank
-        start = 0
-        for piece, size in zip(pieces, rows):
-            deltas[piece] = up[start : start + size] @ down * scale
-            start += size
-
-    if fmt in ("kohya", "hunyuan"):
-        fused = {
-            "double_blocks.0.img_attn_qkv": [f"transformer_blocks.0.{p}" for p in DOUBLE_QKV],
-            "double_blocks.1.txt_mlp.fc1": ["transformer_blocks.1.ff_context.net.0.proj"],
-            "single_blocks.1.linear1": [f"single_transformer_blocks.1.{p}" for p in SINGLE_LINEAR1],
-            "single_blocks.0.linear2": ["single_transformer_blocks.0.proj_out"],
-        }
-        for original, pieces in fused.items():
-            if fmt == "kohya":
-                pair(f"lora_unet_{original.replace('.', '_')}", pieces, "lora_down.weight", "lora_up.weight", True)
-            else:
-                pair(f"diffusion_model.{original}", pieces, "lora_A.weight", "lora_B.weight", False)
-        return tensors, deltas
-    modules = ["transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.2", "single_transformer_blocks.1.proj_mlp",
-               "single_transformer_blocks.0.attn.to_v", "transformer_blocks.0.attn.add_k_proj"]  # fmt: skip
-    for module in modules:
-        if fmt == "diffusers":
-            pair(f"transformer.{module}", [module], "lora_A.weight", "lora_B.weight", False)
-        elif fmt == "comfyui":
-            pair(f"diffusion_model.{module}", [module], "lora_down.weight", "lora_up.weight", True)
-        else:  # musubi
-            pair(f"lora_unet_{module.replace('.', '_')}", [module], "lora_down.weight", "lora_up.weight", True)
-    return tensors, deltas
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +63,10 @@ def hand_merged():
     return run
 
 
-def section_latents(models, settings: Settings, out: Path, loras=()) -> torch.Tensor:
-    events = list(generate(models, settings, JobInputs(IMAGE, loras=tuple(loras)), out, previews=False))
-    assert isinstance(events[-1], Done), events[-1]
-    return torch.cat([e.latents for e in events if isinstance(e, SectionDone)], dim=2)
-
-
-def write(tmp_path: Path, name: str, tensors: dict, metadata: dict | None = None) -> Path:
-    path = tmp_path / name
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-    return path
-
-
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_every_format_equals_weights_merged_by_hand(models, hand_merged, tmp_path, fmt):
     tensors, deltas = random_lora(fmt, models.transformer, seed=len(fmt))
-    path = write(tmp_path, f"{fmt}.safetensors", tensors)
+    path = write_lora(tmp_path, f"{fmt}.safetensors", tensors)
     file = read_lora(path, models.transformer)
     assert file.format == fmt  # detected from the keys, not skipped as something else
     assert sorted(file.target_names) == sorted(deltas)
@@ -142,7 +83,7 @@ def test_every_format_equals_weights_merged_by_hand(models, hand_merged, tmp_pat
 
 def test_diffusers_metadata_alpha_scales_the_adapter(models, hand_merged, tmp_path):
     tensors, deltas = random_lora("diffusers", models.transformer, seed=5, rank=4)
-    path = write(tmp_path, "meta.safetensors", tensors, {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 2})})
+    path = write_lora(tmp_path, "meta.safetensors", tensors, {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 2})})
     assert {module.scale for module in read_lora(path, models.transformer).modules} == {0.5}
     expected = hand_merged({name: 0.5 * delta for name, delta in deltas.items()}, tmp_path / "hand")
     models.fuse_loras = None
@@ -152,7 +93,7 @@ def test_diffusers_metadata_alpha_scales_the_adapter(models, hand_merged, tmp_pa
 def test_two_loras_with_their_weights_then_none_gives_the_plain_model_back_exactly(models, hand_merged, tmp_path):
     first, first_deltas = random_lora("musubi", models.transformer, seed=11)
     second, second_deltas = random_lora("kohya", models.transformer, seed=12)
-    paths = write(tmp_path, "a.safetensors", first), write(tmp_path, "b.safetensors", second)
+    paths = write_lora(tmp_path, "a.safetensors", first), write_lora(tmp_path, "b.safetensors", second)
     deltas = {name: 0.7 * delta for name, delta in first_deltas.items()}
     for name, delta in second_deltas.items():
         deltas[name] = deltas.get(name, 0) + 0.4 * delta
@@ -178,7 +119,7 @@ def test_after_loras_the_golden_case_reproduces_exactly(models, tmp_path):
     raw, case_dir = load_case("v1_original")
     settings = Settings.from_dict(raw)
     tensors, _ = random_lora("comfyui", models.transformer, seed=21)
-    path = write(tmp_path, "c.safetensors", tensors)
+    path = write_lora(tmp_path, "c.safetensors", tensors)
     section_latents(models, settings.replace(total_second_length=1.2), tmp_path / "with", [LoraSpec(path)])
     latents = section_latents(models, settings, tmp_path / "after")
     expected = load_file(case_dir / "expected.safetensors")
@@ -189,13 +130,13 @@ def test_after_loras_the_golden_case_reproduces_exactly(models, tmp_path):
 
 
 def test_loras_with_fp8_storage_streaming_and_step_caches(hand_merged, tmp_path):
-    from test_memory import low_plan_on_cpu
+    from helpers import low_plan_on_cpu
 
     from framepack.memory.placement import apply_plan
 
     models = load_models("original", ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
     tensors, deltas = random_lora("musubi", models.transformer, seed=31)
-    path = write(tmp_path, "m.safetensors", tensors)
+    path = write_lora(tmp_path, "m.safetensors", tensors)
     expected = hand_merged(deltas, tmp_path / "hand")
     # Streamed block by block (diffusers' group offloading): the LoRA is applied unfused, around the streaming.
     models.placement = apply_plan(models, low_plan_on_cpu(models, resident_blocks=1))
@@ -218,7 +159,7 @@ def test_the_job_record_keeps_its_loras_and_a_resume_checks_them(models, tmp_pat
     import threading
 
     tensors, _ = random_lora("musubi", models.transformer, seed=41)
-    path = write(tmp_path, "style.safetensors", tensors)
+    path = write_lora(tmp_path, "style.safetensors", tensors)
     stop = threading.Event()
     settings = JOB.replace(total_second_length=2.0)
     for event in generate(models, settings, JobInputs(IMAGE, loras=(LoraSpec(path, 0.6),)), tmp_path / "out", job_id="job", stop=stop):
@@ -247,15 +188,15 @@ def test_the_job_record_keeps_its_loras_and_a_resume_checks_them(models, tmp_pat
 def bad_files(tmp_path: Path, transformer) -> list[tuple[Path, str]]:
     text = tmp_path / "notes.safetensors"
     text.write_text("not a tensor file")
-    other_keys = write(tmp_path, "vae.safetensors", {"decoder.conv.weight": torch.zeros(2, 2)})
+    other_keys = write_lora(tmp_path, "vae.safetensors", {"decoder.conv.weight": torch.zeros(2, 2)})
     good, _ = random_lora("musubi", transformer, seed=51)
-    other_model = write(tmp_path, "sdxl.safetensors", {
+    other_model = write_lora(tmp_path, "sdxl.safetensors", {
         "lora_unet_input_blocks_1_0_emb_layers_1.lora_down.weight": torch.zeros(2, 8),
         "lora_unet_input_blocks_1_0_emb_layers_1.lora_up.weight": torch.zeros(8, 2),
     })  # fmt: skip
     wider = {k: (torch.zeros(v.shape[0], v.shape[1] * 2) if k.endswith("lora_down.weight") else v) for k, v in good.items()}
-    shapes = write(tmp_path, "wider.safetensors", wider)
-    partial = write(tmp_path, "partial.safetensors", {**good, **{
+    shapes = write_lora(tmp_path, "wider.safetensors", wider)
+    partial = write_lora(tmp_path, "partial.safetensors", {**good, **{
         "lora_unet_unknown_block_0_proj.lora_down.weight": torch.zeros(3, 4),
         "lora_unet_unknown_block_0_proj.lora_up.weight": torch.zeros(4, 3),
     }})  # fmt: skip
@@ -286,17 +227,11 @@ def test_lora_arguments_keep_windows_paths():
     assert LoraSpec.parse(r"C:\loras\style.safetensors") == LoraSpec(Path(r"C:\loras\style.safetensors"), 1.0)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "framepack", *args]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_the_command_line_applies_loras_and_explains_files(models, tmp_path, capsys):
     from framepack.cli import main
 
     tensors, _ = random_lora("kohya", models.transformer, seed=61)
-    path = write(tmp_path, "kohya.safetensors", tensors)
+    path = write_lora(tmp_path, "kohya.safetensors", tensors)
     info = run_cli("lora-info", str(path), "--models", str(TINY_MODELS))
     assert info.returncode == 0, info.stderr
     assert "format: kohya (HunyuanVideo)" in info.stdout and "rank: 3" in info.stdout
@@ -317,10 +252,10 @@ def test_the_command_line_applies_loras_and_explains_files(models, tmp_path, cap
 
 
 def test_the_memory_plan_counts_a_rank_32_lora_of_the_real_model(tmp_path):
-    from framepack.memory.sizes import GB, ModelConfigs
     from framepack.lora import lora_bytes
-    from framepack.models.components import meta_transformer
     from framepack.memory.planning import plan_memory
+    from framepack.memory.sizes import GB, ModelConfigs
+    from framepack.models.components import meta_transformer
 
     configs = ModelConfigs.published()
     transformer = meta_transformer(configs.transformer)
@@ -331,7 +266,7 @@ def test_the_memory_plan_counts_a_rank_32_lora_of_the_real_model(tmp_path):
             tensors[f"{key}.lora_down.weight"] = torch.zeros(32, width, dtype=torch.bfloat16)
             tensors[f"{key}.lora_up.weight"] = torch.zeros(rows, 32, dtype=torch.bfloat16)
             touched += width * rows * 2
-    path = write(tmp_path, "r32.safetensors", tensors)
+    path = write_lora(tmp_path, "r32.safetensors", tensors)
     lora = lora_bytes([path], configs, torch.bfloat16)
     adapters = sum(t.numel() for t in tensors.values()) * 2
     assert (lora.adapters, lora.touched) == (adapters, touched)
@@ -351,13 +286,13 @@ def test_the_memory_plan_counts_a_rank_32_lora_of_the_real_model(tmp_path):
 
 
 def test_the_app_offers_the_lora_folder_and_applies_the_chosen_ones(models, tmp_path):
-    from app_harness import running_app
     from gradio_client import Client, handle_file
+    from helpers import running_app
 
     folder = tmp_path / "loras"
     folder.mkdir()
     good, _ = random_lora("musubi", models.transformer, seed=71)
-    write(folder, "style.safetensors", good)
+    write_lora(folder, "style.safetensors", good)
     for bad, _ in bad_files(tmp_path, models.transformer)[:5]:
         (folder / bad.name).write_bytes(bad.read_bytes())
     with running_app(tmp_path / "outputs", "--loras", str(folder)) as app:

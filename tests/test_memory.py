@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -11,26 +10,50 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    MODEL_CONFIGS,
+    TINY_MODELS,
+    check_memory,
+    low_plan_on_cpu,
+    needs_shared,
+    transformer_inputs,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from conftest import MODEL_CONFIGS, TINY_MODELS, needs_shared
-from framepack.cli.memory import add_parsers as add_check_memory_parser
-from framepack.loading import replan
-from framepack.memory.planning import GPU_OVERHEAD, RAM_OVERHEAD, MemoryPlan
-from framepack.memory.sensing import detect_device
-from framepack.memory.sizes import build_meta_models, published_sizes
-from framepack.memory.workload import section_tokens, transformer_activation_bytes, vae_decode_bytes, vae_encode_bytes
+from framepack.engine.conditioning import encode_prompt
+from framepack.loading import load_models, replan
+from framepack.media.images import BUCKETS_640
+from framepack.memory.placement import (
+    Placement,
+    apply_plan,
+    execution_device,
+    on_device,
+)
+from framepack.memory.planning import (
+    GPU_OVERHEAD,
+    RAM_OVERHEAD,
+    MemoryPlanError,
+    check_before_loading,
+    plan_memory,
+)
+from framepack.memory.sensing import DeviceMemory, detect_device
+from framepack.memory.sizes import (
+    GB,
+    ModelConfigs,
+    ModelSizes,
+    build_meta_models,
+    published_sizes,
+)
+from framepack.memory.workload import (
+    section_tokens,
+    transformer_activation_bytes,
+    vae_decode_bytes,
+    vae_encode_bytes,
+)
+from framepack.models import ModelSource
 from framepack.models.components import COMPONENTS
 from framepack.models.fp8 import FP8, enable_fp8, has_fp8
-from framepack.media.images import BUCKETS_640
-from framepack.engine.conditioning import encode_prompt
-from framepack.memory.sizes import GB, ModelConfigs, ModelSizes
-from framepack.memory.sensing import DeviceMemory
-from framepack.memory.planning import MemoryPlanError, check_before_loading, plan_memory
-from framepack.memory.placement import Placement, apply_plan, execution_device, on_device
-from framepack.loading import load_models
-from framepack.models import ModelSource
 from framepack.settings import Settings
 
 needs_configs = pytest.mark.skipif(
@@ -154,33 +177,6 @@ def test_section_tokens_are_what_the_transformer_packs(tiny_models, height, widt
         handle.remove()
     assert seen == [section_tokens(height, width, 3)[1]]
     assert section_tokens(height, width, 3)[0] == 3 * (height // 16) * (width // 16)
-
-
-def transformer_inputs(transformer, height: int, width: int, window: int, device="cpu", dtype=torch.float32) -> dict:
-    cfg = transformer.config
-    h, w = height // 8, width // 8
-    g = torch.Generator().manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g).to(device, dtype)
-
-    return dict(
-        hidden_states=rand(1, 16, window, h, w),
-        timestep=torch.tensor([500.0], device=device, dtype=dtype),
-        guidance=torch.tensor([10000.0], device=device, dtype=dtype),
-        encoder_hidden_states=rand(1, 7, cfg.text_embed_dim),
-        encoder_attention_mask=torch.ones(1, 7, dtype=torch.bool, device=device),
-        pooled_projections=rand(1, cfg.pooled_projection_dim),
-        image_embeds=rand(1, 16, cfg.image_proj_dim),
-        indices_latents=torch.arange(1, window + 1, device=device),
-        latents_clean=rand(1, 16, 2, h, w),
-        indices_latents_clean=torch.tensor([0, window + 1], device=device),
-        latents_history_2x=rand(1, 16, 2, h, w),
-        indices_latents_history_2x=torch.arange(window + 2, window + 4, device=device),
-        latents_history_4x=rand(1, 16, 16, h, w),
-        indices_latents_history_4x=torch.arange(window + 4, window + 20, device=device),
-        return_dict=False,
-    )
 
 
 class LiveTensors(TorchDispatchMode):
@@ -415,15 +411,6 @@ def test_loading_holds_one_component_at_a_time_in_high_mode():
 # ------------------------------------------------------------------------------------- the command
 
 
-def check_memory(*argv: str, capsys) -> tuple[int, list[str], str]:
-    parser = argparse.ArgumentParser(prog="framepack")
-    add_check_memory_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["check-memory", *argv])
-    code = args.handler(args)
-    out, err = capsys.readouterr()
-    return code, out.strip().splitlines(), err
-
-
 SUMMARY = re.compile(r"^peak GPU (\d+\.\d) GB, peak RAM (\d+\.\d) GB: (fits|does not fit)$")
 
 
@@ -477,13 +464,6 @@ def test_detect_device_on_this_machine():
 
 
 # ---------------------------------------------------------------------------------------- placement
-
-
-def low_plan_on_cpu(models, **changes) -> MemoryPlan:
-    """A low-memory plan whose "GPU" is the CPU, so group offloading can be installed and run here."""
-    sizes = ModelSizes.of(models)
-    plan = plan_memory(1 * GB, 64 * GB, device="cpu", mode="low", sizes=sizes, fp8=sizes.fp8, height=128, width=128)
-    return dataclasses.replace(plan, transformer=dataclasses.replace(plan.transformer, **changes))
 
 
 def group_hook(module: torch.nn.Module):
@@ -605,12 +585,11 @@ def test_replan_follows_a_jobs_gpu_memory_to_preserve(fresh_models):
 def test_where_ram_is_short_the_text_encoders_come_and_go_and_the_goldens_hold(tmp_path):
     """A per-phase lifetime: the text encoders load for a prompt not seen before and leave after it (the
     transformer leaves meanwhile and comes back); a prompt seen before needs neither. Outputs are identical."""
-    from conftest import load_case
-
+    from helpers import load_case
     from safetensors.torch import load_file
 
-    from framepack.events import Done, SectionDone, Status
     from framepack.engine import generate
+    from framepack.events import Done, SectionDone, Status
 
     raw, case_dir = load_case("v1_original")
     settings = Settings.from_dict(raw)
@@ -721,12 +700,11 @@ def test_the_llama_read_from_its_files_counts_one_layer_in_ram():
 def test_the_llama_read_from_its_files_gives_the_goldens_and_holds_no_layer(tmp_path):
     """Where RAM cannot hold the Llama encoder, its layers are read from the files as they run: the golden
     outputs are the same, and no layer stays in memory."""
-    from conftest import load_case
-
+    from helpers import load_case
     from safetensors.torch import load_file
 
-    from framepack.events import Done, SectionDone
     from framepack.engine import generate
+    from framepack.events import Done, SectionDone
     from framepack.memory.placement import file_streaming
 
     raw, case_dir = load_case("v1_original")

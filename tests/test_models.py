@@ -8,13 +8,17 @@ import re
 import pytest
 import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
+from helpers import MODEL_CONFIGS, TINY_MODELS, needs_shared
 from safetensors import safe_open
 
-from conftest import MODEL_CONFIGS, TINY_MODELS, needs_shared
 from framepack.loading import load_models
+from framepack.models import ModelsMissingError, ModelSource
+from framepack.models.components import (
+    keep_output_head_in_float32,
+    load_transformer,
+    resolve_dtypes,
+)
 from framepack.models.sources import HUNYUAN_REPO, TRANSFORMER_REPOS
-from framepack.models import ModelSource, ModelsMissingError
-from framepack.models.components import keep_output_head_in_float32, load_transformer, resolve_dtypes
 
 pytestmark = needs_shared
 

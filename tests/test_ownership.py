@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app_harness import IMAGE, AppServer, requires_tiny_models, running_app
 from gradio_client import Client, handle_file
+from helpers import IMAGE, AppServer, needs_shared, running_app
 
 from framepack.media.reading import probe
 
-pytestmark = requires_tiny_models
+pytestmark = needs_shared
 
 FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3}
 LOGINS = {"alice": "wonderland", "bob": "builder"}

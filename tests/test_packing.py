@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framepack.packing import CONTEXT_FRAMES, LatentHistory, join_sections, original_paddings, plan_sections
+from framepack.packing import (
+    CONTEXT_FRAMES,
+    LatentHistory,
+    join_sections,
+    original_paddings,
+    plan_sections,
+)
 from framepack.settings import Settings
 
 

@@ -15,14 +15,22 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    REPO,
+    decoded,
+    make_video,
+    moving_frames,
+    save_pkl,
+    sound_of,
+    srvgg_state_dict,
+    v4_state_dict,
+)
 from PIL import Image
 from real_weights import rife_dir
-from test_formats import decoded, make_video, moving_frames, sound_of
-from test_rife import save_pkl, srvgg_state_dict, v4_state_dict
 
+from framepack.cli import postprocess as command_module
 from framepack.events import Done, FrameProgress, Status
 from framepack.postprocess import PostprocessError
-from framepack.cli import postprocess as command_module
 from framepack.postprocess import pipeline as pipeline_module
 from framepack.postprocess.colour import ColourMatch, drift
 from framepack.postprocess.pipeline import (
@@ -30,8 +38,6 @@ from framepack.postprocess.pipeline import (
     default_output,
     postprocess,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)

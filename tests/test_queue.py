@@ -14,15 +14,23 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from app_harness import IMAGE, MODELS, REPO, free_port, requires_tiny_models, running_app
 from gradio_client import Client, handle_file
+from helpers import (
+    IMAGE,
+    REPO,
+    TINY_MODELS,
+    free_port,
+    needs_shared,
+    run_cli,
+    running_app,
+)
 from safetensors.torch import load_file
 
-from framepack.events import Done
 from framepack.engine import generate
-from framepack.queue.store import FrontLock, QueuedJob, SqliteJobStore
-from framepack.jobs.spec import JobSpec
+from framepack.events import Done
 from framepack.files import FileLock
+from framepack.jobs.spec import JobSpec
+from framepack.queue.store import FrontLock, QueuedJob, SqliteJobStore
 from framepack.settings import Settings
 
 FAST = {"resolution": 128, "steps": 3, "latent_window_size": 3}
@@ -97,13 +105,7 @@ def test_jobs_of_a_dead_front_go_back_in_line_first(tmp_path):
 # ------------------------------------------------------------------------------------------ the command line
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "framepack", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
-
-
-@requires_tiny_models
+@needs_shared
 def test_queue_add_list_cancel_and_run_on_two_workers(tmp_path):
     out = str(tmp_path / "out")
     ids = []
@@ -116,7 +118,7 @@ def test_queue_add_list_cancel_and_run_on_two_workers(tmp_path):
     assert [line.split()[:2] for line in listed] == [[i, "queued"] for i in ids]
     assert run_cli("queue", "cancel", "--output-dir", out, ids[2]).returncode == 0
     assert run_cli("queue", "cancel", "--output-dir", out, "nosuchjob").returncode == 1
-    ran = run_cli("queue", "run", "--output-dir", out, "--models", str(MODELS), "--workers", "2")
+    ran = run_cli("queue", "run", "--output-dir", out, "--models", str(TINY_MODELS), "--workers", "2")
     assert ran.returncode == 0, ran.stderr
     assert "original: 2 worker(s): cpu-1, cpu-2" in ran.stdout
     store = SqliteJobStore.in_folder(out)
@@ -127,7 +129,7 @@ def test_queue_add_list_cancel_and_run_on_two_workers(tmp_path):
         assert (Path(out) / f"{job_id}.mp4").is_file() and f"{job_id} [cpu-" in ran.stdout
 
 
-@requires_tiny_models
+@needs_shared
 def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_every_job(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "in").mkdir()
@@ -141,7 +143,7 @@ def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_e
     ]
     bad = tmp_path / "in" / "jobs.jsonl"
     bad.write_text("# one job a line\n" + "\n".join(json.dumps(line) for line in lines) + "\n")
-    refused = run_cli("batch", str(bad), "--output-dir", str(out), "--models", str(MODELS), "--seconds", "0.8",
+    refused = run_cli("batch", str(bad), "--output-dir", str(out), "--models", str(TINY_MODELS), "--seconds", "0.8",
                       *[f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()])  # fmt: skip
     assert refused.returncode == 2
     assert "error: jobs.jsonl:4: argument --steps: invalid int value: 'many'" in refused.stderr
@@ -150,7 +152,7 @@ def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_e
     good = tmp_path / "in" / "jobs.csv"
     good.write_text("image,prompt,seed,seconds,teacache\nstart.png,a girl waves,1,,\nstart.png,a girl spins,2,0.4,\n"
                     "start.png,a girl jumps,3,,false\nstart.png,a girl sits,4,,true\n")  # fmt: skip
-    ran = run_cli("batch", str(good), "--output-dir", str(out), "--models", str(MODELS), "--seconds", "0.8",
+    ran = run_cli("batch", str(good), "--output-dir", str(out), "--models", str(TINY_MODELS), "--seconds", "0.8",
                   *[f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()])  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     jobs = SqliteJobStore.in_folder(out).list()
@@ -164,7 +166,7 @@ def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_e
     (tmp_path / "in" / "notes.safetensors").write_text("not a tensor file")
     wrong.write_text('{"image": "missing.png"}\n{"prompt": "x", "colour": "red"}\nnot json\n'
                      '{"image": "start.png", "lora": ["notes.safetensors:0.5"]}\n')  # fmt: skip
-    refused = run_cli("batch", str(wrong), "--output-dir", str(out), "--models", str(MODELS))
+    refused = run_cli("batch", str(wrong), "--output-dir", str(out), "--models", str(TINY_MODELS))
     assert refused.returncode == 2
     assert "wrong.jsonl:1:" in refused.stderr and "missing.png" in refused.stderr
     assert "wrong.jsonl:2: unknown key 'colour'" in refused.stderr and "wrong.jsonl:3: not JSON" in refused.stderr
@@ -172,7 +174,7 @@ def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_e
     assert len(SqliteJobStore.in_folder(out).list()) == 4  # nothing more was queued
 
 
-@requires_tiny_models
+@needs_shared
 def test_queue_cancel_stops_a_job_that_another_process_runs(tmp_path):
     out = tmp_path / "out"
     added = run_cli("queue", "add", "--output-dir", str(out), "--image", str(IMAGE), "--prompt", "a long one",
@@ -180,7 +182,7 @@ def test_queue_cancel_stops_a_job_that_another_process_runs(tmp_path):
     job_id = added.stdout.strip()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     runner = subprocess.Popen([sys.executable, "-m", "framepack", "queue", "run", "--output-dir", str(out), "--models",
-                               str(MODELS)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+                               str(TINY_MODELS)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
         store = SqliteJobStore.in_folder(out)
         wait_for(lambda: store.get(job_id).progress > 0, 120, "the job to make progress")
@@ -199,7 +201,7 @@ def test_queue_cancel_stops_a_job_that_another_process_runs(tmp_path):
 
 def start_app(outputs: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "demo_gradio.py", "--models", str(MODELS), "--outputs", str(outputs), "--port", str(port)]
+    command = [sys.executable, "demo_gradio.py", "--models", str(TINY_MODELS), "--outputs", str(outputs), "--port", str(port)]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
@@ -214,7 +216,7 @@ def wait_until_serving(url: str, app: subprocess.Popen) -> None:
     wait_for(up, 180, "the app to serve", every=0.5)
 
 
-@requires_tiny_models
+@needs_shared
 def test_the_queue_outlives_a_killed_app(tiny_models, tmp_path):
     """SIGKILL the app while it runs a job with two waiting; started again, it finishes all three, and the
     interrupted job's latents are those of an uninterrupted run."""
@@ -254,7 +256,7 @@ def test_the_queue_outlives_a_killed_app(tiny_models, tmp_path):
     assert torch.equal(latents, uninterrupted_latents(tiny_models, stored.spec.settings, tmp_path))
 
 
-@requires_tiny_models
+@needs_shared
 def test_two_logins_cannot_list_cancel_retry_or_fetch_each_others_queued_jobs(tmp_path):
     logins = [arg for user, password in LOGINS.items() for arg in ("--auth", f"{user}:{password}")]
     with running_app(tmp_path / "outputs", *logins) as server:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import IMAGE, TINY_MODELS, needs_shared
 
-from conftest import CASES, TINY_MODELS, needs_shared
 from framepack.engine import generate
 from framepack.events import Done, Error, Progress
 from framepack.models import ModelSource
@@ -25,7 +25,6 @@ from framepack.queue.front import QueueFront
 from framepack.queue.store import SqliteJobStore
 from framepack.settings import Settings
 
-IMAGE = CASES / "v1_original" / "input.png"
 FAST = dict(total_second_length=1.2, latent_window_size=3, steps=3, height=48, width=80, prompt="a cat")
 # Another process holds the store's write lock for a while: BEGIN EXCLUSIVE, then sleep, then let go.
 HOLD_LOCK = """

@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import CASES, IMAGE, REPO, TINY_MODELS, needs_shared
 from safetensors.torch import load_file
 
-from conftest import CASES, TINY_MODELS, needs_shared
-from framepack.events import Done, Error, Progress, SectionDone
 from framepack.engine import generate, resume_job
-from framepack.settings import Settings
+from framepack.events import Done, Error, Progress, SectionDone
 from framepack.media.reading import probe, read_frames
+from framepack.settings import Settings
 
 pytestmark = needs_shared
-REPO = Path(__file__).resolve().parents[1]
-IMAGE = CASES / "v1_original" / "input.png"
 JOB = ["--prompt", "a girl dances", "--seconds", "6", "--steps", "2", "--height", "64", "--width", "96", "--seed", "7"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import save_pkl, srvgg_state_dict, v4_state_dict
 from PIL import Image
 from real_weights import rife_dir
 
@@ -110,42 +111,6 @@ def test_hdv3_in_half_precision_matches_float32(hdv3):
 
 # ----------------------------------------------------------------------------------------------- v4 layout
 
-# Practical-RIFE 4.25/4.26 as published (train_log/IFNet_HDv3.py): an encoder `encode` (Conv 3->16 stride 2, two
-# Conv 16->16, ConvTranspose 16->4), then five IFBlocks of widths 192, 128, 96, 64, 32. Block 0 takes both frames,
-# both feature maps and the timestep (3+3+4+4+1 = 15 channels); the others take the warped frames and features,
-# the timestep, the mask, 8 carried feature channels and the flow (28). Each block: conv0 = two stride-2 convs
-# (c/2, c), convblock = 8 ResConvs (conv c->c and a per-channel `beta`), lastconv = ConvTranspose c->4*13 and a
-# PixelShuffle(2) (13 = flow 4 + mask 1 + carried 8).
-V4_WIDTHS = (192, 128, 96, 64, 32)
-
-
-def v4_state_dict(widths=V4_WIDTHS, hidden=16, features=4, carried=8, seed=0) -> dict[str, torch.Tensor]:
-    """Random weights in the published v4 key layout (written from the description above, not from the module)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g) * 0.05
-
-    sd = {"encode.cnn0.weight": rand(hidden, 3, 3, 3), "encode.cnn0.bias": rand(hidden)}
-    for i in (1, 2):
-        sd[f"encode.cnn{i}.weight"], sd[f"encode.cnn{i}.bias"] = rand(hidden, hidden, 3, 3), rand(hidden)
-    sd["encode.cnn3.weight"], sd["encode.cnn3.bias"] = rand(hidden, features, 4, 4), rand(features)
-    for i, c in enumerate(widths):
-        cin = 6 + 2 * features + 1 + (0 if i == 0 else 1 + carried + 4)
-        p = f"block{i}."
-        sd[p + "conv0.0.0.weight"], sd[p + "conv0.0.0.bias"] = rand(c // 2, cin, 3, 3), rand(c // 2)
-        sd[p + "conv0.1.0.weight"], sd[p + "conv0.1.0.bias"] = rand(c, c // 2, 3, 3), rand(c)
-        for k in range(8):
-            sd[p + f"convblock.{k}.conv.weight"], sd[p + f"convblock.{k}.conv.bias"] = rand(c, c, 3, 3), rand(c)
-            sd[p + f"convblock.{k}.beta"] = torch.ones(1, c, 1, 1)
-        sd[p + "lastconv.0.weight"], sd[p + "lastconv.0.bias"] = rand(c, 4 * (5 + carried), 4, 4), rand(4 * (5 + carried))
-    return sd
-
-
-def save_pkl(sd: dict[str, torch.Tensor], path):
-    torch.save({f"module.{k}": v for k, v in sd.items()}, path)  # as the training code saves it (DataParallel)
-    return path
-
 
 def test_v4_layout_loads_strictly_and_runs_at_any_timestep(tmp_path):
     sd = v4_state_dict()
@@ -183,15 +148,6 @@ def test_v4_with_a_wrong_shape_names_the_file(tmp_path):
     sd["block2.conv0.0.0.weight"] = torch.zeros(48, 27, 3, 3)  # 27 input channels: not what the layout gives
     with pytest.raises(PostprocessError, match=r"bad\.pkl does not fit the RIFE v4 layout"):
         load_interpolator(save_pkl(sd, tmp_path / "bad.pkl"), "cpu")
-
-
-def srvgg_state_dict(scale: int = 2, feat: int = 8) -> dict[str, torch.Tensor]:
-    """A tiny SRVGGNetCompact (Real-ESRGAN's compact upscaler) in its key layout."""
-    return {
-        "body.0.weight": torch.zeros(feat, 3, 3, 3), "body.0.bias": torch.zeros(feat), "body.1.weight": torch.ones(feat),
-        "body.2.weight": torch.zeros(feat, feat, 3, 3), "body.2.bias": torch.zeros(feat), "body.3.weight": torch.ones(feat),
-        "body.4.weight": torch.zeros(3 * scale * scale, feat, 3, 3), "body.4.bias": torch.zeros(3 * scale * scale),
-    }  # fmt: skip
 
 
 def test_an_upscaler_or_other_file_is_refused_by_name(tmp_path):

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from framepack.sampling import combine_guidance, flow_sigmas, flux_mu, sample_unipc, section_sigmas
+from framepack.sampling import (
+    combine_guidance,
+    flow_sigmas,
+    flux_mu,
+    sample_unipc,
+    section_sigmas,
+)
 
 
 def test_flux_mu_line_and_cap():

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
 import torch
+from helpers import IMAGE, needs_shared
 
-from conftest import CASES, needs_shared
-from framepack.models.attention import ATTENTION_CHOICES, availability, choose_backend, set_attention
-from framepack.engine.stepcache import FRAMEPACK_MAG_RATIOS, configure_cache, has_teacache
-from framepack.events import Done, SectionDone, Status
 from framepack.engine import generate
+from framepack.engine.stepcache import (
+    FRAMEPACK_MAG_RATIOS,
+    configure_cache,
+    has_teacache,
+)
+from framepack.events import Done, SectionDone, Status
+from framepack.models.attention import (
+    ATTENTION_CHOICES,
+    availability,
+    choose_backend,
+    set_attention,
+)
 from framepack.models.components import compile_blocks
 from framepack.settings import Settings
-
-IMAGE = CASES / "v1_original" / "input.png"
 
 
 def test_backends_are_reported_not_crashed_on():
@@ -26,8 +34,12 @@ def test_backends_are_reported_not_crashed_on():
     name, note = choose_backend("sage", torch.device("cpu"))
     assert name == "sdpa" and "sage attention is not available" in note
     cuda = availability(torch.device("cuda"))
-    for name in ("sage", "flash", "xformers"):  # none of these packages is installed here
-        assert cuda[name] is not None and "not installed" in cuda[name]
+    for name, package in (("sage", "sageattention"), ("flash", "flash_attn"), ("xformers", "xformers")):
+        installed = importlib.util.find_spec(package) is not None
+        if not installed or not torch.cuda.is_available():  # without the package or a GPU, the reason is given
+            assert cuda[name] is not None and ("not installed" in cuda[name]) == (not installed), (name, cuda[name])
+        else:
+            assert cuda[name] is None  # installed, on a machine with a GPU: usable
     with pytest.raises(ValueError):
         choose_backend("fastest", torch.device("cpu"))
     assert ATTENTION_CHOICES[0] == "auto"
@@ -79,7 +91,10 @@ def test_sageattention_1_runs_through_the_attention_dispatch(tiny_models, tmp_pa
     """SageAttention 1.0.6 (what pip installs) is older than diffusers' sage backend accepts: it is registered
     under the same dispatch name, called with diffusers' (batch, tokens, heads, dim) layout. A stand-in package
     with 1.0.6's signature checks the wiring; the kernel itself needs a GPU."""
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _AttentionBackendRegistry,
+    )
 
     (tmp_path / "sageattention").mkdir()
     (tmp_path / "sageattention" / "__init__.py").write_text(FAKE_SAGE)
@@ -111,9 +126,10 @@ def test_sageattention_1_runs_through_the_attention_dispatch(tiny_models, tmp_pa
 
 @needs_shared
 def test_compiled_blocks_give_the_same_output(tiny_models):
-    from framepack.models.sources import TRANSFORMER_REPOS
+    from helpers import TINY_MODELS
+
     from framepack.models.components import load_transformer
-    from conftest import TINY_MODELS
+    from framepack.models.sources import TRANSFORMER_REPOS
 
     transformer = load_transformer(TINY_MODELS / TRANSFORMER_REPOS["f1"])
     inputs = transformer_inputs()

@@ -9,9 +9,19 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from framepack.engine.frames import (
+    FrameAssembler,
+    blend,
+    latent_preview,
+    to_uint8_frames,
+)
 from framepack.jobs.checkpoint import Checkpoint
-from framepack.media.mp4 import BackgroundVideoWriter, SegmentedVideo, concat_mp4, encode_mp4
-from framepack.engine.frames import FrameAssembler, blend, latent_preview, to_uint8_frames
+from framepack.media.mp4 import (
+    BackgroundVideoWriter,
+    SegmentedVideo,
+    concat_mp4,
+    encode_mp4,
+)
 from framepack.media.reading import probe, read_frames
 
 

@@ -107,8 +107,8 @@ class SqliteJobStore:
             db.execute("CREATE INDEX IF NOT EXISTS jobs_line ON jobs (state, position)")
 
     @classmethod
-    def in_folder(cls, output_dir: str | Path) -> SqliteJobStore:
-        return cls(Path(output_dir) / DB_NAME)
+    def in_folder(cls, output_dir: str | Path, busy_timeout: float = 30.0) -> SqliteJobStore:
+        return cls(Path(output_dir) / DB_NAME, busy_timeout)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
