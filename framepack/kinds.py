@@ -18,6 +18,7 @@ from PIL import Image
 
 from .controls import ImageSource, JobInputs, Keyframe
 from .engine import add_seconds, branch_job, extend_video, generate, resume_job
+from .engine.errors import guarded
 from .events import Event, Status
 from .jobs.paths import JobPaths
 from .jobs.record import JobRecord, RecordError
@@ -25,6 +26,9 @@ from .jobs.spec import JobSpec
 from .lora import LoraSpec
 from .media.images import load_image
 from .models import ModelSet
+from .models.sources import DEFAULT_CACHE_DIR
+from .postprocess.job import postprocess_job
+from .postprocess.pipeline import PostprocessOptions
 from .settings import Settings
 
 
@@ -34,7 +38,7 @@ class JobContext:
     its spec's relative file names are in, the stop event, and how many times it was taken up (more than once: it
     was interrupted, lost its worker, or is retried)."""
 
-    models: ModelSet
+    models: ModelSet | None  # None for a kind that needs none (post-processing)
     job_id: str
     owner: str
     spec: JobSpec
@@ -43,6 +47,8 @@ class JobContext:
     stop: threading.Event
     attempts: int = 1
     previews: bool = True
+    device: str | None = None  # where a kind without models runs (the worker's device)
+    cache_dir: Path = DEFAULT_CACHE_DIR  # where known post-processing models are kept
 
     @property
     def source(self) -> JobPaths | None:
@@ -53,13 +59,15 @@ class JobContext:
 @dataclass(frozen=True)
 class JobKind:
     """One kind of job. `run` is its engine entry; `makes_files`: it makes a job of its own (its video, record,
-    latents; deleted with it), else it works on its source's; `command` how the command line runs it."""
+    latents; deleted with it), else it works on its source's; `command` how the command line runs it;
+    `needs_models`: it runs on the FramePack model set (post-processing has its own, small networks)."""
 
     name: str
     command: str
     run: Callable[[JobContext], Iterator[Event]]
     makes_files: bool = True
     description: str = ""
+    needs_models: bool = True
 
 
 def spec_inputs(spec: JobSpec, folder: Path) -> JobInputs:
@@ -106,6 +114,17 @@ def _branch(ctx: JobContext) -> Iterator[Event]:
     )  # fmt: skip
 
 
+def _postprocess(ctx: JobContext) -> Iterator[Event]:
+    options = ctx.spec.options["postprocess"]
+    if ctx.source is not None:
+        events = postprocess_job(options, ctx.stop, source=ctx.source, device=ctx.device, cache_dir=ctx.cache_dir)
+    else:
+        video = ctx.inputs_dir / ctx.spec.files["video"]
+        events = postprocess_job(options, ctx.stop, video=video, output_dir=ctx.output_dir, job_id=ctx.job_id,
+                                 device=ctx.device, cache_dir=ctx.cache_dir)  # fmt: skip
+    yield from guarded(events)  # as the engine's entries do: whatever fails ends the job with a message
+
+
 KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
@@ -114,6 +133,8 @@ KINDS: dict[str, JobKind] = {
         JobKind("resume", "resume", _resume, makes_files=False, description="the rest of a stopped job"),
         JobKind("add_seconds", "resume --add-seconds", _add_seconds, description="a finished F1 video made longer"),
         JobKind("branch", "branch", _branch, description="a job's first sections kept, the rest made again"),
+        JobKind("postprocess", "postprocess", _postprocess, makes_files=False, needs_models=False,
+                description="a finished video upscaled, interpolated, colour-matched or converted"),
     )
 }
 
@@ -138,11 +159,38 @@ def execute(ctx: JobContext) -> Iterator[Event]:
         yield from kind.run(ctx)
 
 
+def files_of(spec: JobSpec, job_id: str, output_dir: Path, output: str | None) -> list[Path]:
+    """The files a job made that go when it is deleted: a new job's video, latents, record, checkpoint and what steps
+    after it derived from it; a post-processed upload's result (`output`). A job that worked on its source's files
+    made none of its own (a resume; a job's post-processing, which its source's record lists)."""
+    if kind_of(spec).makes_files:
+        paths = JobPaths(output_dir, job_id)
+        try:
+            derived = [output_dir / entry["file"] for entry in JobRecord.load(paths).derived if "file" in entry]
+        except RecordError:
+            derived = []
+        return [paths.video, paths.latents, paths.manifest, paths.checkpoint, paths.parts_dir, *derived]
+    if spec.kind == "postprocess" and spec.source is None and output:
+        return [output_dir / output]
+    return []
+
+
+def follow_up(spec: JobSpec, job_id: str) -> JobSpec | None:
+    """The job that runs after this one when it is done: its post-processing, if it asked for any (it runs as a job
+    of its own, so the video is kept whatever becomes of it)."""
+    options = spec.options.get("postprocess")
+    if not options or not kind_of(spec).makes_files:
+        return None
+    return postprocess_spec(options, source=job_id)
+
+
 def recorded_models(spec: JobSpec, job_id: str, attempts: int, output_dir: Path) -> dict[str, str] | None:
     """The model sources a job must run on: those its source's record names (or its own record's, when it is taken up
     again from a checkpoint); None for a job that runs on the app's own models. RecordError when the record that
     should say cannot be read or does not say: a job must not go on with other weights than it began with."""
     own = JobPaths(output_dir, job_id)
+    if not kind_of(spec).needs_models:
+        return None
     if spec.source:
         paths = JobPaths(output_dir, spec.source)
     elif attempts > 1 and kind_of(spec).makes_files and own.checkpoint.is_file() and own.manifest.is_file():
@@ -199,17 +247,33 @@ def resume_spec(source: str) -> JobSpec:
     return JobSpec("resume", source=source)
 
 
-def add_seconds_spec(source: str, seconds: float, prompt: str = "") -> JobSpec:
-    return JobSpec("add_seconds", source=source, options={"seconds": float(seconds), "prompt": prompt})
+def add_seconds_spec(source: str, seconds: float, prompt: str = "", options: dict[str, Any] | None = None) -> JobSpec:
+    return JobSpec("add_seconds", source=source, options={"seconds": float(seconds), "prompt": prompt, **(options or {})})
 
 
 def branch_spec(
     source: str, keep_sections: int, changes: dict[str, Any], keyframes: tuple[Keyframe, ...] | None = None,
-    loras: tuple[LoraSpec, ...] | None = None,
+    loras: tuple[LoraSpec, ...] | None = None, options: dict[str, Any] | None = None,
 ) -> JobSpec:  # fmt: skip
     """A branch's spec; `keyframes` (by path) and `loras` replace the source's when given."""
     options = {"keep_sections": int(keep_sections), "changes": dict(changes), "keyframes": keyframes is not None,
-               "loras": loras is not None}  # fmt: skip
+               "loras": loras is not None, **(options or {})}  # fmt: skip
     files = {f"keyframe_{i}": str(Path(k.image).resolve()) for i, k in enumerate(keyframes or ())}
     return JobSpec("branch", files=files, keyframe_times=tuple(k.seconds for k in keyframes or ()),
                    loras=tuple((str(spec.path), spec.weight) for spec in loras or ()), source=source, options=options)  # fmt: skip
+
+
+def postprocess_spec(options: dict[str, Any], source: str | None = None, video: Path | None = None,
+                     keep_in: Path | None = None) -> JobSpec:  # fmt: skip
+    """Post-processing of the finished job `source`, or of the video file `video` (copied into `keep_in` when given).
+    `options` are `PostprocessOptions`' (checked here: PostprocessError on a bad one)."""
+    checked = PostprocessOptions.from_dict(options).to_dict()
+    files = {}
+    if video is not None:
+        if keep_in is None:
+            files["video"] = str(Path(video).resolve())
+        else:
+            (keep_in / "video").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(video, keep_in / "video" / Path(video).name)
+            files["video"] = f"video/{Path(video).name}"
+    return JobSpec("postprocess", files=files, source=source, options={"postprocess": checked})

@@ -63,6 +63,9 @@ CASE_DIRS = {p.name: p for folder in (CASES, CONTROL_CASES) if folder.is_dir() f
 
 CASE_NAMES = list(CASE_DIRS)
 IMAGE = CASES / "v1_original" / "input.png"
+# The original variant's tiny transformer folder, and a short job that checks a transformer's output end to end.
+TRANSFORMER_FOLDER = TINY_MODELS / "lllyasviel" / "FramePackI2V_HY"
+SHORT_JOB = Settings(total_second_length=0.8, latent_window_size=3, steps=3, height=48, width=80, use_teacache=False, seed=5)
 
 
 needs_shared = pytest.mark.skipif(

@@ -17,7 +17,9 @@ from diffusers import HunyuanVideoFramepackTransformer3DModel
 from helpers import (
     IMAGE,
     REPO,
+    SHORT_JOB,
     TINY_MODELS,
+    TRANSFORMER_FOLDER,
     check_memory,
     needs_shared,
     section_latents,
@@ -39,13 +41,9 @@ from framepack.models.checkpoints import (
     load_transformer_file,
 )
 from framepack.models.components import load_transformer, meta_transformer
-from framepack.models.sources import TRANSFORMER_REPOS
-from framepack.settings import Settings
 
 pytestmark = needs_shared
-FOLDER = TINY_MODELS / TRANSFORMER_REPOS["original"]
-CONFIG = json.loads((FOLDER / "config.json").read_text()) if FOLDER.is_dir() else {}
-JOB = Settings(total_second_length=0.8, latent_window_size=3, steps=3, height=48, width=80, use_teacache=False, seed=5)
+CONFIG = json.loads((TRANSFORMER_FOLDER / "config.json").read_text()) if TRANSFORMER_FOLDER.is_dir() else {}
 Q8_0, Q4_K = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_K
 # Q8_0 keeps 8 bits per weight with a scale per 32: on the tiny model a job's latents stay this close to float32's.
 Q8_0_LATENT_ATOL = 0.05
@@ -53,7 +51,7 @@ Q8_0_LATENT_ATOL = 0.05
 
 @pytest.fixture(scope="module")
 def reference() -> HunyuanVideoFramepackTransformer3DModel:
-    return load_transformer(FOLDER, torch.float32)
+    return load_transformer(TRANSFORMER_FOLDER, torch.float32)
 
 
 def write_gguf(path: Path, tensors: dict[str, np.ndarray], quantise) -> Path:
@@ -120,7 +118,7 @@ def test_a_16_bit_file_loads_the_weights_it_holds(reference, tmp_path, dtype):
 def test_an_fp8_file_loads_as_fp8_storage_exactly_as_fp8_loading_makes_it(reference, tmp_path):
     """An e4m3fn file as published for ComfyUI: the big layers stay 8-bit, and every weight is what `--fp8` makes
     of the same model (layers diffusers keeps wide are upcast from the file's 8 bits)."""
-    fp8 = load_transformer_fp8(FOLDER, torch.float32)
+    fp8 = load_transformer_fp8(TRANSFORMER_FOLDER, torch.float32)
     state = {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 else v.bfloat16()) for k, v in reference.state_dict().items()}
     path = tmp_path / "FramePackI2V_HY_fp8_e4m3fn.safetensors"
     save_file(state, str(path))
@@ -163,7 +161,7 @@ def test_a_q8_0_gguf_file_dequantises_exactly_as_gguf_does(reference, tmp_path):
 def test_a_q8_0_job_stays_close_to_the_float_job(tiny_models, reference, tmp_path):
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     quantised = load_models("original", ModelSource(models_dir=TINY_MODELS, transformer_file=path), device="cpu", dtype="float32")
-    latents = section_latents(quantised, JOB, tmp_path / "q8")
+    latents = section_latents(quantised, SHORT_JOB, tmp_path / "q8")
     expected = section_latents(tiny_models("original"), tmp_path / "float")
     difference = (latents - expected).abs().max().item()
     assert 0 < difference < Q8_0_LATENT_ATOL, difference
@@ -223,14 +221,14 @@ def test_loras_run_beside_a_quantised_transformer(tiny_models, reference, tmp_pa
 
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     quantised = load_models("original", ModelSource(models_dir=TINY_MODELS, transformer_file=path), device="cpu", dtype="float32")
-    plain = section_latents(quantised, JOB, tmp_path / "plain")
+    plain = section_latents(quantised, SHORT_JOB, tmp_path / "plain")
     tensors, _ = random_lora("diffusers", reference, seed=3)
     lora = write_lora(tmp_path, "style.safetensors", tensors)
-    with_lora = section_latents(quantised, JOB, tmp_path / "lora", [LoraSpec(lora, 1.0)])
+    with_lora = section_latents(quantised, SHORT_JOB, tmp_path / "lora", [LoraSpec(lora, 1.0)])
     assert not quantised.loras.fused
     assert (with_lora - plain).abs().max() > 1e-3
     apply_loras(quantised, [])
-    assert torch.equal(section_latents(quantised, JOB, tmp_path / "again"), plain)
+    assert torch.equal(section_latents(quantised, SHORT_JOB, tmp_path / "again"), plain)
 
 
 def test_a_gguf_transformer_streams_block_by_block_and_is_planned_from_its_header(reference, tmp_path, capsys):
@@ -337,7 +335,7 @@ def test_the_app_takes_a_transformer_file_and_refuses_a_wrong_one_at_start(refer
     app = ui.create_app("original", ui.parse_args([*common, "--transformer-file", str(path)]))
     try:
         assert app.front.source.transformer_file == path.resolve()
-        job = app.front.submit(JOB, load_image(IMAGE))
+        job = app.front.submit(SHORT_JOB, load_image(IMAGE))
         *_, last = job.events()
         assert isinstance(last, Done), last
         assert json.loads(Path(last.video_path).with_suffix(".json").read_text())["models"]["transformer_file"] == str(path.resolve())

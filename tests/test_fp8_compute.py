@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from helpers import (
     CASES,
-    FOLDER,
-    JOB,
+    SHORT_JOB,
     TINY_MODELS,
+    TRANSFORMER_FOLDER,
     needs_shared,
     run_cli,
     section_latents,
@@ -84,14 +84,14 @@ def test_fp8_compute_is_refused_where_the_device_cannot_and_explains_why():
 def test_a_job_multiplying_in_fp8_stays_close_to_the_fp8_storage_job(tmp_path, monkeypatch):
     # Loaded the way the app and the CLI load it, on the CPU (where the option is refused, so the check is lifted).
     monkeypatch.setattr(framepack.memory.planning, "fp8_matmul_problem", lambda device: None)
-    plan = check_before_loading(JOB, device="cpu", models_dir=TINY_MODELS, fp8_matmuls=True)
+    plan = check_before_loading(SHORT_JOB, device="cpu", models_dir=TINY_MODELS, fp8_matmuls=True)
     assert plan.fp8 and plan.fp8_matmuls and "fp8 matrix products" in plan.summary() + plan.report()
     computed = load_models("original", ModelSource(models_dir=TINY_MODELS), dtype="float32", plan=plan)
     assert any(isinstance(m, Fp8Linear) for m in computed.transformer.modules())
-    latents = section_latents(computed, JOB, tmp_path / "computed")
+    latents = section_latents(computed, SHORT_JOB, tmp_path / "computed")
     stored = load_models("original", ModelSource(models_dir=TINY_MODELS), device="cpu", dtype="float32")
-    stored.transformer = load_transformer_fp8(FOLDER, torch.float32)
-    expected = section_latents(stored, JOB, tmp_path / "stored")
+    stored.transformer = load_transformer_fp8(TRANSFORMER_FOLDER, torch.float32)
+    expected = section_latents(stored, SHORT_JOB, tmp_path / "stored")
     difference = (latents - expected).abs().max().item()
     assert 0 < difference < FP8_COMPUTE_LATENT_ATOL, difference
 

@@ -13,6 +13,7 @@ from ..lora import LoraSpec, read_lora
 from ..memory.sizes import ModelConfigs
 from ..models.components import meta_transformer
 from ..settings import CACHE_METHODS, DTYPES, VARIANTS, Settings
+from .postprocess import add_postprocess_options
 
 # CLI option -> Settings field, for options whose names differ. Options left out keep the Settings default.
 _SETTING_OF = {"seconds": "total_second_length", "teacache": "use_teacache", "crf": "mp4_crf"}
@@ -29,6 +30,7 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blank-start", choices=BLANK_STARTS, default="grey", help="the blank start frame without --image (default grey)")
     parser.add_argument("--end-image", type=Path, help="the video's last frame (original variant)")
     add_setting_options(parser)
+    add_postprocess_options(parser)
 
 
 def add_setting_options(parser: argparse.ArgumentParser, for_branch: bool = False) -> None:

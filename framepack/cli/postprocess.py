@@ -25,8 +25,6 @@ _FORMAT_OF_SUFFIX = {".mp4": "mp4", ".webm": "webm", ".mov": "prores", ".gif": "
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `postprocess` command."""
-    upscalers = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "upscaler")
-    interpolators = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "interpolator")
     parser = subparsers.add_parser(
         "postprocess", help="upscale, interpolate, colour-match or convert a finished video",
         description="Post-process a video frame by frame (memory does not grow with its length). The result goes "
@@ -34,17 +32,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     )  # fmt: skip
     parser.add_argument("input", type=Path, help="the video to post-process (never overwritten)")
     parser.add_argument("--output", type=Path, help="where the result goes (png: a folder)")
-    parser.add_argument("--upscale", metavar="MODEL", help=f"Real-ESRGAN model file or known name ({upscalers})")
-    parser.add_argument("--scale", type=float, help="final scale after the upscale model (e.g. 2 with a x4 model)")
-    parser.add_argument("--interpolate", type=int, default=1, metavar="N",
-                        help="frames per input frame: 2 or 4 (RIFE); fps goes up as much, duration stays")  # fmt: skip
-    parser.add_argument("--interpolation-model", default=DEFAULT_INTERPOLATION_MODEL, metavar="MODEL",
-                        help=f"RIFE model file or known name ({interpolators}; default {DEFAULT_INTERPOLATION_MODEL})")  # fmt: skip
-    parser.add_argument("--color-match", "--colour-match", default="off", metavar="MODE",
-                        help="start: match every frame's colours to the first frame's (off by default)")  # fmt: skip
-    parser.add_argument("--format", metavar="FORMAT",
-                        help=f"{', '.join(FORMATS)} (default: from --output's suffix, else mp4)")  # fmt: skip
-    parser.add_argument("--crf", type=int, default=16, help="quality for mp4, h265, webm, av1 (lower is better)")
+    add_postprocess_options(parser, "--crf")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the GPU if there is one)")
     parser.add_argument("--hf-cache", type=Path, default=Path("hf_download"), help="where known models are kept")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or status lines")
@@ -52,16 +40,40 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     return parser
 
 
+def add_postprocess_options(parser: argparse.ArgumentParser, crf_flag: str = "--post-crf") -> None:
+    """The post-processing choices: the command's own, and a job's (`generate` and the others run them after the job,
+    as a job of its own; there the quality option is --post-crf, beside the job's own --crf)."""
+    upscalers = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "upscaler")
+    interpolators = ", ".join(name for name, model in KNOWN_MODELS.items() if model.kind == "interpolator")
+    add = parser.add_argument
+    add("--upscale", metavar="MODEL", help=f"Real-ESRGAN model file or known name ({upscalers})")
+    add("--scale", type=float, help="final scale after the upscale model (e.g. 2 with a x4 model)")
+    add("--interpolate", type=int, default=1, metavar="N", help="frames per input frame: 2 or 4 (RIFE); fps goes up as much, duration stays")
+    add("--interpolation-model", default=DEFAULT_INTERPOLATION_MODEL, metavar="MODEL",
+        help=f"RIFE model file or known name ({interpolators}; default {DEFAULT_INTERPOLATION_MODEL})")  # fmt: skip
+    add("--color-match", "--colour-match", default="off", metavar="MODE",
+        help="start: match every frame's colours to the first frame's (a job's: its start image's; off by default)")  # fmt: skip
+    add("--format", metavar="FORMAT", help=f"{', '.join(FORMATS)} (default: from --output's suffix, else mp4)")
+    add(crf_flag, dest="post_crf", type=int, default=16, help="quality for mp4, h265, webm, av1 (lower is better)")
+
+
 def options_from_args(args: argparse.Namespace) -> PostprocessOptions:
     """The command's options as PostprocessOptions (PostprocessError on a bad value)."""
     fmt = args.format
     if fmt is None:
-        fmt = _FORMAT_OF_SUFFIX.get(args.output.suffix.lower(), "mp4") if args.output else "mp4"
+        output = getattr(args, "output", None)
+        fmt = _FORMAT_OF_SUFFIX.get(output.suffix.lower(), "mp4") if output else "mp4"
     return PostprocessOptions(
         upscale=args.upscale, scale=args.scale, interpolate=args.interpolate,
         interpolation_model=args.interpolation_model, color_match=args.color_match.lower(), format=fmt.lower(),
-        crf=args.crf,
+        crf=args.post_crf,
     )  # fmt: skip
+
+
+def job_postprocessing(args: argparse.Namespace) -> dict[str, object] | None:
+    """What a job's options ask to run after it, checked now (PostprocessError): None when nothing was asked."""
+    asked = args.upscale or args.interpolate != 1 or args.color_match.lower() != "off" or args.format
+    return options_from_args(args).to_dict() if asked else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,12 +19,12 @@ from tqdm import tqdm
 from ..controls import JobInputs, plan_schedule
 from ..engine.errors import USER_ERRORS
 from ..engine.starts import added_prompts
-from ..events import Done, Error, Event, Progress, SectionDone, Status
+from ..events import Done, Error, Event, FrameProgress, Progress, SectionDone, Status
 from ..jobs.checkpoint import read_checkpoint
 from ..jobs.paths import LOCAL_USER, job_paths, new_job_id
 from ..jobs.record import JobRecord
 from ..jobs.spec import JobSpec
-from ..kinds import JobContext, add_seconds_spec, branch_spec, execute, inputs_spec, recorded_models, resume_spec
+from ..kinds import JobContext, add_seconds_spec, branch_spec, execute, follow_up, inputs_spec, recorded_models, resume_spec
 from ..loading import load_models
 from ..lora import LoraSpec, lora_bytes
 from ..media.images import load_image
@@ -36,6 +36,7 @@ from ..models.components import default_device, resolve_dtypes
 from ..options import add_runtime_options, model_source
 from ..settings import Settings
 from .logs import log_file
+from .postprocess import add_postprocess_options, job_postprocessing
 from .options import add_job_options, add_setting_options, checked_job, setting_changes, settings_from_args
 
 logger = logging.getLogger("framepack.cli")
@@ -55,6 +56,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     res.add_argument("--add-seconds", type=float, help="a new video: this finished F1 video that many seconds longer")
     res.add_argument("--prompt", default="", help='with --add-seconds: timed prompts for the added seconds, "[6s: he sits down]"')
     res.add_argument("--job-name", help="with --add-seconds: file name stem of the new video (default: time and random suffix)")
+    add_postprocess_options(res)
     res.set_defaults(handler=run_resume)
     ext = commands.add_parser(
         "extend", help="make any video longer: its frames first, then new ones",
@@ -65,6 +67,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     ext.add_argument("video", type=Path, help="the video to continue")
     ext.add_argument("--end-image", type=Path, help="the added part's last frame (original variant)")
     add_setting_options(ext)
+    add_postprocess_options(ext)
     ext.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where files go (default ./outputs)")
     ext.add_argument("--job-name", help="file name stem of the outputs (default: time and random suffix)")
     ext.set_defaults(handler=run_extend)
@@ -77,6 +80,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     branch.add_argument("path", type=Path, help="the source job's record (.json) or video (.mp4)")
     branch.add_argument("--keep-sections", type=int, required=True, metavar="K", help="how many of its first sections to keep")
     add_setting_options(branch, for_branch=True)
+    add_postprocess_options(branch)
     branch.add_argument("--job-name", help="file name stem of the new job (default: time and random suffix)")
     branch.set_defaults(handler=run_branch)
     for command in (gen, res, ext, branch):
@@ -86,7 +90,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     settings, inputs = checked_job(args)  # its files, which the job reads again as it starts
-    spec = inputs_spec("generate", settings, inputs)
+    spec = inputs_spec("generate", settings, inputs, options=_after(args))
     return _run(args, spec, args.job_name or new_job_id(), args.output_dir, settings, settings.num_sections, inputs.loras)
 
 
@@ -96,7 +100,7 @@ def run_resume(args: argparse.Namespace) -> int:
         saved = JobRecord.load(source).settings_object(source.job_id)
         longer = saved.replace(total_second_length=round(saved.total_second_length + args.add_seconds, 6))
         added_prompts(args.prompt, saved.num_sections * 4 * saved.latent_window_size / 30)  # refused now, not after loading
-        spec = add_seconds_spec(source.job_id, args.add_seconds, args.prompt)
+        spec = add_seconds_spec(source.job_id, args.add_seconds, args.prompt, _after(args))
         sections = max(0, longer.num_sections - saved.num_sections)
         return _run(args, spec, args.job_name or new_job_id(), source.output_dir, saved, sections)
     if args.prompt:
@@ -115,7 +119,7 @@ def run_extend(args: argparse.Namespace) -> int:
     images = given.load()
     plan_schedule(settings, [k.seconds for k in images.keyframes], images.end_image is not None)
     check_video(args.video)
-    spec = inputs_spec("extend", settings, given, args.video)
+    spec = inputs_spec("extend", settings, given, args.video, options=_after(args))
     return _run(args, spec, args.job_name or new_job_id(), args.output_dir, settings, settings.num_sections, given.loras)
 
 
@@ -130,7 +134,7 @@ def run_branch(args: argparse.Namespace) -> int:
         load_image(keyframe.image)  # an unreadable image is refused before the models load
     keyframes = tuple(args.keyframe) if args.keyframe is not None else None
     loras = tuple(args.lora) if args.lora is not None else None
-    spec = branch_spec(source.job_id, args.keep_sections, changes, keyframes, loras)
+    spec = branch_spec(source.job_id, args.keep_sections, changes, keyframes, loras, _after(args))
     sections = max(0, settings.num_sections - args.keep_sections)
     return _run(args, spec, args.job_name or new_job_id(), source.output_dir, settings, sections, loras or ())
 
@@ -146,7 +150,20 @@ def _run(
         print(f"error: {exc}", file=sys.stderr)
         return 1
     context = lambda stop: JobContext(models, job_id, LOCAL_USER, spec, output_dir, Path.cwd(), stop, previews=False)  # noqa: E731
-    return follow(lambda stop: execute(context(stop)), sections * settings.steps, args.quiet)
+    code = follow(lambda stop: execute(context(stop)), sections * settings.steps, args.quiet)
+    after = follow_up(spec, job_id) if code == 0 else None
+    if after is None:
+        return code
+    # What the job asked to run after it, as the queue runs it: a job of its own, on the job's finished video.
+    later = lambda stop: JobContext(None, new_job_id(), LOCAL_USER, after, output_dir, Path.cwd(), stop,  # noqa: E731
+                                    device=args.device, cache_dir=args.hf_cache)  # fmt: skip
+    return follow(lambda stop: execute(later(stop)), 0, args.quiet)
+
+
+def _after(args: argparse.Namespace) -> dict[str, object]:
+    """The job spec's options for what runs after it (checked now, before anything loads)."""
+    asked = job_postprocessing(args)
+    return {"postprocess": asked} if asked else {}
 
 
 def load_for(
@@ -190,6 +207,11 @@ def follow(start: Callable[[threading.Event], Iterator[Event]], total_steps: int
             if isinstance(event, Progress):
                 bar.set_description(f"section {event.section}/{event.sections}")
                 bar.update(1)
+            elif isinstance(event, FrameProgress):  # a step that works frame by frame (post-processing)
+                bar.unit, bar.total = "frame", event.total or None
+                bar.set_description(event.stage)
+                bar.set_postfix_str(f"{event.fps:.1f} frames/s", refresh=False)
+                bar.update(event.done - bar.n)
             elif isinstance(event, SectionDone):
                 bar.set_postfix_str(f"{event.frames} frames, {event.seconds:.2f} s")
             elif isinstance(event, Status):
@@ -215,7 +237,9 @@ def report(done: Done) -> int:
         print("Stopped before the first section finished; nothing was written.")
         return 130
     state = f"Stopped after {done.sections_done} sections" if done.stopped else "Done"
-    print(f"{state}: {done.frames} frames, {done.seconds:.2f} s of video in {done.elapsed:.1f} s (attention {done.attention})")
+    ran = f" (attention {done.attention})" if done.latents_path is not None else ""
+    print(f"{state}: {done.frames} frames, {done.seconds:.2f} s of video in {done.elapsed:.1f} s{ran}")
     print(f"video: {done.video_path}")
-    print(f"latents: {done.latents_path}")
+    if done.latents_path is not None:
+        print(f"latents: {done.latents_path}")
     return 130 if done.stopped else 0

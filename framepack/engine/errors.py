@@ -17,11 +17,13 @@ from ..media.mp4 import VideoWriterError, describe_write_error
 from ..media.reading import VideoInputError
 from ..memory.planning import MemoryPlanError
 from ..models.checkpoints import CheckpointError
+from ..postprocess import PostprocessError
 from ..settings import SettingsError
 
 logger = logging.getLogger(__name__)
 # Failures a user causes or can mend; their messages are written for them.
-USER_ERRORS = (SettingsError, ImageError, MemoryPlanError, JobBusyError, LoraError, VideoInputError, CheckpointError, RecordError)
+USER_ERRORS = (SettingsError, ImageError, MemoryPlanError, JobBusyError, LoraError, VideoInputError, CheckpointError, RecordError,
+               PostprocessError)  # fmt: skip
 
 
 def failure_message(exc: BaseException) -> str:

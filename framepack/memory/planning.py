@@ -26,7 +26,7 @@ import torch
 from ..media.images import buckets
 from .sensing import DeviceMemory, detect_device
 from .sizes import GB, LoraBytes, ModelSizes, ModuleSize, file_configs, gb, published_sizes
-from .workload import Workload, section_tokens, workload
+from .workload import ACTIVATION_MARGIN, Workload, section_tokens, workload
 from ..models.checkpoints import GGUF_BLOCKS, inspect_transformer_file
 from ..models.components import COMPONENTS, resolve_dtypes
 from ..models.fp8 import fp8_matmul_problem
@@ -613,6 +613,19 @@ def _advice(plan: MemoryPlan, request: _Request) -> tuple[str, ...]:
     if plan.mode == "low" and plan.fits_gpu and not plan.fits_ram:
         advice.append("a GPU with more than 60 GB free keeps the weights out of system memory")
     return tuple(advice)
+
+
+def postprocess_phase(parts: dict[str, tuple[int, int]], on_gpu: bool, free: int | None) -> tuple[PhasePlan, bool]:
+    """The post-processing phase: each network's (weights, working bytes at its largest step), on the GPU or in
+    RAM, and whether it fits in `free` bytes there (None: unknown, taken as fitting). The networks stay loaded
+    together while frames go through them, and one step's working memory is alive at a time."""
+    weights = sum(weight for weight, _ in parts.values())
+    working = max((work for _, work in parts.values()), default=0)
+    described = tuple(f"{name} ({gb(weight)} + {gb(work)} working)" for name, (weight, work) in parts.items())
+    total = int((weights + working) * ACTIVATION_MARGIN)
+    phase = PhasePlan("post-processing", described if on_gpu else (), () if on_gpu else described,
+                      total if on_gpu else 0, 0 if on_gpu else total)  # fmt: skip
+    return phase, free is None or total <= free
 
 
 class MemoryPlanError(RuntimeError):

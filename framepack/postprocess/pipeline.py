@@ -25,6 +25,9 @@ import numpy as np
 import torch
 
 from ..events import Done, FrameProgress, Status
+from ..memory.planning import postprocess_phase
+from ..memory.sensing import detect_device, system_ram
+from ..memory.sizes import gb
 from . import PostprocessError
 from .colour import MODES, ColourMatch
 from .formats import FORMATS, Format, open_writer, output_format
@@ -259,6 +262,26 @@ def _plan(source: Path, output: Path, options: PostprocessOptions, device: str |
 # ----------------------------------------------------------------------------------------------- running
 
 
+def _memory_check(plan: _Plan, upscaler: Upscaler | None, interpolator: Interpolator | None) -> str:
+    """The post-processing phase as the memory plan counts it (each network's weights and its largest step's working
+    memory: an upscaler tile, RIFE at the output size); PostprocessError when it does not fit what is free."""
+    width, height = plan.size
+    parts = {}
+    if upscaler is not None:
+        parts[upscaler.name] = (upscaler.weight_bytes(), upscaler.working_bytes(plan.info.height, plan.info.width))
+    if interpolator is not None:
+        parts[interpolator.name] = (interpolator.weight_bytes(), interpolator.working_bytes(height, width))
+    on_gpu = plan.device.type != "cpu"
+    free = detect_device(plan.device).vram_free if on_gpu else system_ram()[0]
+    phase, fits = postprocess_phase(parts, on_gpu, free)
+    need = phase.gpu_bytes if on_gpu else phase.ram_bytes
+    where = "GPU memory" if on_gpu else "RAM"
+    if not fits:
+        raise PostprocessError(f"post-processing needs {gb(need)} of {where} and {gb(free)} is free: close other "
+                               "programs, or choose a smaller upscaler or no interpolation")  # fmt: skip
+    return f"post-processing needs {gb(need)} of {where}" + (f" ({gb(free)} free)" if free is not None else "")
+
+
 def _tensor(frame: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frame).permute(2, 0, 1)[None].float().div_(255)
 
@@ -318,6 +341,8 @@ def postprocess(source: Path, output: Path, options: PostprocessOptions, *, refe
         yield Status(f"loading {plan.interpolator[0].name} on {plan.device}")
         interpolator = load_interpolator(plan.interpolator[0], plan.device, state_dict=plan.interpolator[1])
         plan.interpolator = None  # the weights are on the device now; the CPU copy can go
+    if upscaler is not None or interpolator is not None:
+        yield Status(_memory_check(plan, upscaler, interpolator))
     colour = None
     if options.color_match == "start" and reference is not None:
         colour = ColourMatch(reference, plan.device)

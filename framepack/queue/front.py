@@ -30,7 +30,7 @@ from ..events import Done, Error, Event, FrameProgress, Progress, Status
 from ..jobs.paths import LOCAL_USER, JobPaths, new_job_id
 from ..jobs.record import JobRecord, RecordError, job_owner
 from ..jobs.spec import JobSpec
-from ..kinds import add_seconds_spec, branch_spec, inputs_spec, kind_of, resume_spec
+from ..kinds import add_seconds_spec, branch_spec, files_of, follow_up, inputs_spec, resume_spec
 from ..media.images import ImageError
 from ..memory.planning import MemoryPlan
 from ..models import ModelSource
@@ -277,18 +277,11 @@ class QueueFront:
                 return False
             self.store.delete(job_id)
         remove_inputs(self.output_dir, job_id)
-        if kind_of(job.spec).makes_files:
-            paths = JobPaths(self.output_dir, job_id)
-            try:
-                derived = [paths.output_dir / entry["file"] for entry in JobRecord.load(paths).derived if "file" in entry]
-            except RecordError:
-                derived = []
-            for path in (paths.video, paths.latents, paths.manifest, paths.checkpoint, *derived):
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-            shutil.rmtree(paths.parts_dir, ignore_errors=True)
+        for path in files_of(job.spec, job_id, self.output_dir, job.video):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return True
 
     def jobs_of(self, owner: str) -> list[dict[str, object]]:
@@ -499,6 +492,8 @@ class QueueFront:
                 logger.error("Could not record the end of job %s (%s); it is kept until the store takes it", job.id, exc)
                 self._unsaved[job.id] = fields
             logger.info("Job %s: %s", job.id, fields["message"])
+            if fields["state"] == "done":
+                self._queue_follow_up(job)
             followers = self._followers.pop(job.id, [])
             self._stops.pop(job.id, None)
             self._runner_of.pop(job.id, None)
@@ -508,6 +503,19 @@ class QueueFront:
             handle._put(last)
         if self.on_event is not None:
             self.on_event(job, last)
+
+    def _queue_follow_up(self, job: QueuedJob) -> None:
+        """Queue what a finished job asked to run after it (its post-processing), as its owner's job, for any worker."""
+        # Called with the lock held.
+        spec = follow_up(job.spec, job.id)
+        if spec is None:
+            return
+        try:
+            queued = self.store.add(QueuedJob(new_job_id(), job.owner, spec, job.variant))
+        except STORE_ERRORS as exc:
+            logger.error("Could not queue what job %s asked to run after it: %s", job.id, exc)
+            return
+        logger.info("Job %s queued %s to run after it", job.id, queued.id)
 
     def _final_fields(self, job: QueuedJob, last: Done | Error) -> dict[str, Any]:
         # Called with the lock held.

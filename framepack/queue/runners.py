@@ -13,7 +13,7 @@ from typing import Protocol
 
 from ..events import Error, Event, Status
 from ..jobs.paths import RecordError
-from ..kinds import JobContext, execute, recorded_models
+from ..kinds import JobContext, execute, kind_of, recorded_models
 from ..loading import load_models
 from ..memory.planning import MemoryPlan
 from ..models import ModelSet, ModelSource, ModelsMissingError
@@ -65,14 +65,17 @@ class ModelKeeper:
         """The job's engine events, after loading the models it needs."""
         try:
             made_with = recorded_models(job.spec, job.id, job.attempts, self.output_dir)
-        except RecordError as exc:
+        except (RecordError, ValueError) as exc:  # an unreadable record, or a kind this version does not know
             yield Error(str(exc), exc)
             return
-        models = yield from self._models_for(made_with)
-        if models is None:
-            return
+        models = None
+        if kind_of(job.spec).needs_models:
+            models = yield from self._models_for(made_with)
+            if models is None:
+                return
+        device = str(self.plan.device) if self.plan is not None else None
         context = JobContext(models, job.id, job.owner, job.spec, self.output_dir, input_folder(self.output_dir, job.id),
-                             stop, job.attempts)  # fmt: skip
+                             stop, job.attempts, device=device, cache_dir=self.source.cache_dir)  # fmt: skip
         yield from execute(context)
 
     def _models_for(self, made_with: dict[str, str] | None) -> Iterator[Event]:
