@@ -9,7 +9,7 @@ the weights are and where they come from), `memory` (sensing, sizing, planning, 
 from .engine import add_seconds, branch_job, extend_video, generate, resume_job
 from .events import Done, Error, Event, FrameProgress, Progress, SectionDone, Status
 from .loading import load_models
-from .models import ModelSet, ModelSource, ModelsMissingError
+from .models import ModelSet, ModelsMissingError, ModelSource
 from .settings import Settings, SettingsError
 
 __all__ = [

@@ -14,7 +14,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -22,8 +21,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from .media.images import load_image, resize_and_center_crop, target_size
 from .lora import LoraSpec
+from .media.images import load_image, resize_and_center_crop, target_size
 from .settings import EPSILON, FPS, Settings, SettingsError, check_distinct
 
 BLANK_STARTS: tuple[str, ...] = ("grey", "black", "white", "noise")

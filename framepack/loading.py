@@ -11,26 +11,36 @@ import gc
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
 from safetensors import safe_open
-from transformers import AutoTokenizer, CLIPTextModel, LlamaConfig, LlamaModel, SiglipImageProcessorPil, SiglipVisionModel
+from transformers import (
+    AutoTokenizer,
+    CLIPTextModel,
+    LlamaConfig,
+    LlamaModel,
+    SiglipImageProcessorPil,
+    SiglipVisionModel,
+)
 
-from .models.attention import set_attention
-from .models.components import COMPONENTS, compile_blocks, default_device, load_transformer, resolve_dtypes
-from .models import ModelSet, ModelSource
-from .models.checkpoints import load_transformer_file, transformer_from_tensors
 from .memory.placement import Placement, place_component, stream_from_files
-from .memory.planning import MemoryPlan
-from .memory.sizes import ModuleSize, module_size
-from dataclasses import replace
-from .memory.planning import MemoryPlanError, plan_for_settings
-from .memory.sensing import held_by_process, detect_device
-from .memory.sizes import ModelSizes
+from .memory.planning import MemoryPlan, MemoryPlanError, plan_for_settings
+from .memory.sensing import detect_device, held_by_process
+from .memory.sizes import ModelSizes, ModuleSize, module_size
+from .models import ModelSet, ModelSource
+from .models.attention import set_attention
+from .models.checkpoints import load_transformer_file, transformer_from_tensors
+from .models.components import (
+    COMPONENTS,
+    compile_blocks,
+    default_device,
+    load_transformer,
+    resolve_dtypes,
+)
 from .settings import Settings
 
 logger = logging.getLogger(__name__)

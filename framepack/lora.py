@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-import os
+
 from .memory.placement import place_component
 from .memory.planning import fuses_loras
 from .memory.sizes import LoraBytes, ModelConfigs

@@ -13,6 +13,8 @@ from typing import Any
 import gradio as gr
 
 from ..controls import BLANK_STARTS
+from ..postprocess.formats import FORMATS
+from ..postprocess.weights import KNOWN_MODELS
 from ..settings import MAX_SECONDS, Settings
 
 DEFAULTS = Settings()
@@ -109,7 +111,25 @@ FIELDS: tuple[Field, ...] = (
         info="Several at once; each gets a weight below (0 turns one off)."), annotation=list[str] | None),  # fmt: skip
     Field("lora_weights", "", lambda page: gr.Textbox("", visible=False, elem_id="fp-lora-weights"), annotation=str),
 )
-BY_NAME = {f.name: f for f in FIELDS}
+# Post-processing's own controls (the "Post-process" panel and `/postprocess`), in its parameters' order.
+UPSCALERS = ("none", *(name for name, model in KNOWN_MODELS.items() if model.kind == "upscaler"))
+POSTPROCESS_FIELDS: tuple[Field, ...] = (
+    Field("upscale", "none", lambda page: gr.Dropdown(list(UPSCALERS), value="none", label="Upscaler (Real-ESRGAN)",
+          elem_id="fp-pp-upscale", info="Downloaded once on first use."), annotation=str, loadable=False,
+          endpoints=("postprocess",)),  # fmt: skip
+    Field("scale", 0, lambda page: gr.Number(value=0, minimum=0, maximum=8, label="Final scale (0: the model's own)",
+          elem_id="fp-pp-scale"), annotation=float, loadable=False, endpoints=("postprocess",)),  # fmt: skip
+    Field("interpolate", 1, lambda page: gr.Radio([1, 2, 4], value=1, label="Frames per frame (RIFE: x2 = 60 fps)",
+          elem_id="fp-pp-interpolate"), annotation=int, loadable=False, endpoints=("postprocess",)),  # fmt: skip
+    Field("color_match", "off", lambda page: gr.Radio(["off", "start"], value="off", label="Match colours to the start",
+          elem_id="fp-pp-colour", info="Holds long videos' colours to the first frame (the start image)."),
+          annotation=str, loadable=False, endpoints=("postprocess",)),  # fmt: skip
+    Field("format", "mp4", lambda page: gr.Dropdown(list(FORMATS), value="mp4", label="Format", elem_id="fp-pp-format"),
+          annotation=str, loadable=False, endpoints=("postprocess",)),  # fmt: skip
+    Field("crf", DEFAULTS.mp4_crf, lambda page: gr.Slider(0, 51, DEFAULTS.mp4_crf, step=1, label="Quality (CRF)",
+          elem_id="fp-pp-crf"), annotation=int, loadable=False, endpoints=("postprocess",)),  # fmt: skip
+)
+BY_NAME = {f.name: f for f in (*FIELDS, *POSTPROCESS_FIELDS)}
 # What a previous job's settings fill in, in this order (its images are added again by hand).
 LOADABLE = tuple(f.name for f in FIELDS if f.loadable)
 SETTING_NAMES = frozenset(f.setting for f in FIELDS if f.setting)
@@ -117,7 +137,7 @@ SETTING_NAMES = frozenset(f.setting for f in FIELDS if f.setting)
 
 def endpoint_fields(endpoint: str) -> tuple[Field, ...]:
     """The fields an API call takes, in its parameters' order."""
-    return tuple(f for f in FIELDS if endpoint in f.endpoints)
+    return tuple(f for f in (*FIELDS, *POSTPROCESS_FIELDS) if endpoint in f.endpoints)
 
 
 def signature(fields: Sequence[Field], before: Sequence[inspect.Parameter] = (), returns: Any = inspect.Signature.empty) -> inspect.Signature:

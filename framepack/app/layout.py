@@ -59,6 +59,7 @@ def build_layout(page: Page, timeline: str) -> Controls:
                     parts["video"] = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, height=512,
                                               elem_id="fp-video")  # fmt: skip
                     parts["message"] = gr.Markdown("", label="Status", elem_id="fp-message")
+                    _postprocess_panel(controls, place)
         with gr.Tab("Queue", elem_id="fp-queue-tab"):
             _queue_tab(parts)
     return controls
@@ -105,6 +106,29 @@ def _previous_output(parts: dict[str, Any], page: Page) -> None:
                 info="Counted as the progress bar counts them; the seed and prompt above apply to the rest.",
             )  # fmt: skip
             parts["branch"] = gr.Button("Keep the first K sections and redo the rest", elem_id="fp-branch")
+
+
+def _postprocess_panel(controls: Controls, place: Any) -> None:
+    parts = controls.parts
+    with gr.Accordion("Post-process: upscale, interpolate, hold the colours, other formats", open=False):
+        gr.Markdown("The last video made on this page, or a video you upload here. The result is a new file beside it; "
+                    "the job's own video stays as it is.")  # fmt: skip
+        parts["pp_video"] = gr.Video(sources=["upload"], label="Or a video of your own", height=200, elem_id="fp-pp-video")
+        parts["pp_job"] = gr.Textbox("", visible=False, elem_id="fp-pp-job")  # the API names a job of the caller's here
+        with gr.Row():
+            place("upscale")
+            place("scale")
+        with gr.Row():
+            place("interpolate")
+            place("color_match")
+        with gr.Row():
+            place("format")
+            place("crf")
+        parts["pp_start"] = gr.Button("Post-process", variant="primary", elem_id="fp-pp-start")
+        parts["pp_progress"] = gr.HTML(progress_html(0, "Idle"), elem_id="fp-pp-progress")
+        parts["pp_message"] = gr.Markdown("", elem_id="fp-pp-message")
+        parts["pp_result"] = gr.Video(label="Result", interactive=False, elem_id="fp-pp-result")
+        parts["pp_file"] = gr.File(label="Result file", interactive=False, elem_id="fp-pp-file")
 
 
 def _queue_tab(parts: dict[str, Any]) -> None:

@@ -9,15 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..controls import JobInputs, Keyframe, describe_schedule, plan_schedule, prepare_images, timeline
+from ..controls import (
+    JobInputs,
+    Keyframe,
+    describe_schedule,
+    plan_schedule,
+    prepare_images,
+    timeline,
+)
 from ..jobs.paths import job_name
 from ..jobs.record import RecordError, settings_of_output
+from ..kinds import postprocess_spec
 from ..lora import LoraSpec
 from ..media.reading import check_video
+from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
 from ..queue.store import QueuedJob
 from ..settings import Settings, SettingsError
-from .fields import LOADABLE, SETTING_NAMES, list_loras
+from .fields import LOADABLE, SETTING_NAMES, UPSCALERS, list_loras
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,26 @@ class AppService:
         if prompt and prompt.strip():
             changes["prompt"] = prompt
         return self.front.submit_branch(job_name(previous), keep, changes, owner, session, follow)
+
+    def postprocess(self, owner: str, session: str | None, values: dict[str, Any], video: str | None = None,
+                    job: str | None = None, follow: bool = True) -> Job:  # fmt: skip
+        """Queue the post-processing of an uploaded `video`, or else of the caller's finished `job` (its result goes
+        beside the job's video and its record lists it); raises PostprocessError for a bad choice."""
+        options = {
+            "upscale": None if values.get("upscale") in (None, "", "none") else values["upscale"],
+            "scale": float(values["scale"]) if values.get("scale") else None, "interpolate": values.get("interpolate") or 1,
+            "color_match": values.get("color_match") or "off", "format": values.get("format") or "mp4",
+            "crf": values.get("crf", 16),
+        }  # fmt: skip
+        if options["upscale"] is not None and options["upscale"] not in UPSCALERS:  # names only: no server file is reached
+            raise PostprocessError(f"unknown upscaler {options['upscale']!r}: choose one of {', '.join(UPSCALERS[1:])}")
+        if video is None and not job:
+            raise PostprocessError("nothing to post-process: make a video first, or upload one")
+        if video is not None:
+            check_video(video)
+            build = lambda folder: postprocess_spec(options, video=Path(video), keep_in=folder)  # noqa: E731
+            return self.front.submit_spec(build, owner, session, follow)
+        return self.front.submit_spec(postprocess_spec(options, source=job_name(job)), owner, session, follow)
 
     def jobs_of(self, owner: str) -> list[dict[str, object]]:
         return self.front.jobs_of(owner)

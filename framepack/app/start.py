@@ -16,7 +16,12 @@ from ..jobs.paths import sweep_outputs
 from ..memory.planning import MemoryPlanError
 from ..models import ModelsMissingError
 from ..models.checkpoints import CheckpointError
-from ..options import add_runtime_options, add_worker_options, model_source, worker_plans
+from ..options import (
+    add_runtime_options,
+    add_worker_options,
+    model_source,
+    worker_plans,
+)
 from ..queue.cluster import ClusterError
 from ..queue.front import QueueFront
 from ..queue.policy import MAX_JOBS_PER_OWNER

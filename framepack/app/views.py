@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..events import Done, Progress, SectionDone, Status
+from ..events import Done, Error, FrameProgress, Progress, SectionDone, Status
 from ..queue.front import JobEvent, Waiting
 from ..queue.store import QueuedJob
 from ..settings import FPS
@@ -123,3 +123,32 @@ class PageCopies:
             shutil.copyfile(video, target)
         return str(target)
 
+
+
+# Formats a browser plays in a <video>; the others are offered as a download.
+PLAYABLE = (".mp4", ".webm")
+
+
+def postprocess_updates(event: JobEvent, show: Callable[[Path], str] = str) -> tuple[Any, Any, Any, Any]:
+    """The Post-process panel's updates (progress, message, result video, result file) for one job event."""
+    skip = gr.skip()
+    if isinstance(event, Waiting):
+        text = f"Waiting for the GPU: position {event.position} in line"
+        return progress_html(0, text), text, skip, skip
+    if isinstance(event, Status):
+        return skip, event.message, skip, skip
+    if isinstance(event, FrameProgress):
+        total = f" of {event.total}" if event.total else ""
+        return progress_html(event.fraction, f"{event.stage}: frame {event.done}{total} · {event.fps:.1f} frames/s"), skip, skip, skip
+    if isinstance(event, Done):
+        if event.video_path is None:
+            return progress_html(0, "Stopped"), "Stopped: nothing was written.", skip, skip
+        path = event.video_path
+        text = f"Finished: {event.frames} frames ({event.seconds:.2f} s) in {event.elapsed:.1f} s, saved as `{path.name}` in the outputs folder"
+        if path.is_dir():
+            return progress_html(1, "Finished"), text + " (a folder of PNG frames)", skip, skip
+        copy = show(path)
+        return progress_html(1, "Finished"), text, copy if path.suffix.lower() in PLAYABLE else None, copy
+    if isinstance(event, Error):
+        return progress_html(0, "Failed"), error_message(event.message), skip, skip
+    return skip, skip, skip, skip

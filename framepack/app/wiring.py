@@ -13,16 +13,37 @@ from typing import Any
 
 import gradio as gr
 
-from ..events import Error
+from ..events import Done, Error
 from ..jobs.paths import LOCAL_USER
 from ..media.images import ImageError
 from ..media.reading import VideoInputError
+from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
 from ..settings import SettingsError
-from .fields import DEFAULTS, FIELDS, LOADABLE, Page, endpoint_fields, list_loras, signature, with_signature
+from .fields import (
+    DEFAULTS,
+    FIELDS,
+    LOADABLE,
+    Page,
+    endpoint_fields,
+    list_loras,
+    signature,
+    with_signature,
+)
 from .layout import Controls, build_layout
 from .service import AppService, Loaded, lora_weights_by_name, upload_path
-from .views import QUEUE_REFRESH_SECONDS, PageCopies, Updates, error_message, event_updates, frames_line, progress_html, queue_entry, queue_row
+from .views import (
+    QUEUE_REFRESH_SECONDS,
+    PageCopies,
+    Updates,
+    error_message,
+    event_updates,
+    frames_line,
+    postprocess_updates,
+    progress_html,
+    queue_entry,
+    queue_row,
+)
 
 TITLES = {"original": "FramePack", "f1": "FramePack-F1"}
 # Jobs beyond this many wait in Gradio's own queue instead of holding a server thread each.
@@ -30,7 +51,7 @@ MAX_ACTIVE_REQUESTS = 8
 # Gradio copies every version of the growing video and every preview into its temp cache; prune it every 30 minutes
 # of files older than 2 hours (the finished video stays in the outputs folder).
 TEMP_CACHE_PRUNING = (1800, 7200)
-USER_ERRORS = (SettingsError, ImageError, VideoInputError)
+USER_ERRORS = (SettingsError, ImageError, VideoInputError, PostprocessError)
 
 
 class Session:
@@ -38,6 +59,7 @@ class Session:
 
     def __init__(self) -> None:
         self.jobs: list[Job] = []
+        self.last_video: str | None = None  # the job whose video this session saw made last (to post-process)
         self.page = False  # a browser page (API clients never load one): Start queues the job when the GPU is busy
 
     def stop(self) -> int:
@@ -140,6 +162,8 @@ class Handlers:
             for event in job.events():
                 if isinstance(event, Error):
                     gr.Warning(event.message)  # a toast too, in case the status line is scrolled away
+                if isinstance(event, Done) and event.video_path is not None:
+                    session.last_video = event.video_path.stem
                 yield event_updates(event, copies)
         finally:
             # Also runs when Gradio closes the generator: a closed tab or a cancelled API call.
@@ -153,6 +177,29 @@ class Handlers:
     def on_unload(self, request: gr.Request) -> None:
         # A closed tab stops its job at once, even one still waiting in line for the GPU.
         self.service.front.cancel_session(request.session_hash)
+
+    def postprocess(self, values: dict[str, Any]) -> Iterator[tuple[Any, Any, Any, Any]]:
+        """Upscale, interpolate, colour-match or convert a video: an uploaded `video`, else your finished job named
+        `job`, else the last video made in this session. Streams (progress, status, playable result, result file)."""
+        request, session = values["request"], values["session"]
+        video = upload_path(values["video"])
+        job = (values.get("job") or "").strip() or session.last_video
+        owner, tab = self.owner_of(request), _session_of(request)
+        try:
+            handle = self.service.postprocess(owner, tab, values, video, None if video else job)
+        except USER_ERRORS as exc:
+            gr.Warning(str(exc))
+            yield progress_html(0, "Not started"), error_message(str(exc)), gr.skip(), gr.skip()
+            return
+        copies = PageCopies(self.cache_dir)
+        session.jobs.append(handle)
+        try:
+            yield progress_html(0, "Starting"), "Starting", None, None
+            for event in handle.events():
+                yield postprocess_updates(event, copies)
+        finally:
+            handle.cancel()
+            session.jobs.remove(handle)
 
     # --- the API's plain calls
 
@@ -285,6 +332,15 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
         button.click(busy, None, buttons, **private).then(handler, inputs, outputs, api_name=name, **streams).then(
             idle, None, buttons, **private
         )
+    pp_fields = endpoint_fields("postprocess")
+    job = inspect.Parameter("job", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="", annotation=str)
+    postprocess = with_signature(handlers.postprocess, signature(pp_fields, [state, video, job]), "postprocess",
+                                 handlers.postprocess.__doc__)  # fmt: skip
+    controls["pp_start"].click(
+        postprocess, [session, controls["pp_video"], controls["pp_job"], *(fields[f.name] for f in pp_fields)],
+        [controls[name] for name in ("pp_progress", "pp_message", "pp_result", "pp_file")], api_name="postprocess",
+        **streams,
+    )  # fmt: skip
     controls["end"].click(handlers.stop, [session], None, api_name="stop", queue=False)
     demo.unload(handlers.on_unload)
     demo.load(_mark_page, [session], [session], **private)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 PATH_KEYS = ("image", "end_image")
+MODEL_KEYS = ("upscale", "interpolation_model")
 
 
 class _Refusal(ValueError):
@@ -101,6 +102,8 @@ def _relative(dest: str, value: str, folder: Path) -> str:
     """A path of the line, taken from the batch file's folder when relative (SECONDS:PATH and PATH[:WEIGHT] too)."""
     if dest in PATH_KEYS:
         return str(folder / value)
+    if dest in MODEL_KEYS:  # a model file beside the batch file, or a known model's name
+        return str(folder / value) if (folder / value).is_file() else value
     if dest == "keyframe" and ":" in value:
         seconds, _, path = value.partition(":")
         return f"{seconds}:{folder / path}"

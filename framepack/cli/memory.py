@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
+from ..lora import lora_bytes
 from ..memory.planning import plan_for_settings
 from ..memory.sensing import detect_device, system_ram, system_swap
 from ..memory.sizes import GB, ModelSizes, file_configs
-from ..lora import lora_bytes
 from ..models import ModelsMissingError
 from ..models.checkpoints import FORMATS, inspect_transformer_file
 from ..models.components import resolve_dtypes

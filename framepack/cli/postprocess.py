@@ -13,7 +13,12 @@ from tqdm import tqdm
 from ..events import Done, FrameProgress, Status
 from ..postprocess import PostprocessError
 from ..postprocess.formats import FORMATS
-from ..postprocess.pipeline import DEFAULT_INTERPOLATION_MODEL, PostprocessOptions, default_output, postprocess
+from ..postprocess.pipeline import (
+    DEFAULT_INTERPOLATION_MODEL,
+    PostprocessOptions,
+    default_output,
+    postprocess,
+)
 from ..postprocess.weights import KNOWN_MODELS
 
 # Frames done of all, time, and the pipeline's own frames per second (input frames), not tqdm's rate between two
@@ -70,10 +75,11 @@ def options_from_args(args: argparse.Namespace) -> PostprocessOptions:
     )  # fmt: skip
 
 
-def job_postprocessing(args: argparse.Namespace) -> dict[str, object] | None:
-    """What a job's options ask to run after it, checked now (PostprocessError): None when nothing was asked."""
+def after_job(args: argparse.Namespace) -> dict[str, object]:
+    """A job spec's options for what its options ask to run after it, checked now (PostprocessError), before anything
+    loads or is queued; empty when nothing was asked."""
     asked = args.upscale or args.interpolate != 1 or args.color_match.lower() != "off" or args.format
-    return options_from_args(args).to_dict() if asked else None
+    return {"postprocess": options_from_args(args).to_dict()} if asked else {}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..controls import JobInputs
+from ..events import Done, Error, SectionDone
 from ..jobs.paths import LOCAL_USER, new_job_id
 from ..kinds import inputs_spec
 from ..lora import LoraError
@@ -16,14 +17,26 @@ from ..media.images import ImageError
 from ..memory.planning import MemoryPlanError
 from ..models import ModelsMissingError
 from ..models.checkpoints import CheckpointError
-from ..options import add_runtime_options, add_worker_options, model_source, worker_plans
+from ..options import (
+    add_runtime_options,
+    add_worker_options,
+    model_source,
+    worker_plans,
+)
+from ..postprocess import PostprocessError
 from ..queue.cluster import ClusterError
 from ..queue.front import JobEvent, QueueFront
-from ..queue.store import QueuedJob, SqliteJobStore, front_alive, input_folder, remove_inputs
+from ..queue.store import (
+    QueuedJob,
+    SqliteJobStore,
+    front_alive,
+    input_folder,
+    remove_inputs,
+)
 from ..settings import VARIANTS, Settings, SettingsError
-from ..events import Done, Error, SectionDone
 from .batchfile import read_batch
 from .options import add_job_options, check_loras, checked_job
+from .postprocess import after_job
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -65,7 +78,7 @@ def run_queue(args: argparse.Namespace) -> int:
         if args.queue_command == "add":
             settings, given = checked_job(args)
             check_loras(given.loras, settings.variant, None)
-            print(queue_job(store, args.output_dir, settings, given).id)
+            print(queue_job(store, args.output_dir, settings, given, after_job(args)).id)
             return 0
         if args.queue_command == "list":
             for job in store.list():
@@ -76,11 +89,13 @@ def run_queue(args: argparse.Namespace) -> int:
         store.close()
 
 
-def queue_job(store: SqliteJobStore, output_dir: Path, settings: Settings, given: JobInputs) -> QueuedJob:
-    """Add a checked job to the store, for any front to run, as the person at this machine."""
+def queue_job(store: SqliteJobStore, output_dir: Path, settings: Settings, given: JobInputs,
+              options: dict[str, object] | None = None) -> QueuedJob:  # fmt: skip
+    """Add a checked job to the store, for any front to run, as the person at this machine; `options` say what runs
+    after it."""
     job_id = new_job_id()
     try:
-        spec = inputs_spec("generate", settings, given, keep_in=input_folder(output_dir.resolve(), job_id))
+        spec = inputs_spec("generate", settings, given, keep_in=input_folder(output_dir.resolve(), job_id), options=options)
     except (ImageError, OSError):
         remove_inputs(output_dir.resolve(), job_id)
         raise
@@ -117,8 +132,8 @@ def run_batch(args: argparse.Namespace) -> int:
         try:
             settings, given = checked_job(job_args)
             check_loras(given.loras, settings.variant, args.models)
-            checked.append((settings, given))
-        except (SettingsError, ImageError, LoraError) as exc:
+            checked.append((settings, given, after_job(job_args)))
+        except (SettingsError, ImageError, LoraError, PostprocessError) as exc:
             problems.append(f"{args.file.name}:{line}: {exc}")
     if problems:
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
@@ -126,8 +141,8 @@ def run_batch(args: argparse.Namespace) -> int:
         return 2
     store = SqliteJobStore.in_folder(args.output_dir)
     try:
-        for settings, given in checked:
-            print(f"queued {queue_job(store, args.output_dir, settings, given).id}")
+        for settings, given, after in checked:
+            print(f"queued {queue_job(store, args.output_dir, settings, given, after).id}")
     finally:
         store.close()
     return run_workers(args)

@@ -24,20 +24,35 @@ from ..jobs.checkpoint import read_checkpoint
 from ..jobs.paths import LOCAL_USER, job_paths, new_job_id
 from ..jobs.record import JobRecord
 from ..jobs.spec import JobSpec
-from ..kinds import JobContext, add_seconds_spec, branch_spec, execute, follow_up, inputs_spec, recorded_models, resume_spec
+from ..kinds import (
+    JobContext,
+    add_seconds_spec,
+    branch_spec,
+    execute,
+    follow_up,
+    inputs_spec,
+    recorded_models,
+    resume_spec,
+)
 from ..loading import load_models
 from ..lora import LoraSpec, lora_bytes
 from ..media.images import load_image
 from ..media.reading import check_video
 from ..memory.planning import check_before_loading
 from ..memory.sizes import file_configs
-from ..models import ModelSet, ModelSource, ModelsMissingError
+from ..models import ModelSet, ModelsMissingError, ModelSource
 from ..models.components import default_device, resolve_dtypes
 from ..options import add_runtime_options, model_source
 from ..settings import Settings
 from .logs import log_file
-from .postprocess import add_postprocess_options, job_postprocessing
-from .options import add_job_options, add_setting_options, checked_job, setting_changes, settings_from_args
+from .options import (
+    add_job_options,
+    add_setting_options,
+    checked_job,
+    setting_changes,
+    settings_from_args,
+)
+from .postprocess import add_postprocess_options, after_job
 
 logger = logging.getLogger("framepack.cli")
 # What loading the models may meet that a user can mend: the exit status then says the job did not start (1).
@@ -90,7 +105,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     settings, inputs = checked_job(args)  # its files, which the job reads again as it starts
-    spec = inputs_spec("generate", settings, inputs, options=_after(args))
+    spec = inputs_spec("generate", settings, inputs, options=after_job(args))
     return _run(args, spec, args.job_name or new_job_id(), args.output_dir, settings, settings.num_sections, inputs.loras)
 
 
@@ -100,7 +115,7 @@ def run_resume(args: argparse.Namespace) -> int:
         saved = JobRecord.load(source).settings_object(source.job_id)
         longer = saved.replace(total_second_length=round(saved.total_second_length + args.add_seconds, 6))
         added_prompts(args.prompt, saved.num_sections * 4 * saved.latent_window_size / 30)  # refused now, not after loading
-        spec = add_seconds_spec(source.job_id, args.add_seconds, args.prompt, _after(args))
+        spec = add_seconds_spec(source.job_id, args.add_seconds, args.prompt, after_job(args))
         sections = max(0, longer.num_sections - saved.num_sections)
         return _run(args, spec, args.job_name or new_job_id(), source.output_dir, saved, sections)
     if args.prompt:
@@ -119,7 +134,7 @@ def run_extend(args: argparse.Namespace) -> int:
     images = given.load()
     plan_schedule(settings, [k.seconds for k in images.keyframes], images.end_image is not None)
     check_video(args.video)
-    spec = inputs_spec("extend", settings, given, args.video, options=_after(args))
+    spec = inputs_spec("extend", settings, given, args.video, options=after_job(args))
     return _run(args, spec, args.job_name or new_job_id(), args.output_dir, settings, settings.num_sections, given.loras)
 
 
@@ -134,7 +149,7 @@ def run_branch(args: argparse.Namespace) -> int:
         load_image(keyframe.image)  # an unreadable image is refused before the models load
     keyframes = tuple(args.keyframe) if args.keyframe is not None else None
     loras = tuple(args.lora) if args.lora is not None else None
-    spec = branch_spec(source.job_id, args.keep_sections, changes, keyframes, loras, _after(args))
+    spec = branch_spec(source.job_id, args.keep_sections, changes, keyframes, loras, after_job(args))
     sections = max(0, settings.num_sections - args.keep_sections)
     return _run(args, spec, args.job_name or new_job_id(), source.output_dir, settings, sections, loras or ())
 
@@ -158,12 +173,6 @@ def _run(
     later = lambda stop: JobContext(None, new_job_id(), LOCAL_USER, after, output_dir, Path.cwd(), stop,  # noqa: E731
                                     device=args.device, cache_dir=args.hf_cache)  # fmt: skip
     return follow(lambda stop: execute(later(stop)), 0, args.quiet)
-
-
-def _after(args: argparse.Namespace) -> dict[str, object]:
-    """The job spec's options for what runs after it (checked now, before anything loads)."""
-    asked = job_postprocessing(args)
-    return {"postprocess": asked} if asked else {}
 
 
 def load_for(

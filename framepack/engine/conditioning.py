@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
-
-from ..models.components import ModelSet
-from ..models.components import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH
-from collections.abc import Iterator
-from ..events import Event, Status
-from ..loading import components
-from ..packing import LatentHistory, SectionPlan
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import (
+    DEFAULT_PROMPT_TEMPLATE,
+)
 
 from ..controls import JobImages, SectionSchedule
+from ..events import Event, Status
+from ..loading import components
+from ..models.components import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH, ModelSet
+from ..packing import LatentHistory, SectionPlan
 from ..settings import Settings
 
 

@@ -13,7 +13,14 @@ from typing import Any
 
 from ..controls import ImageSource, JobInputs, Keyframe
 from ..events import Done, Event, Status
-from ..jobs.paths import LOCAL_USER, JobPaths, is_job_name, job_paths, new_job_id, working_on
+from ..jobs.paths import (
+    LOCAL_USER,
+    JobPaths,
+    is_job_name,
+    job_paths,
+    new_job_id,
+    working_on,
+)
 from ..lora import LoraSpec
 from ..models import ModelSet
 from ..settings import Settings, SettingsError

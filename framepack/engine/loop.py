@@ -21,7 +21,14 @@ from typing import Any
 import av
 import torch
 
-from ..controls import JobImages, SectionSchedule, describe_schedule, plan_schedule, prepare_images, timeline
+from ..controls import (
+    JobImages,
+    SectionSchedule,
+    describe_schedule,
+    plan_schedule,
+    prepare_images,
+    timeline,
+)
 from ..events import Done, Event, Progress, SectionDone, Status
 from ..jobs.checkpoint import Checkpoint, load_latents, save_latents
 from ..jobs.paths import JobPaths, RecordError
@@ -33,7 +40,14 @@ from ..models.components import LLAMA_MAX_TOKENS
 from ..packing import LatentHistory, SectionPlan, join_sections, plan_sections
 from ..sampling import make_denoiser, sample_unipc, section_sigmas
 from ..settings import FPS, Settings, SettingsError
-from .conditioning import Conditioning, encode_conditioning, prompt_embeds, prompt_texts, prompt_token_count, section_inputs
+from .conditioning import (
+    Conditioning,
+    encode_conditioning,
+    prompt_embeds,
+    prompt_texts,
+    prompt_token_count,
+    section_inputs,
+)
 from .frames import FrameAssembler, decode_latents, latent_preview
 from .sinks import SegmentedMp4, VideoSink
 from .starts import INPUT_AUDIO, PAST_LATENTS

@@ -14,6 +14,7 @@ from ..files import atomic_path, file_sha256
 from ..settings import FPS
 from .images import resize_and_center_crop
 
+
 @dataclass(frozen=True)
 class VideoInfo:
     frames: int

@@ -23,9 +23,11 @@ from diffusers.hooks.group_offloading import (
     _LAZY_PREFETCH_GROUP_OFFLOADING,
 )
 from safetensors import safe_open
-from .planning import MemoryPlan, Streaming
+
 from ..models.components import COMPONENTS, ModelSet
 from ..models.fp8 import enable_fp8
+from .planning import MemoryPlan, Streaming
+
 
 def _is_streamed(module: torch.nn.Module) -> bool:
     return any(

@@ -23,14 +23,24 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+
 from ..media.images import buckets
-from .sensing import DeviceMemory, detect_device
-from .sizes import GB, LoraBytes, ModelSizes, ModuleSize, file_configs, gb, published_sizes
-from .workload import ACTIVATION_MARGIN, Workload, section_tokens, workload
 from ..models.checkpoints import GGUF_BLOCKS, inspect_transformer_file
 from ..models.components import COMPONENTS, resolve_dtypes
 from ..models.fp8 import fp8_matmul_problem
 from ..settings import Settings, SettingsError
+from .sensing import DeviceMemory, detect_device
+from .sizes import (
+    GB,
+    LoraBytes,
+    ModelSizes,
+    ModuleSize,
+    file_configs,
+    gb,
+    published_sizes,
+)
+from .workload import ACTIVATION_MARGIN, Workload, section_tokens, workload
+
 
 @dataclass(frozen=True)
 class Streaming:

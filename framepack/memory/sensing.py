@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+
 @dataclass(frozen=True)
 class DeviceMemory:
     """The compute device and what is free now. GPU figures are None without a GPU; RAM is None if unknown."""

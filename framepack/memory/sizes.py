@@ -14,11 +14,25 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
 from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
-from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    LlamaConfig,
+    LlamaModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
 from ..models.checkpoints import GGUF_BLOCKS, TransformerFile, format_sizes
 from ..models.components import COMPONENTS, ModelSet
 from ..models.fp8 import enable_fp8, has_fp8
-from ..models.sources import HUNYUAN_REPO, ModelSource, PUBLISHED_TRANSFORMER, REDUX_REPO, TRANSFORMER_REPOS
+from ..models.sources import (
+    HUNYUAN_REPO,
+    PUBLISHED_TRANSFORMER,
+    REDUX_REPO,
+    TRANSFORMER_REPOS,
+    ModelSource,
+)
 
 GB = 1_000_000_000
 

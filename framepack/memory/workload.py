@@ -4,16 +4,18 @@ decode and encode, and the encoders, for one frame size and window (pure functio
 from __future__ import annotations
 
 import math
-
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Sequence
+
 import torch
-from .sizes import ModelConfigs, ModelSizes
-from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import (
+    DEFAULT_PROMPT_TEMPLATE,
+)
 
 from ..models.components import CLIP_MAX_TOKENS, LLAMA_MAX_TOKENS, TEXT_LENGTH
 from ..packing import CONTEXT_1X, CONTEXT_2X, CONTEXT_4X
+from .sizes import ModelConfigs, ModelSizes
 
 ACTIVATION_MARGIN = 1.2  # on top of the counted live tensors: allocator rounding and what was not counted
 

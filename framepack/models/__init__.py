@@ -2,6 +2,6 @@
 backends, single-file checkpoints)."""
 
 from .components import ModelSet
-from .sources import ModelSource, ModelsMissingError
+from .sources import ModelsMissingError, ModelSource
 
 __all__ = ["ModelSet", "ModelSource", "ModelsMissingError"]

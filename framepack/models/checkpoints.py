@@ -20,9 +20,8 @@ import torch
 from diffusers import HunyuanVideoFramepackTransformer3DModel
 from safetensors import SafetensorError, safe_open
 
-from .components import keep_output_head_in_float32
+from .components import keep_output_head_in_float32, meta_transformer
 from .fp8 import enable_fp8
-from .components import meta_transformer
 
 # GGUF quantisations diffusers can run, by their names in lower case: (weights per block, bytes per block).
 GGUF_BLOCKS = {

@@ -11,7 +11,13 @@ from typing import Any, Protocol
 
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
-from transformers import CLIPTextModel, LlamaModel, PreTrainedTokenizerBase, SiglipImageProcessorPil, SiglipVisionModel
+from transformers import (
+    CLIPTextModel,
+    LlamaModel,
+    PreTrainedTokenizerBase,
+    SiglipImageProcessorPil,
+    SiglipVisionModel,
+)
 
 # A model set's components with weights, in the order they load (the transformer first: see `load_models`).
 COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "image_encoder", "vae")

@@ -30,14 +30,28 @@ from ..events import Done, Error, Event, FrameProgress, Progress, Status
 from ..jobs.paths import LOCAL_USER, JobPaths, new_job_id
 from ..jobs.record import JobRecord, RecordError, job_owner
 from ..jobs.spec import JobSpec
-from ..kinds import add_seconds_spec, branch_spec, files_of, follow_up, inputs_spec, resume_spec
+from ..kinds import (
+    add_seconds_spec,
+    branch_spec,
+    files_of,
+    follow_up,
+    inputs_spec,
+    resume_spec,
+)
 from ..media.images import ImageError
 from ..memory.planning import MemoryPlan
 from ..models import ModelSource
 from ..settings import Settings
 from .policy import MAX_JOBS_PER_OWNER, over_limit, refusal
 from .runners import LocalRunner, ModelKeeper, Runner, WorkerLost, worker_names
-from .store import FrontLock, JobStore, QueuedJob, SqliteJobStore, input_folder, remove_inputs
+from .store import (
+    FrontLock,
+    JobStore,
+    QueuedJob,
+    SqliteJobStore,
+    input_folder,
+    remove_inputs,
+)
 
 # How soon an idle worker notices a job that another process added to the store (`queue add`), or a job that a
 # dead process left running; jobs added here wake a worker at once.
@@ -128,7 +142,9 @@ class QueueFront:
         self._closed: str | None = None  # once set, why no job is taken any more
         plans = list(plans) if plans else [plan] * max(1, workers)
         if ray is not None:
-            from .cluster import ray_runners  # Ray is optional and imported only when asked for
+            from .cluster import (
+                ray_runners,  # Ray is optional and imported only when asked for
+            )
 
             self.runners: list[Runner] = ray_runners(ray, variant, source, self.output_dir, self.front.id, plans, attention, compile)
         else:

@@ -16,7 +16,7 @@ from ..jobs.paths import RecordError
 from ..kinds import JobContext, execute, kind_of, recorded_models
 from ..loading import load_models
 from ..memory.planning import MemoryPlan
-from ..models import ModelSet, ModelSource, ModelsMissingError
+from ..models import ModelSet, ModelsMissingError, ModelSource
 from .store import QueuedJob, input_folder
 
 logger = logging.getLogger(__name__)
