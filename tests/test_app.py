@@ -86,7 +86,7 @@ def test_view_api_lists_named_parameters_with_page_defaults(client: Client):
         "loras": [], "lora_weights": "",
     }  # fmt: skip
     assert "/stop" in endpoints and endpoints["/stop"]["parameters"] == []
-    assert sorted(endpoints) == ["/branch", "/extend", "/generate", "/jobs", "/queue_add", "/queue_cancel", "/queue_list",
+    assert sorted(endpoints) == ["/branch", "/extend", "/generate", "/jobs", "/postprocess", "/queue_add", "/queue_cancel", "/queue_list",
                                  "/queue_retry", "/resume", "/stop"]  # fmt: skip
     assert endpoints["/queue_add"]["parameters"] == params  # the same job as /generate, queued without streaming
     extend = [p["parameter_name"] for p in endpoints["/extend"]["parameters"]]

@@ -162,7 +162,7 @@ def test_a_q8_0_job_stays_close_to_the_float_job(tiny_models, reference, tmp_pat
     path = q8_0_file(tmp_path / "framepack-Q8_0.gguf", reference)
     quantised = load_models("original", ModelSource(models_dir=TINY_MODELS, transformer_file=path), device="cpu", dtype="float32")
     latents = section_latents(quantised, SHORT_JOB, tmp_path / "q8")
-    expected = section_latents(tiny_models("original"), tmp_path / "float")
+    expected = section_latents(tiny_models("original"), SHORT_JOB, tmp_path / "float")
     difference = (latents - expected).abs().max().item()
     assert 0 < difference < Q8_0_LATENT_ATOL, difference
     assert quantised.sources == {**quantised.sources, "transformer_file": str(path.resolve())}
