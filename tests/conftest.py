@@ -6,7 +6,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import pytest
+# Tests compare runs made in different processes bit for bit. MKL may choose its thread count (and, on Intel CPUs,
+# its code path) per call, which changes the last bits; fix both before torch loads it here or in a child process.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import pytest  # noqa: E402
 from helpers import TINY, TINY_MODELS, AppServer, running_app
 
 

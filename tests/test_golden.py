@@ -117,7 +117,7 @@ def luma(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def test_sectioned_decode_of_golden_latents_is_exact(case):
+def test_sectioned_decode_of_golden_latents_gives_the_golden_frames(case):
     """Decoding the golden sections with the engine's schedule, decode and blending gives the golden frames."""
     expected, settings = case["expected"], case["settings"]
     history = LatentHistory(settings.variant, expected["start_latent"], settings.latent_window_size)
@@ -131,7 +131,12 @@ def test_sectioned_decode_of_golden_latents_is_exact(case):
     assert torch.equal(video_latents, expected["video_latents"])
     parts = [assembler.open_frames(), *reversed(final)] if history.prepends else [*final, assembler.open_frames()]
     frames = np.concatenate([p for p in parts if len(p)])
-    np.testing.assert_array_equal(frames, expected["video_frames_uint8"].numpy())
+    # The reference decode is exact on the machine that made it, and here on CPUs whose convolution kernels
+    # round the same way; Xeons with AVX-512 round a few values differently (0.006 % of them by 1 level), so
+    # allow what the fixtures' README allows for frames: |delta| <= 1 on at most 0.1 % of the values.
+    delta = np.abs(frames.astype(np.int16) - expected["video_frames_uint8"].numpy().astype(np.int16))
+    assert frames.shape == tuple(expected["video_frames_uint8"].shape)
+    assert delta.max() <= 1 and (delta > 0).mean() <= 0.001, (delta.max(), (delta > 0).mean())
 
 
 def test_progress_previews(case):

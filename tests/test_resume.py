@@ -92,7 +92,12 @@ def test_killed_job_resumes_to_the_uninterrupted_video(tmp_path, uninterrupted, 
     assert f"Resuming after section {resumes_after} of 5" in stderr
 
     whole = uninterrupted(variant)
-    assert torch.equal(load_file(out / "job.latents.safetensors")["latents"], load_file(whole / "job.latents.safetensors")["latents"])
+    latents, expected = load_file(out / "job.latents.safetensors")["latents"], load_file(whole / "job.latents.safetensors")["latents"]
+    assert latents.shape == expected.shape
+    # Bit-identical wherever we measured; MKL on some Intel CPUs may still round the last bits of a few products
+    # differently in another process, so allow float32 rounding (a wrong noise draw or context is off by ~1).
+    differing = (latents - expected).abs().amax(dim=(0, 1, 3, 4))  # per latent frame: which sections went astray
+    assert differing.max() <= 1e-4, f"latent frames that differ: {differing.nonzero().flatten().tolist()}, max {differing.max():g}"
     frames, expected_frames = read_frames(out / "job.mp4"), read_frames(whole / "job.mp4")
     assert frames.shape == expected_frames.shape == (4 * (5 * 9 + 1) - 3, 64, 96, 3)
     assert np.abs(frames.astype(float) - expected_frames).mean() < 3  # same frames, encoded again

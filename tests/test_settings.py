@@ -52,9 +52,10 @@ def test_ci_fails_instead_of_skipping_when_the_fixtures_are_missing(tmp_path):
 
     tests = tmp_path / "checkout" / "tests"
     tests.mkdir(parents=True)
-    shutil.copy(Path(__file__).with_name("conftest.py"), tests)
+    for name in ("conftest.py", "helpers.py"):
+        shutil.copy(Path(__file__).with_name(name), tests)
     (tests / "test_needs_models.py").write_text(
-        "from conftest import needs_shared\n\n@needs_shared\ndef test_golden():\n    pass\n"
+        "from helpers import needs_shared\n\n@needs_shared\ndef test_golden():\n    pass\n"
     )
 
     def pytest_run(ci: str) -> subprocess.CompletedProcess:
