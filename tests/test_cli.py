@@ -142,3 +142,14 @@ def test_bad_controls_get_one_line_before_anything_loads(tmp_path, capsys):
             code = exit.code
         stderr = capsys.readouterr().err
         assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
+
+
+def test_the_app_commands_hand_their_options_to_the_page():
+    """`framepack app --help` is the page's help (the options of demo_gradio.py); other commands still refuse what
+    they do not know."""
+    for command in ("app", "app-f1"):
+        shown = run_cli(command, "--help", timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert "--port" in shown.stdout and "--share" in shown.stdout and "--inbrowser" in shown.stdout
+    refused = run_cli("check-memory", "--no-such-option", timeout=120)
+    assert refused.returncode == 2 and "unrecognized arguments: --no-such-option" in refused.stderr

@@ -41,7 +41,12 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if hasattr(args, "page_options"):  # the page's commands hand the rest to the page's own parser
+        args.page_options = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     folder = getattr(args, "output_dir", None) or (Path(args.path).parent if getattr(args, "path", None) else None)
     logs.configure(folder, getattr(args, "verbose", False))
     try:
