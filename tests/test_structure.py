@@ -116,6 +116,32 @@ def test_lower_parts_do_not_reach_higher_ones():
                 assert not reached & under(target), f"{module} reaches {target}"
 
 
+# The README's table of parts, top to bottom: a part imports only parts below it (or in its own row).
+README_ORDER = (
+    ("framepack.cli",), ("framepack.app",), ("framepack.queue",), ("framepack.kinds",), ("framepack.engine",),
+    ("framepack.postprocess",), ("framepack.jobs",), ("framepack.controls",),
+    ("framepack.loading", "framepack.lora", "framepack.models", "framepack.memory"),
+    ("framepack.packing", "framepack.sampling"), ("framepack.media",),
+    ("framepack.settings", "framepack.events", "framepack.files"),
+)  # fmt: skip
+
+
+def test_parts_import_only_the_parts_below_them_in_the_readme():
+    def row(module: str) -> int | None:
+        for index, parts in enumerate(README_ORDER):
+            if any(module == part or module.startswith(part + ".") for part in parts):
+                return index
+        return None
+
+    upward = [
+        (module, target)
+        for module in MODULES
+        for target in imports_of(module)
+        if row(module) is not None and row(target) is not None and row(target) < row(module)
+    ]
+    assert upward == []
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_functions_and_modules_stay_small(name):
     path = MODULES[name]
