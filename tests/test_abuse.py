@@ -81,3 +81,29 @@ def test_a_batch_line_whose_values_begin_with_a_dash(tmp_path):
     (_, first), (_, second) = jobs
     assert (first.prompt, first.negative_prompt, first.seed) == ("-- she waves, then bows", "-blurry", -1)
     assert second.prompt == "--seconds 99" and not hasattr(second, "seconds")
+
+
+def test_malformed_records_get_one_line_that_names_the_file(tmp_path):
+    """A record under "Previous output" that is not what this app writes is refused in one line, never a 500."""
+    from framepack.app.service import AppService
+
+    service = AppService(None, "original")
+    good = {"settings": {"prompt": "a girl"}}
+    cases = {
+        "keyframe-time": {**good, "inputs": {"keyframes": [{"name": "k.png", "seconds": "x"}]}},
+        "lora-name": {**good, "loras": [{"weight": 1.0}]},
+        "image-type": {**good, "inputs": {"image": 5}},
+        "keyframes-type": {**good, "inputs": {"keyframes": "k.png"}},
+        "settings-type": {"settings": [1, 2]},
+    }
+    for name, record in cases.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    for name in [*cases, "deep"]:
+        loaded = service.settings_of_file(str(tmp_path / f"{name}.json"))
+        assert loaded.error and loaded.values == {}, name
+        assert loaded.message.startswith(f"{name}.json ") and "\n" not in loaded.message, loaded.message
+    assert not service.settings_of_file(str(tmp_path / "keyframe-time.json").replace("keyframe-time", "missing")).values
+    (tmp_path / "fine.json").write_text(json.dumps({**good, "inputs": {"keyframes": [{"name": "k.png", "seconds": 2}]}}))
+    loaded = service.settings_of_file(str(tmp_path / "fine.json"))
+    assert not loaded.error and loaded.values["prompt"] == "a girl" and loaded.values["keyframe_times"] == "2"

@@ -122,6 +122,30 @@ def _has_type(value: Any, expected: Any) -> bool:
     return isinstance(value, expected)
 
 
+def _checked_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """What a record says of a job's images, in the shape the page reads (ValueError saying what is wrong)."""
+    for key in ("image", "end_image"):
+        if inputs.get(key) is not None and not isinstance(inputs[key], dict):
+            raise ValueError(f"its {key.replace('_', ' ')} is not described")
+    keyframes = inputs.get("keyframes") or []
+    if not isinstance(keyframes, list) or not all(
+        isinstance(k, dict) and isinstance(k.get("name"), str) and _number(k.get("seconds")) for k in keyframes
+    ):
+        raise ValueError("its keyframes need a name and a time in seconds each")
+    return inputs
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_loras(loras: list[Any]) -> list[dict[str, Any]]:
+    if not all(isinstance(lora, dict) and isinstance(lora.get("name"), str) and _number(lora.get("weight"))
+               for lora in loras):  # fmt: skip
+        raise ValueError("its LoRAs need a name and a weight each")
+    return loras
+
+
 def job_owner(paths: JobPaths) -> str | None:
     """Who the job belongs to, from its record (or its checkpoint, before the record's first write); None if there
     is no such job or it cannot be read. Jobs recorded before owners were recorded belong to the local user."""
@@ -160,8 +184,8 @@ def settings_of_output(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]
                     raise TypeError("not a FramePack record")
                 saved["settings"] = saved.pop("framepack")
         record = JobRecord.from_dict(saved, path.name)
-        return record.settings, {"inputs": record.inputs or {}, "loras": record.loras}
-    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:  # av's errors are OSErrors
+        return record.settings, {"inputs": _checked_inputs(record.inputs or {}), "loras": _checked_loras(record.loras)}
+    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError, RecursionError) as exc:  # av's are OSErrors
         if isinstance(exc, RecordError):
             raise RecordError(f"{path.name} holds no FramePack settings ({str(exc).split('(', 1)[-1].rstrip(')')})") from None
         raise RecordError(f"{path.name} holds no FramePack settings ({type(exc).__name__})") from None
