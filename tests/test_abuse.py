@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+import pytest
 from PIL import Image
 
 from framepack.cli.batchfile import read_batch
@@ -107,3 +108,89 @@ def test_malformed_records_get_one_line_that_names_the_file(tmp_path):
     (tmp_path / "fine.json").write_text(json.dumps({**good, "inputs": {"keyframes": [{"name": "k.png", "seconds": 2}]}}))
     loaded = service.settings_of_file(str(tmp_path / "fine.json"))
     assert not loaded.error and loaded.values["prompt"] == "a girl" and loaded.values["keyframe_times"] == "2"
+
+
+def outputs_with_jobs(folder):
+    """An outputs folder whose queue held a finished job, an interrupted one and one still waiting (inputs only)."""
+    from framepack.jobs.paths import JobPaths
+    from framepack.jobs.record import JobRecord
+    from framepack.queue.store import SqliteJobStore
+
+    folder.mkdir()
+    settings = Settings(prompt="a girl", total_second_length=0.4).to_dict()
+    for name, state, done in (("finished", "done", 1), ("interrupted", "running", 1)):
+        paths = JobPaths(folder, name)
+        JobRecord(state=state, sections_done=done, sections=2, owner="alice", settings=settings, video=paths.video.name).save(paths)
+        paths.video.write_bytes(b"a video")
+    kept = folder / ".queue" / "interrupted" / "image"
+    kept.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(kept / "image.png")
+    (folder / ".queue" / "waiting" / "image").mkdir(parents=True)
+    SqliteJobStore.in_folder(folder).close()  # the store as it was: a real SQLite file
+    return folder
+
+
+def damage_header(path):
+    with open(path, "r+b") as file:
+        file.write(b"this is not SQLite")
+
+
+def damage_last_page(path):
+    from framepack.jobs.spec import JobSpec
+    from framepack.queue.store import QueuedJob, SqliteJobStore
+
+    store = SqliteJobStore(path)
+    for index in range(200):  # enough rows for several pages
+        store.add(QueuedJob(f"job{index:03d}", "alice", JobSpec("generate", settings={"prompt": "x" * 200})))
+    store.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    with open(path, "r+b") as file:
+        file.seek(size - 4096)  # the last page's b-tree header and the start of its cell pointers
+        file.write(b"\xff" * 64)
+
+
+@pytest.mark.parametrize("damage", ["emptied", "header", "last page"])
+def test_a_damaged_job_store_is_kept_aside_and_the_queue_rebuilt_from_the_records(tmp_path, damage):
+    from framepack.queue.repair import open_store
+    from framepack.queue.store import DB_NAME
+
+    folder = outputs_with_jobs(tmp_path / "out")
+    store_file = folder / DB_NAME
+    {"emptied": lambda p: p.write_bytes(b""), "header": damage_header, "last page": damage_last_page}[damage](store_file)
+
+    store, note = open_store(folder)
+    try:
+        jobs = {job.id: job for job in store.list()}
+        assert set(jobs) == {"finished", "interrupted"}
+        assert jobs["finished"].state == "done" and jobs["finished"].video == "finished.mp4"
+        assert jobs["interrupted"].state == "stopped" and "retry" in jobs["interrupted"].message
+        assert jobs["interrupted"].spec.files == {"image": "image/image.png"}  # the copies it kept, to make it again
+        assert all(job.owner == "alice" for job in jobs.values())
+    finally:
+        store.close()
+    aside = [p.name for p in folder.iterdir() if p.name.startswith(f"{DB_NAME}.damaged-") and p.name[-4:] not in ("-wal", "-shm")]
+    assert len(aside) == 1 and note.count("\n") == 0
+    assert note.startswith(f"The job store {store_file} ") and f"kept as {aside[0]}" in note
+    assert "(2 jobs)" in note and "1 waiting job had no record yet" in note
+    assert (folder / ".queue" / "waiting").is_dir()  # its inputs are not thrown away
+    # Opened again, the rebuilt store is sound: nothing more is set aside.
+    kept = sorted(folder.iterdir())
+    store, note = open_store(folder)
+    store.close()
+    assert note is None and [p for p in sorted(folder.iterdir()) if ".damaged-" in p.name] == [p for p in kept if ".damaged-" in p.name]
+
+
+def test_a_sound_store_or_a_new_folder_opens_without_a_note(tmp_path):
+    from framepack.queue.repair import open_store
+
+    store, note = open_store(tmp_path / "new")
+    store.close()
+    assert note is None
+    (tmp_path / "new" / "jobs.sqlite3").write_bytes(b"")  # empty, but there were never any jobs
+    store, note = open_store(tmp_path / "new")
+    store.close()
+    assert note is None

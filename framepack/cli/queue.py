@@ -26,6 +26,7 @@ from ..options import (
 from ..postprocess import PostprocessError
 from ..queue.cluster import ClusterError
 from ..queue.front import JobEvent, QueueFront
+from ..queue.repair import open_store
 from ..queue.store import (
     QueuedJob,
     SqliteJobStore,
@@ -73,7 +74,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def run_queue(args: argparse.Namespace) -> int:
     if args.queue_command == "run":
         return run_workers(args)
-    store = SqliteJobStore.in_folder(args.output_dir)
+    store = opened_store(args.output_dir)
     try:
         if args.queue_command == "add":
             settings, given = checked_job(args)
@@ -125,6 +126,14 @@ def cancel_in_store(store: SqliteJobStore, output_dir: Path, job_id: str) -> int
     return 0
 
 
+def opened_store(output_dir: Path) -> SqliteJobStore:
+    """The outputs folder's job store; if it had to be set aside and rebuilt, the line that says so."""
+    store, note = open_store(output_dir)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    return store
+
+
 def run_batch(args: argparse.Namespace) -> int:
     lines, problems = read_batch(args.file, add_job_options, args)
     checked = []
@@ -139,7 +148,7 @@ def run_batch(args: argparse.Namespace) -> int:
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         print(f"error: nothing was queued: fix the line(s) above in {args.file}", file=sys.stderr)
         return 2
-    store = SqliteJobStore.in_folder(args.output_dir)
+    store = opened_store(args.output_dir)
     try:
         for settings, given, after in checked:
             print(f"queued {queue_job(store, args.output_dir, settings, given, after).id}")
@@ -152,7 +161,7 @@ def run_workers(args: argparse.Namespace) -> int:
     """Run what waits in the outputs folder's queue (each variant's jobs on its own models), then stop; 0 if every job
     that ran finished, 1 if one failed, 130 when stopped with Ctrl-C (the running jobs go back in line and go on from
     their last finished section next time)."""
-    store = SqliteJobStore.in_folder(args.output_dir)
+    store = opened_store(args.output_dir)
     variants = [v for v in VARIANTS if any(job.variant == v for job in store.list(active=True))]
     store.close()
     failed = []

@@ -43,12 +43,12 @@ from ..memory.planning import MemoryPlan
 from ..models import ModelSource
 from ..settings import Settings
 from .policy import MAX_JOBS_PER_OWNER, over_limit, refusal
+from .repair import open_store
 from .runners import LocalRunner, ModelKeeper, Runner, WorkerLost, worker_names
 from .store import (
     FrontLock,
     JobStore,
     QueuedJob,
-    SqliteJobStore,
     input_folder,
     remove_inputs,
 )
@@ -129,7 +129,8 @@ class QueueFront:
         self.max_jobs_per_owner = max_jobs_per_owner
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store or SqliteJobStore.in_folder(self.output_dir)
+        # A store that cannot be read is set aside and rebuilt from the job records, said in one line (`store_note`).
+        self.store, self.store_note = (store, None) if store is not None else open_store(self.output_dir)
         self.front = FrontLock(self.output_dir)
         self._recover()
         self._cond = threading.Condition()
