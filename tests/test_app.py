@@ -229,16 +229,26 @@ def test_user_errors_show_on_the_page_and_the_app_keeps_working(client: Client, 
     assert final[MESSAGE].startswith("Finished") and probe(final[VIDEO]).frames == 13
 
 
-def test_cancelling_an_api_call_stops_its_job(app_server):  # noqa: F811
-    canceller, follower = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
-    job = submit(canceller, prompt="a horse", seed=9, total_second_length=2.0, **FAST)  # 5 sections
-    first_video = next(u[VIDEO] for u in job if isinstance(u[VIDEO], str))
-    job.cancel()
-    # The worker runs one job at a time, so when the next job is done the cancelled one has ended.
-    assert run(follower, total_second_length=0.4, **FAST)[-1][MESSAGE].startswith("Finished")
-    cancelled = app_server.outputs / Path(first_video).name
-    assert (app_server.outputs / f"{cancelled.stem}.latents.safetensors").is_file()
-    assert probe(cancelled).frames in stopped_frames(total_second_length=2.0)
+def test_a_cancelled_api_call_leaves_its_job_running_and_stop_ends_it(app_server):  # noqa: F811
+    """Closing the stream (a closed tab, a cancelled call: anyone with the session's id could) does not stop a job;
+    /stop from the session that started it does."""
+    client, other = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
+    left = submit(client, prompt="a horse", seed=9, total_second_length=1.2, **FAST)  # 3 sections
+    first_video = next(u[VIDEO] for u in left if isinstance(u[VIDEO], str))
+    left.cancel()
+    # The worker runs one job at a time, so when the next job is done the left one has ended.
+    assert run(other, total_second_length=0.4, **FAST)[-1][MESSAGE].startswith("Finished")
+    assert probe(app_server.outputs / Path(first_video).name).frames == 4 * (3 * 3 + 1) - 3  # all of it
+
+    stopped = submit(client, prompt="a horse", seed=10, total_second_length=2.0, **FAST)  # 5 sections
+    first_video = next(u[VIDEO] for u in stopped if isinstance(u[VIDEO], str))
+    other.predict(api_name="/stop")  # another session's stop: not its job
+    client.predict(api_name="/stop")
+    stopped.result()
+    assert "Stopped" in stopped.outputs()[-1][MESSAGE], stopped.outputs()[-1][MESSAGE]
+    video = app_server.outputs / Path(first_video).name
+    assert (app_server.outputs / f"{video.stem}.latents.safetensors").is_file()
+    assert probe(video).frames in stopped_frames(total_second_length=2.0)
 
 
 def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -322,7 +332,7 @@ def test_worker_queues_jobs_reports_positions_and_cancels_a_waiting_job(tmp_path
         waiting = worker.submit(Settings(**FAST, total_second_length=0.4), image, session="tab-2")
         events = waiting.events()
         assert next(events) == Waiting(1)
-        assert worker.cancel_session("tab-2") == 1
+        waiting.cancel()
         rest = list(events)  # ends at once, while the first job still runs
         assert len(rest) == 1 and isinstance(rest[0], Done) and rest[0].stopped and rest[0].video_path is None
         first = list(first)

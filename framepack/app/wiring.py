@@ -62,9 +62,9 @@ class Session:
         self.last_video: str | None = None  # the job whose video this session saw made last (to post-process)
         self.page = False  # a browser page (API clients never load one): Start queues the job when the GPU is busy
 
-    def stop(self) -> int:
-        """Stop every job of this session; returns how many there were."""
-        jobs = list(self.jobs)
+    def stop(self, mine: Callable[[Job], bool] = lambda job: True) -> int:
+        """Stop the jobs of this session that are `mine`; returns how many."""
+        jobs = [job for job in self.jobs if mine(job)]
         for job in jobs:
             job.cancel()
         return len(jobs)
@@ -166,17 +166,16 @@ class Handlers:
                     session.last_video = event.video_path.stem
                 yield event_updates(event, copies)
         finally:
-            # Also runs when Gradio closes the generator: a closed tab or a cancelled API call.
-            job.cancel()
+            # Also runs when Gradio closes the generator: a closed tab or a cancelled API call. Neither stops the job
+            # (anyone holding the session's id could close it); it goes on, and End or /stop stops it.
+            job.leave()
             session.jobs.remove(job)
 
-    def stop(self, session: Session) -> None:
-        """Stop the calling session's job after its current step; the finished sections stay playable."""
-        session.stop()
-
-    def on_unload(self, request: gr.Request) -> None:
-        # A closed tab stops its job at once, even one still waiting in line for the GPU.
-        self.service.front.cancel_session(request.session_hash)
+    def stop(self, session: Session, request: gr.Request = None) -> None:
+        """Stop the calling session's jobs after their current step, those of the caller's own (by login where there
+        are logins); the finished sections stay playable."""
+        owner = self.owner_of(request)
+        session.stop(lambda job: job.owner == owner)
 
     def postprocess(self, values: dict[str, Any]) -> Iterator[tuple[Any, Any, Any, Any]]:
         """Upscale, interpolate, colour-match or convert a video: an uploaded `video`, else your finished job named
@@ -342,7 +341,6 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
         **streams,
     )  # fmt: skip
     controls["end"].click(handlers.stop, [session], None, api_name="stop", queue=False)
-    demo.unload(handlers.on_unload)
     demo.load(_mark_page, [session], [session], **private)
     hidden = gr.Button(visible=False)
     hidden.click(queue_add, [fields[f.name] for f in generate_fields], gr.Textbox(visible=False), api_name="queue_add",

@@ -106,6 +106,10 @@ class Job:
         """Stop the job: a waiting job ends at once, a running one after the current sampler step."""
         self._front.cancel_job(self.id)
 
+    def leave(self) -> None:
+        """Stop following the job (its tab closed, its API call ended): the job goes on, its events go nowhere."""
+        self._front.unfollow(self)
+
     def _put(self, event: JobEvent) -> None:
         self._events.put(event)
 
@@ -318,13 +322,12 @@ class QueueFront:
             jobs.append((manifest.stat().st_mtime, entry))
         return [entry for _, entry in sorted(jobs, key=lambda item: item[0], reverse=True)]
 
-    def cancel_session(self, session: str) -> int:
-        """Cancel every waiting or running job a browser session follows; returns how many."""
+    def unfollow(self, handle: Job) -> None:
+        """Stream the job no more to `handle`; the job itself goes on (see `Job.leave`)."""
         with self._cond:
-            ids = {h.id for handles in self._followers.values() for h in handles if h.session == session}
-        for job_id in ids:
-            self.cancel_job(job_id)
-        return len(ids)
+            handles = self._followers.get(handle.id, [])
+            if handle in handles:
+                handles.remove(handle)
 
     def following(self, job_id: str) -> bool:
         """Whether this front still streams the job to its followers (it waits or runs here, and the front is open)."""
