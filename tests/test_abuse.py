@@ -194,3 +194,75 @@ def test_a_sound_store_or_a_new_folder_opens_without_a_note(tmp_path):
     store, note = open_store(tmp_path / "new")
     store.close()
     assert note is None
+
+
+def test_a_user_at_the_limit_is_turned_away_before_any_upload_is_read(tmp_path, monkeypatch):
+    from framepack.app.service import AppService
+
+    def events_until_stopped(self, job, stop: threading.Event):
+        stop.wait(30)
+        yield Error("stopped by the test")
+
+    monkeypatch.setattr(LocalRunner, "events", events_until_stopped)
+    image = tmp_path / "start.png"
+    Image.new("RGB", (64, 64)).save(image)
+    front = QueueFront("original", ModelSource(models_dir=tmp_path / "no-models"), tmp_path / "out", max_jobs_per_owner=1)
+    service = AppService(front, "original")
+    try:
+        values = {"input_image": str(image), "prompt": "a girl", "total_second_length": 0.4}
+        first = service.submit("alice", None, values, follow=False)
+        wait_for_states(front, {first.id: "running"})
+
+        def read_anything(*args, **kwargs):
+            raise AssertionError("an upload was read for a user at the limit")
+
+        monkeypatch.setattr(AppService, "check_job", read_anything)
+        for refused in (service.submit("alice", None, values, follow=False),
+                        service.extend("alice", None, str(image), values, follow=False),
+                        service.postprocess("alice", None, {"format": "gif"}, video=str(image), follow=False)):  # fmt: skip
+            assert refused.refused
+            assert "you already have 1 job waiting or running" in next(refused.events()).message
+        assert [job.id for job in front.list_jobs()] == [first.id]  # nothing else was queued, no inputs were kept
+        assert sorted(p.name for p in (tmp_path / "out" / ".queue").iterdir() if p.name != "fronts") == [first.id]
+        first.cancel()
+    finally:
+        front.close(timeout=30)
+
+
+def test_settings_are_read_a_few_at_a_time(tmp_path, monkeypatch):
+    """However many calls ask at once, only a few previous outputs are parsed at a time; the rest wait their turn or
+    are told to try again."""
+    from framepack.app import service as service_module
+    from framepack.app.service import AppService
+
+    record = tmp_path / "job.json"
+    record.write_text(json.dumps({"settings": {"prompt": "a girl"}}))
+    reading, most, lock, release = 0, 0, threading.Lock(), threading.Event()
+    real = service_module.settings_of_output
+
+    def slow_read(path):
+        nonlocal reading, most
+        with lock:
+            reading += 1
+            most = max(most, reading)
+        release.wait(10)
+        with lock:
+            reading -= 1
+        return real(path)
+
+    monkeypatch.setattr(service_module, "settings_of_output", slow_read)
+    monkeypatch.setattr(service_module, "SETTINGS_READ_WAIT_SECONDS", 0.5)
+    service = AppService(None, "original")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(service.settings_of_file(str(record)))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # the four beyond the first two have given up by now
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert most == service_module.SETTINGS_READS_AT_ONCE == 2
+    loaded = [r for r in results if not r.error]
+    busy = [r for r in results if r.error]
+    assert len(loaded) == 2 and all(r.values["prompt"] == "a girl" for r in loaded)
+    assert len(busy) == 4 and all(r.message == "Other settings are being read; try again in a moment." for r in busy)

@@ -4,6 +4,7 @@ the queue's front. Nothing here knows Gradio; `framepack.app.wiring` turns these
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ class Loaded:
     error: bool = False
 
 
+# How many previous outputs' settings are read at once, and how long one more waits for its turn.
+SETTINGS_READS_AT_ONCE = 2
+SETTINGS_READ_WAIT_SECONDS = 5.0
+
+
 class AppService:
     """The app's actions over one queue front. `job_options` are settings fixed for the app's lifetime (the step
     cache method); `lora_folder` holds the LoRA files the page offers."""
@@ -48,6 +54,8 @@ class AppService:
         self.front, self.variant = front, variant
         self.job_options = job_options or {}
         self.lora_folder = lora_folder
+        # Reading a previous output's settings parses a file a user gave: a few at a time, whoever asks.
+        self._reading = threading.BoundedSemaphore(SETTINGS_READS_AT_ONCE)
 
     # --- jobs
 
@@ -70,12 +78,17 @@ class AppService:
         return settings, inputs
 
     def submit(self, owner: str, session: str | None, values: dict[str, Any], follow: bool = True) -> Job:
-        """Queue a new video (checked first: raises what `check_job` raises)."""
+        """Queue a new video (checked first: raises what `check_job` raises; a user at the limit is turned away before
+        any upload is read)."""
+        if (refused := self.front.turned_away(owner, session)) is not None:
+            return refused
         settings, inputs = self.check_job(values)
         return self.front.submit(settings, inputs, owner, session, follow)
 
     def extend(self, owner: str, session: str | None, video: str, values: dict[str, Any], follow: bool = True) -> Job:
         """Queue the extension of an uploaded video by the length the fields say."""
+        if (refused := self.front.turned_away(owner, session)) is not None:
+            return refused
         settings, inputs = self.check_job(values, video)
         return self.front.submit_extension(settings, Path(video), inputs, owner, session, follow)
 
@@ -115,6 +128,8 @@ class AppService:
             raise PostprocessError(f"unknown upscaler {options['upscale']!r}: choose one of {', '.join(UPSCALERS[1:])}")
         if video is None and not job:
             raise PostprocessError("nothing to post-process: make a video first, or upload one")
+        if (refused := self.front.turned_away(owner, session)) is not None:
+            return refused
         if video is not None:
             check_video(video)
             build = lambda folder: postprocess_spec(options, video=Path(video), keep_in=folder)  # noqa: E731
@@ -160,10 +175,14 @@ class AppService:
     def settings_of_file(self, path: str) -> Loaded:
         """The fields' values from a previous output's MP4 or record: the prompt with its timed groups, the keyframes'
         times and the LoRAs (those in the LoRA folder) with their weights; the images themselves are named, to add."""
+        if not self._reading.acquire(timeout=SETTINGS_READ_WAIT_SECONDS):
+            return Loaded({}, "Other settings are being read; try again in a moment.", error=True)
         try:
             saved, extras = settings_of_output(path)
         except RecordError as exc:
             return Loaded({}, str(exc), error=True)
+        finally:
+            self._reading.release()
         return self.settings_values(saved, extras["inputs"], extras["loras"], Path(path).name)
 
     def settings_of_job(self, job_id: str | None, viewer: str | None) -> Loaded:

@@ -195,6 +195,16 @@ class QueueFront:
         with its settings and `changes`; only the source's owner may, and the branch is theirs."""
         return self.submit_spec(branch_spec(job_name, keep_sections, changes), owner, session, follow)
 
+    def turned_away(self, owner: str, session: str | None = None) -> Job | None:
+        """A refused handle if `owner` may not queue one more job now, else None: asked before an upload is read, so
+        a user at the limit costs no decoding (`submit_spec` asks again, with the job's source)."""
+        try:
+            with self._cond:
+                problem = self._closed or over_limit(self.store.list(active=True), owner, self.max_jobs_per_owner)
+        except STORE_ERRORS:
+            return None  # the submission itself will say what the store says
+        return _refused(Job(self, new_job_id(), owner, session), problem) if problem else None
+
     def submit_spec(self, spec: JobSpec | Callable[[Path], JobSpec], owner: str = LOCAL_USER,
                     session: str | None = None, follow: bool = True) -> Job:  # fmt: skip
         """Queue a job of any kind: its spec, or a function that builds it keeping the job's inputs in the folder it

@@ -29,7 +29,7 @@ def no_such_job(job_name: str) -> str:
 def over_limit(active: Sequence[QueuedJob], owner: str, limit: int) -> str | None:
     """Why `owner` may not have one more job waiting or running, if they may not."""
     if owner != LOCAL_USER and sum(job.owner == owner for job in active) >= limit:
-        return f"you already have {limit} jobs waiting or running; wait for one to end or stop one"
+        return f"you already have {limit} job{'s' * (limit != 1)} waiting or running; wait for one to end or stop one"
     return None
 
 
