@@ -266,3 +266,68 @@ def test_settings_are_read_a_few_at_a_time(tmp_path, monkeypatch):
     busy = [r for r in results if r.error]
     assert len(loaded) == 2 and all(r.values["prompt"] == "a girl" for r in loaded)
     assert len(busy) == 4 and all(r.message == "Other settings are being read; try again in a moment." for r in busy)
+
+
+# Another instance on the same outputs folder: it takes a job it follows itself (so only it may run it), prints
+# "running" once the job runs, and runs it until it is killed.
+OTHER_INSTANCE = """
+import sys, threading, time
+from PIL import Image
+from framepack.models import ModelSource
+from framepack.queue.front import QueueFront
+from framepack.queue.runners import LocalRunner
+from framepack.settings import Settings
+
+def forever(self, job, stop):
+    threading.Event().wait()
+    yield
+
+LocalRunner.events = forever
+out, image = sys.argv[1], sys.argv[2]
+front = QueueFront("original", ModelSource(models_dir=out + "/no-models"), out)
+job = front.submit(Settings(prompt="a girl", total_second_length=0.4), image)
+while front.job(job.id).state != "running":
+    time.sleep(0.05)
+print(job.id, flush=True)
+threading.Event().wait()
+"""
+
+
+def test_an_instance_notices_a_killed_one_within_seconds_and_finishes_its_job(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    from framepack.events import Done
+    from framepack.queue import front as front_module
+
+    def done_at_once(self, job, stop):
+        yield Done(video_path=None, latents_path=None, frames=1, seconds=0.1, sections_done=1, stopped=False, elapsed=0.0)
+
+    monkeypatch.setattr(LocalRunner, "events", done_at_once)
+    monkeypatch.setattr(front_module, "EXTERNAL_CHECK_SECONDS", 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    image = tmp_path / "start.png"
+    Image.new("RGB", (64, 64)).save(image)
+    other = subprocess.Popen([sys.executable, "-c", OTHER_INSTANCE, str(out), str(image)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        job_id = other.stdout.readline().strip()
+        assert job_id, other.stderr.read()
+        front = QueueFront("original", ModelSource(models_dir=tmp_path / "no-models"), out)
+        try:
+            time.sleep(2.0)  # the other instance is alive: its job stays its own
+            assert front.job(job_id).state == "running"
+            other.kill()
+            other.wait(30)
+            killed = time.monotonic()
+            wait_for_states(front, {job_id: "done"}, seconds=15)
+            assert time.monotonic() - killed < 10  # noticed while this instance ran, within seconds
+            assert front.job(job_id).attempts == 2
+        finally:
+            front.close(timeout=30)
+    finally:
+        other.kill()
+        other.wait(30)
