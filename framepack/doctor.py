@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import av
+import huggingface_hub.constants
 import torch
 
 from . import setup_rules as rules
@@ -29,8 +31,8 @@ from .memory.sensing import DeviceMemory, detect_device
 from .memory.sizes import GB, gb, published_sizes
 from .models import ModelsMissingError, ModelSource
 from .models.attention import availability
-from .models.sources import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
-from .settings import Settings, SettingsError
+from .models.sources import DEFAULT_CACHE_DIR, HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
+from .settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -390,7 +392,7 @@ class Places:
     """Where the models come from and the outputs go, as the other commands' options say."""
 
     models: Path | None = None
-    hf_cache: Path = Path("hf_download")
+    hf_cache: Path = DEFAULT_CACHE_DIR
     output_dir: Path = Path("outputs")
     variant: str = "original"
 
@@ -414,7 +416,8 @@ def diagnose(places: Places) -> list[Finding]:
     findings += guarded("Attention", lambda: [check_attention(availability(memory.device), sdpa_error(memory.device))])
     findings += guarded("Video encoders", lambda: [check_encoders(can_encode)])
     findings += guarded("Model files", lambda: models_and_disk(places))
-    findings += guarded("Disk (outputs)", lambda: [check_disk("Disk (outputs)", places.output_dir, free_disk(places.output_dir))])
+    outputs = places.output_dir
+    findings += guarded("Disk (outputs)", lambda: [check_disk("Disk (outputs)", outputs, free_disk(outputs))])
     findings += guarded("Memory plan", lambda: [memory_plan(places, memory)])
     return findings
 
@@ -423,7 +426,7 @@ def guarded(name: str, check: Callable[[], list[Finding]]) -> list[Finding]:
     try:
         return check()
     except CHECK_ERRORS as exc:
-        return [Finding(name, "fail", f"could not check: {type(exc).__name__}: {exc}", "see the message")]
+        return [Finding(name, "fail", f"could not check: {type(exc).__name__}: {exc}")]
 
 
 def sdpa_error(device: torch.device) -> str | None:
@@ -439,8 +442,6 @@ def sdpa_error(device: torch.device) -> str | None:
 
 
 def can_encode(name: str) -> bool:
-    import av
-
     try:
         av.codec.Codec(name, "w")
     except (av.codec.codec.UnknownCodecError, ValueError):
@@ -458,8 +459,6 @@ def free_disk(path: Path) -> int:
 
 def models_and_disk(places: Places) -> list[Finding]:
     """The model files' finding and the free disk where they are (or would download to)."""
-    import huggingface_hub.constants
-
     source = ModelSource(places.models, places.hf_cache)
     where = places.models if places.models is not None else source.hub_dir
     found = {}
@@ -468,8 +467,9 @@ def models_and_disk(places: Places) -> list[Finding]:
         found[part] = folder is not None and (part.component is None or weights_present(folder / part.subfolder))
     stored = published_sizes(torch.bfloat16, torch.float16)  # the published weights' dtypes (model-configs)
     sizes = {name: stored[name].total for name in stored.components}
-    models = check_models(found, sizes, str(where), places.models is not None, bool(huggingface_hub.constants.HF_HUB_OFFLINE))
-    needed = 0 if places.models is not None else sum(sizes.get(p.component or "", 0) for p, here in found.items() if not here)
+    local, offline = places.models is not None, bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+    models = check_models(found, sizes, str(where), local, offline)
+    needed = 0 if local else sum(sizes.get(p.component or "", 0) for p, here in found.items() if not here)
     return [models, check_disk("Disk (models)", where, free_disk(where), needed)]
 
 
@@ -493,8 +493,6 @@ def memory_plan(places: Places, memory: DeviceMemory) -> Finding:
             plan, sized = check_before_loading(settings, memory=memory), "the published models"
     except MemoryPlanError as exc:
         plan = exc.plan
-    except SettingsError as exc:
-        return Finding("Memory plan", "fail", str(exc))
     return check_plan(plan, sized)
 
 

@@ -12,7 +12,7 @@ from helpers import TINY_MODELS, needs_shared, run_cli
 
 from framepack import doctor
 from framepack.cli import main
-from framepack.doctor import Finding, Host, ModelPart, Smi, SmiGpu, TorchBuild, model_parts
+from framepack.doctor import Finding, Host, Smi, SmiGpu, TorchBuild, model_parts
 from framepack.memory.sizes import GB
 from framepack.setup_rules import Gpu
 
@@ -105,7 +105,8 @@ def test_missing_model_files_are_listed_with_their_download_sizes():
     no_llama = {part: part.subfolder != "text_encoder" for part in parts}
     local = doctor.check_models(no_llama, sizes, "models", local=True, offline=False)
     assert local.status == "fail" and "missing 15.0 GB" in local.found
-    assert local.fix == 'hf download hunyuanvideo-community/HunyuanVideo --include "text_encoder/*" --local-dir models/hunyuanvideo-community/HunyuanVideo'
+    assert local.fix == ('hf download hunyuanvideo-community/HunyuanVideo --include "text_encoder/*" '
+                         "--local-dir models/hunyuanvideo-community/HunyuanVideo")
 
 
 def test_disk_encoders_and_attention_verdicts(tmp_path):
@@ -116,7 +117,8 @@ def test_disk_encoders_and_attention_verdicts(tmp_path):
     assert doctor.check_encoders(lambda name: name == "libx264").status == "ok"
     gpu_only = {"sdpa": None, "sage": "sage needs an NVIDIA GPU", "flash": "flash needs an NVIDIA GPU", "xformers": None}
     finding = doctor.check_attention(gpu_only, None)
-    assert finding.status == "ok" and "xformers usable" in finding.found and "sage, flash not (needs an NVIDIA GPU)" in finding.found
+    assert finding.status == "ok" and "xformers usable" in finding.found
+    assert "sage, flash not (needs an NVIDIA GPU)" in finding.found
     assert doctor.check_attention(gpu_only, "CUDA error: no kernel image is available").status == "fail"
 
 
@@ -178,6 +180,7 @@ def test_doctor_command_with_a_cpu_torch_and_an_nvidia_gpu(tmp_path, monkeypatch
     result = run_cli("doctor", "--models", str(TINY_MODELS), "--output-dir", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert "FAIL  PyTorch" in result.stdout and "a CPU-only build, but nvidia-smi shows NVIDIA GeForce RTX 4090" in result.stdout
+    assert "FAIL  PyTorch" in result.stdout
+    assert "a CPU-only build, but nvidia-smi shows NVIDIA GeForce RTX 4090" in result.stdout
     assert '"torch==' in result.stdout and "+cu130" in result.stdout
     assert "Not ready" in result.stdout.strip().splitlines()[-1]

@@ -14,7 +14,7 @@ from framepack.memory.planning import check_before_loading
 from framepack.memory.sensing import DeviceMemory
 from framepack.memory.sizes import GB, ModelConfigs, file_configs
 from framepack.models import ModelSource
-from framepack.models.sources import PUBLISHED_TRANSFORMER, TRANSFORMER_REPOS, hub_cache
+from framepack.models.sources import HUNYUAN_REPO, PUBLISHED_TRANSFORMER, TRANSFORMER_REPOS, hub_cache
 
 pytestmark = needs_shared
 
@@ -79,7 +79,7 @@ def test_the_memory_plan_sizes_the_cached_models(tmp_path, hf_download):
 def test_a_partial_cache_plans_the_published_configs_of_what_is_missing(tmp_path):
     only_hunyuan = tmp_path / "models"
     (only_hunyuan / "hunyuanvideo-community").mkdir(parents=True)
-    (only_hunyuan / "hunyuanvideo-community" / "HunyuanVideo").symlink_to(TINY_MODELS / "hunyuanvideo-community" / "HunyuanVideo")
+    (only_hunyuan / HUNYUAN_REPO).symlink_to(TINY_MODELS / HUNYUAN_REPO)
     configs = file_configs(None, "original", cache_dir=hub_cache_from(only_hunyuan, tmp_path / "hf_download"))
     tiny = ModelConfigs.from_folder(TINY_MODELS)
     published = ModelConfigs.published()
