@@ -33,6 +33,7 @@ from .sensing import DeviceMemory, detect_device
 from .sizes import (
     GB,
     LoraBytes,
+    ModelConfigs,
     ModelSizes,
     ModuleSize,
     file_configs,
@@ -683,10 +684,12 @@ def check_before_loading(
         if fp8_matmuls and file is not None and file.gguf:
             raise SettingsError("--fp8-compute", "it multiplies fp8 weights, and a GGUF transformer computes in bf16")
         dtypes = resolve_dtypes(settings.dtype, memory.device)
-        sizes = ModelSizes.from_configs(configs, *dtypes, fp8=fp8, transformer_file=file)
-        fp8 = sizes.fp8
-        if models_dir is None and file is None and sizes.components == published_sizes(*dtypes, fp8).components:
-            sizes = None  # a cache of the published model: planned as that, whose advice can try --fp8
+        hub = models_dir is None and file is None  # the hub cache's configs, the published ones where not cached
+        if not (hub and configs == ModelConfigs.published()):
+            sizes = ModelSizes.from_configs(configs, *dtypes, fp8=fp8, transformer_file=file)
+            fp8 = sizes.fp8
+            if hub and sizes.components == published_sizes(*dtypes, fp8).components:
+                sizes = None  # a cache of the published model: planned as that, whose advice can try --fp8
     plan = plan_for_settings(
         settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes,
         swap_free=memory.swap_free, lora=lora,
