@@ -13,12 +13,18 @@ from .models.sources import DEFAULT_CACHE_DIR
 from .settings import Settings
 
 
-def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """Where the models come from and how they run."""
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from."""
     add = parser.add_argument
     add("--models", type=Path, metavar="DIR", help="local model root laid out like the hub repos (default: hub cache)")
     add("--hf-cache", type=Path, default=DEFAULT_CACHE_DIR, metavar="DIR",
         help=f"hub cache folder, e.g. the hf_download folder of a FramePack or FramePack-Studio install (default ./{DEFAULT_CACHE_DIR})")  # fmt: skip
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Where the models come from and how they run."""
+    add_model_options(parser)
+    add = parser.add_argument
     add("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
@@ -59,6 +65,7 @@ def worker_plans(args: argparse.Namespace, variant: str) -> list[MemoryPlan]:
     devices = [f"cuda:{gpu}" for gpu in args.gpus] if args.gpus else [args.device] * max(1, args.workers)
     return [
         check_before_loading(Settings(variant=variant), fp8=args.fp8, device=device, models_dir=args.models,
-                             transformer_file=args.transformer_file, fp8_matmuls=args.fp8_compute)
+                             transformer_file=args.transformer_file, fp8_matmuls=args.fp8_compute,
+                             cache_dir=args.hf_cache)
         for device in devices
     ]  # fmt: skip

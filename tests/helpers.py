@@ -88,6 +88,21 @@ def case_inputs(raw: dict, case_dir: Path):
 
 
 
+def hub_cache_from(root: Path, hf_home: Path, revision: str = "0123456789abcdef" * 2 + "01234567") -> Path:
+    """`hf_home` made into a hub cache of the model root `root` (`<root>/<org>/<name>/...`) as FramePack and
+    FramePack-Studio keep theirs (HF_HOME=hf_home): `hub/models--org--name/snapshots/<revision>/...` linking to
+    the files, and `refs/main` naming that revision. Returns `hf_home`."""
+    for repo in sorted(p for org in root.iterdir() if org.is_dir() for p in org.iterdir() if p.is_dir()):
+        cached = hf_home / "hub" / f"models--{repo.parent.name}--{repo.name}"
+        for file in (f for f in repo.rglob("*") if f.is_file()):
+            link = cached / "snapshots" / revision / file.relative_to(repo)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(file)
+        (cached / "refs").mkdir(parents=True, exist_ok=True)
+        (cached / "refs" / "main").write_text(revision)
+    return hf_home
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

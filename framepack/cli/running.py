@@ -189,12 +189,12 @@ def load_for(
     lora = None
     if loras:  # matched against the model's architecture before anything loads
         device = torch.device(args.device) if args.device else default_device()
-        configs = file_configs(source.models_dir, settings.variant, source.transformer_file)
+        configs = file_configs(source.models_dir, settings.variant, source.transformer_file, source.cache_dir)
         lora = lora_bytes([spec.path for spec in loras], configs, resolve_dtypes(settings.dtype, device)[0])
     # The same check as the app's: say what will not fit before loading tens of GB.
     plan = check_before_loading(
         settings, fp8=args.fp8, device=args.device, models_dir=source.models_dir, lora=lora,
-        transformer_file=source.transformer_file, fp8_matmuls=args.fp8_compute,
+        transformer_file=source.transformer_file, fp8_matmuls=args.fp8_compute, cache_dir=source.cache_dir,
     )  # fmt: skip
     return load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
 

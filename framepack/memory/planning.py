@@ -33,6 +33,7 @@ from .sensing import DeviceMemory, detect_device
 from .sizes import (
     GB,
     LoraBytes,
+    ModelConfigs,
     ModelSizes,
     ModuleSize,
     file_configs,
@@ -656,6 +657,7 @@ def check_before_loading(
     lora: LoraBytes | None = None,
     transformer_file: str | os.PathLike | None = None,
     fp8_matmuls: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> MemoryPlan:
     """Plan the job `settings` describes (with its LoRAs' `lora` bytes) on this machine's free memory; raise
     MemoryPlanError if it will not fit (CheckpointError if `transformer_file` does not fit the model).
@@ -665,8 +667,9 @@ def check_before_loading(
 
     The app calls it before loading (with its default settings) and the CLI with the job's settings; the
     returned plan then goes to `place_component` as each component loads. With `models_dir` (a local model
-    root, as `--models`) the sizes come from its config files, otherwise from the published configs; with a
-    single-file transformer (`--transformer-file`), the transformer's from the file's header.
+    root, as `--models`) the sizes come from its config files, else from those cached in the hub cache
+    `cache_dir` (`--hf-cache`), otherwise from the published configs; with a single-file transformer
+    (`--transformer-file`), the transformer's from the file's header.
     """
     settings = settings or Settings()
     memory = memory or detect_device(device)
@@ -675,13 +678,18 @@ def check_before_loading(
             raise SettingsError("--fp8-compute", problem)
         fp8 = True
     sizes = None
-    if models_dir is not None or transformer_file is not None:
-        configs = file_configs(models_dir, settings.variant, transformer_file)
+    if models_dir is not None or transformer_file is not None or cache_dir is not None:
+        configs = file_configs(models_dir, settings.variant, transformer_file, cache_dir)
         file = inspect_transformer_file(transformer_file, configs.transformer, settings.variant) if transformer_file else None
         if fp8_matmuls and file is not None and file.gguf:
             raise SettingsError("--fp8-compute", "it multiplies fp8 weights, and a GGUF transformer computes in bf16")
-        sizes = ModelSizes.from_configs(configs, *resolve_dtypes(settings.dtype, memory.device), fp8=fp8, transformer_file=file)
-        fp8 = sizes.fp8
+        dtypes = resolve_dtypes(settings.dtype, memory.device)
+        hub = models_dir is None and file is None  # the hub cache's configs, the published ones where not cached
+        if not (hub and configs == ModelConfigs.published()):
+            sizes = ModelSizes.from_configs(configs, *dtypes, fp8=fp8, transformer_file=file)
+            fp8 = sizes.fp8
+            if hub and sizes.components == published_sizes(*dtypes, fp8).components:
+                sizes = None  # a cache of the published model: planned as that, whose advice can try --fp8
     plan = plan_for_settings(
         settings, memory.vram_free, memory.ram_free, fp8=fp8, device=memory.device, sizes=sizes,
         swap_free=memory.swap_free, lora=lora,

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from ..models.checkpoints import GGUF_BLOCKS, TransformerFile, format_sizes
 from ..models.components import COMPONENTS, ModelSet
 from ..models.fp8 import enable_fp8, has_fp8
 from ..models.sources import (
+    DEFAULT_CACHE_DIR,
     HUNYUAN_REPO,
     PUBLISHED_TRANSFORMER,
     REDUX_REPO,
@@ -142,6 +144,29 @@ class ModelConfigs:
             text_encoder_2=read(HUNYUAN_REPO, "text_encoder_2"),
             image_encoder=read(REDUX_REPO, "image_encoder"),
             vae=read(HUNYUAN_REPO, "vae"),
+        )
+
+    @classmethod
+    def cached(
+        cls, cache_dir: str | os.PathLike, variant: str = "original", transformer: dict[str, Any] | None = None
+    ) -> ModelConfigs:
+        """The configs of the repos in a hub cache (`--hf-cache`), read without downloading; each one not cached
+        is the published one, which is what would be downloaded in its place."""
+        source = ModelSource(cache_dir=Path(cache_dir))
+        published = cls.published()
+
+        def read(name: str, repo: str, subfolder: str = "") -> dict[str, Any]:
+            folder = source.cached_folder(repo, (subfolder,) if subfolder else ())
+            if folder is None:
+                return getattr(published, name)
+            return json.loads((folder / subfolder / "config.json").read_text())
+
+        return cls(
+            transformer=transformer if transformer is not None else read("transformer", TRANSFORMER_REPOS[variant]),
+            text_encoder=read("text_encoder", HUNYUAN_REPO, "text_encoder"),
+            text_encoder_2=read("text_encoder_2", HUNYUAN_REPO, "text_encoder_2"),
+            image_encoder=read("image_encoder", REDUX_REPO, "image_encoder"),
+            vae=read("vae", HUNYUAN_REPO, "vae"),
         )
 
     @classmethod
@@ -268,15 +293,20 @@ class LoraBytes:
 
 
 def file_configs(
-    models_dir: str | os.PathLike | None, variant: str, transformer_file: str | os.PathLike | None = None
+    models_dir: str | os.PathLike | None, variant: str, transformer_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> ModelConfigs:
-    """The configs a plan sizes: a local model root's or the published ones, the transformer's taken as loading
-    takes it for a single-file transformer (its repo's config where at hand, else the published one)."""
+    """The configs a plan sizes: a local model root's, else those in the hub cache `cache_dir` (published where
+    not cached), else the published ones; the transformer's taken as loading takes it for a single-file
+    transformer (its repo's config where at hand, else the published one)."""
     transformer = None
     if transformer_file is not None:
-        transformer = ModelSource(models_dir=models_dir, transformer_file=transformer_file).transformer_config(variant)
+        cache = DEFAULT_CACHE_DIR if cache_dir is None else cache_dir
+        transformer = ModelSource(models_dir, cache, transformer_file=transformer_file).transformer_config(variant)
     if models_dir is not None:
         return ModelConfigs.from_folder(models_dir, variant, transformer)
+    if cache_dir is not None:
+        return ModelConfigs.cached(cache_dir, variant, transformer)
     published = ModelConfigs.published()
     return published if transformer is None else replace(published, transformer=transformer)
 

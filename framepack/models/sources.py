@@ -1,5 +1,9 @@
 """Where the weights come from: the published Hugging Face repos (cached in `./hf_download`) or a local model root
-laid out like them (`<root>/<org>/<name>/<subfolder>`), so the tiny test models go through what users run."""
+laid out like them (`<root>/<org>/<name>/<subfolder>`), so the tiny test models go through what users run.
+
+The cache may be the `hf_download` folder of a FramePack or FramePack-Studio install as it is: those apps set
+HF_HOME to it, so their repos sit in `hf_download/hub/models--*`; this app passes the folder as the hub cache
+itself (`hf_download/models--*`). `hub_cache` tells the two apart."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,14 @@ PUBLISHED_TRANSFORMER = {
     "pooled_projection_dim": 768, "qk_norm": "rms_norm", "rope_axes_dim": [16, 56, 56], "rope_theta": 256.0,
     "text_embed_dim": 4096,
 }  # fmt: skip
+
+
+def hub_cache(cache_dir: str | Path) -> Path:
+    """The hub cache in `cache_dir`: its `hub` folder where that holds repos (`models--*`, the layout of an app
+    that sets HF_HOME to the folder, as FramePack and FramePack-Studio do), else the folder itself."""
+    cache_dir = Path(cache_dir)
+    hub = cache_dir / "hub"
+    return hub if hub.is_dir() and any(hub.glob("models--*")) else cache_dir
 
 
 class ModelsMissingError(RuntimeError):
@@ -73,6 +85,11 @@ class ModelSource:
             return cls(models_dir=local[0].parents[1], cache_dir=cache_dir, transformer_file=file)
         return cls(cache_dir=cache_dir, revisions=pins, transformer_file=file)
 
+    @property
+    def hub_dir(self) -> Path:
+        """The hub cache the repos are read from and downloaded to (see `hub_cache`)."""
+        return hub_cache(self.cache_dir)
+
     def describe(self, repo: str, folder: Path) -> str:
         """Where `repo` was read from: the local folder, or the hub repo and the snapshot (revision) cached."""
         return str(folder.resolve()) if self.models_dir else f"{repo}@{folder.name}"
@@ -103,7 +120,7 @@ class ModelSource:
                 path = self.folder(repo) / "config.json"
             else:
                 revision = dict(self.revisions).get(repo)
-                path = Path(hf_hub_download(repo, "config.json", revision=revision, cache_dir=self.cache_dir))
+                path = Path(hf_hub_download(repo, "config.json", revision=revision, cache_dir=self.hub_dir))
             return json.loads(path.read_text())
         except (ModelsMissingError, LocalEntryNotFoundError, OSError):
             logger.info("Using the published configuration of the FramePack transformer (%s has none at hand)", repo)
@@ -124,14 +141,30 @@ class ModelSource:
         patterns = [f"{s}/*" for s in subfolders] if subfolders else None
         revision = dict(self.revisions).get(repo)
         try:
-            return Path(snapshot_download(repo, revision=revision, cache_dir=self.cache_dir, allow_patterns=patterns))
+            return Path(snapshot_download(repo, revision=revision, cache_dir=self.hub_dir, allow_patterns=patterns))
         except LocalEntryNotFoundError:
             parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
             raise ModelsMissingError(
-                f"The weights of {repo}{parts} are not in {self.cache_dir} and cannot be downloaded now "
+                f"The weights of {repo}{parts} are not in {self.hub_dir} and cannot be downloaded now "
                 f"(offline). Connect to the internet and run the app once to download them, or run "
-                f"`hf download {repo} --cache-dir {self.cache_dir}`, or point --models at a local model root."
+                f"`hf download {repo} --cache-dir {self.hub_dir}`, or point --models at a local model root."
             ) from None
+
+    def cached_folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path | None:
+        """The folder holding `repo` with the config files of `subfolders` (the repo's own without), found here
+        without downloading or asking the hub; None where any is missing."""
+        if self.models_dir is not None:
+            root = self.models_dir / repo
+            return root if all((root / s / _CONFIG_OF.get(s, "")).is_file() for s in subfolders or ("",)) else None
+        revision = dict(self.revisions).get(repo)
+        folder = None
+        for subfolder in subfolders or ("",):
+            name = f"{subfolder}/{_CONFIG_OF[subfolder]}" if subfolder else "config.json"
+            found = try_to_load_from_cache(repo, name, cache_dir=self.hub_dir, revision=revision)
+            if not isinstance(found, str):  # None: not cached; a sentinel: known not to exist
+                return None
+            folder = Path(found).parents[1 if subfolder else 0]
+        return folder
 
 
 # How `ModelSource.describe` names a hub snapshot: "owner/name@<commit>".
