@@ -212,6 +212,8 @@ def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInp
             encoder.abort()
         raise
     notes = [f"{video.name}: {found.frames} frames at 30 fps, {found.width}x{found.height} -> {kept.shape[2]}x{kept.shape[1]}"]
+    if turned := found.turn.describe():
+        notes.append(f"{video.name} is shown {turned} (its display matrix): its frames are read that way up")
     if abs(found.fps - FPS) > 0.01:
         notes.append(f"{video.name} runs at {found.fps:g} fps: its frames are shown at 30 fps, each for as long as it lasts")
     audio = extract_audio(video, paths.parts_dir / INPUT_AUDIO)

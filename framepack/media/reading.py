@@ -1,4 +1,6 @@
-"""Reading videos users give: their facts, their frames at 30 fps streamed start to end, and their sound."""
+"""Reading videos users give: their facts, their frames at 30 fps streamed start to end, and their sound. Every frame
+is read upright, as a player shows it: phones store a portrait clip as landscape pictures and a display matrix that
+says how to turn (and mirror) them."""
 
 from __future__ import annotations
 
@@ -16,6 +18,55 @@ from .images import resize_and_center_crop
 
 
 @dataclass(frozen=True)
+class Turn:
+    """How a player shows a stored frame: turned `clockwise` degrees (0, 90, 180 or 270), then mirrored left to right
+    if `mirror`. Every display matrix of quarter turns and flips is one of these eight."""
+
+    clockwise: int = 0
+    mirror: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        turned = np.rot90(image, -self.clockwise // 90)
+        return np.ascontiguousarray(turned[:, ::-1] if self.mirror else turned)
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) shown for a stored (width, height)."""
+        return (height, width) if self.clockwise in (90, 270) else (width, height)
+
+    def describe(self) -> str:
+        """What was done, for a note ("" for nothing)."""
+        turned = {0: "", 90: "turned 90° clockwise", 180: "turned 180°", 270: "turned 90° anticlockwise"}[self.clockwise]
+        return " and ".join(part for part in (turned, "mirrored" if self.mirror else "") if part)
+
+
+UPRIGHT = Turn()
+
+
+def turn_of(frame: av.VideoFrame) -> Turn:
+    """The turn a frame's display matrix asks for, read as FFmpeg's own player and its autorotate do (fftools: a
+    quarter turn by the rotation, the matrix's signs telling a mirrored one apart). Angles other than quarter
+    turns are left alone, as they are there."""
+    matrix = next((side for side in frame.side_data if side.type.name == "DISPLAYMATRIX"), None)
+    if matrix is None:
+        return UPRIGHT
+    m = np.frombuffer(bytes(memoryview(matrix))[:36], np.int32)
+    theta = -frame.rotation % 360  # PyAV gives the angle anticlockwise, in [-180, 180]
+    if theta in (90, 270):
+        # 90: "transpose=clock", or "cclock_flip" (a plain transpose) when m[3] > 0; 270: "cclock", or "clock_flip".
+        return Turn(theta, bool(m[3] > 0) if theta == 90 else bool(m[3] < 0))
+    hflip, vflip = bool(m[0] < 0) if theta == 180 else False, bool(m[4] < 0)
+    if theta not in (0, 180) or (theta == 180 and not (hflip or vflip)):
+        return UPRIGHT
+    # A vertical flip is a half turn and a mirror; both flips, a half turn.
+    return Turn(180 if vflip else 0, hflip != vflip)
+
+
+def upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as RGB uint8 (H, W, 3), turned and mirrored as its display matrix says."""
+    return turn_of(frame).apply(frame.to_ndarray(format="rgb24"))
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     frames: int
     fps: float
@@ -27,15 +78,20 @@ class VideoInfo:
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Read a video's stream facts, counting frames by decoding (container counts can be missing)."""
+    """Read a video's stream facts, counting frames by decoding (container counts can be missing); the size is
+    the one shown (a portrait phone clip is taller than wide)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(stream))
+        frames, turn = 0, UPRIGHT
+        for frame in container.decode(stream):
+            turn = turn_of(frame) if frames == 0 else turn
+            frames += 1
+        width, height = turn.size(stream.codec_context.width, stream.codec_context.height)
         return VideoInfo(
             frames=frames,
             fps=float(stream.average_rate),
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
+            width=width,
+            height=height,
             codec=stream.codec_context.name,
             pix_fmt=stream.codec_context.pix_fmt,
             metadata=dict(container.metadata),
@@ -43,9 +99,9 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def read_frames(path: str | Path) -> np.ndarray:
-    """All frames of a video as uint8 (T, H, W, 3)."""
+    """All frames of a video as uint8 (T, H, W, 3), upright."""
     with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        return np.stack([upright(frame) for frame in container.decode(video=0)])
 
 
 class VideoInputError(ValueError):
@@ -54,8 +110,9 @@ class VideoInputError(ValueError):
 
 @dataclass
 class InputVideo:
-    """What reading an input video found: its frame rate, how many frames it has at 30 fps, its first frame and
-    its last frames at the video's size (the rest went to the caller as they came)."""
+    """What reading an input video found: its frame rate, how many frames it has at 30 fps, its size as shown,
+    its first frame and its last frames at the video's size (the rest went to the caller as they came), and how
+    its frames were turned upright."""
 
     name: str
     sha256: str
@@ -65,6 +122,7 @@ class InputVideo:
     height: int
     first: np.ndarray
     tail: list[np.ndarray]
+    turn: Turn = UPRIGHT
 
 
 def check_video(path: str | Path) -> None:
@@ -101,7 +159,7 @@ def read_video(
         rate = float(stream.average_rate or stream.guessed_rate or FPS)
         kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
         size: tuple[int, int] | None = None
-        first = None
+        first, shown, turn = None, (0, 0), UPRIGHT
         emitted = decoded = 0
         pending, pending_time, start = None, 0.0, None
 
@@ -113,10 +171,12 @@ def read_video(
             emitted += 1
 
         def fitted(frame: av.VideoFrame) -> np.ndarray:
-            nonlocal size, first
-            rgb = frame.to_ndarray(format="rgb24")
+            nonlocal size, first, shown, turn
+            if size is None:  # the first frame's display matrix is the stream's
+                turn = turn_of(frame)
+            rgb = turn.apply(frame.to_ndarray(format="rgb24"))
             if size is None:
-                size = size_of(rgb)
+                size, shown = size_of(rgb), (rgb.shape[1], rgb.shape[0])
             image = resize_and_center_crop(rgb, size[1], size[0])
             if first is None:
                 first = image
@@ -141,8 +201,7 @@ def read_video(
         image = fitted(pending)
         while emitted < max(1, round((pending_time + 1 / rate) * FPS)):  # the last frame lasts 1/rate
             emit(image)
-        width, height = stream.codec_context.width, stream.codec_context.height
-    return InputVideo(path.name, file_sha256(path), rate, emitted, width, height, first, list(kept))
+    return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn)
 
 
 def extract_audio(source: str | Path, target: str | Path) -> Path | None:
