@@ -8,8 +8,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
-from framepack.media.images import target_size
+from framepack.media.images import ImageError, load_image, target_size
 from framepack.media.reading import probe, read_frames, read_video
 from framepack.postprocess import pipeline
 
@@ -98,3 +99,37 @@ def test_a_phone_clip_is_extended_upright(tiny_models, tmp_path):
     assert "phone.mp4 is shown turned 90° clockwise (its display matrix): its frames are read that way up" in [
         getattr(e, "message", None) for e in events
     ]
+
+
+# ------------------------------------------------------------------------------------------------ photos
+
+
+def quadrants() -> Image.Image:
+    """A 64x48 photo of four flat colours, so a lossy codec keeps each one's middle."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:24, :32], image[:24, 32:], image[24:, :32], image[24:, 32:] = (200, 30, 40), (30, 180, 60), (40, 50, 210), (230, 220, 90)  # fmt: skip
+    return Image.fromarray(image)
+
+
+def middles(image: np.ndarray) -> np.ndarray:
+    return np.array([image[8:16, 8:24], image[8:16, 40:56], image[32:40, 8:24], image[32:40, 40:56]]).mean(axis=(1, 2))
+
+
+def test_a_heic_photo_loads_like_any_other(tmp_path):
+    import pillow_heif
+
+    photo = quadrants()
+    pillow_heif.from_pillow(photo).save(tmp_path / "IMG_0001.HEIC", quality=95)
+    loaded = load_image(tmp_path / "IMG_0001.HEIC")
+    assert loaded.shape == (48, 64, 3) and loaded.dtype == np.uint8
+    np.testing.assert_allclose(middles(loaded), middles(np.asarray(photo)), atol=8)
+    assert Image.open(tmp_path / "IMG_0001.HEIC").format == "HEIF"  # registered for every PIL reader (the page's too)
+
+
+def test_a_heic_photo_without_pillow_heif_says_what_to_install(tmp_path, monkeypatch):
+    from framepack.media import images
+
+    monkeypatch.setattr(images, "pillow_heif", None)
+    (tmp_path / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))  # not even a whole HEIF box
+    with pytest.raises(ImageError, match=r"^photo.heic is a HEIC/HEIF photo: reading it needs pillow-heif"):
+        load_image(tmp_path / "photo.heic")

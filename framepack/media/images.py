@@ -7,6 +7,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+try:  # HEIC/HEIF, what phones save photos as: PIL (and so the page's uploads) opens them once this is registered
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # an install made before it was a requirement: load_image says what to do for such a file
+    pillow_heif = None
+
+HEIF_SUFFIXES = (".heic", ".heif", ".hif")
+
 # FramePack's 640 buckets as (height, width); every side is a multiple of 16 and the areas are close to 640².
 BUCKETS_640: tuple[tuple[int, int], ...] = (
     (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),
@@ -51,8 +60,8 @@ class ImageError(ValueError):
 def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     """Any image a user may give (path, PIL image or array) as RGB uint8 HxWx3.
 
-    Photos are turned upright by their EXIF orientation, transparency is composited on white, animated
-    images give their first frame and 16-bit or palette images are converted.
+    Photos (HEIC/HEIF too) are turned upright by their EXIF orientation, transparency is composited on white,
+    animated images give their first frame and 16-bit or palette images are converted.
     """
     if isinstance(source, np.ndarray):
         array = source
@@ -74,6 +83,9 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{Path(str(source)).name} has too many pixels to read safely ({exc})") from None
         except (OSError, SyntaxError, ValueError) as exc:
+            if pillow_heif is None and Path(str(source)).suffix.lower() in HEIF_SUFFIXES:
+                name = Path(str(source)).name
+                raise ImageError(f"{name} is a HEIC/HEIF photo: reading it needs pillow-heif (pip install -r requirements.txt)") from None
             # The library's message may name the full path; the file's name is enough.
             reason = str(exc).replace(str(source), Path(str(source)).name)
             raise ImageError(f"cannot read {Path(str(source)).name} as an image ({reason})") from None
