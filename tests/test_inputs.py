@@ -3,12 +3,13 @@ refused in one line before any model is planned or loaded."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from framepack.media.images import ImageError, load_image, target_size
 from framepack.media.reading import probe, read_frames, read_video
@@ -133,3 +134,108 @@ def test_a_heic_photo_without_pillow_heif_says_what_to_install(tmp_path, monkeyp
     (tmp_path / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))  # not even a whole HEIF box
     with pytest.raises(ImageError, match=r"^photo.heic is a HEIC/HEIF photo: reading it needs pillow-heif"):
         load_image(tmp_path / "photo.heic")
+
+
+# ------------------------------------------------------------------------------------------------ ICC profiles
+
+
+def _icc(device_class: bytes, space: bytes, tags: dict[bytes, bytes]) -> bytes:
+    """An ICC v2 profile with these tags (PCS XYZ, D50), written from the specification (ICC.1:2001-04)."""
+    d50 = b"".join(round(v * 65536).to_bytes(4, "big", signed=True) for v in (0.9642, 1.0, 0.8249))
+    table, data, offset = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, body in tags.items():
+        body += b"\0" * (-len(body) % 4)
+        table += sig + (offset + len(data)).to_bytes(4, "big") + len(body).to_bytes(4, "big")
+        data += body
+    size = offset + len(data)
+    header = (size.to_bytes(4, "big") + bytes(4) + bytes([2, 0x10, 0, 0]) + device_class + space + b"XYZ " + bytes(12)
+              + b"acsp" + bytes(28) + d50 + bytes(48))  # fmt: skip
+    return header + len(tags).to_bytes(4, "big") + table + data
+
+
+def _xyz(*values: float) -> bytes:
+    return b"XYZ " + bytes(4) + b"".join(round(v * 65536).to_bytes(4, "big", signed=True) for v in values)
+
+
+def _desc(text: str) -> bytes:
+    ascii_ = text.encode() + b"\0"
+    return b"desc" + bytes(4) + len(ascii_).to_bytes(4, "big") + ascii_ + bytes(8) + bytes(3) + bytes(67)
+
+
+WHITE_D50 = (0.9642, 1.0, 0.8249)
+
+
+def adobe_rgb_profile() -> bytes:
+    """Adobe RGB (1998): its D50-adapted primaries and its 563/256 gamma, a wider gamut than sRGB's."""
+    gamma = b"curv" + bytes(4) + (1).to_bytes(4, "big") + (563).to_bytes(2, "big")
+    tags = {b"desc": _desc("Wide test RGB"), b"wtpt": _xyz(*WHITE_D50), b"rXYZ": _xyz(0.60974, 0.31111, 0.01947),
+            b"gXYZ": _xyz(0.20528, 0.62567, 0.06087), b"bXYZ": _xyz(0.14919, 0.06322, 0.74457),
+            b"rTRC": gamma, b"gTRC": gamma, b"bTRC": gamma}  # fmt: skip
+    return _icc(b"mntr", b"RGB ", tags)
+
+
+def cmyk_profile() -> bytes:
+    """A printer's CMYK profile in miniature: an A2B0 table (lut16, 2 grid points) from CMYK to XYZ, the inks a
+    little warm, so its colours differ from PIL's plain CMYK conversion."""
+    to_xyz = np.array([[0.4361, 0.3851, 0.1431], [0.2225, 0.7169, 0.0606], [0.0139, 0.0971, 0.7141]])  # sRGB, D50
+    clut = b""
+    for c, m, y, k in np.ndindex(2, 2, 2, 2):  # the first channel varies slowest
+        linear = np.array([(1 - c) * (1 - k), (1 - m) * (1 - k) * 0.9, (1 - y) * (1 - k) * 0.8])
+        clut += b"".join(round(min(v, 1.99) * 32768).to_bytes(2, "big") for v in to_xyz @ linear)
+    identity = b"".join(round(v * 65536).to_bytes(4, "big") for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ramp = (0).to_bytes(2, "big") + (65535).to_bytes(2, "big")
+    lut = b"mft2" + bytes(4) + bytes([4, 3, 2, 0]) + identity + (2).to_bytes(2, "big") * 2 + ramp * 4 + clut + ramp * 3
+    return _icc(b"prtr", b"CMYK", {b"desc": _desc("Test CMYK"), b"wtpt": _xyz(*WHITE_D50), b"A2B0": lut})
+
+
+def as_srgb(colour: tuple[int, ...], mode: str, icc: bytes) -> np.ndarray:
+    """ImageCms's own conversion of one flat colour to sRGB (the reference the loader must match)."""
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    pixel = ImageCms.profileToProfile(Image.new(mode, (1, 1), colour), profile, ImageCms.createProfile("sRGB"),
+                                      renderingIntent=ImageCms.getDefaultIntent(profile), outputMode="RGB")  # fmt: skip
+    return np.asarray(pixel)[0, 0].astype(float)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_a_wide_gamut_photo_is_shown_in_srgb(tmp_path, suffix):
+    icc, colour = adobe_rgb_profile(), (60, 160, 90)
+    path = tmp_path / f"adobe{suffix}"
+    Image.new("RGB", (32, 32), colour).save(path, icc_profile=icc, **({"quality": 100} if suffix == ".jpg" else {}))
+    loaded = load_image(path)
+    expected = as_srgb(colour, "RGB", icc)
+    assert np.abs(expected - colour).max() > 20  # the test means something: the profile moves this colour
+    np.testing.assert_allclose(loaded[8:24, 8:24].reshape(-1, 3).mean(axis=0), expected, atol=2 if suffix == ".jpg" else 0.5)
+
+
+def test_transparency_keeps_its_alpha_through_the_profile(tmp_path):
+    icc = adobe_rgb_profile()
+    image = Image.new("RGBA", (16, 16), (60, 160, 90, 255))
+    image.paste((60, 160, 90, 0), (0, 0, 8, 16))  # the left half is see-through: white, as for any image
+    image.save(tmp_path / "a.png", icc_profile=icc)
+    loaded = load_image(tmp_path / "a.png")
+    np.testing.assert_allclose(loaded[:, 12].mean(axis=0), as_srgb((60, 160, 90), "RGB", icc), atol=0.5)
+    assert (loaded[:, :8] == 255).all()
+
+
+def test_a_cmyk_photo_with_its_profile_is_converted_by_it(tmp_path):
+    icc, colour = cmyk_profile(), (30, 120, 200, 20)
+    Image.new("CMYK", (32, 32), colour).save(tmp_path / "print.jpg", icc_profile=icc, quality=100)
+    Image.new("CMYK", (32, 32), colour).save(tmp_path / "plain.jpg", quality=100)
+    loaded, plain = load_image(tmp_path / "print.jpg"), load_image(tmp_path / "plain.jpg")
+    expected = as_srgb(colour, "CMYK", icc)
+    naive = np.asarray(Image.new("CMYK", (1, 1), colour).convert("RGB"))[0, 0].astype(float)
+    assert np.abs(expected - naive).max() > 20
+    np.testing.assert_allclose(loaded[8:24, 8:24].reshape(-1, 3).mean(axis=0), expected, atol=3)
+    np.testing.assert_allclose(plain[8:24, 8:24].reshape(-1, 3).mean(axis=0), naive, atol=3)  # untagged: as before
+
+
+def test_untagged_srgb_and_damaged_profiles_leave_the_pixels_as_they_are(tmp_path):
+    colour = (60, 160, 90)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    grey = Image.new("L", (8, 8), 100)
+    for name, image, icc in (("plain.png", Image.new("RGB", (8, 8), colour), None),
+                             ("srgb.png", Image.new("RGB", (8, 8), colour), srgb),
+                             ("damaged.png", Image.new("RGB", (8, 8), colour), b"not a profile" * 20),
+                             ("mismatch.png", grey, adobe_rgb_profile())):  # fmt: skip
+        image.save(tmp_path / name, **({"icc_profile": icc} if icc else {}))
+        assert (load_image(tmp_path / name) == np.asarray(image.convert("RGB"))).all(), name

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 try:  # HEIC/HEIF, what phones save photos as: PIL (and so the page's uploads) opens them once this is registered
     import pillow_heif
@@ -60,8 +61,9 @@ class ImageError(ValueError):
 def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     """Any image a user may give (path, PIL image or array) as RGB uint8 HxWx3.
 
-    Photos (HEIC/HEIF too) are turned upright by their EXIF orientation, transparency is composited on white,
-    animated images give their first frame and 16-bit or palette images are converted.
+    Photos (HEIC/HEIF too) are turned upright by their EXIF orientation and converted to sRGB by their ICC
+    profile, transparency is composited on white, animated images give their first frame and 16-bit or palette
+    images are converted.
     """
     if isinstance(source, np.ndarray):
         array = source
@@ -89,7 +91,7 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
             # The library's message may name the full path; the file's name is enough.
             reason = str(exc).replace(str(source), Path(str(source)).name)
             raise ImageError(f"cannot read {Path(str(source)).name} as an image ({reason})") from None
-    pil = ImageOps.exif_transpose(pil)
+    pil = to_srgb(ImageOps.exif_transpose(pil))
     if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping.
         pil = Image.fromarray(np.clip(np.asarray(pil, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8))
@@ -98,6 +100,36 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         pil = Image.alpha_composite(white, rgba)
     return np.array(pil.convert("RGB"))
+
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def to_srgb(pil: Image.Image) -> Image.Image:
+    """An image with an embedded ICC profile (Adobe RGB, Display P3, a printer's CMYK...) in sRGB, its colours as a
+    colour-managed viewer shows them, alpha kept; untagged and sRGB images as they are. A profile that is damaged or
+    does not fit the image's mode is ignored, as browsers ignore it."""
+    icc = pil.info.get("icc_profile")
+    if not icc:
+        return pil
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb"):
+            return pil  # most cameras' and phones' profile: converting it would only round
+        if pil.mode == "P":
+            pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+        alpha = pil.getchannel("A") if pil.mode in ("RGBA", "LA") else None
+        colour = pil.convert(pil.mode[:-1]) if alpha is not None else pil
+        if colour.mode not in ("RGB", "L", "CMYK"):
+            return pil
+        # The profile's own rendering intent, as viewers use it (matrix profiles: colorimetric whichever is named).
+        intent = ImageCms.getDefaultIntent(profile)
+        converted = ImageCms.profileToProfile(colour, profile, SRGB, renderingIntent=intent, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return pil
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
 
 
 def target_size(image: np.ndarray, resolution: int, height: int | None = None, width: int | None = None) -> tuple[int, int]:
