@@ -239,3 +239,93 @@ def test_untagged_srgb_and_damaged_profiles_leave_the_pixels_as_they_are(tmp_pat
                              ("mismatch.png", grey, adobe_rgb_profile())):  # fmt: skip
         image.save(tmp_path / name, **({"icc_profile": icc} if icc else {}))
         assert (load_image(tmp_path / name) == np.asarray(image.convert("RGB"))).all(), name
+
+
+# ------------------------------------------------------------------------------------------------ unusable videos
+
+
+def sound_file(path: Path, codec: str) -> Path:
+    """A second of silence and nothing else, as a song or a voice memo."""
+    rate = 44100
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        size = stream.codec_context.frame_size or 1152
+        for start in range(0, rate, size):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, size), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def unusable_videos(folder: Path) -> list[tuple[str, Path, str]]:
+    """(variant, file, the line that refuses it) for every way a video given to extend cannot be used."""
+    from helpers import make_clip
+
+    from framepack.settings import Settings
+
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("not a video")
+    whole = make_clip(folder / "whole.mp4", 30, 30, (64, 48)).read_bytes()
+    (folder / "cut.mp4").write_bytes(whole[: len(whole) // 3])  # the index (moov) is at the end: unreadable from the start
+    overlap = Settings(variant="f1").frames_per_section
+    return [
+        ("original", folder / "empty.mp4", "empty.mp4 is empty"),
+        ("original", folder / "notes.mp4", "notes.mp4 is not a video this app can read (InvalidDataError)"),
+        ("original", folder / "cut.mp4", "cut.mp4 is not a video this app can read"),
+        ("original", sound_file(folder / "song.mp3", "libmp3lame"), "song.mp3 has no video stream (only sound)"),
+        ("original", sound_file(folder / "memo.m4a", "aac"), "memo.m4a has no video stream (only sound)"),
+        ("original", make_clip(folder / "still.mp4", 1, 30, (64, 48)),
+         "still.mp4 has 1 frame at 30 fps; extending it needs at least 5 (two latent frames)"),
+        ("f1", make_clip(folder / "short.mp4", 20, 30, (64, 48)),
+         f"short.mp4 has 20 frames at 30 fps; extending it needs at least {overlap} (a section's overlap)"),
+        ("f1", make_clip(folder / "short_24.mp4", 24, 24, (64, 48)),  # a second at 24 fps is 30 frames at 30 fps
+         f"short_24.mp4 has 30 frames at 30 fps; extending it needs at least {overlap} (a section's overlap)"),
+        ("original", folder / "gone.mp4", "video file not found: gone.mp4"),
+    ]  # fmt: skip
+
+
+def test_the_command_line_refuses_an_unusable_video_before_any_model(tmp_path, capsys):
+    from framepack.cli import main
+
+    nothing = tmp_path / "no-models"  # no model is found, planned or loaded: the video's line comes first
+    for variant, path, line in unusable_videos(tmp_path):
+        code = main(["extend", str(path), "--variant", variant, "--seconds", "1", "--prompt", "x", "--models", str(nothing),
+                     "--output-dir", str(tmp_path / "out"), "--quiet"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: {line}") and err.count("\n") == 1, (path.name, err)
+        assert "model" not in err
+    from helpers import make_clip
+
+    # The same command with a usable video goes on, to the models (so the refusals above were the video's).
+    code = main(["extend", str(make_clip(tmp_path / "fine.mp4", 40, 30, (64, 48))), "--seconds", "1", "--prompt", "x",
+                 "--models", str(nothing), "--output-dir", str(tmp_path / "out"), "--quiet"])  # fmt: skip
+    assert code != 0 and "model" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.mp4"))
+
+
+def test_the_page_the_api_and_the_queue_refuse_an_unusable_video_in_the_same_line(tmp_path):
+    from framepack.app.service import AppService
+    from framepack.controls import JobInputs
+    from framepack.media.reading import VideoInputError
+    from framepack.models import ModelSource
+    from framepack.queue.front import QueueFront
+    from framepack.settings import Settings
+
+    cases = unusable_videos(tmp_path)
+    fronts = {variant: QueueFront(variant, ModelSource(models_dir=tmp_path / "no-models"), tmp_path / variant)
+              for variant in ("original", "f1")}  # fmt: skip
+    try:
+        for variant, path, line in cases:
+            service = AppService(fronts[variant], variant)
+            with pytest.raises(VideoInputError) as refused:  # the page and the API: at once, nothing queued
+                service.extend("someone", None, str(path), {"prompt": "x", "total_second_length": 1})
+            assert str(refused.value).startswith(line), (path.name, refused.value)
+            settings = Settings(variant=variant, total_second_length=1, prompt="x")
+            job = fronts[variant].submit_extension(settings, path, JobInputs(None))  # a queue line, or a library call
+            assert job.refused and next(job.events()).message.startswith(line), path.name
+        assert not any(front.list_jobs() for front in fronts.values())
+        assert not [p for front in fronts.values() for p in front.output_dir.rglob("*") if p.suffix in (".mp4", ".mp3", ".m4a")]
+    finally:
+        for front in fronts.values():
+            front.close()

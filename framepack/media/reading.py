@@ -5,7 +5,8 @@ says how to turn (and mirror) them."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,17 +126,77 @@ class InputVideo:
     turn: Turn = UPRIGHT
 
 
-def check_video(path: str | Path) -> None:
-    """Refuse at once what is not a video (reading it whole is the job's work): VideoInputError says why."""
-    path = Path(path)
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The video and its picture stream; VideoInputError for a file that is missing, empty, not a video PyAV reads,
+    or one without pictures (a song, a voice memo)."""
+    if not path.exists():
+        raise VideoInputError(f"video file not found: {path.name}")
+    if path.is_dir():
+        raise VideoInputError(f"{path.name} is a folder, not a video")
+    if path.stat().st_size == 0:
+        raise VideoInputError(f"{path.name} is empty")
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoInputError(f"{path.name} has no video stream")
-    except FileNotFoundError:
-        raise VideoInputError(f"video file not found: {path.name}") from None
+        container = av.open(str(path))
     except (av.FFmpegError, OSError) as exc:
         raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
+    with container:
+        if not container.streams.video:
+            sound = " (only sound)" if container.streams.audio else ""
+            raise VideoInputError(f"{path.name} has no video stream{sound}")
+        yield container, container.streams.video[0]
+
+
+def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str
+                    ) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
+    """Each decoded frame with how many frames at 30 fps show it (a frame shows until the next one's time; 0 for one
+    a faster video drops). VideoInputError for a video that breaks part way or has no frames."""
+    rate = float(stream.average_rate or stream.guessed_rate or FPS)
+    emitted = decoded = 0
+    pending, pending_time, start = None, 0.0, None
+    try:
+        for frame in container.decode(stream):
+            time = frame.time if frame.time is not None else decoded / rate
+            start = time if start is None else start
+            if pending is not None:
+                # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
+                # (containers round timestamps, to the millisecond in WebM).
+                count = 0
+                while (emitted + count + 0.25) / FPS < time - start:
+                    count += 1
+                yield pending, count
+                emitted += count
+            pending, pending_time = frame, time - start
+            decoded += 1
+    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
+        raise VideoInputError(f"{name} breaks after {plural(decoded, 'frame')} ({type(exc).__name__}); cut the video before that point") from None  # fmt: skip
+    if pending is None:
+        raise VideoInputError(f"{name} has no frames")
+    yield pending, max(0, max(1, round((pending_time + 1 / rate) * FPS)) - emitted)  # the last frame lasts 1/rate
+
+
+def too_short(name: str, frames: int, needed: int, why: str) -> VideoInputError:
+    return VideoInputError(f"{name} has {plural(frames, 'frame')} at 30 fps; extending it needs at least {needed} ({why})")
+
+
+def check_video(path: str | Path, needs: tuple[int, str] | None = None) -> None:
+    """Refuse at once what is not a video, and with `needs` (the fewest frames at 30 fps, and what for) one too short
+    to use: VideoInputError says why in one line. Only the frames `needs` asks for are decoded (reading the whole
+    video is the job's work), so a long video is checked as fast as a short one."""
+    path = Path(path)
+    with opened(path) as (container, stream):
+        if needs is None:
+            return
+        frames = 0
+        for _, count in shown_at_30_fps(container, stream, path.name):
+            frames += count
+            if frames >= needs[0]:
+                return
+        raise too_short(path.name, frames, *needs)
 
 
 def read_video(
@@ -144,63 +205,29 @@ def read_video(
     tail: int,
     passed: Callable[[np.ndarray], None],
 ) -> InputVideo:
-    """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame resized
-    and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are kept;
-    the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
+    """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame upright,
+    resized and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are
+    kept; the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
     path = Path(path)
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
-        raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
-    with container:
-        if not container.streams.video:
-            raise VideoInputError(f"{path.name} has no video stream")
-        stream = container.streams.video[0]
+    kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
+    size, first, shown, turn, emitted = (0, 0), None, (0, 0), UPRIGHT, 0
+    with opened(path) as (container, stream):
         rate = float(stream.average_rate or stream.guessed_rate or FPS)
-        kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
-        size: tuple[int, int] | None = None
-        first, shown, turn = None, (0, 0), UPRIGHT
-        emitted = decoded = 0
-        pending, pending_time, start = None, 0.0, None
-
-        def emit(frame: np.ndarray) -> None:
-            nonlocal emitted
-            if len(kept) == kept.maxlen:
-                passed(kept[0])
-            kept.append(frame)
-            emitted += 1
-
-        def fitted(frame: av.VideoFrame) -> np.ndarray:
-            nonlocal size, first, shown, turn
-            if size is None:  # the first frame's display matrix is the stream's
+        for frame, count in shown_at_30_fps(container, stream, path.name):
+            if first is None:  # the first frame's display matrix is the stream's; its upright size picks the bucket
                 turn = turn_of(frame)
+            elif not count:
+                continue
             rgb = turn.apply(frame.to_ndarray(format="rgb24"))
-            if size is None:
+            if first is None:
                 size, shown = size_of(rgb), (rgb.shape[1], rgb.shape[0])
             image = resize_and_center_crop(rgb, size[1], size[0])
-            if first is None:
-                first = image
-            return image
-
-        try:
-            for frame in container.decode(stream):
-                time = frame.time if frame.time is not None else decoded / rate
-                start = time if start is None else start
-                if pending is not None:
-                    image = fitted(pending)
-                    # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
-                    # (containers round timestamps, to the millisecond in WebM).
-                    while (emitted + 0.25) / FPS < time - start:
-                        emit(image)
-                pending, pending_time = frame, time - start
-                decoded += 1
-        except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
-            raise VideoInputError(f"{path.name} breaks after {decoded} frames ({type(exc).__name__}); cut the video before that point") from None
-        if pending is None:
-            raise VideoInputError(f"{path.name} has no frames")
-        image = fitted(pending)
-        while emitted < max(1, round((pending_time + 1 / rate) * FPS)):  # the last frame lasts 1/rate
-            emit(image)
+            first = image if first is None else first
+            for _ in range(count):
+                if len(kept) == kept.maxlen:
+                    passed(kept[0])
+                kept.append(image)
+            emitted += count
     return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn)
 
 
