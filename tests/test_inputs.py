@@ -329,3 +329,43 @@ def test_the_page_the_api_and_the_queue_refuse_an_unusable_video_in_the_same_lin
     finally:
         for front in fronts.values():
             front.close()
+
+
+# ------------------------------------------------------------------------------------------------ odd images
+
+
+def test_an_empty_image_file_says_so(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"^photo.jpg is empty$"):
+        load_image(tmp_path / "photo.jpg")
+
+
+def test_a_strip_far_from_the_videos_shape_is_scaled_without_a_huge_intermediate(tmp_path):
+    import time
+
+    from framepack.controls import JobInputs, prepare_images
+    from framepack.media.images import resize_and_center_crop
+    from framepack.settings import Settings
+
+    strip = np.zeros((4000, 1, 3), np.uint8)
+    strip[:, 0, 0] = np.arange(4000) * 255 // 3999  # red rises down the strip; green marks its middle
+    strip[1990:2010, 0, 1] = 200
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    began = time.monotonic()
+    images = prepare_images(JobInputs(tmp_path / "strip.png"), Settings(resolution=640))
+    assert time.monotonic() - began < 5  # scaled whole it is 1.7 G pixels (5 GB) before the crop
+    assert images.start.shape == (960, 416, 3)
+    assert np.abs(images.start[..., 0].astype(int) - 127).max() <= 2 and (images.start[..., 1] > 150).all()
+    assert images.notes == ("strip.png is 1x4000, far from the 416x960 video's shape: only its middle 1x2 is used",)
+    # Where both ways fit in memory they agree: the kept part scaled straight to the size is the crop of the whole.
+    rng = np.random.default_rng(0)
+    tall = np.asarray(Image.fromarray(rng.integers(0, 255, (40, 4, 3), np.uint8)).resize((4, 400), Image.BILINEAR))
+    whole = Image.fromarray(tall).resize((32, 3200), Image.LANCZOS).crop((0, 1584, 32, 1616))
+    assert np.abs(resize_and_center_crop(tall, 32, 32).astype(int) - np.asarray(whole)).mean() < 1.5
+    assert prepare_images(JobInputs(tmp_path / "strip.png"), Settings(height=16, width=16)).notes  # any size
+    assert not prepare_images(JobInputs(quadrants_path(tmp_path)), Settings()).notes  # an ordinary photo: no note
+
+
+def quadrants_path(folder: Path) -> Path:
+    quadrants().save(folder / "photo.png")
+    return folder / "photo.png"

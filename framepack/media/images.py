@@ -42,6 +42,10 @@ def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int,
     return best
 
 
+# A resize that would make more than this many times the pixels it keeps scales only the part kept.
+MAX_CROPPED_AWAY = 4
+
+
 def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Cover (width, height) with a Lanczos resize, then crop the centre. An image of that size is kept as is."""
     if image.shape[0] == height and image.shape[1] == width:
@@ -49,9 +53,24 @@ def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.nda
     pil = Image.fromarray(image)
     scale = max(width / pil.width, height / pil.height)
     resized_w, resized_h = round(pil.width * scale), round(pil.height * scale)
-    pil = pil.resize((resized_w, resized_h), Image.LANCZOS)
     box = ((resized_w - width) / 2, (resized_h - height) / 2, (resized_w + width) / 2, (resized_h + height) / 2)
+    if resized_w * resized_h > MAX_CROPPED_AWAY * width * height:
+        # A strip far from the video's shape (1 px wide, 4000 tall) would be scaled whole to gigabytes first: scale
+        # just the middle that is kept, straight to the video's size. Ordinary images keep FramePack's exact way.
+        source = tuple(edge / scale for edge in box)
+        return np.array(pil.resize((width, height), Image.LANCZOS, box=source))
+    pil = pil.resize((resized_w, resized_h), Image.LANCZOS)
     return np.array(pil.crop(box))
+
+
+def crop_note(name: str, shape: tuple[int, ...], width: int, height: int) -> str | None:
+    """A line for an image whose shape is so far from the video's that cropping it keeps less than half of it."""
+    h, w = shape[:2]
+    if min(w * height, h * width) >= 0.5 * max(w * height, h * width):
+        return None
+    scale = max(width / w, height / h)
+    used = f"{max(1, round(width / scale))}x{max(1, round(height / scale))}"
+    return f"{name} is {w}x{h}, far from the {width}x{height} video's shape: only its middle {used} is used"
 
 
 class ImageError(ValueError):
@@ -77,6 +96,8 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     elif isinstance(source, Image.Image):
         pil = source
     else:
+        if isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
+            raise ImageError(f"{Path(source).name} is empty")  # PIL would say it cannot identify it
         try:
             pil = Image.open(source)
             pil.load()
