@@ -369,3 +369,31 @@ def test_a_strip_far_from_the_videos_shape_is_scaled_without_a_huge_intermediate
 def quadrants_path(folder: Path) -> Path:
     quadrants().save(folder / "photo.png")
     return folder / "photo.png"
+
+
+def two_pictures(path: Path, default: int | None) -> Path:
+    """A file with a small video stream (dark) and a larger one (bright); `default` marks one as the default."""
+    with av.open(str(path), "w") as out:
+        small, large = out.add_stream("libx264", rate=30), out.add_stream("libx264", rate=30)
+        small.width, small.height, large.width, large.height = 32, 16, 64, 48
+        for index, stream in enumerate((small, large)):
+            stream.pix_fmt = "yuv420p"
+            stream.disposition = av.stream.Disposition.default if index == default else av.stream.Disposition(0)
+        for pts in range(6):
+            for stream, value in ((small, 40), (large, 210)):
+                frame = av.VideoFrame.from_ndarray(np.full((stream.height, stream.width, 3), value, np.uint8), format="rgb24")
+                frame.pts = pts
+                out.mux(stream.encode(frame))
+        out.mux(small.encode())
+        out.mux(large.encode())
+    return path
+
+
+@pytest.mark.parametrize("default, brightness", [(None, 210), (1, 210), (0, 40)])
+def test_the_main_video_stream_is_read(tmp_path, default, brightness):
+    path = two_pictures(tmp_path / "two.mkv", default)
+    for frames in (read_frames(path), np.stack(list(pipeline.read_frames(path)))):
+        assert abs(frames.mean() - brightness) < 3 and frames.shape[1:3] == ((48, 64) if brightness > 100 else (16, 32))
+    found = read_video(path, lambda image: image.shape[:2], 1, lambda f: None)
+    assert (found.width, found.height) == (probe(path).width, probe(path).height) == (pipeline.probe(path).width, pipeline.probe(path).height)
+    assert abs(found.first.mean() - brightness) < 3

@@ -67,6 +67,18 @@ def upright(frame: av.VideoFrame) -> np.ndarray:
     return turn_of(frame).apply(frame.to_ndarray(format="rgb24"))
 
 
+# Video streams that are not the video: a song's cover, a thumbnail.
+NOT_THE_VIDEO = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
+
+
+def main_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+    """The picture a player shows: of the video streams that are not a cover or a thumbnail, those marked default (or
+    all, if none is), and of them the largest (the first of equals). None for a file without one."""
+    pictures = [stream for stream in container.streams.video if not stream.disposition & NOT_THE_VIDEO]
+    preferred = [stream for stream in pictures if stream.disposition & av.stream.Disposition.default] or pictures
+    return max(preferred, key=lambda stream: stream.codec_context.width * stream.codec_context.height, default=None)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     frames: int
@@ -82,7 +94,7 @@ def probe(path: str | Path) -> VideoInfo:
     """Read a video's stream facts, counting frames by decoding (container counts can be missing); the size is
     the one shown (a portrait phone clip is taller than wide)."""
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = main_stream(container)
         frames, turn = 0, UPRIGHT
         for frame in container.decode(stream):
             turn = turn_of(frame) if frames == 0 else turn
@@ -102,7 +114,7 @@ def probe(path: str | Path) -> VideoInfo:
 def read_frames(path: str | Path) -> np.ndarray:
     """All frames of a video as uint8 (T, H, W, 3), upright."""
     with av.open(str(path)) as container:
-        return np.stack([upright(frame) for frame in container.decode(video=0)])
+        return np.stack([upright(frame) for frame in container.decode(main_stream(container))])
 
 
 class VideoInputError(ValueError):
@@ -145,10 +157,10 @@ def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoSt
     except (av.FFmpegError, OSError) as exc:
         raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
     with container:
-        if not container.streams.video:
+        if (stream := main_stream(container)) is None:  # a song with its cover has a picture, but no video
             sound = " (only sound)" if container.streams.audio else ""
             raise VideoInputError(f"{path.name} has no video stream{sound}")
-        yield container, container.streams.video[0]
+        yield container, stream
 
 
 def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..events import Done, FrameProgress, Status
-from ..media.reading import UPRIGHT, turn_of, upright
+from ..media.reading import UPRIGHT, main_stream, turn_of, upright
 from ..memory.planning import postprocess_phase
 from ..memory.sensing import detect_device, system_ram
 from ..memory.sizes import gb
@@ -142,9 +142,8 @@ def probe(source: Path) -> VideoInfo:
         raise PostprocessError(f"input not found: {source}")
     try:
         with av.open(str(source)) as container:
-            if not container.streams.video:
+            if (stream := main_stream(container)) is None:
                 raise PostprocessError(f"{source.name} has no video stream")
-            stream = container.streams.video[0]
             fps = stream.average_rate or stream.guessed_rate or stream.base_rate
             if not fps or stream.width <= 0 or stream.height <= 0:
                 raise PostprocessError(f"{source.name} is not a video this app can read (no frame rate or size)")
@@ -161,7 +160,7 @@ def probe(source: Path) -> VideoInfo:
 def read_frames(source: Path) -> Iterator[np.ndarray]:
     """The input's frames in order, uint8 RGB (H, W, 3), decoded one at a time and upright (as players show them)."""
     with av.open(str(source)) as container:
-        stream = container.streams.video[0]
+        stream = main_stream(container)
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             yield upright(frame)
