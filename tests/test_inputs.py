@@ -397,3 +397,22 @@ def test_the_main_video_stream_is_read(tmp_path, default, brightness):
     found = read_video(path, lambda image: image.shape[:2], 1, lambda f: None)
     assert (found.width, found.height) == (probe(path).width, probe(path).height) == (pipeline.probe(path).width, pipeline.probe(path).height)
     assert abs(found.first.mean() - brightness) < 3
+
+
+@pytest.mark.parametrize("name, codec, pix_fmt", [("alpha.mkv", "ffv1", "yuva420p"), ("alpha.mov", "qtrle", "argb")])
+def test_a_video_with_alpha_is_composited_on_white(tmp_path, name, codec, pix_fmt):
+    image = np.zeros((16, 32, 4), np.uint8)
+    image[..., 0], image[:, 16:, 3], image[:, 8:16, 3] = 200, 255, 128  # red: see-through, half, opaque
+    with av.open(str(tmp_path / name), "w") as out:
+        stream = out.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, pix_fmt
+        for pts in range(6):
+            frame = av.VideoFrame.from_ndarray(image, format="rgba")
+            frame.pts = pts
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    found = read_video(tmp_path / name, lambda image: image.shape[:2], 1, lambda f: None)
+    for frame in (read_frames(tmp_path / name)[0], next(pipeline.read_frames(tmp_path / name)), found.first):
+        np.testing.assert_allclose(frame[:, :6].reshape(-1, 3).mean(axis=0), (255, 255, 255), atol=2)
+        np.testing.assert_allclose(frame[:, 10:14].reshape(-1, 3).mean(axis=0), (228, 128, 128), atol=3)
+        np.testing.assert_allclose(frame[:, 18:].reshape(-1, 3).mean(axis=0), (200, 0, 0), atol=3)

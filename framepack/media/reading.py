@@ -62,9 +62,19 @@ def turn_of(frame: av.VideoFrame) -> Turn:
     return Turn(180 if vflip else 0, hflip != vflip)
 
 
+def rgb_of(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as RGB uint8 (H, W, 3); a video with alpha (ProRes 4444, QuickTime Animation, FFV1) has its
+    see-through parts composited on white, as images are (plain RGB would show whatever colour lies under them)."""
+    if not any(component.is_alpha for component in frame.format.components):
+        return frame.to_ndarray(format="rgb24")
+    rgba = frame.to_ndarray(format="rgba").astype(np.float32)
+    alpha = rgba[..., 3:] / 255
+    return (rgba[..., :3] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
+
+
 def upright(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded frame as RGB uint8 (H, W, 3), turned and mirrored as its display matrix says."""
-    return turn_of(frame).apply(frame.to_ndarray(format="rgb24"))
+    """A decoded frame as RGB uint8 (H, W, 3), turned and mirrored as its display matrix says, alpha on white."""
+    return turn_of(frame).apply(rgb_of(frame))
 
 
 # Video streams that are not the video: a song's cover, a thumbnail.
@@ -230,7 +240,7 @@ def read_video(
                 turn = turn_of(frame)
             elif not count:
                 continue
-            rgb = turn.apply(frame.to_ndarray(format="rgb24"))
+            rgb = turn.apply(rgb_of(frame))
             if first is None:
                 size, shown = size_of(rgb), (rgb.shape[1], rgb.shape[0])
             image = resize_and_center_crop(rgb, size[1], size[0])
