@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from .lora import LoraSpec
-from .media.images import load_image, resize_and_center_crop, target_size
+from .media.images import crop_note, load_image, resize_and_center_crop, target_size
 from .settings import EPSILON, FPS, Settings, SettingsError, check_distinct
 
 BLANK_STARTS: tuple[str, ...] = ("grey", "black", "white", "noise")
@@ -91,6 +91,7 @@ class JobImages:
     start: np.ndarray
     end: np.ndarray | None
     keyframes: tuple[tuple[float, np.ndarray], ...]
+    notes: tuple[str, ...] = ()  # what fitting them did that a user would not expect (most of one cropped away)
 
     @property
     def keyframe_times(self) -> list[float]:
@@ -128,19 +129,24 @@ class JobImages:
 def prepare_images(inputs: JobInputs, settings: Settings) -> JobImages:
     """Resize and crop every image of the job like the start image (the start image's bucket decides the size;
     a blank start takes the explicit size, or the square bucket of the resolution)."""
+    notes: list[str] = []
+
+    def fit(image: np.ndarray, source: ImageSource, what: str) -> np.ndarray:
+        name = Path(source).name if isinstance(source, (str, Path)) else what
+        if note := crop_note(name, image.shape, width, height):
+            notes.append(note)
+        return resize_and_center_crop(image, width, height)
+
     if inputs.image is None:
         height, width = target_size(np.zeros((1, 1, 3), np.uint8), settings.resolution, settings.height, settings.width)
         start = blank_image(inputs.blank_start, height, width, settings.seed)
     else:
         start = load_image(inputs.image)
         height, width = target_size(start, settings.resolution, settings.height, settings.width)
-        start = resize_and_center_crop(start, width, height)
-
-    def fit(image: ImageSource) -> np.ndarray:
-        return resize_and_center_crop(load_image(image), width, height)
-
-    end = None if inputs.end_image is None else fit(inputs.end_image)
-    return JobImages(start, end, tuple((k.seconds, fit(k.image)) for k in inputs.keyframes))
+        start = fit(start, inputs.image, "the start image")
+    end = None if inputs.end_image is None else fit(load_image(inputs.end_image), inputs.end_image, "the end image")
+    keyframes = tuple((k.seconds, fit(load_image(k.image), k.image, f"the keyframe at {k.seconds:g} s")) for k in inputs.keyframes)
+    return JobImages(start, end, keyframes, tuple(notes))
 
 
 def section_starts(num_sections: int, window: int) -> list[float]:

@@ -19,12 +19,14 @@ from PIL import Image
 from .controls import ImageSource, JobInputs, Keyframe
 from .engine import add_seconds, branch_job, extend_video, generate, resume_job
 from .engine.errors import guarded
+from .engine.starts import extension_needs
 from .events import Event, Status
 from .jobs.paths import JobPaths
 from .jobs.record import JobRecord, RecordError
 from .jobs.spec import JobSpec
 from .lora import LoraSpec
 from .media.images import load_image
+from .media.reading import check_video
 from .models import ModelSet
 from .models.sources import DEFAULT_CACHE_DIR
 from .postprocess.job import postprocess_job
@@ -210,7 +212,11 @@ def inputs_spec(kind: str, settings: Settings, inputs: JobInputs, video: Path | 
                 keep_in: Path | None = None, options: dict[str, Any] | None = None) -> JobSpec:  # fmt: skip
     """The spec of a job made from images (and `video`): its files by absolute path, or copied into `keep_in` and
     named relative to it (the queue keeps a job's inputs there; images in memory are saved as PNG, which keeps
-    their pixels). Raises ImageError or OSError; a copy that failed part way leaves `keep_in` to the caller."""
+    their pixels). The video is checked first, for every way a job is queued or run: VideoInputError for one that
+    is not a video or is too short for `settings` (before anything is copied, and before any model is planned or
+    loaded). Raises ImageError or OSError; a copy that failed part way leaves `keep_in` to the caller."""
+    if video is not None:
+        check_video(video, extension_needs(settings))
     files: dict[str, str] = {}
 
     def keep(name: str, item: ImageSource | None) -> None:

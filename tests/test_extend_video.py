@@ -125,7 +125,7 @@ def test_bad_inputs_get_one_clear_line(tiny_models, tmp_path):
         ("original", tiny, "tiny.mp4 has 3 frames at 30 fps; extending it needs at least 5 (two latent frames)"),
         ("f1", short, "short.mp4 has 20 frames at 30 fps; extending it needs at least 33 (a section's overlap)"),
         ("original", broken, "broken.avi breaks after"),
-        ("original", tmp_path / "gone.mp4", "gone.mp4 is not a video this app can read"),
+        ("original", tmp_path / "gone.mp4", "video file not found: gone.mp4"),
     ]
     for variant, path, message in cases:
         settings = Settings(variant=variant, **{**ADD, "latent_window_size": 9})

@@ -18,6 +18,7 @@ from ..controls import (
     prepare_images,
     timeline,
 )
+from ..engine.starts import extension_needs
 from ..jobs.paths import job_name
 from ..jobs.record import RecordError, settings_of_output
 from ..kinds import postprocess_spec
@@ -74,7 +75,7 @@ class AppService:
             plan_schedule(settings, images.keyframe_times, images.end is not None)
         else:
             plan_schedule(settings, [k.seconds for k in inputs.keyframes], inputs.end_image is not None)
-            check_video(video)
+            check_video(video, extension_needs(settings))  # at once, on the page (queueing it checks it too)
         return settings, inputs
 
     def submit(self, owner: str, session: str | None, values: dict[str, Any], follow: bool = True) -> Job:

@@ -37,7 +37,6 @@ from ..kinds import (
 from ..loading import load_models
 from ..lora import LoraSpec, lora_bytes
 from ..media.images import load_image
-from ..media.reading import check_video
 from ..memory.planning import check_before_loading
 from ..memory.sizes import file_configs
 from ..models import ModelSet, ModelsMissingError, ModelSource
@@ -129,11 +128,11 @@ def run_resume(args: argparse.Namespace) -> int:
 
 def run_extend(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    # Read the images and check the controls before loading anything; the video is read by the job itself.
+    # Read the images, check the controls and the video (building the spec checks it) before loading anything; the
+    # video is read whole by the job itself.
     given = JobInputs(None, args.end_image, args.keyframe or (), loras=args.lora or ())
     images = given.load()
     plan_schedule(settings, [k.seconds for k in images.keyframes], images.end_image is not None)
-    check_video(args.video)
     spec = inputs_spec("extend", settings, given, args.video, options=after_job(args))
     return _run(args, spec, args.job_name or new_job_id(), args.output_dir, settings, settings.num_sections, given.loras)
 

@@ -139,6 +139,8 @@ def _prepare(models: ModelSet, start: JobStart, paths: JobPaths) -> Iterator[Eve
     for note in start.notes:
         yield Status(note)
     images = prepare_images(inputs, settings)
+    for note in images.notes:
+        yield Status(note)
     schedule = plan_schedule(settings, images.keyframe_times, images.end is not None)
     if inputs.image is None:
         yield Status(f"No start image: starting from a {inputs.blank_start} frame")

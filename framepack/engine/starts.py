@@ -29,7 +29,7 @@ from ..loading import phase
 from ..lora import LoraSpec, specs_from_record
 from ..media.images import target_size
 from ..media.mp4 import Mp4Encoder, SegmentedVideo, trim_mp4
-from ..media.reading import VideoInputError, extract_audio, read_video
+from ..media.reading import extract_audio, read_video, too_short
 from ..models import ModelSet
 from ..packing import CONTEXT_FRAMES, LatentHistory, plan_sections
 from ..settings import EPSILON, FPS, Settings, SettingsError, parse_timed_prompt
@@ -180,6 +180,14 @@ def added_prompts(prompt: str, made: float) -> tuple[tuple[float, str], ...]:
     return pairs
 
 
+def extension_needs(settings: Settings) -> tuple[int, str]:
+    """The fewest frames at 30 fps a video must have to be extended with `settings`, and what they are for: F1 blends
+    its first section into the video's last frames; the original model needs two latent frames of it."""
+    if settings.variant == "f1":
+        return settings.frames_per_section, "a section's overlap"
+    return MIN_VIDEO_FRAMES, "two latent frames"
+
+
 def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInputs, paths: JobPaths, owner: str) -> JobStart:
     """The extension job's state before its first section: the input's frames encoded once into the first segment
     as they are decoded (only the last ones stay in memory), its sound, and for F1 the frames to blend into and the
@@ -199,10 +207,9 @@ def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInp
 
     try:
         found = read_video(video, lambda image: target_size(image, settings.resolution, settings.height, settings.width), tail, passed)
-        needed = overlap if forwards else MIN_VIDEO_FRAMES
-        if found.frames < needed:
-            why = "a section's overlap" if forwards else "two latent frames"
-            raise VideoInputError(f"{video.name} has {found.frames} frames at 30 fps; extending it needs at least {needed} ({why})")
+        needed, why = extension_needs(settings)
+        if found.frames < needed:  # checked before the job was queued; the file may have changed since
+            raise too_short(video.name, found.frames, needed, why)
         kept = np.stack(found.tail)
         for frame in kept[: len(kept) - overlap] if forwards else kept:
             passed(frame)
@@ -212,6 +219,8 @@ def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInp
             encoder.abort()
         raise
     notes = [f"{video.name}: {found.frames} frames at 30 fps, {found.width}x{found.height} -> {kept.shape[2]}x{kept.shape[1]}"]
+    if turned := found.turn.describe():
+        notes.append(f"{video.name} is shown {turned} (its display matrix): its frames are read that way up")
     if abs(found.fps - FPS) > 0.01:
         notes.append(f"{video.name} runs at {found.fps:g} fps: its frames are shown at 30 fps, each for as long as it lasts")
     audio = extract_audio(video, paths.parts_dir / INPUT_AUDIO)

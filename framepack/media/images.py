@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
+
+try:  # HEIC/HEIF, what phones save photos as: PIL (and so the page's uploads) opens them once this is registered
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # an install made before it was a requirement: load_image says what to do for such a file
+    pillow_heif = None
+
+HEIF_SUFFIXES = (".heic", ".heif", ".hif")
 
 # FramePack's 640 buckets as (height, width); every side is a multiple of 16 and the areas are close to 640².
 BUCKETS_640: tuple[tuple[int, int], ...] = (
@@ -32,6 +42,10 @@ def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int,
     return best
 
 
+# A resize that would make more than this many times the pixels it keeps scales only the part kept.
+MAX_CROPPED_AWAY = 4
+
+
 def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Cover (width, height) with a Lanczos resize, then crop the centre. An image of that size is kept as is."""
     if image.shape[0] == height and image.shape[1] == width:
@@ -39,9 +53,24 @@ def resize_and_center_crop(image: np.ndarray, width: int, height: int) -> np.nda
     pil = Image.fromarray(image)
     scale = max(width / pil.width, height / pil.height)
     resized_w, resized_h = round(pil.width * scale), round(pil.height * scale)
-    pil = pil.resize((resized_w, resized_h), Image.LANCZOS)
     box = ((resized_w - width) / 2, (resized_h - height) / 2, (resized_w + width) / 2, (resized_h + height) / 2)
+    if resized_w * resized_h > MAX_CROPPED_AWAY * width * height:
+        # A strip far from the video's shape (1 px wide, 4000 tall) would be scaled whole to gigabytes first: scale
+        # just the middle that is kept, straight to the video's size. Ordinary images keep FramePack's exact way.
+        source = tuple(edge / scale for edge in box)
+        return np.array(pil.resize((width, height), Image.LANCZOS, box=source))
+    pil = pil.resize((resized_w, resized_h), Image.LANCZOS)
     return np.array(pil.crop(box))
+
+
+def crop_note(name: str, shape: tuple[int, ...], width: int, height: int) -> str | None:
+    """A line for an image whose shape is so far from the video's that cropping it keeps less than half of it."""
+    h, w = shape[:2]
+    if min(w * height, h * width) >= 0.5 * max(w * height, h * width):
+        return None
+    scale = max(width / w, height / h)
+    used = f"{max(1, round(width / scale))}x{max(1, round(height / scale))}"
+    return f"{name} is {w}x{h}, far from the {width}x{height} video's shape: only its middle {used} is used"
 
 
 class ImageError(ValueError):
@@ -51,8 +80,9 @@ class ImageError(ValueError):
 def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     """Any image a user may give (path, PIL image or array) as RGB uint8 HxWx3.
 
-    Photos are turned upright by their EXIF orientation, transparency is composited on white, animated
-    images give their first frame and 16-bit or palette images are converted.
+    Photos (HEIC/HEIF too) are turned upright by their EXIF orientation and converted to sRGB by their ICC
+    profile, transparency is composited on white, animated images give their first frame and 16-bit or palette
+    images are converted.
     """
     if isinstance(source, np.ndarray):
         array = source
@@ -66,6 +96,8 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     elif isinstance(source, Image.Image):
         pil = source
     else:
+        if isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
+            raise ImageError(f"{Path(source).name} is empty")  # PIL would say it cannot identify it
         try:
             pil = Image.open(source)
             pil.load()
@@ -74,10 +106,13 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{Path(str(source)).name} has too many pixels to read safely ({exc})") from None
         except (OSError, SyntaxError, ValueError) as exc:
+            if pillow_heif is None and Path(str(source)).suffix.lower() in HEIF_SUFFIXES:
+                name = Path(str(source)).name
+                raise ImageError(f"{name} is a HEIC/HEIF photo: reading it needs pillow-heif (pip install -r requirements.txt)") from None
             # The library's message may name the full path; the file's name is enough.
             reason = str(exc).replace(str(source), Path(str(source)).name)
             raise ImageError(f"cannot read {Path(str(source)).name} as an image ({reason})") from None
-    pil = ImageOps.exif_transpose(pil)
+    pil = to_srgb(ImageOps.exif_transpose(pil))
     if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping.
         pil = Image.fromarray(np.clip(np.asarray(pil, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8))
@@ -86,6 +121,36 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         pil = Image.alpha_composite(white, rgba)
     return np.array(pil.convert("RGB"))
+
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def to_srgb(pil: Image.Image) -> Image.Image:
+    """An image with an embedded ICC profile (Adobe RGB, Display P3, a printer's CMYK...) in sRGB, its colours as a
+    colour-managed viewer shows them, alpha kept; untagged and sRGB images as they are. A profile that is damaged or
+    does not fit the image's mode is ignored, as browsers ignore it."""
+    icc = pil.info.get("icc_profile")
+    if not icc:
+        return pil
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb"):
+            return pil  # most cameras' and phones' profile: converting it would only round
+        if pil.mode == "P":
+            pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+        alpha = pil.getchannel("A") if pil.mode in ("RGBA", "LA") else None
+        colour = pil.convert(pil.mode[:-1]) if alpha is not None else pil
+        if colour.mode not in ("RGB", "L", "CMYK"):
+            return pil
+        # The profile's own rendering intent, as viewers use it (matrix profiles: colorimetric whichever is named).
+        intent = ImageCms.getDefaultIntent(profile)
+        converted = ImageCms.profileToProfile(colour, profile, SRGB, renderingIntent=intent, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return pil
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
 
 
 def target_size(image: np.ndarray, resolution: int, height: int | None = None, width: int | None = None) -> tuple[int, int]:

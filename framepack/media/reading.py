@@ -1,9 +1,12 @@
-"""Reading videos users give: their facts, their frames at 30 fps streamed start to end, and their sound."""
+"""Reading videos users give: their facts, their frames at 30 fps streamed start to end, and their sound. Every frame
+is read upright, as a player shows it: phones store a portrait clip as landscape pictures and a display matrix that
+says how to turn (and mirror) them."""
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +16,77 @@ import numpy as np
 from ..files import atomic_path, file_sha256
 from ..settings import FPS
 from .images import resize_and_center_crop
+
+
+@dataclass(frozen=True)
+class Turn:
+    """How a player shows a stored frame: turned `clockwise` degrees (0, 90, 180 or 270), then mirrored left to right
+    if `mirror`. Every display matrix of quarter turns and flips is one of these eight."""
+
+    clockwise: int = 0
+    mirror: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        turned = np.rot90(image, -self.clockwise // 90)
+        return np.ascontiguousarray(turned[:, ::-1] if self.mirror else turned)
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) shown for a stored (width, height)."""
+        return (height, width) if self.clockwise in (90, 270) else (width, height)
+
+    def describe(self) -> str:
+        """What was done, for a note ("" for nothing)."""
+        turned = {0: "", 90: "turned 90° clockwise", 180: "turned 180°", 270: "turned 90° anticlockwise"}[self.clockwise]
+        return " and ".join(part for part in (turned, "mirrored" if self.mirror else "") if part)
+
+
+UPRIGHT = Turn()
+
+
+def turn_of(frame: av.VideoFrame) -> Turn:
+    """The turn a frame's display matrix asks for, read as FFmpeg's own player and its autorotate do (fftools: a
+    quarter turn by the rotation, the matrix's signs telling a mirrored one apart). Angles other than quarter
+    turns are left alone, as they are there."""
+    matrix = next((side for side in frame.side_data if side.type.name == "DISPLAYMATRIX"), None)
+    if matrix is None:
+        return UPRIGHT
+    m = np.frombuffer(bytes(memoryview(matrix))[:36], np.int32)
+    theta = -frame.rotation % 360  # PyAV gives the angle anticlockwise, in [-180, 180]
+    if theta in (90, 270):
+        # 90: "transpose=clock", or "cclock_flip" (a plain transpose) when m[3] > 0; 270: "cclock", or "clock_flip".
+        return Turn(theta, bool(m[3] > 0) if theta == 90 else bool(m[3] < 0))
+    hflip, vflip = bool(m[0] < 0) if theta == 180 else False, bool(m[4] < 0)
+    if theta not in (0, 180) or (theta == 180 and not (hflip or vflip)):
+        return UPRIGHT
+    # A vertical flip is a half turn and a mirror; both flips, a half turn.
+    return Turn(180 if vflip else 0, hflip != vflip)
+
+
+def rgb_of(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as RGB uint8 (H, W, 3); a video with alpha (ProRes 4444, QuickTime Animation, FFV1) has its
+    see-through parts composited on white, as images are (plain RGB would show whatever colour lies under them)."""
+    if not any(component.is_alpha for component in frame.format.components):
+        return frame.to_ndarray(format="rgb24")
+    rgba = frame.to_ndarray(format="rgba").astype(np.float32)
+    alpha = rgba[..., 3:] / 255
+    return (rgba[..., :3] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
+
+
+def upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as RGB uint8 (H, W, 3), turned and mirrored as its display matrix says, alpha on white."""
+    return turn_of(frame).apply(rgb_of(frame))
+
+
+# Video streams that are not the video: a song's cover, a thumbnail.
+NOT_THE_VIDEO = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
+
+
+def main_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+    """The picture a player shows: of the video streams that are not a cover or a thumbnail, those marked default (or
+    all, if none is), and of them the largest (the first of equals). None for a file without one."""
+    pictures = [stream for stream in container.streams.video if not stream.disposition & NOT_THE_VIDEO]
+    preferred = [stream for stream in pictures if stream.disposition & av.stream.Disposition.default] or pictures
+    return max(preferred, key=lambda stream: stream.codec_context.width * stream.codec_context.height, default=None)
 
 
 @dataclass(frozen=True)
@@ -27,15 +101,20 @@ class VideoInfo:
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Read a video's stream facts, counting frames by decoding (container counts can be missing)."""
+    """Read a video's stream facts, counting frames by decoding (container counts can be missing); the size is
+    the one shown (a portrait phone clip is taller than wide)."""
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(stream))
+        stream = main_stream(container)
+        frames, turn = 0, UPRIGHT
+        for frame in container.decode(stream):
+            turn = turn_of(frame) if frames == 0 else turn
+            frames += 1
+        width, height = turn.size(stream.codec_context.width, stream.codec_context.height)
         return VideoInfo(
             frames=frames,
             fps=float(stream.average_rate),
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
+            width=width,
+            height=height,
             codec=stream.codec_context.name,
             pix_fmt=stream.codec_context.pix_fmt,
             metadata=dict(container.metadata),
@@ -43,9 +122,9 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def read_frames(path: str | Path) -> np.ndarray:
-    """All frames of a video as uint8 (T, H, W, 3)."""
+    """All frames of a video as uint8 (T, H, W, 3), upright."""
     with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        return np.stack([upright(frame) for frame in container.decode(main_stream(container))])
 
 
 class VideoInputError(ValueError):
@@ -54,8 +133,9 @@ class VideoInputError(ValueError):
 
 @dataclass
 class InputVideo:
-    """What reading an input video found: its frame rate, how many frames it has at 30 fps, its first frame and
-    its last frames at the video's size (the rest went to the caller as they came)."""
+    """What reading an input video found: its frame rate, how many frames it has at 30 fps, its size as shown,
+    its first frame and its last frames at the video's size (the rest went to the caller as they came), and how
+    its frames were turned upright."""
 
     name: str
     sha256: str
@@ -65,19 +145,80 @@ class InputVideo:
     height: int
     first: np.ndarray
     tail: list[np.ndarray]
+    turn: Turn = UPRIGHT
 
 
-def check_video(path: str | Path) -> None:
-    """Refuse at once what is not a video (reading it whole is the job's work): VideoInputError says why."""
-    path = Path(path)
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The video and its picture stream; VideoInputError for a file that is missing, empty, not a video PyAV reads,
+    or one without pictures (a song, a voice memo)."""
+    if not path.exists():
+        raise VideoInputError(f"video file not found: {path.name}")
+    if path.is_dir():
+        raise VideoInputError(f"{path.name} is a folder, not a video")
+    if path.stat().st_size == 0:
+        raise VideoInputError(f"{path.name} is empty")
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoInputError(f"{path.name} has no video stream")
-    except FileNotFoundError:
-        raise VideoInputError(f"video file not found: {path.name}") from None
+        container = av.open(str(path))
     except (av.FFmpegError, OSError) as exc:
         raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
+    with container:
+        if (stream := main_stream(container)) is None:  # a song with its cover has a picture, but no video
+            sound = " (only sound)" if container.streams.audio else ""
+            raise VideoInputError(f"{path.name} has no video stream{sound}")
+        yield container, stream
+
+
+def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str
+                    ) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
+    """Each decoded frame with how many frames at 30 fps show it (a frame shows until the next one's time; 0 for one
+    a faster video drops). VideoInputError for a video that breaks part way or has no frames."""
+    rate = float(stream.average_rate or stream.guessed_rate or FPS)
+    emitted = decoded = 0
+    pending, pending_time, start = None, 0.0, None
+    try:
+        for frame in container.decode(stream):
+            time = frame.time if frame.time is not None else decoded / rate
+            start = time if start is None else start
+            if pending is not None:
+                # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
+                # (containers round timestamps, to the millisecond in WebM).
+                count = 0
+                while (emitted + count + 0.25) / FPS < time - start:
+                    count += 1
+                yield pending, count
+                emitted += count
+            pending, pending_time = frame, time - start
+            decoded += 1
+    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
+        raise VideoInputError(f"{name} breaks after {plural(decoded, 'frame')} ({type(exc).__name__}); cut the video before that point") from None  # fmt: skip
+    if pending is None:
+        raise VideoInputError(f"{name} has no frames")
+    yield pending, max(0, max(1, round((pending_time + 1 / rate) * FPS)) - emitted)  # the last frame lasts 1/rate
+
+
+def too_short(name: str, frames: int, needed: int, why: str) -> VideoInputError:
+    return VideoInputError(f"{name} has {plural(frames, 'frame')} at 30 fps; extending it needs at least {needed} ({why})")
+
+
+def check_video(path: str | Path, needs: tuple[int, str] | None = None) -> None:
+    """Refuse at once what is not a video, and with `needs` (the fewest frames at 30 fps, and what for) one too short
+    to use: VideoInputError says why in one line. Only the frames `needs` asks for are decoded (reading the whole
+    video is the job's work), so a long video is checked as fast as a short one."""
+    path = Path(path)
+    with opened(path) as (container, stream):
+        if needs is None:
+            return
+        frames = 0
+        for _, count in shown_at_30_fps(container, stream, path.name):
+            frames += count
+            if frames >= needs[0]:
+                return
+        raise too_short(path.name, frames, *needs)
 
 
 def read_video(
@@ -86,63 +227,30 @@ def read_video(
     tail: int,
     passed: Callable[[np.ndarray], None],
 ) -> InputVideo:
-    """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame resized
-    and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are kept;
-    the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
+    """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame upright,
+    resized and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are
+    kept; the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
     path = Path(path)
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
-        raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
-    with container:
-        if not container.streams.video:
-            raise VideoInputError(f"{path.name} has no video stream")
-        stream = container.streams.video[0]
+    kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
+    size, first, shown, turn, emitted = (0, 0), None, (0, 0), UPRIGHT, 0
+    with opened(path) as (container, stream):
         rate = float(stream.average_rate or stream.guessed_rate or FPS)
-        kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
-        size: tuple[int, int] | None = None
-        first = None
-        emitted = decoded = 0
-        pending, pending_time, start = None, 0.0, None
-
-        def emit(frame: np.ndarray) -> None:
-            nonlocal emitted
-            if len(kept) == kept.maxlen:
-                passed(kept[0])
-            kept.append(frame)
-            emitted += 1
-
-        def fitted(frame: av.VideoFrame) -> np.ndarray:
-            nonlocal size, first
-            rgb = frame.to_ndarray(format="rgb24")
-            if size is None:
-                size = size_of(rgb)
-            image = resize_and_center_crop(rgb, size[1], size[0])
+        for frame, count in shown_at_30_fps(container, stream, path.name):
+            if first is None:  # the first frame's display matrix is the stream's; its upright size picks the bucket
+                turn = turn_of(frame)
+            elif not count:
+                continue
+            rgb = turn.apply(rgb_of(frame))
             if first is None:
-                first = image
-            return image
-
-        try:
-            for frame in container.decode(stream):
-                time = frame.time if frame.time is not None else decoded / rate
-                start = time if start is None else start
-                if pending is not None:
-                    image = fitted(pending)
-                    # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
-                    # (containers round timestamps, to the millisecond in WebM).
-                    while (emitted + 0.25) / FPS < time - start:
-                        emit(image)
-                pending, pending_time = frame, time - start
-                decoded += 1
-        except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
-            raise VideoInputError(f"{path.name} breaks after {decoded} frames ({type(exc).__name__}); cut the video before that point") from None
-        if pending is None:
-            raise VideoInputError(f"{path.name} has no frames")
-        image = fitted(pending)
-        while emitted < max(1, round((pending_time + 1 / rate) * FPS)):  # the last frame lasts 1/rate
-            emit(image)
-        width, height = stream.codec_context.width, stream.codec_context.height
-    return InputVideo(path.name, file_sha256(path), rate, emitted, width, height, first, list(kept))
+                size, shown = size_of(rgb), (rgb.shape[1], rgb.shape[0])
+            image = resize_and_center_crop(rgb, size[1], size[0])
+            first = image if first is None else first
+            for _ in range(count):
+                if len(kept) == kept.maxlen:
+                    passed(kept[0])
+                kept.append(image)
+            emitted += count
+    return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn)
 
 
 def extract_audio(source: str | Path, target: str | Path) -> Path | None:

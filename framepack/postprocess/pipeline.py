@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..events import Done, FrameProgress, Status
+from ..media.reading import UPRIGHT, main_stream, turn_of, upright
 from ..memory.planning import postprocess_phase
 from ..memory.sensing import detect_device, system_ram
 from ..memory.sizes import gb
@@ -141,28 +142,28 @@ def probe(source: Path) -> VideoInfo:
         raise PostprocessError(f"input not found: {source}")
     try:
         with av.open(str(source)) as container:
-            if not container.streams.video:
+            if (stream := main_stream(container)) is None:
                 raise PostprocessError(f"{source.name} has no video stream")
-            stream = container.streams.video[0]
             fps = stream.average_rate or stream.guessed_rate or stream.base_rate
             if not fps or stream.width <= 0 or stream.height <= 0:
                 raise PostprocessError(f"{source.name} is not a video this app can read (no frame rate or size)")
             frames = stream.frames
             if not frames and container.duration:
                 frames = round(container.duration / av.time_base * fps)
-            return VideoInfo(stream.width, stream.height, Fraction(fps), frames, bool(container.streams.audio),
-                             dict(container.metadata))  # fmt: skip
+            first = next(container.decode(stream), None)  # its display matrix: frames are read upright
+            width, height = (turn_of(first) if first is not None else UPRIGHT).size(stream.width, stream.height)
+            return VideoInfo(width, height, Fraction(fps), frames, bool(container.streams.audio), dict(container.metadata))
     except av.FFmpegError as exc:
         raise PostprocessError(f"{source.name} is not a video this app can read ({type(exc).__name__})") from None
 
 
 def read_frames(source: Path) -> Iterator[np.ndarray]:
-    """The input's frames in order, uint8 RGB (H, W, 3), decoded one at a time."""
+    """The input's frames in order, uint8 RGB (H, W, 3), decoded one at a time and upright (as players show them)."""
     with av.open(str(source)) as container:
-        stream = container.streams.video[0]
+        stream = main_stream(container)
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24")
+            yield upright(frame)
 
 
 # ----------------------------------------------------------------------------------------------- checks

@@ -39,6 +39,7 @@ from ..kinds import (
     resume_spec,
 )
 from ..media.images import ImageError
+from ..media.reading import VideoInputError
 from ..memory.planning import MemoryPlan
 from ..models import ModelSource
 from ..settings import Settings
@@ -218,7 +219,10 @@ class QueueFront:
         if callable(spec):
             try:
                 spec = spec(input_folder(self.output_dir, job_id))
-            except (ImageError, OSError, ValueError) as exc:
+            except (ImageError, VideoInputError) as exc:  # the user's input, in the line that says what is wrong
+                remove_inputs(self.output_dir, job_id)
+                return _refused(handle, str(exc))
+            except (OSError, ValueError) as exc:
                 remove_inputs(self.output_dir, job_id)
                 logger.warning("Could not keep the inputs of job %s: %s", job_id, exc)
                 return _refused(handle, f"the job's inputs could not be kept ({type(exc).__name__}: {exc})")
