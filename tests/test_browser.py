@@ -282,9 +282,10 @@ def test_the_queue_tab_moves_cancels_and_shows_jobs_changing_state(browser, app_
     expect(page.locator("#fp-prompt textarea")).to_have_value("second in line")
     page.get_by_role("tab", name="Queue").click()
     # Delete asks first; declined, nothing happens; accepted, the job and its files go.
-    page.once("dialog", lambda dialog: dialog.dismiss())
-    page.locator("#fp-queue-delete").click()
-    page.wait_for_timeout(500)
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.locator("#fp-queue-delete").click()  # returns once the dialog was answered: declined, nothing is sent
+    assert asked == [f"Delete job {second} and its files?"]
     expect(row(second)).to_have_count(1)
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#fp-queue-delete").click()
