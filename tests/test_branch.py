@@ -143,3 +143,23 @@ def test_stopping_a_branch_leaves_it_resumable(source):
     whole = list(branch_job(models, folder / "source.json", 1, {"seed": 12}, job_id="whole", previews=False))[-1]
     assert torch.equal(load_file(done.latents_path)["latents"], load_file(whole.latents_path)["latents"])
     assert json.loads((folder / "stopped.json").read_text())["origin"]["branched_from"] == {"job": "source", "sections": 1}
+
+
+def test_a_timed_prompt_job_branches_with_a_new_timed_prompt_and_its_own_prompt_unchanged(tiny_models, tmp_path):
+    """A new prompt, plain or timed, replaces the source's timed prompts; the source's prompt as the page loads it
+    (its text with the timed groups) counts as unchanged."""
+    models = tiny_models("f1")
+    timed = Settings(variant="f1", **{**JOB, "prompt": "a room. [0s: lights on] [0.8s: lights off]"})
+    source = sections_of(list(generate(models, timed, IMAGE, tmp_path, job_id="timed", previews=False)))
+
+    new = "a room. [0s: lights on] [0.8s: lights off] [1.2s: a cat walks in]"  # sections start every 0.4 s
+    events = list(branch_job(models, tmp_path / "timed.mp4", 2, {"prompt": new}, job_id="cat", previews=False))
+    assert isinstance(events[-1], Done), events[-1]
+    settings = json.loads((tmp_path / "cat.json").read_text())["settings"]
+    assert (settings["prompt"], settings["prompts"]) == ("a room.", [[0.0, "lights on"], [0.8, "lights off"], [1.2, "a cat walks in"]])
+    made = sections_of(events)
+    assert torch.equal(made[0], source[2])  # the section from 0.8 s has the same prompt: the same section
+    assert not torch.equal(made[1], source[3]) and not torch.equal(made[2], source[4])  # from 1.2 s the cat
+
+    same = list(branch_job(models, tmp_path / "timed.json", 2, {"prompt": timed.prompt_text}, job_id="same", previews=False))
+    assert [torch.equal(a, b) for a, b in zip(sections_of(same), source[2:])] == [True, True, True]
