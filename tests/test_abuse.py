@@ -331,3 +331,24 @@ def test_an_instance_notices_a_killed_one_within_seconds_and_finishes_its_job(tm
     finally:
         other.kill()
         other.wait(30)
+
+
+def test_the_login_page_does_not_describe_the_api(tmp_path):
+    """With logins, the page served before the login (and the run history page) carries no API description; after
+    the login the page has it, and the API answers."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    from gradio_client import Client
+    from helpers import running_app
+
+    with running_app(tmp_path / "outputs", "--auth", "alice:secret") as app:
+        for path in ("/", "/gradio_api/runs"):
+            page = urllib.request.urlopen(app.url + path).read().decode()
+            assert "window.gradio_api_info" in page and "queue_add" not in page and "/generate" not in page
+        jar = http.cookiejar.CookieJar()
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        browser.open(app.url + "/login", urllib.parse.urlencode({"username": "alice", "password": "secret"}).encode())
+        assert "queue_add" in browser.open(app.url + "/").read().decode()
+        assert Client(app.url, auth=("alice", "secret"), verbose=False).predict(api_name="/queue_list") == []

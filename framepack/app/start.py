@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from ..engine.stepcache import DEFAULT_THRESHOLDS_TEXT
 from ..jobs.paths import sweep_outputs
@@ -26,6 +27,7 @@ from ..queue.cluster import ClusterError
 from ..queue.front import QueueFront
 from ..queue.policy import MAX_JOBS_PER_OWNER
 from ..settings import CACHE_METHODS, Settings, SettingsError
+from .guard import HideApiUntilLogin
 from .views import CSS
 from .wiring import TITLES, build_app
 
@@ -133,6 +135,10 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
         "max_file_size": int(args.max_upload_mb * 1024 * 1024),
         "css": CSS,
     }
+    if args.credentials:  # the login page must not describe the API to whoever opens it
+        launch_kwargs["app_kwargs"] = {"middleware": [Middleware(HideApiUntilLogin)]}
+    if front.store_note:
+        print(f"WARNING: {front.store_note}", file=sys.stderr)
     job_options = {"cache_method": args.cache_method, "cache_threshold": args.cache_threshold}
     lora_folder = Path(args.loras).resolve()
     return App(build_app(front, variant, job_options, identity, lora_folder), front, launch_kwargs)
