@@ -352,3 +352,42 @@ def test_the_login_page_does_not_describe_the_api(tmp_path):
         browser.open(app.url + "/login", urllib.parse.urlencode({"username": "alice", "password": "secret"}).encode())
         assert "queue_add" in browser.open(app.url + "/").read().decode()
         assert Client(app.url, auth=("alice", "secret"), verbose=False).predict(api_name="/queue_list") == []
+
+
+def test_a_full_disk_when_a_job_ends_ends_that_job_not_the_worker(tmp_path, monkeypatch):
+    """The store cannot take a job's end (the disk is full): the job's stream still ends, the worker serves the next
+    job, and the first job's end is written once the store takes writes again."""
+    import sqlite3
+
+    from framepack.events import Done
+    from framepack.queue import front as front_module
+    from framepack.queue.store import SqliteJobStore
+
+    def done_at_once(self, job, stop):
+        yield Done(video_path=None, latents_path=None, frames=1, seconds=0.1, sections_done=1, stopped=False, elapsed=0.0)
+
+    monkeypatch.setattr(LocalRunner, "events", done_at_once)
+    monkeypatch.setattr(front_module, "STORE_RETRY_SECONDS", (0.05, 0.2))
+    full = threading.Event()
+    real_update = SqliteJobStore.update
+
+    def update(self, job_id, **fields):
+        if full.is_set() and fields.get("state") == "done":
+            full.clear()  # the disk has room again after this write
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_update(self, job_id, **fields)
+
+    monkeypatch.setattr(SqliteJobStore, "update", update)
+    image = tmp_path / "start.png"
+    Image.new("RGB", (64, 64)).save(image)
+    front = QueueFront("original", ModelSource(models_dir=tmp_path / "no-models"), tmp_path / "out")
+    try:
+        full.set()
+        first = front.submit(Settings(prompt="a girl", total_second_length=0.4), image)
+        assert isinstance(list(first.events())[-1], Done)  # the stream ends, it does not hang
+        second = front.submit(Settings(prompt="a boy", total_second_length=0.4), image)
+        assert isinstance(list(second.events())[-1], Done)
+        wait_for_states(front, {first.id: "done", second.id: "done"})
+        assert front._alive == 1
+    finally:
+        front.close(timeout=30)
