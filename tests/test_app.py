@@ -16,7 +16,9 @@ from helpers import IMAGE, REPO, TINY_MODELS, free_port, needs_shared
 from PIL import Image
 
 from framepack.app import start as ui
+from framepack.app.service import AppService
 from framepack.app.views import event_updates
+from framepack.app.wiring import Handlers
 from framepack.media.images import nearest_bucket
 from framepack.media.reading import probe
 from framepack.settings import Settings
@@ -384,7 +386,6 @@ def test_section_controls_through_the_api(client: Client, app_server):  # noqa: 
     assert [row["prompt"] for row in manifest["schedule"]] == ["it looks around", "it looks around", "it jumps"]
 
     # Loading that video's settings restores the timed prompt, strength and keyframe times, and names the images.
-    from framepack.app.service import AppService
 
     result = AppService(None, "original").settings_of_file(str(saved_video(final[MESSAGE], app_server.outputs)))
     loaded, message = result.values, result.message
@@ -437,3 +438,35 @@ def test_extend_a_video_through_the_api(client: Client, app_server, tmp_path: Pa
         job = client.submit(**{"video": None, **params}, total_second_length=0.4, api_name="/extend", **FAST)
         job.result()
         assert expected in job.outputs()[-1][MESSAGE]
+
+
+def test_the_page_shows_each_model_only_its_own_controls(tmp_path: Path):
+    """F1's page has no end frame (it generates forwards) and says how it counts kept sections; only F1's page adds
+    seconds to a finished video; without LoRA files the LoRA panel says where they go."""
+    import gradio as gr
+
+    from framepack.app.wiring import build_app
+
+    for variant in ("original", "f1"):
+        demo = build_app(None, variant, lora_folder=tmp_path / "no-loras")
+        blocks = list(demo.blocks.values())
+        by_id = {getattr(b, "elem_id", None): b for b in blocks}
+        accordions = [b.label for b in blocks if isinstance(b, gr.Accordion)]
+        add_seconds = next(b for b in blocks if isinstance(b, gr.Number) and b.label == "Seconds to add")
+        assert by_id["fp-end-image"].visible == (variant == "original")
+        assert ("End frame and keyframes" in accordions) == (variant == "original") and ("Keyframes" in accordions) == (variant == "f1")
+        assert add_seconds.visible == (variant == "f1")
+        assert ("END backwards" in by_id["fp-keep"].info) == (variant == "original")
+        assert "no-loras" in by_id["fp-lora-hint"].value
+
+
+def test_the_timeline_says_the_real_length_and_what_the_video_starts_from():
+    handlers = Handlers(AppService(None, "original"), "local")
+    asked_five = handlers.timeline("a girl", 5, 9, input_image="girl.png")
+    assert asked_five.startswith("**4 sections: a 4.83 s video** (5 s asked;") and "No start image" not in asked_five
+    assert asked_five.count("· start image") == 4
+    blank = handlers.timeline("a girl", 2.4, 9, blank_start="noise")
+    assert "No start image: a text-to-video from a noise frame." in blank and blank.count("· the noise frame") == 2
+    assert "start image" not in blank.replace("No start image", "")
+    exact = handlers.timeline("a girl", 73 / 30, 9, input_image="girl.png")
+    assert exact.startswith("**2 sections: a 2.43 s video**\n")  # nothing to explain when the length is what was asked

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from ..settings import MAX_SECONDS
-from .fields import BY_NAME, Page
+from .fields import BY_NAME, Page, list_loras
 from .views import QUEUE_COLUMNS, frames_line, progress_html
 
 EXAMPLE_PROMPTS = (
@@ -16,6 +16,14 @@ EXAMPLE_PROMPTS = (
     "The man turns his head and smiles warmly at the camera.",
     "Leaves sway gently in the wind as the camera slowly pushes in.",
 )
+
+
+# Sections are kept in the order they were made: the original model makes a video from its end backwards.
+KEEP_INFO = {
+    "original": "Counted as the progress bar counts them: this model makes the video from its END backwards, so "
+                "keeping 1 keeps the last seconds. The seed and prompt above apply to the rest.",
+    "f1": "Counted from the start of the video; the seed and prompt above apply to the rest.",
+}  # fmt: skip
 
 
 @dataclass
@@ -39,7 +47,7 @@ def build_layout(page: Page, timeline: str) -> Controls:
         with gr.Tab("Generate", elem_id="fp-generate-tab"):
             with gr.Row():
                 with gr.Column():
-                    _inputs(controls, place)
+                    _inputs(controls, place, page)
                     parts["timeline"] = gr.Markdown(timeline, elem_id="fp-timeline")
                     with gr.Row():
                         parts["start"] = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
@@ -65,8 +73,9 @@ def build_layout(page: Page, timeline: str) -> Controls:
     return controls
 
 
-def _inputs(controls: Controls, place: Any) -> None:
+def _inputs(controls: Controls, place: Any, page: Page) -> None:
     parts = controls.parts
+    end_frame = page.variant == "original"  # F1 generates forwards: it has no end frame to aim at
     with gr.Tabs():
         with gr.Tab("Start image"):
             place("input_image")
@@ -77,12 +86,15 @@ def _inputs(controls: Controls, place: Any) -> None:
     prompt = place("prompt")
     parts["examples"] = gr.Dataset(samples=[[p] for p in EXAMPLE_PROMPTS], components=[prompt],
                                    label="Example prompts (click one)")  # fmt: skip
-    with gr.Accordion("End frame and keyframes", open=False):
+    with gr.Accordion("End frame and keyframes" if end_frame else "Keyframes", open=False):
         with gr.Row():
-            place("end_image")
+            place("end_image")  # hidden on F1's page by its field
             place("keyframes")
         place("end_strength")
         place("keyframe_times")
+    if not list_loras(page.lora_folder):
+        gr.Markdown(f"No LoRA files yet: put `.safetensors` LoRAs in `{page.lora_folder.name if page.lora_folder else 'loras'}` "
+                    "(the app's `--loras` folder) and press Refresh.", elem_id="fp-lora-hint")  # fmt: skip
     with gr.Accordion("LoRA", open=False):
         place("loras")
         place("lora_weights")
@@ -94,8 +106,8 @@ def _previous_output(parts: dict[str, Any], page: Page) -> None:
         parts["previous"] = gr.File(label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
                                     type="filepath", elem_id="fp-previous")  # fmt: skip
         parts["add_seconds"] = gr.Number(
-            value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add (finished FramePack-F1 videos)",
-            info="0 finishes a stopped job; more makes a new, longer video of a finished F1 video.",
+            value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add", visible=page.variant == "f1",
+            info="0 finishes a stopped job; more makes a new, longer video of a finished video (the shorter one stays).",
         )  # fmt: skip
         parts["add_prompt"] = gr.Textbox("", label="Prompts for the added seconds (optional)", placeholder="[6s: he sits down]",
                                          visible=page.variant == "f1")  # fmt: skip
@@ -103,7 +115,7 @@ def _previous_output(parts: dict[str, Any], page: Page) -> None:
         with gr.Row():
             parts["keep"] = gr.Number(
                 value=1, minimum=1, precision=0, label="Sections to keep", elem_id="fp-keep",
-                info="Counted as the progress bar counts them; the seed and prompt above apply to the rest.",
+                info=KEEP_INFO[page.variant],
             )  # fmt: skip
             parts["branch"] = gr.Button("Keep the first K sections and redo the rest", elem_id="fp-branch")
 

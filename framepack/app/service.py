@@ -225,15 +225,19 @@ class AppService:
             message += f" Its LoRAs are not all in the LoRA folder ({', '.join(missing)}): choose them again."
         return Loaded({key: values[key] for key in LOADABLE if key in values}, message)
 
-    def timeline(self, prompt: str, seconds: float, window: int, keyframes: Any, keyframe_times: str, end_image: Any) -> list[str]:
-        """The sections before Start, in time order: each one's time range, prompt and start-slot image."""
+    def timeline(self, prompt: str, seconds: float, window: int, keyframes: Any, keyframe_times: str, end_image: Any,
+                 start: str = "start image") -> list[str]:  # fmt: skip
+        """The sections before Start, in time order: each one's time range, prompt and start-slot image (`start` names
+        what the video starts from: the start image, or a blank frame)."""
         settings = Settings(variant=self.variant, prompt=prompt, total_second_length=seconds, latent_window_size=window)
         names = [Path(upload_path(item) or "").name for item in (keyframes or [])]
         keyed = sorted(zip(parse_times(keyframe_times, len(names)), names))
         has_end = upload_path(end_image) is not None
         rows = describe_schedule(plan_schedule(settings, [s for s, _ in keyed], has_end), settings, has_end)
         for row in rows:  # name the keyframe images
-            if row["start_slot"].startswith("keyframe "):
+            if row["start_slot"] == "start image":
+                row["start_slot"] = start
+            elif row["start_slot"].startswith("keyframe "):
                 row["start_slot"] += f" ({keyed[int(row['start_slot'].split()[1]) - 1][1]})"
         return timeline(rows)
 

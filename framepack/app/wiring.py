@@ -19,7 +19,7 @@ from ..media.images import ImageError
 from ..media.reading import VideoInputError
 from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
-from ..settings import SettingsError
+from ..settings import FPS, Settings, SettingsError
 from .fields import (
     DEFAULTS,
     FIELDS,
@@ -268,13 +268,22 @@ class Handlers:
         return _loaded_updates(self.service.settings_of_file(path))
 
     def timeline(self, prompt: str, seconds: float, window: int, keyframes: Any = None, keyframe_times: str = "",
-                 end_image: Any = None) -> str:  # fmt: skip
-        """The page's timeline of the sections before Start."""
+                 end_image: Any = None, input_image: Any = None, blank_start: str = "grey") -> str:  # fmt: skip
+        """The page's timeline before Start: the video's real length, what it starts from, and its sections."""
+        blank = upload_path(input_image) is None
+        start = f"the {blank_start or 'grey'} frame" if blank else "start image"
         try:
-            lines = self.service.timeline(prompt, seconds, window, keyframes, keyframe_times, end_image)
+            lines = self.service.timeline(prompt, seconds, window, keyframes, keyframe_times, end_image, start)
+            settings = Settings(total_second_length=seconds, latent_window_size=window)
         except SettingsError as exc:
             return error_message(str(exc))
-        return "**Sections, in time order**\n\n" + "\n".join(f"- {line}" for line in lines)
+        length = settings.num_frames / FPS
+        head = f"**{settings.num_sections} section{'s' * (settings.num_sections != 1)}: a {length:.2f} s video**"
+        if abs(length - float(seconds)) >= 0.005:
+            head += f" ({float(seconds):g} s asked; a video grows by whole sections of {settings.frames_per_section + 3} frames)"
+        if blank:
+            head += f"\n\nNo start image: a text-to-video from a {blank_start or 'grey'} frame."
+        return head + "\n\n**Sections, in time order**\n\n" + "\n".join(f"- {line}" for line in lines)
 
 
 def _session_of(request: gr.Request | None) -> str | None:
@@ -351,7 +360,7 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     controls["previous"].upload(handlers.previous_settings, [controls["previous"]], [*loadable, controls["message"]], **private)
     controls["refresh_loras"].click(lambda: gr.update(choices=list_loras(page.lora_folder)), None, fields["loras"], **private)
     timeline_inputs = [fields[name] for name in ("prompt", "total_second_length", "latent_window_size", "keyframes",
-                                                  "keyframe_times", "end_image")]  # fmt: skip
+                                                  "keyframe_times", "end_image", "input_image", "blank_start")]  # fmt: skip
     gr.on([c.change for c in timeline_inputs], handlers.timeline, timeline_inputs, controls["timeline"], **private)
     _lora_sliders(fields["loras"], fields["lora_weights"])
 
