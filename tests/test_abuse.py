@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from helpers import IMAGE, TINY_MODELS, make_clip, needs_shared
 from PIL import Image
 
 from framepack.cli.batchfile import read_batch
@@ -389,5 +390,40 @@ def test_a_full_disk_when_a_job_ends_ends_that_job_not_the_worker(tmp_path, monk
         assert isinstance(list(second.events())[-1], Done)
         wait_for_states(front, {first.id: "done", second.id: "done"})
         assert front._alive == 1
+    finally:
+        front.close(timeout=30)
+
+
+@needs_shared
+def test_a_renamed_video_still_names_its_job_and_only_its_owner_may_use_it(tiny_models, tmp_path, monkeypatch):
+    """A job is found by what its video (or record) says, not by the file's name; the record decides who may use it."""
+    import shutil
+
+    from framepack.app.service import AppService
+    from framepack.engine import generate
+    from framepack.events import Done
+    from framepack.jobs.record import named_job
+
+    outputs, uploads = tmp_path / "outputs", tmp_path / "uploads"
+    uploads.mkdir()
+    settings = Settings(total_second_length=0.4, latent_window_size=3, steps=1, height=48, width=80, prompt="a girl")
+    list(generate(tiny_models("original"), settings, IMAGE, outputs, job_id="first", owner="user:alice", previews=False))
+    renamed = shutil.copy(outputs / "first.mp4", uploads / "first_job.mp4")
+    record = shutil.copy(outputs / "first.json", uploads / "my settings.json")
+    assert named_job(renamed) == named_job(record) == "first"
+    other = make_clip(uploads / "other.mp4", 3, 30, (64, 48))
+    assert named_job(other) == "other"  # nothing inside names a job: the file's name is all there is
+
+    def done_at_once(self, job, stop):
+        yield Done(video_path=None, latents_path=None, frames=1, seconds=0.1, sections_done=1, stopped=False, elapsed=0.0)
+
+    monkeypatch.setattr(LocalRunner, "events", done_at_once)
+    front = QueueFront("original", ModelSource(models_dir=TINY_MODELS), outputs)
+    try:
+        service = AppService(front, "original")
+        branched = service.branch("user:alice", None, str(renamed), 1, 7, follow=False)
+        assert not branched.refused and front.job(branched.id).spec.source == "first"
+        refused = service.branch("user:bob", None, str(renamed), 1, 7, follow=False)
+        assert refused.refused and next(refused.events()).message == "you have no job named 'first' in this app's outputs"
     finally:
         front.close(timeout=30)

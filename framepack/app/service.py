@@ -20,7 +20,7 @@ from ..controls import (
 )
 from ..engine.starts import extension_needs
 from ..jobs.paths import job_name
-from ..jobs.record import RecordError, settings_of_output
+from ..jobs.record import RecordError, named_job, settings_of_output
 from ..kinds import postprocess_spec
 from ..lora import LoraSpec
 from ..media.reading import check_video
@@ -95,10 +95,10 @@ class AppService:
 
     def resume(self, owner: str, session: str | None, previous: str, add_seconds: float = 0, add_prompt: str = "",
                follow: bool = True) -> Job:  # fmt: skip
-        """Queue the rest of a stopped job, or a longer video of a finished F1 job. The file's name says which job is
-        meant; whether the caller may touch it is the job record's say."""
+        """Queue the rest of a stopped job, or a longer video of a finished F1 job. The file says which job is meant (its
+        metadata, so a renamed copy works; else its name); whether the caller may touch it is the job record's say."""
         seconds = float(add_seconds or 0)
-        return self.front.submit_resume(job_name(previous), owner, session, seconds, add_prompt or "", follow)
+        return self.front.submit_resume(named_job(previous), owner, session, seconds, add_prompt or "", follow)
 
     def branch(self, owner: str, session: str | None, previous: str, keep_sections: Any, seed: int, prompt: str = "",
                follow: bool = True) -> Job:  # fmt: skip
@@ -113,7 +113,7 @@ class AppService:
         changes: dict[str, Any] = {"seed": seed}
         if prompt and prompt.strip():
             changes["prompt"] = prompt
-        return self.front.submit_branch(job_name(previous), keep, changes, owner, session, follow)
+        return self.front.submit_branch(named_job(previous), keep, changes, owner, session, follow)
 
     def postprocess(self, owner: str, session: str | None, values: dict[str, Any], video: str | None = None,
                     job: str | None = None, follow: bool = True) -> Job:  # fmt: skip

@@ -184,7 +184,9 @@ def _prepare(models: ModelSet, start: JobStart, paths: JobPaths) -> Iterator[Eve
     audio = paths.parts_dir / INPUT_AUDIO if extended and extended.get("audio") else None
     # The settings (and what the images were) travel inside the MP4 too: a video alone is enough to vary it.
     shared_loras = [{key: lora[key] for key in ("name", "sha256", "weight")} for lora in record.loras]  # no paths
-    comment = {"comment": json.dumps({"framepack": settings.to_dict(), "inputs": record.inputs, "loras": shared_loras})}
+    # The job's name too: a renamed copy of the video still says which job it is (its owner's record decides access).
+    comment = {"comment": json.dumps({"framepack": settings.to_dict(), "inputs": record.inputs, "loras": shared_loras,
+                                      "job": paths.job_id})}  # fmt: skip
     sink = SegmentedMp4(paths, settings, history.prepends, segments, extended["prefix"] if extended else 0, audio, comment)
     return _Run(models, settings, paths, images, schedule, cond, plans, history, assembler, generator, record,
                 (tensors, metadata), sink, extended)  # fmt: skip

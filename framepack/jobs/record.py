@@ -18,7 +18,7 @@ from typing import Any
 from ..files import write_json
 from ..settings import Settings, SettingsError
 from .checkpoint import checkpoint_owner
-from .paths import LOCAL_USER, JobPaths, RecordError, is_job_name
+from .paths import LOCAL_USER, JobPaths, RecordError, is_job_name, job_name
 
 STATES = ("running", "done", "stopped", "failed")
 # A record a user can be shown larger than this is not a FramePack record (a real one is a few kilobytes).
@@ -144,6 +144,24 @@ def _checked_loras(loras: list[Any]) -> list[dict[str, Any]]:
                for lora in loras):  # fmt: skip
         raise ValueError("its LoRAs need a name and a weight each")
     return loras
+
+
+def named_job(path: str | Path) -> str:
+    """The job a previous output names: what its video's metadata or its record says (a renamed copy still names
+    its job), else its file name. Only a name: whether the caller may touch that job is its record's say."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json" and path.stat().st_size <= MAX_RECORD_BYTES:
+            video = json.loads(path.read_text(encoding="utf-8")).get("video")
+            named = video.removesuffix(".mp4") if isinstance(video, str) else None
+        else:
+            import av  # only needed here
+
+            with av.open(str(path)) as container:
+                named = json.loads(container.metadata.get("comment", "{}")).get("job")
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError, RecursionError):
+        named = None  # not ours to read: the file name is all there is
+    return named if isinstance(named, str) and is_job_name(named) else job_name(path)
 
 
 def job_owner(paths: JobPaths) -> str | None:
