@@ -157,10 +157,11 @@ class ModelSource:
             return Path(snapshot_download(repo, revision=revision, cache_dir=self.hub_dir, allow_patterns=patterns))
         except LocalEntryNotFoundError:
             parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
+            include = "".join(f' --include "{s}/*"' for s in subfolders)  # not the whole repo: HunyuanVideo's is big
             raise ModelsMissingError(
                 f"The weights of {repo}{parts} are not in {self.hub_dir} and cannot be downloaded now "
                 f"(offline). Connect to the internet and run the app once to download them, or run "
-                f"`hf download {repo} --cache-dir {self.hub_dir}`, or point --models at a local model root."
+                f"`hf download {repo}{include} --cache-dir {self.hub_dir}`, or point --models at a local model root."
             ) from None
 
     def cached_folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path | None:
