@@ -1,6 +1,7 @@
-"""The events a job yields, in the order it yields them: `Status` as phases begin, `Progress` per sampler step (or
-`FrameProgress` per frame of a post-processing step), `SectionDone` per finished section, and one final `Done` or
-`Error`. The engine, the queue, the command line and the page all speak them; they hold data only.
+"""The events a job yields, in the order it yields them: `Download` while the first run fetches the weights,
+`Status` as phases begin, `Progress` per sampler step (or `FrameProgress` per frame of a post-processing step),
+`SectionDone` per finished section, and one final `Done` or `Error`. The engine, the queue, the command line and the
+page all speak them; they hold data only.
 """
 
 from __future__ import annotations
@@ -86,4 +87,26 @@ class FrameProgress:
         return min(1.0, self.done / self.total) if self.total else 0.0
 
 
-Event = Status | Progress | FrameProgress | SectionDone | Done | Error
+@dataclass(frozen=True)
+class Download:
+    """Model files are downloading before the models load (the first run): bytes `done` of `total`, counting what an
+    interrupted download fetched before, and the file being fetched (`files_done` of `files` are in)."""
+
+    done: int
+    total: int
+    file: str
+    files_done: int
+    files: int
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 1.0
+
+    def line(self) -> str:
+        """"Downloading models: 3.2 of 42.1 GB (file 4 of 22: vae/...)", as the page and the log say it."""
+        unit, scale = ("GB", 1e9) if self.total >= 1e8 else ("MB", 1e6)
+        where = f" (file {min(self.files_done + 1, self.files)} of {self.files}: {self.file})" if self.file else ""
+        return f"Downloading models: {self.done / scale:.1f} of {self.total / scale:.1f} {unit}{where}"
+
+
+Event = Status | Progress | FrameProgress | Download | SectionDone | Done | Error

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..events import Done, Error, FrameProgress, Progress, SectionDone, Status
+from ..events import Done, Download, Error, FrameProgress, Progress, SectionDone, Status
 from ..queue.front import JobEvent, Waiting
 from ..queue.store import QueuedJob
 from ..settings import FPS
@@ -79,6 +79,8 @@ def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> U
         return skip, progress_html(0, text), skip, skip, text
     if isinstance(event, Status):
         return skip, skip, skip, skip, event.message
+    if isinstance(event, Download):  # the first job fetches the weights before they load
+        return skip, progress_html(event.fraction, event.line()), skip, skip, event.line()
     if isinstance(event, Progress):
         where = f"Section {event.section} of {event.sections} ({event.span[0]:.2f}–{event.span[1]:.2f} s)"
         bar = progress_html(event.fraction, f"{where} · step {event.step} of {event.steps} · {event.fraction:.0%}")

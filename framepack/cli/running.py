@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..controls import JobInputs, plan_schedule
 from ..engine.errors import USER_ERRORS
 from ..engine.starts import added_prompts
-from ..events import Done, Error, Event, FrameProgress, Progress, SectionDone, Status
+from ..events import Done, Download, Error, Event, FrameProgress, Progress, SectionDone, Status
 from ..jobs.checkpoint import read_checkpoint
 from ..jobs.paths import LOCAL_USER, job_paths, new_job_id
 from ..jobs.record import JobRecord
@@ -41,6 +41,7 @@ from ..memory.planning import check_before_loading
 from ..memory.sizes import file_configs
 from ..models import ModelSet, ModelsMissingError, ModelSource
 from ..models.components import default_device, resolve_dtypes
+from ..models.download import ensure_models
 from ..options import add_runtime_options, model_source
 from ..settings import Settings
 from .logs import log_file
@@ -185,6 +186,7 @@ def load_for(
         source = ModelSource.recorded(made_with, args.hf_cache)
         if args.transformer_file is not None:
             source = replace(source, transformer_file=args.transformer_file.resolve())
+    fetch_models(source, settings.variant, getattr(args, "quiet", False))  # the first run: before sizing the models
     lora = None
     if loras:  # matched against the model's architecture before anything loads
         device = torch.device(args.device) if args.device else default_device()
@@ -196,6 +198,25 @@ def load_for(
         transformer_file=source.transformer_file, fp8_matmuls=args.fp8_compute, cache_dir=source.cache_dir,
     )  # fmt: skip
     return load_models(settings.variant, source, None, settings.dtype, args.attention, args.compile, plan)
+
+
+def fetch_models(source: ModelSource, variant: str, quiet: bool) -> None:
+    """Download what the hub cache lacks of `variant`'s models: how much, then a progress bar of bytes."""
+    bar: tqdm | None = None
+
+    def progress(event: Download) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=event.total, initial=event.done, unit="B", unit_scale=True, disable=quiet, file=sys.stderr,
+                       desc="Downloading models")  # fmt: skip
+        bar.set_postfix_str(event.file, refresh=False)
+        bar.update(event.done - bar.n)
+
+    try:
+        ensure_models(source, variant, progress, lambda text: print(text, file=sys.stderr))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def follow(start: Callable[[threading.Event], Iterator[Event]], total_steps: int, quiet: bool) -> int:
@@ -224,6 +245,8 @@ def follow(start: Callable[[threading.Event], Iterator[Event]], total_steps: int
                 bar.set_postfix_str(f"{event.frames} frames, {event.seconds:.2f} s")
             elif isinstance(event, Status):
                 bar.write(event.message, file=sys.stderr)
+            elif isinstance(event, Download):  # a queued job's first run (`queue run`)
+                bar.set_description(event.line())
             elif isinstance(event, Error):
                 bar.close()
                 if event.exception is not None and not isinstance(event.exception, USER_ERRORS):

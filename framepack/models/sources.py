@@ -34,6 +34,13 @@ TRANSFORMER_REPOS = {
 DEFAULT_CACHE_DIR = Path("hf_download")
 
 
+# The parts of the repos the app loads (HunyuanVideo's repo also holds a transformer it does not use).
+HUNYUAN_SUBFOLDERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+
+
+REDUX_SUBFOLDERS = ("feature_extractor", "image_encoder")
+
+
 # The published transformers' architecture (both variants), for a single-file transformer without its repo at hand
 # and for plans made without weights. The tests check it against the real config.
 PUBLISHED_TRANSFORMER = {
@@ -94,12 +101,18 @@ class ModelSource:
         """Where `repo` was read from: the local folder, or the hub repo and the snapshot (revision) cached."""
         return str(folder.resolve()) if self.models_dir else f"{repo}@{folder.name}"
 
+    def parts(self, variant: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The repos `variant` loads, each with the subfolders it needs (none: the whole repo); the transformer's
+        repo only where no transformer file takes its place."""
+        parts = ((HUNYUAN_REPO, HUNYUAN_SUBFOLDERS), (REDUX_REPO, REDUX_SUBFOLDERS))
+        return parts if self.transformer_file is not None else (*parts, (TRANSFORMER_REPOS[variant], ()))
+
     def folders(self, variant: str) -> tuple[Path, Path, Path | None]:
         """The HunyuanVideo, Redux and transformer folders of `variant` (downloading what is missing, if allowed);
         no transformer folder where a transformer file takes its place."""
         return (
-            self.folder(HUNYUAN_REPO, ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")),
-            self.folder(REDUX_REPO, ("feature_extractor", "image_encoder")),
+            self.folder(HUNYUAN_REPO, HUNYUAN_SUBFOLDERS),
+            self.folder(REDUX_REPO, REDUX_SUBFOLDERS),
             self.folder(TRANSFORMER_REPOS[variant]) if self.transformer_file is None else None,
         )
 
@@ -144,10 +157,11 @@ class ModelSource:
             return Path(snapshot_download(repo, revision=revision, cache_dir=self.hub_dir, allow_patterns=patterns))
         except LocalEntryNotFoundError:
             parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
+            include = "".join(f' --include "{s}/*"' for s in subfolders)  # not the whole repo: HunyuanVideo's is big
             raise ModelsMissingError(
                 f"The weights of {repo}{parts} are not in {self.hub_dir} and cannot be downloaded now "
                 f"(offline). Connect to the internet and run the app once to download them, or run "
-                f"`hf download {repo} --cache-dir {self.hub_dir}`, or point --models at a local model root."
+                f"`hf download {repo}{include} --cache-dir {self.hub_dir}`, or point --models at a local model root."
             ) from None
 
     def cached_folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path | None:

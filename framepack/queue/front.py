@@ -26,7 +26,7 @@ from typing import Any
 
 from ..controls import ImageSource, JobInputs
 from ..engine import failure_message
-from ..events import Done, Error, Event, FrameProgress, Progress, Status
+from ..events import Done, Download, Error, Event, FrameProgress, Progress, Status
 from ..jobs.paths import LOCAL_USER, JobPaths, new_job_id
 from ..jobs.record import JobRecord, RecordError, job_owner
 from ..jobs.spec import JobSpec
@@ -508,6 +508,8 @@ class QueueFront:
                         runner.stop(job.id)
             elif isinstance(event, Status):
                 self.store.update(job.id, message=event.message)
+            elif isinstance(event, Download):  # `queue list` and other instances see the download going on
+                self.store.update(job.id, message=event.line())
         except STORE_ERRORS as exc:
             logger.warning("Could not record the progress of job %s (%s); it goes on", job.id, type(exc).__name__)
         with self._cond:

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ..events import Error, Event, Status
+from ..events import Download, Error, Event, Status
 from ..jobs.paths import RecordError
 from ..kinds import JobContext, execute, kind_of, recorded_models
 from ..loading import load_models
 from ..memory.planning import MemoryPlan
 from ..models import ModelSet, ModelsMissingError, ModelSource
+from ..models.download import NotEnoughDiskError, ensure_models
 from .store import QueuedJob, input_folder
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,8 @@ class ModelKeeper:
         else:
             source = ModelSource.recorded(made_with, self.source.cache_dir)
             yield Status("Loading the models this job was made with")
+        if source.models_dir is None and not (yield from self._download(source)):
+            return None
         try:
             with self.loading:
                 models = load_models(self.variant, source, attention=self.attention, compile=self.compile, plan=self.plan)
@@ -113,6 +118,50 @@ class ModelKeeper:
         if own:
             self._default_sources = models.sources
         return models
+
+    def _download(self, source: ModelSource) -> Iterator[Event]:
+        """Fetch what the hub cache lacks of the models, passing the download's progress on to the job's page (a few
+        events a second); False after an `Error` when it cannot be fetched."""
+        events: queue.Queue[Event | None] = queue.Queue()
+        failure: list[BaseException] = []
+        last = 0.0
+
+        def progress(event: Download) -> None:
+            nonlocal last
+            if time.monotonic() - last >= PROGRESS_INTERVAL or event.done >= event.total:
+                last = time.monotonic()
+                events.put(event)
+
+        def run() -> None:
+            try:
+                with self.loading:  # one worker downloads; the others then find the files in the cache
+                    ensure_models(source, self.variant, progress, lambda text: events.put(Status(text)))
+            except Exception as exc:  # handed to the job below, whatever it is
+                failure.append(exc)
+            finally:
+                events.put(None)
+
+        threading.Thread(target=run, name="model-download", daemon=True).start()
+        while (event := events.get()) is not None:
+            yield event
+        if not failure:
+            return True
+        exc = failure[0]
+        if isinstance(exc, NotEnoughDiskError):
+            logger.error("%s", exc)
+            yield Error("Not enough disk space to download the models; whoever runs the app can see the details in its log.", exc)
+        elif isinstance(exc, ModelsMissingError):
+            logger.error("%s", exc)
+            yield Error("The model files are missing on this machine and cannot be downloaded now; whoever runs the app "
+                        "can see which in its log.", exc)  # fmt: skip
+        else:
+            logger.error("Downloading the models failed", exc_info=exc)
+            yield Error(f"Could not download the models ({type(exc).__name__}); the details are in the app's log.", exc)
+        return False
+
+
+# Seconds between the download's progress events: enough for a moving bar, few enough for the page and the store.
+PROGRESS_INTERVAL = 0.5
 
 
 class LocalRunner:
