@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -188,11 +189,15 @@ def extension_needs(settings: Settings) -> tuple[int, str]:
     return MIN_VIDEO_FRAMES, "two latent frames"
 
 
-def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInputs, paths: JobPaths, owner: str) -> JobStart:
+def video_start(
+    models: ModelSet, settings: Settings, video: Any, inputs: JobInputs, paths: JobPaths, owner: str,
+    stop: threading.Event | None = None,
+) -> JobStart:  # fmt: skip
     """The extension job's state before its first section: the input's frames encoded once into the first segment
     as they are decoded (only the last ones stay in memory), its sound, and for F1 the frames to blend into and the
     latents of the last ones. F1 continues from the video's last frames with its first frame in the start slot; the
-    original model generates towards the video with its last frame in the start slot."""
+    original model generates towards the video with its last frame in the start slot. A `stop` while the video is
+    read raises ReadingStopped, the segment begun removed (the job has made nothing yet)."""
     forwards = settings.variant == "f1"
     overlap = settings.frames_per_section
     # F1 packs up to 19 latent frames of history and decodes the last window with the first new one.
@@ -206,7 +211,7 @@ def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInp
         encoder.add(frame)
 
     try:
-        found = read_video(video, lambda image: target_size(image, settings.resolution, settings.height, settings.width), tail, passed)
+        found = read_video(video, lambda image: target_size(image, settings.resolution, settings.height, settings.width), tail, passed, stop)
         needed, why = extension_needs(settings)
         if found.frames < needed:  # checked before the job was queued; the file may have changed since
             raise too_short(video.name, found.frames, needed, why)

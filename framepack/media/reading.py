@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +133,22 @@ class VideoInputError(ValueError):
     """A video given to extend cannot be used; the message names the file and says why, in one line."""
 
 
+class ReadingStopped(Exception):
+    """A stop was requested while an input video was being read: the job ends as stopped, having made nothing."""
+
+
+# The longest an input video may be: it is read at 30 fps, a frame held until the next one's time, so a file of a
+# few frames far apart (0 s, 1 s, 3 hours) would otherwise expand to millions of frames. Ten minutes is 18,000.
+MAX_INPUT_SECONDS = 600
+MAX_INPUT_FRAMES = MAX_INPUT_SECONDS * FPS
+
+
+def stop_reading(stop: threading.Event | None) -> None:
+    """Raise ReadingStopped if a stop was requested (called every few frames wherever an input is read)."""
+    if stop is not None and stop.is_set():
+        raise ReadingStopped()
+
+
 @dataclass
 class InputVideo:
     """What reading an input video found: its frame rate, how many frames it has at 30 fps, its size as shown,
@@ -173,23 +191,52 @@ def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoSt
         yield container, stream
 
 
-def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str
-                    ) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
+def seconds_of(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """How long the file says its picture lasts (the container's duration, else the stream's); None if unsaid."""
+    if container.duration:
+        return container.duration / av.time_base
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def check_length(path: Path, container: av.container.InputContainer, stream: av.VideoStream) -> None:
+    """VideoInputError for a video longer than MAX_INPUT_SECONDS, from what its file says (no frame is decoded; the
+    packets are counted only for the refusal's line). The reader enforces the limit too, for a file that lies."""
+    seconds = seconds_of(container, stream)
+    if seconds is None or seconds * FPS <= MAX_INPUT_FRAMES + 0.5:
+        return
+    frames = stream.frames
+    if not frames:  # MKV and WebM do not count them: count the packets (no decoding)
+        with av.open(str(path)) as again:
+            frames = sum(1 for packet in again.demux(again.streams.video[stream.index]) if packet.size)
+    raise too_long(path.name, f"{plural(frames, 'frame')} over {seconds:g} s", round(seconds * FPS))
+
+
+def too_long(name: str, what: str, shown: int) -> VideoInputError:
+    return VideoInputError(f"{name} has {what}: at 30 fps that is {shown} frames, more than the {MAX_INPUT_FRAMES} "
+                           f"({MAX_INPUT_SECONDS // 60} minutes) an input video may have; cut it shorter first")  # fmt: skip
+
+
+def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str,
+                    stop: threading.Event | None = None) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
     """Each decoded frame with how many frames at 30 fps show it (a frame shows until the next one's time; 0 for one
-    a faster video drops). VideoInputError for a video that breaks part way or has no frames."""
+    a faster video drops). VideoInputError for a video that breaks part way, has no frames or runs past
+    MAX_INPUT_FRAMES at 30 fps; ReadingStopped once `stop` is set."""
     rate = float(stream.average_rate or stream.guessed_rate or FPS)
     emitted = decoded = 0
     pending, pending_time, start = None, 0.0, None
     try:
         for frame in container.decode(stream):
+            stop_reading(stop)
             time = frame.time if frame.time is not None else decoded / rate
             start = time if start is None else start
             if pending is not None:
                 # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
                 # (containers round timestamps, to the millisecond in WebM).
-                count = 0
-                while (emitted + count + 0.25) / FPS < time - start:
-                    count += 1
+                count = max(0, math.ceil((time - start) * FPS - 0.25) - emitted)
+                if emitted + count > MAX_INPUT_FRAMES:
+                    raise too_long(name, f"a frame at {time - start:g} s", emitted + count)
                 yield pending, count
                 emitted += count
             pending, pending_time = frame, time - start
@@ -198,7 +245,10 @@ def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStre
         raise VideoInputError(f"{name} breaks after {plural(decoded, 'frame')} ({type(exc).__name__}); cut the video before that point") from None  # fmt: skip
     if pending is None:
         raise VideoInputError(f"{name} has no frames")
-    yield pending, max(0, max(1, round((pending_time + 1 / rate) * FPS)) - emitted)  # the last frame lasts 1/rate
+    last = max(0, max(1, round((pending_time + 1 / rate) * FPS)) - emitted)  # the last frame lasts 1/rate
+    if emitted + last > MAX_INPUT_FRAMES:
+        raise too_long(name, f"its last frame at {pending_time:g} s", emitted + last)
+    yield pending, last
 
 
 def too_short(name: str, frames: int, needed: int, why: str) -> VideoInputError:
@@ -211,6 +261,7 @@ def check_video(path: str | Path, needs: tuple[int, str] | None = None) -> None:
     video is the job's work), so a long video is checked as fast as a short one."""
     path = Path(path)
     with opened(path) as (container, stream):
+        check_length(path, container, stream)
         if needs is None:
             return
         frames = 0
@@ -226,16 +277,19 @@ def read_video(
     size_of: Callable[[np.ndarray], tuple[int, int]],
     tail: int,
     passed: Callable[[np.ndarray], None],
+    stop: threading.Event | None = None,
 ) -> InputVideo:
     """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame upright,
     resized and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are
-    kept; the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
+    kept; the ones before are handed to `passed` in order, so memory does not grow with the video's length.
+    ReadingStopped once `stop` is set (looked at before each frame is handed on: a held frame may be many)."""
     path = Path(path)
     kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
     size, first, shown, turn, emitted = (0, 0), None, (0, 0), UPRIGHT, 0
     with opened(path) as (container, stream):
+        check_length(path, container, stream)
         rate = float(stream.average_rate or stream.guessed_rate or FPS)
-        for frame, count in shown_at_30_fps(container, stream, path.name):
+        for frame, count in shown_at_30_fps(container, stream, path.name, stop):
             if first is None:  # the first frame's display matrix is the stream's; its upright size picks the bucket
                 turn = turn_of(frame)
             elif not count:
@@ -246,6 +300,7 @@ def read_video(
             image = resize_and_center_crop(rgb, size[1], size[0])
             first = image if first is None else first
             for _ in range(count):
+                stop_reading(stop)
                 if len(kept) == kept.maxlen:
                     passed(kept[0])
                 kept.append(image)

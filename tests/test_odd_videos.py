@@ -1,0 +1,93 @@
+"""Videos that are unusual rather than broken, and inputs that would expand without bound: a frame held for hours,
+a stop while an input is read, interlaced, cut short, variable-rate and HDR videos, and pictures past Pillow's limit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from framepack.media.reading import MAX_INPUT_FRAMES, ReadingStopped, VideoInputError, check_video, read_video
+
+
+def held_clip(path: Path, last: float, size: int = 16) -> Path:
+    """Three frames at 0 s, 1 s and `last` s (a few KB whatever `last` is): read at 30 fps, the second one is held
+    until `last`."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=1)
+        stream.width = stream.height = size
+        stream.pix_fmt, stream.time_base = "yuv420p", Fraction(1, 1000)
+        for index, seconds in enumerate((0, 1, last)):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 60 * index, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(seconds * 1000), Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def extend_cli(path: Path, tmp_path: Path) -> int:
+    from framepack.cli import main
+
+    return main(["extend", str(path), "--seconds", "1", "--prompt", "x", "--models", str(tmp_path / "no-models"),
+                 "--output-dir", str(tmp_path / "out"), "--quiet"])  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix, seconds", [(".mp4", 100_000), (".mkv", 100_000), (".mp4", 601)])
+def test_a_frame_held_for_hours_is_refused_before_any_model(tmp_path, capsys, suffix, seconds):
+    path = held_clip(tmp_path / f"held{suffix}", seconds)
+    assert path.stat().st_size < 4000
+    began = time.monotonic()
+    assert extend_cli(path, tmp_path) == 2
+    err = capsys.readouterr().err
+    total = seconds + 1  # the last frame lasts a second (the rate given)
+    assert err == (f"error: held{suffix} has 3 frames over {total:g} s: at 30 fps that is {round(total * 30)} frames, more "
+                   f"than the {MAX_INPUT_FRAMES} (10 minutes) an input video may have; cut it shorter first\n")  # fmt: skip
+    assert time.monotonic() - began < 5 and not (tmp_path / "out").exists()
+
+
+def test_a_file_whose_length_lies_is_stopped_at_the_limit_while_read(tmp_path, monkeypatch):
+    from framepack.media import reading
+
+    path = held_clip(tmp_path / "held.mkv", 100_000)
+    monkeypatch.setattr(reading, "seconds_of", lambda container, stream: None)  # as if the file said nothing
+    passed = []
+    with pytest.raises(VideoInputError, match=r"^held.mkv has a frame at 100000 s: at 30 fps that is 3000000 frames"):
+        read_video(path, lambda image: (16, 16), 1, passed.append)
+    assert len(passed) <= 30  # refused before the held frame was handed on
+
+
+def test_a_stop_while_reading_ends_the_reading_within_a_few_frames(tmp_path):
+    path = held_clip(tmp_path / "held.mp4", 500)  # allowed: 15,030 frames at 30 fps
+    check_video(path, (5, "two latent frames"))
+    stop, passed = threading.Event(), []
+
+    def hand_on(frame: np.ndarray) -> None:
+        passed.append(frame)
+        if len(passed) == 100:
+            stop.set()
+
+    with pytest.raises(ReadingStopped):
+        read_video(path, lambda image: (16, 16), 1, hand_on, stop)
+    assert len(passed) == 100
+
+
+def test_a_stop_while_an_extension_reads_its_input_ends_the_job_as_stopped(tiny_models, tmp_path):
+    from framepack.engine import extend_video
+    from framepack.events import Done, Status
+    from framepack.settings import Settings
+
+    path = held_clip(tmp_path / "held.mp4", 590, size=64)  # 17,730 frames at 30 fps: minutes to encode them all
+    settings = Settings(variant="original", total_second_length=0.4, latent_window_size=3, steps=1, resolution=128, prompt="x")
+    stop, asked = threading.Event(), None
+    for event in extend_video(tiny_models("original"), settings, path, tmp_path / "out", job_id="ext", stop=stop):
+        if isinstance(event, Status) and event.message == "Reading held.mp4":
+            threading.Timer(0.5, stop.set).start()
+            asked = time.monotonic()
+    assert isinstance(event, Done) and event.stopped and event.sections_done == 0 and event.video_path is None, event
+    assert time.monotonic() - asked < 5
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.*")), list((tmp_path / "out").rglob("*"))
