@@ -91,3 +91,60 @@ def test_a_stop_while_an_extension_reads_its_input_ends_the_job_as_stopped(tiny_
     assert isinstance(event, Done) and event.stopped and event.sections_done == 0 and event.video_path is None, event
     assert time.monotonic() - asked < 5
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.*")), list((tmp_path / "out").rglob("*"))
+
+
+# ------------------------------------------------------------------------------------------------ interlaced
+
+
+def interlaced_clip(path: Path, frames: int = 12) -> Path:
+    """A TV recording in miniature: top field first, each field taken at its own moment, so the bar moving right
+    stands in a different place on the even and the odd rows (the comb a woven picture shows)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "yuv420p", {"tff": "1", "crf": "0"}
+        stream.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+        for index in range(frames):
+            image = np.full((48, 64, 3), 30, np.uint8)
+            image[0::2, 8 + 4 * index : 16 + 4 * index] = 220  # the top field, then the bottom one 2 px further on
+            image[1::2, 10 + 4 * index : 18 + 4 * index] = 220
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def combing(frame: np.ndarray) -> float:
+    """How much each row differs from the mean of its neighbours: large where two fields are woven over motion."""
+    rows = frame.astype(float).mean(axis=2)
+    return float(np.abs(rows[1:-1] - (rows[:-2] + rows[2:]) / 2).mean())
+
+
+def test_an_interlaced_video_is_deinterlaced_and_said_so(tmp_path):
+    from helpers import make_clip
+
+    path = interlaced_clip(tmp_path / "tv.mp4")
+    with av.open(str(path)) as container:
+        woven = [(frame.interlaced_frame, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    assert all(flag for flag, _ in woven)  # PyAV wrote it interlaced, and reads it so
+    found = read_video(path, lambda image: image.shape[:2], 20, lambda frame: None)
+    assert found.facts.deinterlaced and len(found.tail) == found.frames == 14  # 12 frames at 25 fps: 14 at 30
+    for index in (1, 5, 10):
+        shown = found.tail[round(index * 30 / 25)]
+        assert combing(shown) < 0.3 * combing(woven[index][1]) and shown.max() > 200, index  # the bar, whole
+    progressive = read_video(make_clip(tmp_path / "plain.mp4", 6, 30, (64, 48)), lambda image: (48, 64), 1, lambda f: None)
+    assert not progressive.facts.deinterlaced
+
+
+def test_an_interlaced_extension_says_it_was_deinterlaced(tiny_models, tmp_path):
+    from framepack.engine import extend_video
+    from framepack.events import Done
+    from framepack.settings import Settings
+
+    path = interlaced_clip(tmp_path / "tv.mp4")
+    settings = Settings(variant="original", total_second_length=0.4, latent_window_size=3, steps=1, resolution=128, prompt="x")
+    events = list(extend_video(tiny_models("original"), settings, path, tmp_path / "out", job_id="ext", previews=False))
+    assert isinstance(events[-1], Done), events[-1]
+    assert "tv.mp4 is interlaced: its frames are deinterlaced (bwdif), as a player shows them" in [
+        getattr(event, "message", None) for event in events
+    ]

@@ -9,7 +9,7 @@ import contextlib
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -164,6 +164,7 @@ class InputVideo:
     first: np.ndarray
     tail: list[np.ndarray]
     turn: Turn = UPRIGHT
+    facts: Reading = field(default_factory=lambda: Reading())
 
 
 def plural(count: int, noun: str) -> str:
@@ -218,16 +219,59 @@ def too_long(name: str, what: str, shown: int) -> VideoInputError:
                            f"({MAX_INPUT_SECONDS // 60} minutes) an input video may have; cut it shorter first")  # fmt: skip
 
 
+@dataclass
+class Reading:
+    """What reading a video found besides its frames, for the job's notes."""
+
+    deinterlaced: bool = False  # its frames were interlaced: each was deinterlaced (DEINTERLACER)
+
+
+# bwdif (yadif's successor in FFmpeg): one frame out per frame in, only the frames marked interlaced are touched,
+# the field order read from each frame.
+DEINTERLACER = ("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+
+
+def deinterlaced(frames: Iterator[av.VideoFrame], stream: av.VideoStream, facts: Reading) -> Iterator[av.VideoFrame]:
+    """The frames as a player shows them: when the first is interlaced (a camcorder's or a TV recording's fields
+    woven into one picture, which combs wherever something moves), all go through DEINTERLACER; else as they are."""
+    graph = None
+    for frame in frames:
+        if graph is None:
+            if not frame.interlaced_frame:
+                yield frame
+                yield from frames
+                return
+            graph, facts.deinterlaced = av.filter.Graph(), True
+            source, sink = graph.add_buffer(template=stream), graph.add("buffersink")
+            source.link_to(worker := graph.add(*DEINTERLACER))
+            worker.link_to(sink)
+            graph.configure()
+        graph.vpush(frame)
+        yield from _pulled(graph)
+    if graph is not None:
+        graph.vpush(None)  # the filter holds a frame back (it looks at the next one): let it go
+        yield from _pulled(graph)
+
+
+def _pulled(graph: av.filter.Graph) -> Iterator[av.VideoFrame]:
+    while True:
+        try:
+            yield graph.vpull()
+        except (av.BlockingIOError, av.EOFError):  # it needs more input, or has given all
+            return
+
+
 def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str,
-                    stop: threading.Event | None = None) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
+                    stop: threading.Event | None = None, facts: Reading | None = None,
+                    ) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
     """Each decoded frame with how many frames at 30 fps show it (a frame shows until the next one's time; 0 for one
-    a faster video drops). VideoInputError for a video that breaks part way, has no frames or runs past
-    MAX_INPUT_FRAMES at 30 fps; ReadingStopped once `stop` is set."""
+    a faster video drops), interlaced ones deinterlaced; `facts` hears what was done. VideoInputError for a video
+    that breaks part way, has no frames or runs past MAX_INPUT_FRAMES at 30 fps; ReadingStopped once `stop` is set."""
     rate = float(stream.average_rate or stream.guessed_rate or FPS)
     emitted = decoded = 0
     pending, pending_time, start = None, 0.0, None
     try:
-        for frame in container.decode(stream):
+        for frame in deinterlaced(container.decode(stream), stream, facts if facts is not None else Reading()):
             stop_reading(stop)
             time = frame.time if frame.time is not None else decoded / rate
             start = time if start is None else start
@@ -285,11 +329,11 @@ def read_video(
     ReadingStopped once `stop` is set (looked at before each frame is handed on: a held frame may be many)."""
     path = Path(path)
     kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
-    size, first, shown, turn, emitted = (0, 0), None, (0, 0), UPRIGHT, 0
+    size, first, shown, turn, emitted, facts = (0, 0), None, (0, 0), UPRIGHT, 0, Reading()
     with opened(path) as (container, stream):
         check_length(path, container, stream)
         rate = float(stream.average_rate or stream.guessed_rate or FPS)
-        for frame, count in shown_at_30_fps(container, stream, path.name, stop):
+        for frame, count in shown_at_30_fps(container, stream, path.name, stop, facts):
             if first is None:  # the first frame's display matrix is the stream's; its upright size picks the bucket
                 turn = turn_of(frame)
             elif not count:
@@ -305,7 +349,7 @@ def read_video(
                     passed(kept[0])
                 kept.append(image)
             emitted += count
-    return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn)
+    return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn, facts)
 
 
 def extract_audio(source: str | Path, target: str | Path) -> Path | None:
