@@ -148,3 +148,84 @@ def test_an_interlaced_extension_says_it_was_deinterlaced(tiny_models, tmp_path)
     assert "tv.mp4 is interlaced: its frames are deinterlaced (bwdif), as a player shows them" in [
         getattr(event, "message", None) for event in events
     ]
+
+
+# ------------------------------------------------------------------------------------------------ cut short, variable rate
+
+
+def test_a_video_cut_short_gives_the_frames_before_the_cut_and_says_so(tiny_models, tmp_path):
+    from helpers import make_clip
+
+    from framepack.engine import extend_video
+    from framepack.events import Done
+    from framepack.settings import Settings
+
+    whole = make_clip(tmp_path / "whole.mkv", 90, 30, (64, 48), fmt="matroska", audio=True).read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(whole[: len(whole) // 2])  # a download or a copy that stopped half way
+    found = read_video(tmp_path / "cut.mkv", lambda image: image.shape[:2], 1, lambda frame: None)
+    decoded, seconds = found.facts.frames, f"{found.facts.seconds:.2f}"
+    assert found.facts.damaged and 30 < decoded < 80 and found.frames == round(found.facts.seconds * 30)
+    settings = Settings(variant="original", total_second_length=0.4, latent_window_size=3, steps=1, resolution=128, prompt="x")
+    events = list(extend_video(tiny_models("original"), settings, tmp_path / "cut.mkv", tmp_path / "out", job_id="ext", previews=False))
+    assert isinstance(events[-1], Done) and events[-1].frames == found.frames + 12, events[-1]
+    assert f"cut.mkv is damaged after {decoded} frames ({seconds} s): the frames before are used" in [
+        getattr(event, "message", None) for event in events
+    ]
+    # The whole file is not damaged; one cut before a usable length is refused, saying why.
+    (tmp_path / "whole.mkv").write_bytes(whole)
+    assert not read_video(tmp_path / "whole.mkv", lambda image: image.shape[:2], 1, lambda f: None).facts.damaged
+    (tmp_path / "stub.mkv").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(VideoInputError, match=rf"^stub.mkv is damaged after {decoded} frames \({seconds} s\): the frames "
+                                              rf"before are used, but stub.mkv has {found.frames} frames at 30 fps; "
+                                              r"extending it needs at least 100 \(a test\)$"):  # fmt: skip
+        check_video(tmp_path / "stub.mkv", (100, "a test"))
+
+
+def test_a_video_that_breaks_part_way_gives_the_frames_before(tmp_path):
+    from helpers import make_clip
+
+    # Motion JPEG in AVI: noise in the middle of the file breaks a frame there for sure (the decoder fails).
+    broken = make_clip(tmp_path / "broken.avi", 60, 30, (64, 48), codec="mjpeg", fmt="avi")
+    data = bytearray(broken.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + len(data) // 4] = np.random.default_rng(0).bytes(len(data) // 4)
+    broken.write_bytes(bytes(data))
+    found = read_video(broken, lambda image: image.shape[:2], 1, lambda frame: None)
+    assert found.facts.damaged and 10 < found.frames < 60
+
+
+def vfr_clip(path: Path, times: list[float]) -> Path:
+    """Frames at the given times (a phone's variable-rate recording), under a nominal rate of 1 fps."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=1)
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = 32, 32, "yuv420p", Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)  # the encoder keeps the milliseconds
+        for index, seconds in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * index, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(seconds * 1000), Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_variable_rate_video_reports_its_real_rate_and_its_last_frame_lasts_its_time(tiny_models, tmp_path, suffix):
+    from framepack.engine import extend_video
+    from framepack.events import Done
+    from framepack.settings import Settings
+
+    times = [0, 0.1, 0.15, 0.35, 0.4, 0.5, 0.7, 0.8, 0.85, 1.0]  # 10 frames, 1/10 to 1/20 s apart
+    path = vfr_clip(tmp_path / f"phone{suffix}", times)
+    found = read_video(path, lambda image: image.shape[:2], 40, lambda frame: None)
+    assert found.facts.variable and not found.facts.damaged
+    # The last frame is not held for the nominal rate's second: for its own duration or the average spacing.
+    assert 31 <= found.frames <= 34, found.frames
+    assert abs(found.fps - 10 / (found.frames / 30)) < 0.5
+    shown = [sum(t <= (k + 0.25) / 30 for t in times) - 1 for k in range(found.frames)]  # each for as long as it lasts
+    assert [round(frame.mean() / 20) for frame in found.tail] == shown
+    settings = Settings(variant="original", total_second_length=0.4, latent_window_size=3, steps=1, resolution=128, prompt="x")
+    events = list(extend_video(tiny_models("original"), settings, path, tmp_path / "out", job_id="ext", previews=False))
+    assert isinstance(events[-1], Done), events[-1]
+    notes = [getattr(event, "message", "") for event in events]
+    assert f"phone{suffix} has a variable frame rate (5 to 20 fps, {found.fps:.2f} on average): its frames are shown at " \
+           "30 fps, each for as long as it lasts" in notes  # fmt: skip
+    assert not any("runs at" in note for note in notes)

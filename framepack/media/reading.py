@@ -224,11 +224,38 @@ class Reading:
     """What reading a video found besides its frames, for the job's notes."""
 
     deinterlaced: bool = False  # its frames were interlaced: each was deinterlaced (DEINTERLACER)
+    frames: int = 0  # decoded (not at 30 fps)
+    seconds: float = 0.0  # from the first frame's start to the last one's end
+    gaps: tuple[float, float] = (0.0, 0.0)  # the shortest and longest time between two frames' starts
+    damaged: bool = False  # the file breaks (or ends) after `frames` frames, `seconds` in: the frames before are used
+    packets_end: float = 0.0  # where the packets of all streams end, in seconds: a file cut short ends early
+
+    @property
+    def average_rate(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def variable(self) -> bool:
+        """Frames not evenly spaced, beyond a container's rounding of timestamps (to the millisecond in WebM)."""
+        shortest, longest = self.gaps
+        return self.frames > 2 and longest - shortest > max(0.0021, 0.05 * longest)
 
 
 # bwdif (yadif's successor in FFmpeg): one frame out per frame in, only the frames marked interlaced are touched,
 # the field order read from each frame.
 DEINTERLACER = ("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+
+
+def decoded(container: av.container.InputContainer, stream: av.VideoStream, facts: Reading) -> Iterator[av.VideoFrame]:
+    """The stream's frames, demuxed with the file's other streams so that `facts.packets_end` says where the file
+    really ends (a file cut short ends before the length its header gives, in every stream)."""
+    start = (container.start_time or 0) / av.time_base
+    for packet in container.demux():
+        if packet.pts is not None and packet.time_base:
+            end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start
+            facts.packets_end = max(facts.packets_end, end)
+        if packet.stream.index == stream.index:
+            yield from packet.decode()  # the empty packet at the end flushes the decoder
 
 
 def deinterlaced(frames: Iterator[av.VideoFrame], stream: av.VideoStream, facts: Reading) -> Iterator[av.VideoFrame]:
@@ -265,17 +292,21 @@ def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStre
                     stop: threading.Event | None = None, facts: Reading | None = None,
                     ) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
     """Each decoded frame with how many frames at 30 fps show it (a frame shows until the next one's time; 0 for one
-    a faster video drops), interlaced ones deinterlaced; `facts` hears what was done. VideoInputError for a video
-    that breaks part way, has no frames or runs past MAX_INPUT_FRAMES at 30 fps; ReadingStopped once `stop` is set."""
+    a faster video drops; the last one for its own duration), interlaced ones deinterlaced; `facts` hears what was
+    found. A file that breaks or ends early gives the frames before (`facts.damaged`). VideoInputError for a video
+    damaged from its start, without frames or running past MAX_INPUT_FRAMES at 30 fps; ReadingStopped once `stop`
+    is set."""
+    facts = facts if facts is not None else Reading()
     rate = float(stream.average_rate or stream.guessed_rate or FPS)
-    emitted = decoded = 0
-    pending, pending_time, start = None, 0.0, None
+    emitted = 0
+    pending, pending_time, start, shortest, longest = None, 0.0, None, math.inf, 0.0
     try:
-        for frame in deinterlaced(container.decode(stream), stream, facts if facts is not None else Reading()):
+        for frame in deinterlaced(decoded(container, stream, facts), stream, facts):
             stop_reading(stop)
-            time = frame.time if frame.time is not None else decoded / rate
+            time = frame.time if frame.time is not None else facts.frames / rate
             start = time if start is None else start
             if pending is not None:
+                shortest, longest = min(shortest, time - start - pending_time), max(longest, time - start - pending_time)
                 # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
                 # (containers round timestamps, to the millisecond in WebM).
                 count = max(0, math.ceil((time - start) * FPS - 0.25) - emitted)
@@ -284,15 +315,31 @@ def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStre
                 yield pending, count
                 emitted += count
             pending, pending_time = frame, time - start
-            decoded += 1
-    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
-        raise VideoInputError(f"{name} breaks after {plural(decoded, 'frame')} ({type(exc).__name__}); cut the video before that point") from None  # fmt: skip
+            facts.frames += 1
+    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way: the frames before are used
+        if pending is None:
+            raise VideoInputError(f"{name} is damaged from its start ({type(exc).__name__})") from None
+        facts.damaged = True
     if pending is None:
         raise VideoInputError(f"{name} has no frames")
-    last = max(0, max(1, round((pending_time + 1 / rate) * FPS)) - emitted)  # the last frame lasts 1/rate
+    # The last frame lasts as long as it says, unless that is longer than any gap between the frames (a muxer's
+    # guess from a nominal rate, which a variable-rate video's may be far from): then as long as the frames before
+    # it on average. A single frame lasts 1/rate without a duration of its own.
+    own = float(pending.duration * pending.time_base) if pending.duration and pending.time_base else 0.0
+    average = pending_time / (facts.frames - 1) if facts.frames > 1 else 1 / rate
+    lasts = own if own and (facts.frames == 1 or own <= longest + 0.0021) else average
+    facts.seconds, facts.gaps = pending_time + lasts, (shortest, longest) if facts.frames > 1 else (lasts, lasts)
+    declared = seconds_of(container, stream)
+    if declared is not None and declared - max(facts.packets_end, facts.seconds) > max(0.5, 2 * lasts):
+        facts.damaged = True  # the header's length was written when the file was whole
+    last = max(0, max(1, round(facts.seconds * FPS)) - emitted)
     if emitted + last > MAX_INPUT_FRAMES:
         raise too_long(name, f"its last frame at {pending_time:g} s", emitted + last)
     yield pending, last
+
+
+def damage_note(name: str, facts: Reading) -> str:
+    return f"{name} is damaged after {plural(facts.frames, 'frame')} ({facts.seconds:.2f} s): the frames before are used"
 
 
 def too_short(name: str, frames: int, needed: int, why: str) -> VideoInputError:
@@ -308,12 +355,13 @@ def check_video(path: str | Path, needs: tuple[int, str] | None = None) -> None:
         check_length(path, container, stream)
         if needs is None:
             return
-        frames = 0
-        for _, count in shown_at_30_fps(container, stream, path.name):
+        frames, facts = 0, Reading()
+        for _, count in shown_at_30_fps(container, stream, path.name, facts=facts):
             frames += count
             if frames >= needs[0]:
                 return
-        raise too_short(path.name, frames, *needs)
+        error = too_short(path.name, frames, *needs)
+        raise VideoInputError(f"{damage_note(path.name, facts)}, but {error}") if facts.damaged else error
 
 
 def read_video(
@@ -349,6 +397,7 @@ def read_video(
                     passed(kept[0])
                 kept.append(image)
             emitted += count
+    rate = facts.average_rate if facts.variable else rate  # a variable rate's nominal one may be far from it
     return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn, facts)
 
 
