@@ -229,3 +229,33 @@ def test_a_variable_rate_video_reports_its_real_rate_and_its_last_frame_lasts_it
     assert f"phone{suffix} has a variable frame rate (5 to 20 fps, {found.fps:.2f} on average): its frames are shown at " \
            "30 fps, each for as long as it lasts" in notes  # fmt: skip
     assert not any("runs at" in note for note in notes)
+
+
+# ------------------------------------------------------------------------------------------------ HDR
+
+
+def hdr_clip(path: Path, transfer: int) -> Path:
+    """A clip tagged HDR: BT.2020 primaries and matrix, the PQ (16) or HLG (18) transfer."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        context = stream.codec_context
+        context.color_trc, context.color_primaries, context.colorspace = transfer, 9, 9
+        for index in range(8):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 100, np.uint8), format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("transfer, name", [(16, "PQ"), (18, "HLG")])
+def test_an_hdr_video_is_refused_before_any_model_in_one_line(tmp_path, capsys, transfer, name):
+    path = hdr_clip(tmp_path / "hdr.mov", transfer)
+    assert extend_cli(path, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: hdr.mov is HDR ({name}); convert it to SDR first, e.g. ffmpeg -i hdr.mov ") and err.count("\n") == 1
+    assert "zscale" not in av.filter.filters_available  # were it there, the reader would tone-map instead
+    with pytest.raises(VideoInputError, match=rf"^hdr.mov is HDR \({name}\)"):
+        read_video(path, lambda image: image.shape[:2], 1, lambda frame: None)
+    check_video(hdr_clip(tmp_path / "sdr.mov", 1), (5, "two latent frames"))  # BT.709: as any video

@@ -214,6 +214,20 @@ def check_length(path: Path, container: av.container.InputContainer, stream: av.
     raise too_long(path.name, f"{plural(frames, 'frame')} over {seconds:g} s", round(seconds * FPS))
 
 
+# HDR transfers (AVCOL_TRC_*): PQ (HDR10, Dolby Vision's base) and HLG (phones' and broadcasters' HDR).
+HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
+
+def check_dynamic_range(name: str, stream: av.VideoStream) -> None:
+    """VideoInputError for an HDR video: read as SDR its colours come out washed out and dim, and tone-mapping it
+    needs libavfilter's zscale (libzimg), which PyAV's FFmpeg does not have."""
+    if (transfer := HDR_TRANSFERS.get(int(stream.codec_context.color_trc or 0))) is None:
+        return
+    raise VideoInputError(f"{name} is HDR ({transfer}); convert it to SDR first, e.g. ffmpeg -i {name} -vf "
+                          "zscale=t=linear:npl=100,format=gbrpf32le,tonemap=hable,zscale=p=bt709:t=bt709:m=bt709,"
+                          "format=yuv420p sdr.mp4, or export it as SDR (Rec. 709) from the phone or editor")  # fmt: skip
+
+
 def too_long(name: str, what: str, shown: int) -> VideoInputError:
     return VideoInputError(f"{name} has {what}: at 30 fps that is {shown} frames, more than the {MAX_INPUT_FRAMES} "
                            f"({MAX_INPUT_SECONDS // 60} minutes) an input video may have; cut it shorter first")  # fmt: skip
@@ -353,6 +367,7 @@ def check_video(path: str | Path, needs: tuple[int, str] | None = None) -> None:
     path = Path(path)
     with opened(path) as (container, stream):
         check_length(path, container, stream)
+        check_dynamic_range(path.name, stream)
         if needs is None:
             return
         frames, facts = 0, Reading()
@@ -380,6 +395,7 @@ def read_video(
     size, first, shown, turn, emitted, facts = (0, 0), None, (0, 0), UPRIGHT, 0, Reading()
     with opened(path) as (container, stream):
         check_length(path, container, stream)
+        check_dynamic_range(path.name, stream)
         rate = float(stream.average_rate or stream.guessed_rate or FPS)
         for frame, count in shown_at_30_fps(container, stream, path.name, stop, facts):
             if first is None:  # the first frame's display matrix is the stream's; its upright size picks the bucket
