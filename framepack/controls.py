@@ -141,11 +141,11 @@ def prepare_images(inputs: JobInputs, settings: Settings) -> JobImages:
         height, width = target_size(np.zeros((1, 1, 3), np.uint8), settings.resolution, settings.height, settings.width)
         start = blank_image(inputs.blank_start, height, width, settings.seed)
     else:
-        start = load_image(inputs.image)
+        start = load_image(inputs.image, notes)
         height, width = target_size(start, settings.resolution, settings.height, settings.width)
         start = fit(start, inputs.image, "the start image")
-    end = None if inputs.end_image is None else fit(load_image(inputs.end_image), inputs.end_image, "the end image")
-    keyframes = tuple((k.seconds, fit(load_image(k.image), k.image, f"the keyframe at {k.seconds:g} s")) for k in inputs.keyframes)
+    end = None if inputs.end_image is None else fit(load_image(inputs.end_image, notes), inputs.end_image, "the end image")
+    keyframes = tuple((k.seconds, fit(load_image(k.image, notes), k.image, f"the keyframe at {k.seconds:g} s")) for k in inputs.keyframes)
     return JobImages(start, end, keyframes, tuple(notes))
 
 

@@ -7,6 +7,7 @@ after the current sampler step and leaves a playable video of the sections that 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ..jobs.paths import (
     working_on,
 )
 from ..lora import LoraSpec
+from ..media.reading import ReadingStopped
 from ..models import ModelSet
 from ..settings import Settings, SettingsError
 from .errors import guarded
@@ -86,7 +88,8 @@ def extend_video(
     start of the added part. See `framepack.engine.starts.video_start` for the context each model gets."""
     paths = JobPaths(Path(output_dir), job_id or new_job_id())
     inputs = JobInputs(None, end_image, tuple(keyframes), loras=tuple(loras))
-    start = lambda: video_start(models, settings, Path(video), inputs, paths, owner)  # noqa: E731
+    stop = stop or threading.Event()  # the same one for the reading and the sections: a stop while reading ends it
+    start = lambda: video_start(models, settings, Path(video), inputs, paths, owner, stop)  # noqa: E731
     yield from _run(models, paths, start, stop, previews, variant=settings.variant, announce=f"Reading {Path(video).name}")
 
 
@@ -109,7 +112,14 @@ def _run(
         def started() -> Iterator[Event]:
             if announce:
                 yield Status(announce)
-            yield from run_sections(models, start(), paths, stop or threading.Event(), previews)
+            began = time.perf_counter()
+            try:
+                begun = start()
+            except ReadingStopped:  # stopped while its input was read: nothing was made, nothing is kept
+                yield Done(video_path=None, latents_path=None, frames=0, seconds=0.0, sections_done=0, stopped=True,
+                           elapsed=time.perf_counter() - began, attention=models.attention)  # fmt: skip
+                return
+            yield from run_sections(models, begun, paths, stop or threading.Event(), previews)
 
         yield from _locked(paths, started)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..loading import phase
 from ..lora import LoraSpec, specs_from_record
 from ..media.images import target_size
 from ..media.mp4 import Mp4Encoder, SegmentedVideo, trim_mp4
-from ..media.reading import extract_audio, read_video, too_short
+from ..media.reading import DEINTERLACER, damage_note, extract_audio, read_video, too_short
 from ..models import ModelSet
 from ..packing import CONTEXT_FRAMES, LatentHistory, plan_sections
 from ..settings import EPSILON, FPS, Settings, SettingsError, parse_timed_prompt
@@ -188,11 +189,15 @@ def extension_needs(settings: Settings) -> tuple[int, str]:
     return MIN_VIDEO_FRAMES, "two latent frames"
 
 
-def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInputs, paths: JobPaths, owner: str) -> JobStart:
+def video_start(
+    models: ModelSet, settings: Settings, video: Any, inputs: JobInputs, paths: JobPaths, owner: str,
+    stop: threading.Event | None = None,
+) -> JobStart:  # fmt: skip
     """The extension job's state before its first section: the input's frames encoded once into the first segment
     as they are decoded (only the last ones stay in memory), its sound, and for F1 the frames to blend into and the
     latents of the last ones. F1 continues from the video's last frames with its first frame in the start slot; the
-    original model generates towards the video with its last frame in the start slot."""
+    original model generates towards the video with its last frame in the start slot. A `stop` while the video is
+    read raises ReadingStopped, the segment begun removed (the job has made nothing yet)."""
     forwards = settings.variant == "f1"
     overlap = settings.frames_per_section
     # F1 packs up to 19 latent frames of history and decodes the last window with the first new one.
@@ -206,7 +211,7 @@ def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInp
         encoder.add(frame)
 
     try:
-        found = read_video(video, lambda image: target_size(image, settings.resolution, settings.height, settings.width), tail, passed)
+        found = read_video(video, lambda image: target_size(image, settings.resolution, settings.height, settings.width), tail, passed, stop)
         needed, why = extension_needs(settings)
         if found.frames < needed:  # checked before the job was queued; the file may have changed since
             raise too_short(video.name, found.frames, needed, why)
@@ -221,8 +226,16 @@ def video_start(models: ModelSet, settings: Settings, video: Any, inputs: JobInp
     notes = [f"{video.name}: {found.frames} frames at 30 fps, {found.width}x{found.height} -> {kept.shape[2]}x{kept.shape[1]}"]
     if turned := found.turn.describe():
         notes.append(f"{video.name} is shown {turned} (its display matrix): its frames are read that way up")
-    if abs(found.fps - FPS) > 0.01:
+    if found.facts.deinterlaced:
+        notes.append(f"{video.name} is interlaced: its frames are deinterlaced ({DEINTERLACER[0]}), as a player shows them")
+    if found.facts.variable:
+        shortest, longest = (round(1 / gap, 2) if gap > 0 else 0 for gap in found.facts.gaps)
+        notes.append(f"{video.name} has a variable frame rate ({longest:g} to {shortest:g} fps, {found.fps:.2f} on average): "
+                     "its frames are shown at 30 fps, each for as long as it lasts")  # fmt: skip
+    elif abs(found.fps - FPS) > 0.01:
         notes.append(f"{video.name} runs at {found.fps:g} fps: its frames are shown at 30 fps, each for as long as it lasts")
+    if found.facts.damaged:
+        notes.append(damage_note(video.name, found.facts))
     audio = extract_audio(video, paths.parts_dir / INPUT_AUDIO)
     open_frames = None
     if forwards:

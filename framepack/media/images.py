@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +80,65 @@ class ImageError(ValueError):
     """The input image cannot be used; the message says why in one line."""
 
 
-def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+# The most pixels an image file is decoded at (64 MP: 192 MB as RGB; Pillow's own limit, if lower, counts too). A
+# JPEG over it is decoded reduced by its DCT scaling (1/2 to 1/8, cheaper than a full decode); any other is refused
+# from its header, before a pixel is decoded. The video is at most a few megapixels: nothing is lost.
+IMAGE_PIXEL_BUDGET = 64_000_000
+
+
+def pixel_budget() -> int:
+    return min(IMAGE_PIXEL_BUDGET, Image.MAX_IMAGE_PIXELS or IMAGE_PIXEL_BUDGET)
+
+
+def open_header(path: str | Path) -> Image.Image:
+    """The image file opened (its header read, no pixel decoded), whatever its size: Pillow's own open refuses one
+    past twice its pixel limit as a "decompression bomb" before we can decode it reduced."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError:
+        if not isinstance(path, (str, Path)):  # a stream: refused as Pillow refuses it
+            raise
+    Image.init()
+    with open(path, "rb") as probe:
+        prefix = probe.read(16)
+    for format_id in Image.ID:  # as Image.open tries its plugins, without the size check
+        factory, accept = Image.OPEN[format_id]
+        if accept is None or accept(prefix):
+            handle = open(path, "rb")  # noqa: SIM115 (the image keeps it until it is loaded)
+            try:
+                return factory(handle, str(path))
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                handle.close()
+    raise OSError("cannot identify image file")
+
+
+def within_budget(pil: Image.Image, name: str, notes: list[str] | None) -> Image.Image:
+    """The opened image ready to decode in at most pixel_budget() pixels: a bigger JPEG reduced by its DCT scaling
+    (said in `notes`), any other bigger one refused (ImageError), neither decoded yet."""
+    budget, (width, height) = pixel_budget(), pil.size
+    if width * height <= budget:
+        return pil
+    if pil.format == "JPEG":
+        factor = 2 ** math.ceil(math.log2(math.sqrt(width * height / budget)))  # draft scales by 1/2, 1/4 or 1/8
+        if factor <= 8:
+            pil.draft(pil.mode, (math.ceil(width / factor), math.ceil(height / factor)))
+            if notes is not None:
+                notes.append(f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP): it is read reduced to {pil.width}x{pil.height}")
+            return pil
+    pil.close()
+    raise ImageError(f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP), more than the {budget / 1e6:g} MP "
+                     "this app decodes; save it smaller first")  # fmt: skip
+
+
+def load_image(source: str | Path | Image.Image | np.ndarray, notes: list[str] | None = None) -> np.ndarray:
     """Any image a user may give (path, PIL image or array) as RGB uint8 HxWx3.
 
     Photos (HEIC/HEIF too) are turned upright by their EXIF orientation and converted to sRGB by their ICC
     profile, transparency is composited on white, animated images give their first frame and 16-bit or palette
-    images are converted.
+    images are converted. A file past the pixel budget is read reduced or refused (`within_budget`); what was done
+    is said in `notes`.
     """
     if isinstance(source, np.ndarray):
         array = source
@@ -99,10 +155,12 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
         if isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
             raise ImageError(f"{Path(source).name} is empty")  # PIL would say it cannot identify it
         try:
-            pil = Image.open(source)
+            pil = within_budget(open_header(source), Path(str(source)).name, notes)
             pil.load()
         except FileNotFoundError:
             raise ImageError(f"image file not found: {Path(str(source)).name}") from None
+        except ImageError:  # past the pixel budget: its own line
+            raise
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{Path(str(source)).name} has too many pixels to read safely ({exc})") from None
         except (OSError, SyntaxError, ValueError) as exc:

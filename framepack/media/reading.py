@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -131,6 +133,22 @@ class VideoInputError(ValueError):
     """A video given to extend cannot be used; the message names the file and says why, in one line."""
 
 
+class ReadingStopped(Exception):
+    """A stop was requested while an input video was being read: the job ends as stopped, having made nothing."""
+
+
+# The longest an input video may be: it is read at 30 fps, a frame held until the next one's time, so a file of a
+# few frames far apart (0 s, 1 s, 3 hours) would otherwise expand to millions of frames. Ten minutes is 18,000.
+MAX_INPUT_SECONDS = 600
+MAX_INPUT_FRAMES = MAX_INPUT_SECONDS * FPS
+
+
+def stop_reading(stop: threading.Event | None) -> None:
+    """Raise ReadingStopped if a stop was requested (called every few frames wherever an input is read)."""
+    if stop is not None and stop.is_set():
+        raise ReadingStopped()
+
+
 @dataclass
 class InputVideo:
     """What reading an input video found: its frame rate, how many frames it has at 30 fps, its size as shown,
@@ -146,6 +164,7 @@ class InputVideo:
     first: np.ndarray
     tail: list[np.ndarray]
     turn: Turn = UPRIGHT
+    facts: Reading = field(default_factory=lambda: Reading())
 
 
 def plural(count: int, noun: str) -> str:
@@ -173,32 +192,168 @@ def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoSt
         yield container, stream
 
 
-def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str
+def seconds_of(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """How long the file says its picture lasts (the container's duration, else the stream's); None if unsaid."""
+    if container.duration:
+        return container.duration / av.time_base
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def check_length(path: Path, container: av.container.InputContainer, stream: av.VideoStream) -> None:
+    """VideoInputError for a video longer than MAX_INPUT_SECONDS, from what its file says (no frame is decoded; the
+    packets are counted only for the refusal's line). The reader enforces the limit too, for a file that lies."""
+    seconds = seconds_of(container, stream)
+    if seconds is None or seconds * FPS <= MAX_INPUT_FRAMES + 0.5:
+        return
+    frames = stream.frames
+    if not frames:  # MKV and WebM do not count them: count the packets (no decoding)
+        with av.open(str(path)) as again:
+            frames = sum(1 for packet in again.demux(again.streams.video[stream.index]) if packet.size)
+    raise too_long(path.name, f"{plural(frames, 'frame')} over {seconds:g} s", round(seconds * FPS))
+
+
+# HDR transfers (AVCOL_TRC_*): PQ (HDR10, Dolby Vision's base) and HLG (phones' and broadcasters' HDR).
+HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
+
+def check_dynamic_range(name: str, stream: av.VideoStream) -> None:
+    """VideoInputError for an HDR video: read as SDR its colours come out washed out and dim, and tone-mapping it
+    needs libavfilter's zscale (libzimg), which PyAV's FFmpeg does not have."""
+    if (transfer := HDR_TRANSFERS.get(int(stream.codec_context.color_trc or 0))) is None:
+        return
+    raise VideoInputError(f"{name} is HDR ({transfer}); convert it to SDR first, e.g. ffmpeg -i {name} -vf "
+                          "zscale=t=linear:npl=100,format=gbrpf32le,tonemap=hable,zscale=p=bt709:t=bt709:m=bt709,"
+                          "format=yuv420p sdr.mp4, or export it as SDR (Rec. 709) from the phone or editor")  # fmt: skip
+
+
+def too_long(name: str, what: str, shown: int) -> VideoInputError:
+    return VideoInputError(f"{name} has {what}: at 30 fps that is {shown} frames, more than the {MAX_INPUT_FRAMES} "
+                           f"({MAX_INPUT_SECONDS // 60} minutes) an input video may have; cut it shorter first")  # fmt: skip
+
+
+@dataclass
+class Reading:
+    """What reading a video found besides its frames, for the job's notes."""
+
+    deinterlaced: bool = False  # its frames were interlaced: each was deinterlaced (DEINTERLACER)
+    frames: int = 0  # decoded (not at 30 fps)
+    seconds: float = 0.0  # from the first frame's start to the last one's end
+    gaps: tuple[float, float] = (0.0, 0.0)  # the shortest and longest time between two frames' starts
+    damaged: bool = False  # the file breaks (or ends) after `frames` frames, `seconds` in: the frames before are used
+    packets_end: float = 0.0  # where the packets of all streams end, in seconds: a file cut short ends early
+
+    @property
+    def average_rate(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def variable(self) -> bool:
+        """Frames not evenly spaced, beyond a container's rounding of timestamps (to the millisecond in WebM)."""
+        shortest, longest = self.gaps
+        return self.frames > 2 and longest - shortest > max(0.0021, 0.05 * longest)
+
+
+# bwdif (yadif's successor in FFmpeg): one frame out per frame in, only the frames marked interlaced are touched,
+# the field order read from each frame.
+DEINTERLACER = ("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+
+
+def decoded(container: av.container.InputContainer, stream: av.VideoStream, facts: Reading) -> Iterator[av.VideoFrame]:
+    """The stream's frames, demuxed with the file's other streams so that `facts.packets_end` says where the file
+    really ends (a file cut short ends before the length its header gives, in every stream)."""
+    start = (container.start_time or 0) / av.time_base
+    for packet in container.demux():
+        if packet.pts is not None and packet.time_base:
+            end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start
+            facts.packets_end = max(facts.packets_end, end)
+        if packet.stream.index == stream.index:
+            yield from packet.decode()  # the empty packet at the end flushes the decoder
+
+
+def deinterlaced(frames: Iterator[av.VideoFrame], stream: av.VideoStream, facts: Reading) -> Iterator[av.VideoFrame]:
+    """The frames as a player shows them: when the first is interlaced (a camcorder's or a TV recording's fields
+    woven into one picture, which combs wherever something moves), all go through DEINTERLACER; else as they are."""
+    graph = None
+    for frame in frames:
+        if graph is None:
+            if not frame.interlaced_frame:
+                yield frame
+                yield from frames
+                return
+            graph, facts.deinterlaced = av.filter.Graph(), True
+            source, sink = graph.add_buffer(template=stream), graph.add("buffersink")
+            source.link_to(worker := graph.add(*DEINTERLACER))
+            worker.link_to(sink)
+            graph.configure()
+        graph.vpush(frame)
+        yield from _pulled(graph)
+    if graph is not None:
+        graph.vpush(None)  # the filter holds a frame back (it looks at the next one): let it go
+        yield from _pulled(graph)
+
+
+def _pulled(graph: av.filter.Graph) -> Iterator[av.VideoFrame]:
+    while True:
+        try:
+            yield graph.vpull()
+        except (av.BlockingIOError, av.EOFError):  # it needs more input, or has given all
+            return
+
+
+def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str,
+                    stop: threading.Event | None = None, facts: Reading | None = None,
                     ) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
     """Each decoded frame with how many frames at 30 fps show it (a frame shows until the next one's time; 0 for one
-    a faster video drops). VideoInputError for a video that breaks part way or has no frames."""
+    a faster video drops; the last one for its own duration), interlaced ones deinterlaced; `facts` hears what was
+    found. A file that breaks or ends early gives the frames before (`facts.damaged`). VideoInputError for a video
+    damaged from its start, without frames or running past MAX_INPUT_FRAMES at 30 fps; ReadingStopped once `stop`
+    is set."""
+    facts = facts if facts is not None else Reading()
     rate = float(stream.average_rate or stream.guessed_rate or FPS)
-    emitted = decoded = 0
-    pending, pending_time, start = None, 0.0, None
+    emitted = 0
+    pending, pending_time, start, shortest, longest = None, 0.0, None, math.inf, 0.0
     try:
-        for frame in container.decode(stream):
-            time = frame.time if frame.time is not None else decoded / rate
+        for frame in deinterlaced(decoded(container, stream, facts), stream, facts):
+            stop_reading(stop)
+            time = frame.time if frame.time is not None else facts.frames / rate
             start = time if start is None else start
             if pending is not None:
+                shortest, longest = min(shortest, time - start - pending_time), max(longest, time - start - pending_time)
                 # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
                 # (containers round timestamps, to the millisecond in WebM).
-                count = 0
-                while (emitted + count + 0.25) / FPS < time - start:
-                    count += 1
+                count = max(0, math.ceil((time - start) * FPS - 0.25) - emitted)
+                if emitted + count > MAX_INPUT_FRAMES:
+                    raise too_long(name, f"a frame at {time - start:g} s", emitted + count)
                 yield pending, count
                 emitted += count
             pending, pending_time = frame, time - start
-            decoded += 1
-    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way
-        raise VideoInputError(f"{name} breaks after {plural(decoded, 'frame')} ({type(exc).__name__}); cut the video before that point") from None  # fmt: skip
+            facts.frames += 1
+    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way: the frames before are used
+        if pending is None:
+            raise VideoInputError(f"{name} is damaged from its start ({type(exc).__name__})") from None
+        facts.damaged = True
     if pending is None:
         raise VideoInputError(f"{name} has no frames")
-    yield pending, max(0, max(1, round((pending_time + 1 / rate) * FPS)) - emitted)  # the last frame lasts 1/rate
+    # The last frame lasts as long as it says, unless that is longer than any gap between the frames (a muxer's
+    # guess from a nominal rate, which a variable-rate video's may be far from): then as long as the frames before
+    # it on average. A single frame lasts 1/rate without a duration of its own.
+    own = float(pending.duration * pending.time_base) if pending.duration and pending.time_base else 0.0
+    average = pending_time / (facts.frames - 1) if facts.frames > 1 else 1 / rate
+    lasts = own if own and (facts.frames == 1 or own <= longest + 0.0021) else average
+    facts.seconds, facts.gaps = pending_time + lasts, (shortest, longest) if facts.frames > 1 else (lasts, lasts)
+    declared = seconds_of(container, stream)
+    if declared is not None and declared - max(facts.packets_end, facts.seconds) > max(0.5, 2 * lasts):
+        facts.damaged = True  # the header's length was written when the file was whole
+    last = max(0, max(1, round(facts.seconds * FPS)) - emitted)
+    if emitted + last > MAX_INPUT_FRAMES:
+        raise too_long(name, f"its last frame at {pending_time:g} s", emitted + last)
+    yield pending, last
+
+
+def damage_note(name: str, facts: Reading) -> str:
+    return f"{name} is damaged after {plural(facts.frames, 'frame')} ({facts.seconds:.2f} s): the frames before are used"
 
 
 def too_short(name: str, frames: int, needed: int, why: str) -> VideoInputError:
@@ -211,14 +366,17 @@ def check_video(path: str | Path, needs: tuple[int, str] | None = None) -> None:
     video is the job's work), so a long video is checked as fast as a short one."""
     path = Path(path)
     with opened(path) as (container, stream):
+        check_length(path, container, stream)
+        check_dynamic_range(path.name, stream)
         if needs is None:
             return
-        frames = 0
-        for _, count in shown_at_30_fps(container, stream, path.name):
+        frames, facts = 0, Reading()
+        for _, count in shown_at_30_fps(container, stream, path.name, facts=facts):
             frames += count
             if frames >= needs[0]:
                 return
-        raise too_short(path.name, frames, *needs)
+        error = too_short(path.name, frames, *needs)
+        raise VideoInputError(f"{damage_note(path.name, facts)}, but {error}") if facts.damaged else error
 
 
 def read_video(
@@ -226,16 +384,20 @@ def read_video(
     size_of: Callable[[np.ndarray], tuple[int, int]],
     tail: int,
     passed: Callable[[np.ndarray], None],
+    stop: threading.Event | None = None,
 ) -> InputVideo:
     """Decode a video once, start to end, at 30 fps (a frame shows until the next one's time), each frame upright,
     resized and cropped to the (height, width) `size_of` gives for the first one. Only the last `tail` frames are
-    kept; the ones before are handed to `passed` in order, so memory does not grow with the video's length."""
+    kept; the ones before are handed to `passed` in order, so memory does not grow with the video's length.
+    ReadingStopped once `stop` is set (looked at before each frame is handed on: a held frame may be many)."""
     path = Path(path)
     kept: collections.deque[np.ndarray] = collections.deque(maxlen=tail)
-    size, first, shown, turn, emitted = (0, 0), None, (0, 0), UPRIGHT, 0
+    size, first, shown, turn, emitted, facts = (0, 0), None, (0, 0), UPRIGHT, 0, Reading()
     with opened(path) as (container, stream):
+        check_length(path, container, stream)
+        check_dynamic_range(path.name, stream)
         rate = float(stream.average_rate or stream.guessed_rate or FPS)
-        for frame, count in shown_at_30_fps(container, stream, path.name):
+        for frame, count in shown_at_30_fps(container, stream, path.name, stop, facts):
             if first is None:  # the first frame's display matrix is the stream's; its upright size picks the bucket
                 turn = turn_of(frame)
             elif not count:
@@ -246,11 +408,13 @@ def read_video(
             image = resize_and_center_crop(rgb, size[1], size[0])
             first = image if first is None else first
             for _ in range(count):
+                stop_reading(stop)
                 if len(kept) == kept.maxlen:
                     passed(kept[0])
                 kept.append(image)
             emitted += count
-    return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn)
+    rate = facts.average_rate if facts.variable else rate  # a variable rate's nominal one may be far from it
+    return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn, facts)
 
 
 def extract_audio(source: str | Path, target: str | Path) -> Path | None:
