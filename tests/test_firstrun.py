@@ -178,3 +178,16 @@ def test_generate_offline_with_an_empty_cache_says_what_to_fetch(tmp_path):
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "hf download" in last and str(tmp_path) in last
+
+
+def test_without_symlinks_the_files_themselves_go_in_the_snapshots(hub, tmp_path, monkeypatch):
+    """Windows without developer mode cannot make symlinks: the cache holds the files in its snapshots instead, and
+    a second run finds them complete."""
+    monkeypatch.setattr(dl, "are_symlinks_supported", lambda *args: False)
+    source = ModelSource(cache_dir=tmp_path / "cache")
+    assert dl.ensure_models(source, "original") is not None
+    pointer = dl.storage(tmp_path / "cache", HUNYUAN_REPO) / "snapshots" / COMMIT / VAE
+    assert pointer.is_file() and not pointer.is_symlink()
+    assert pointer.read_bytes() == (TINY_MODELS / HUNYUAN_REPO / VAE).read_bytes()
+    asked = len(hub.requests)
+    assert dl.ensure_models(source, "original") is None and len(hub.requests) == asked

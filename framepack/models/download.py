@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
-from huggingface_hub.file_download import get_hf_file_metadata, http_get, repo_folder_name
+from huggingface_hub.file_download import are_symlinks_supported, get_hf_file_metadata, http_get, repo_folder_name
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from ..events import Download
@@ -199,7 +199,10 @@ def fetch_file(file: RemoteFile, commit: str, hub_dir: Path, on_bytes: Callable[
     pointer.parent.mkdir(parents=True, exist_ok=True)
     if not pointer.is_file():
         pointer.unlink(missing_ok=True)  # a dangling link
-        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+        if are_symlinks_supported(hub_dir):
+            pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+        else:  # Windows without developer mode: the file itself goes in the snapshot, as huggingface_hub does then
+            os.replace(blob, pointer)
 
 
 def _relay(on_bytes: Callable[[int], None]) -> Callable[..., object]:
