@@ -427,3 +427,23 @@ def test_a_renamed_video_still_names_its_job_and_only_its_owner_may_use_it(tiny_
         assert refused.refused and next(refused.events()).message == "you have no job named 'first' in this app's outputs"
     finally:
         front.close(timeout=30)
+
+
+def test_a_job_cancelled_while_its_process_was_down_stays_cancelled(tmp_path):
+    """`queue cancel` on a job whose app was killed marks it; the next front to start ends it instead of running it
+    again at the head of the line."""
+    from framepack.cli.queue import cancel_in_store
+    from framepack.jobs.spec import JobSpec
+    from framepack.queue.store import QueuedJob, SqliteJobStore
+
+    store = SqliteJobStore.in_folder(tmp_path)
+    try:
+        for job_id in ("cancelled", "interrupted"):
+            store.add(QueuedJob(job_id, "alice", JobSpec("generate", settings={"prompt": "a girl"})))
+            store.claim("dead-front/cpu", "original", "dead-front")
+        assert cancel_in_store(store, tmp_path, "cancelled") == 0  # the process that ran it is gone: marked
+        recovered = store.recover(lambda front: False)
+        assert [job.id for job in recovered] == ["interrupted"]
+        assert store.get("cancelled").state == "stopped" and store.get("interrupted").state == "queued"
+    finally:
+        store.close()
