@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -447,3 +448,27 @@ def test_a_job_cancelled_while_its_process_was_down_stays_cancelled(tmp_path):
         assert store.get("cancelled").state == "stopped" and store.get("interrupted").state == "queued"
     finally:
         store.close()
+
+
+def test_stop_acts_for_the_login_that_calls_it():
+    """/stop and End stop the session's jobs of the caller's own login: another login holding the session's id (its
+    session state) stops nothing."""
+    from types import SimpleNamespace
+
+    from framepack.app.service import AppService
+    from framepack.app.wiring import Handlers, Session
+
+    class FakeJob:
+        def __init__(self, owner: str):
+            self.owner, self.cancelled = owner, False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    handlers = Handlers(AppService(None, "original"), "login")
+    session = Session()
+    session.jobs = [FakeJob("user:alice")]
+    handlers.stop(session, SimpleNamespace(username="bob", session_hash="alices-session"))
+    assert not session.jobs[0].cancelled
+    handlers.stop(session, SimpleNamespace(username="alice", session_hash="alices-session"))
+    assert session.jobs[0].cancelled
