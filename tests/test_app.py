@@ -470,3 +470,15 @@ def test_the_timeline_says_the_real_length_and_what_the_video_starts_from():
     assert "start image" not in blank.replace("No start image", "")
     exact = handlers.timeline("a girl", 73 / 30, 9, input_image="girl.png")
     assert exact.startswith("**2 sections: a 2.43 s video**\n")  # nothing to explain when the length is what was asked
+
+
+def test_queue_rows_say_what_a_job_is_in_words():
+    from framepack.app.views import queue_row
+    from framepack.jobs.spec import JobSpec
+    from framepack.queue.store import QueuedJob
+
+    text_to_video = QueuedJob("j1", "local", JobSpec("generate", settings={"prompt": ""}), state="done", progress=1.0)
+    rest = QueuedJob("j2", "local", JobSpec("resume", source="j1"), state="queued")
+    stopped = QueuedJob("j3", "local", JobSpec("generate", settings={"prompt": "a girl"}), state="stopped", progress=0.4)
+    assert queue_row(text_to_video)[5] == "(no prompt)" and queue_row(rest)[5] == "the rest of j1"
+    assert queue_row(stopped)[1:3] == ["stopped: Retry goes on", "40%"]

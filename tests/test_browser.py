@@ -268,7 +268,7 @@ def test_the_queue_tab_moves_cancels_and_shows_jobs_changing_state(browser, app_
     page.wait_for_function(f"() => {{ const t = document.querySelector('#fp-queue').innerText; return t.indexOf('{second}') < t.indexOf('{first}'); }}", timeout=10_000)
     choose(page, first)
     page.locator("#fp-queue-cancel").click()
-    expect(page.locator("#fp-queue-message")).to_contain_text(f"Stopping it. ({first})")
+    expect(page.locator("#fp-queue-message")).to_contain_text(f"Cancelled: it will not run. ({first})")  # it waited
     expect(row(first)).to_contain_text("stopped", timeout=10_000)
     expect(row(blocker)).to_contain_text("done", timeout=90_000)
     expect(row(second)).to_contain_text("done", timeout=90_000)  # after the blocker (too quick to catch running)

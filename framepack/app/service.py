@@ -152,6 +152,7 @@ class AppService:
         if action == "retry":
             problem = self.front.retry(job_id, viewer)
             return problem or f"Queued again. (`{job_id}`)"
+        before = self.front.job(job_id, viewer)
         done = {
             "up": lambda: self.front.move(job_id, -1, viewer),
             "down": lambda: self.front.move(job_id, 1, viewer),
@@ -159,7 +160,8 @@ class AppService:
             "delete": lambda: self.front.delete(job_id, viewer),
         }[action]()
         if done:
-            said = {"up": "Moved up.", "down": "Moved down.", "cancel": "Stopping it.", "delete": "Deleted, with its files."}
+            cancelled = "Cancelled: it will not run." if before is not None and before.state == "queued" else "Stopping it."
+            said = {"up": "Moved up.", "down": "Moved down.", "cancel": cancelled, "delete": "Deleted, with its files."}
             return f"{said[action]} (`{job_id}`)"
         return {"up": "Only a waiting job moves.", "down": "Only a waiting job moves.", "cancel": "It has ended already.",
                 "delete": "Stop it first: a waiting or running job is not deleted."}[action]  # fmt: skip

@@ -43,11 +43,24 @@ def queue_entry(job: QueuedJob) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# How a job that goes on from another reads in the Queue tab, by its kind.
+KIND_WORDS = {"resume": "the rest of", "add_seconds": "seconds added to", "branch": "a branch of",
+              "postprocess": "post-processing of"}  # fmt: skip
+
+
 def queue_row(job: QueuedJob) -> list[str]:
     """A job as a row of the Queue tab's table."""
     entry = queue_entry(job)
-    what = entry["prompt"] or f"{job.spec.kind} of {job.spec.source}"
-    return [job.id, job.state, f"{job.progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
+    if entry["prompt"]:
+        what = entry["prompt"]
+    elif job.spec.source:
+        what = f"{KIND_WORDS.get(job.spec.kind, job.spec.kind)} {job.spec.source}"
+    else:
+        what = "(no prompt)"
+    state = job.state
+    if job.state == "stopped" and job.progress > 0:
+        state = "stopped: Retry goes on"  # its finished sections are kept, and a retry starts after them
+    return [job.id, state, f"{job.progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
             job.message]  # fmt: skip
 
 
