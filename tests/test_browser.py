@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,3 +302,27 @@ def choose(page, job_id: str) -> None:
     """Pick a job in the Queue tab's job list."""
     page.locator("#fp-queue-job input").click()
     page.get_by_role("option", name=job_id).first.click()
+
+
+QUEUED_ANOTHER = """(known) => {
+    const said = document.querySelector('#fp-message').innerText.match(/Queued as job (\\S+):/);
+    return said !== null && !known.includes(said[1]);
+}"""
+
+
+def test_one_tab_queues_three_jobs_and_watches_them_finish_in_its_list(browser, app_server):  # noqa: F811
+    from playwright.sync_api import expect
+
+    page = open_page(browser, app_server.url, seconds=1.2)  # one section each
+    message, mine = page.locator("#fp-message"), page.locator("#fp-my-jobs")
+    ids: list[str] = []
+    for prompt in ("a girl waves", "a girl spins", "a girl bows"):
+        page.locator("#fp-prompt textarea").fill(prompt)
+        page.locator("#fp-queue-add").click()  # always there: nothing waits for the job
+        page.wait_for_function(QUEUED_ANOTHER, arg=ids, timeout=30_000)  # each click says its own job's id
+        ids.append(re.search(r"Queued as job (\S+):", message.inner_text()).group(1))
+    assert len(set(ids)) == 3
+    for job_id in ids:
+        expect(mine.get_by_role("row").filter(has_text=job_id)).to_contain_text("done", timeout=120_000)
+    expect(page.locator("#fp-start")).to_be_enabled()  # the tab never waited for them
+    page.close()

@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..settings import MAX_SECONDS
 from .fields import BY_NAME, Page, list_loras
-from .views import QUEUE_COLUMNS, frames_line, progress_html
+from .views import MY_JOBS_COLUMNS, QUEUE_COLUMNS, frames_line, progress_html
 
 EXAMPLE_PROMPTS = (
     "The girl dances gracefully, with clear movements, full of charm.",
@@ -51,7 +51,11 @@ def build_layout(page: Page, timeline: str) -> Controls:
                     parts["timeline"] = gr.Markdown(timeline, elem_id="fp-timeline")
                     with gr.Row():
                         parts["start"] = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
+                        parts["queue_add"] = gr.Button("Add to queue", elem_id="fp-queue-add")
                         parts["end"] = gr.Button("End Generation", interactive=False, elem_id="fp-end")
+                    parts["my_jobs"] = gr.Dataframe(headers=MY_JOBS_COLUMNS, value=[], interactive=False, wrap=True,
+                                                    label="Your jobs, newest first (the Queue tab has more)",
+                                                    elem_id="fp-my-jobs")  # fmt: skip
                     with gr.Group():
                         for name in ("use_teacache", "seed", "total_second_length", "resolution", "steps", "distilled_cfg"):
                             place(name)

@@ -33,6 +33,9 @@ QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video
 QUEUE_REFRESH_SECONDS = 2.0
 
 
+MY_JOBS_COLUMNS = ["Job", "State", "Progress", "Prompt", "Video"]
+
+
 def queue_entry(job: QueuedJob) -> dict[str, Any]:
     """What `/queue_list` says of a job."""
     return {
@@ -62,6 +65,12 @@ def queue_row(job: QueuedJob) -> list[str]:
         state = "stopped: Retry goes on"  # its finished sections are kept, and a retry starts after them
     return [job.id, state, f"{job.progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
             job.message]  # fmt: skip
+
+
+def my_job_row(job: QueuedJob) -> list[str]:
+    """A job as a row of the Generate tab's own list (the Queue tab's row, less what a user knows of their own)."""
+    row = queue_row(job)
+    return [row[0], row[1], row[2], row[5], row[6]]
 
 
 def progress_html(fraction: float, text: str) -> str:

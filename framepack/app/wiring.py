@@ -39,6 +39,7 @@ from .views import (
     error_message,
     event_updates,
     frames_line,
+    my_job_row,
     postprocess_updates,
     progress_html,
     queue_entry,
@@ -48,6 +49,8 @@ from .views import (
 TITLES = {"original": "FramePack", "f1": "FramePack-F1"}
 # Jobs beyond this many wait in Gradio's own queue instead of holding a server thread each.
 MAX_ACTIVE_REQUESTS = 8
+# The Generate tab's list shows this many of the user's newest jobs.
+MY_JOBS_SHOWN = 8
 # Gradio copies every version of the growing video and every preview into its temp cache; prune it every 30 minutes
 # of files older than 2 hours (the finished video stays in the outputs folder).
 TEMP_CACHE_PRUNING = (1800, 7200)
@@ -213,6 +216,19 @@ class Handlers:
             raise gr.Error(next(job.events()).message)
         return job.id
 
+    def add_to_queue(self, values: dict[str, Any]) -> str:
+        """Queue the page's job without following it: Start stays free, and the job shows under "Your jobs"."""
+        try:
+            job_id = self.queue_add(values)
+        except gr.Error as exc:
+            return error_message(exc.message)
+        return f"Queued as job `{job_id}`: it runs when the GPU is free, whether or not this page stays open."
+
+    def my_jobs(self, request: gr.Request) -> Any:
+        """The caller's own jobs for the Generate tab's list, newest first, refreshed by the queue's timer."""
+        jobs = sorted(self.service.queue(self.owner_of(request)), key=lambda job: job.created, reverse=True)
+        return gr.update(value=[my_job_row(job) for job in jobs[:MY_JOBS_SHOWN]])
+
     def list_jobs(self, request: gr.Request) -> list[dict[str, Any]]:
         """The caller's previous jobs in the outputs folder, newest first (nobody else's)."""
         return self.service.jobs_of(self.owner_of(request))
@@ -351,6 +367,10 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     )  # fmt: skip
     controls["end"].click(handlers.stop, [session], None, api_name="stop", queue=False)
     demo.load(_mark_page, [session], [session], **private)
+    add_to_queue = with_signature(handlers.add_to_queue, signature(generate_fields, returns=str), "add_to_queue",
+                                  handlers.add_to_queue.__doc__)  # fmt: skip
+    controls["queue_add"].click(add_to_queue, [fields[f.name] for f in generate_fields], controls["message"],
+                                preprocess=False, **private)  # fmt: skip
     hidden = gr.Button(visible=False)
     hidden.click(queue_add, [fields[f.name] for f in generate_fields], gr.Textbox(visible=False), api_name="queue_add",
                  preprocess=False)  # fmt: skip
@@ -392,7 +412,9 @@ def _wire_queue(controls: Controls, handlers: Handlers) -> None:
     choice, message = controls["queue_choice"], controls["queue_message"]
     # Gradio's own timer refreshes the view; nothing on the server polls.
     refresh = dict(fn=handlers.queue_view, inputs=[choice], outputs=[controls["queue_table"], choice], **private)
-    gr.Timer(QUEUE_REFRESH_SECONDS).tick(**refresh)
+    timer = gr.Timer(QUEUE_REFRESH_SECONDS)
+    timer.tick(**refresh)
+    timer.tick(handlers.my_jobs, None, controls["my_jobs"], **private)
     for action in ("up", "down", "cancel", "retry"):
         controls[f"queue_{action}"].click(handlers.queue_button(action), [choice], [message], **private).then(**refresh)
     controls["queue_delete"].click(
