@@ -482,3 +482,11 @@ def test_queue_rows_say_what_a_job_is_in_words():
     stopped = QueuedJob("j3", "local", JobSpec("generate", settings={"prompt": "a girl"}), state="stopped", progress=0.4)
     assert queue_row(text_to_video)[5] == "(no prompt)" and queue_row(rest)[5] == "the rest of j1"
     assert queue_row(stopped)[1:3] == ["stopped: Retry goes on", "40%"]
+
+
+def test_keyframe_times_without_their_images_wait_for_them_in_the_timeline():
+    """Right after loading a job's settings the keyframe times are there and the images not yet: no error."""
+    handlers = Handlers(AppService(None, "original"), "local")
+    shown = handlers.timeline("a girl", 2.4, 9, keyframe_times="1.2", input_image="girl.png")
+    assert "**Error" not in shown and "Keyframe times 1.2 are set: add their images to use them." in shown
+    assert handlers.timeline("a girl", 2.4, 9, keyframes=["k.png"], keyframe_times="1.2, 2").startswith("**Error:**")

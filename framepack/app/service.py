@@ -233,7 +233,8 @@ class AppService:
         what the video starts from: the start image, or a blank frame)."""
         settings = Settings(variant=self.variant, prompt=prompt, total_second_length=seconds, latent_window_size=window)
         names = [Path(upload_path(item) or "").name for item in (keyframes or [])]
-        keyed = sorted(zip(parse_times(keyframe_times, len(names)), names))
+        # Times without their images (just loaded from a job, say) wait for the images: Start checks the pair.
+        keyed = sorted(zip(parse_times(keyframe_times, len(names)), names)) if names else []
         has_end = upload_path(end_image) is not None
         rows = describe_schedule(plan_schedule(settings, [s for s, _ in keyed], has_end), settings, has_end)
         for row in rows:  # name the keyframe images

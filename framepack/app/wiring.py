@@ -297,6 +297,8 @@ class Handlers:
         head = f"**{settings.num_sections} section{'s' * (settings.num_sections != 1)}: a {length:.2f} s video**"
         if abs(length - float(seconds)) >= 0.005:
             head += f" ({float(seconds):g} s asked; a video grows by whole sections of {settings.frames_per_section + 3} frames)"
+        if keyframe_times and keyframe_times.strip() and not keyframes:
+            head += f"\n\nKeyframe times {keyframe_times.strip()} are set: add their images to use them."
         if blank:
             head += f"\n\nNo start image: a text-to-video from a {blank_start or 'grey'} frame."
         return head + "\n\n**Sections, in time order**\n\n" + "\n".join(f"- {line}" for line in lines)
