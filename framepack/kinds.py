@@ -25,8 +25,8 @@ from .jobs.paths import JobPaths
 from .jobs.record import JobRecord, RecordError
 from .jobs.spec import JobSpec
 from .lora import LoraSpec
-from .media.images import load_image
-from .media.reading import check_video
+from .media.images import load_image, resolution_for
+from .media.reading import check_video, shown_size
 from .models import ModelSet
 from .models.sources import DEFAULT_CACHE_DIR
 from .postprocess.job import postprocess_job
@@ -217,6 +217,8 @@ def inputs_spec(kind: str, settings: Settings, inputs: JobInputs, video: Path | 
     loaded). Raises ImageError or OSError; a copy that failed part way leaves `keep_in` to the caller."""
     if video is not None:
         check_video(video, extension_needs(settings))
+        if settings.height is None or settings.width is None:  # the video's own size caps the bucket's
+            settings = settings.replace(resolution=resolution_for(*shown_size(video), settings.resolution))
     files: dict[str, str] = {}
 
     def keep(name: str, item: ImageSource | None) -> None:

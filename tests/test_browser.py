@@ -204,6 +204,7 @@ def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server
     from helpers import make_clip
     from playwright.sync_api import expect
 
+    from framepack.media.images import nearest_bucket
     from framepack.media.reading import probe
 
     clip = make_clip(tmp_path / "holiday.mp4", 45, 24, (90, 70))
@@ -213,14 +214,15 @@ def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server
     page.locator("#fp-extend-video input[type=file]").set_input_files(str(clip))
     expect(page.locator("#fp-extend-video video")).to_be_visible()  # the upload has finished
     page.locator("#fp-prompt textarea").fill("The waves keep rolling.")
-    set_number(page, "fp-length", 1.2)  # seconds to add: one section at the default window
-    set_number(page, "fp-resolution", 128)
-    set_number(page, "fp-steps", 2)
+    set_number(page, "fp-extend-seconds", 1.2)  # the tab's own length to add: one section at the default window
+    set_number(page, "fp-steps", 2)  # the resolution stays 640: the clip's own size caps the bucket
     page.locator("#fp-extend").click()
     page.wait_for_function(VIDEO_PLAYING, timeout=90_000)
     expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=60_000)
     name = page.locator("#fp-message").inner_text().split("saved as ")[1].split(".mp4")[0].strip("` ")
-    assert probe(app_server.outputs / f"{name}.mp4").frames == 56 + 36  # 1.875 s at 30 fps, then one section
+    made = probe(app_server.outputs / f"{name}.mp4")
+    assert made.frames == 56 + 36  # 1.875 s at 30 fps, then one section
+    assert (made.height, made.width) == nearest_bucket(70, 90, 128)  # not the 640 bucket
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser_extend.png"), full_page=True)
     page.close()

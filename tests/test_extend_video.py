@@ -164,3 +164,19 @@ def test_a_stopped_extension_resumes_to_the_whole_one(tiny_models, tmp_path):
     assert torch.equal(a, b)
     with av.open(str(tmp_path / "s" / "job.mp4")) as container:
         assert [s.type for s in container.streams] == ["video", "audio"]
+
+
+def test_a_small_video_is_extended_at_its_own_size_not_scaled_up(tmp_path):
+    """The bucket of an extension is capped by the video's own size (a 160x120 clip is not made 640 wide); a large
+    video keeps the resolution asked for, and an explicit size wins."""
+    from framepack.controls import JobInputs
+    from framepack.kinds import inputs_spec
+    from framepack.media.images import resolution_for
+
+    assert resolution_for(120, 160, 640) == 128 and resolution_for(1080, 1920, 640) == 640
+    assert resolution_for(480, 640, 640) == 544 and resolution_for(480, 640, 320) == 320
+    small = make_clip(tmp_path / "small.mp4", 40, 30, (160, 120))
+    spec = inputs_spec("extend", Settings(variant="f1", total_second_length=1.2), JobInputs(None), small)
+    assert spec.settings["resolution"] == 128
+    sized = inputs_spec("extend", Settings(variant="f1", total_second_length=1.2, height=64, width=96), JobInputs(None), small)
+    assert sized.settings["resolution"] == 640 and (sized.settings["height"], sized.settings["width"]) == (64, 96)

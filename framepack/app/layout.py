@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from ..settings import MAX_SECONDS
-from .fields import BY_NAME, Page, list_loras
+from .fields import BY_NAME, DEFAULTS, Page, list_loras
 from .views import MY_JOBS_COLUMNS, QUEUE_COLUMNS, frames_line, progress_html
 
 EXAMPLE_PROMPTS = (
@@ -86,7 +86,10 @@ def _inputs(controls: Controls, place: Any, page: Page) -> None:
         with gr.Tab("Extend a video"):
             parts["extend_video"] = gr.Video(sources=["upload"], label="Video to continue (its frames come first)",
                                              height=320, elem_id="fp-extend-video")  # fmt: skip
-            parts["extend"] = gr.Button("Extend this video by the video length below", variant="primary", elem_id="fp-extend")
+            with gr.Row():
+                parts["extend_seconds"] = gr.Number(value=DEFAULTS.total_second_length, minimum=0.1, maximum=MAX_SECONDS,
+                                                    label="Seconds to add", elem_id="fp-extend-seconds")  # fmt: skip
+                parts["extend"] = gr.Button("Extend this video", elem_id="fp-extend")  # Start stays the one primary
     prompt = place("prompt")
     parts["examples"] = gr.Dataset(samples=[[p] for p in EXAMPLE_PROMPTS], components=[prompt],
                                    label="Example prompts (click one)")  # fmt: skip

@@ -346,12 +346,14 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     extend = with_signature(handlers.extend, signature(extend_fields, [state, video]), "extend", handlers.extend.__doc__)
     queue_add = with_signature(handlers.queue_add, signature(generate_fields, returns=str), "queue_add", handlers.queue_add.__doc__)
     streams = dict(concurrency_limit=MAX_ACTIVE_REQUESTS, preprocess=False, show_progress="hidden")
+    # The Extend tab's own "Seconds to add" is /extend's length (what to add), in the length's place.
+    extend_inputs = [controls["extend_seconds"] if f.name == "total_second_length" else fields[f.name] for f in extend_fields]
     private = dict(queue=False, api_visibility="private")
     # Each job button greys Start while its stream runs (Gradio's own queue holds the rest); `preprocess=False`
     # hands the raw upload payloads over, so an unreadable file gets our message, not a Gradio error.
     for button, handler, inputs, name in (
         (controls["start"], generate, [session, *(fields[f.name] for f in generate_fields)], "generate"),
-        (controls["extend"], extend, [session, controls["extend_video"], *(fields[f.name] for f in extend_fields)], "extend"),
+        (controls["extend"], extend, [session, controls["extend_video"], *extend_inputs], "extend"),
         (controls["resume"], handlers.resume, [session, controls["previous"], controls["add_seconds"], controls["add_prompt"]], "resume"),
         (controls["branch"], handlers.branch, [session, controls["previous"], controls["keep"], fields["seed"], fields["prompt"]], "branch"),
     ):  # fmt: skip

@@ -35,6 +35,16 @@ def buckets(resolution: int = 640) -> list[tuple[int, int]]:
     return [(max(16, round(h * scale / 16) * 16), max(16, round(w * scale / 16) * 16)) for h, w in BUCKETS_640]
 
 
+SMALLEST_RESOLUTION = 128
+
+
+def resolution_for(height: int, width: int, resolution: int) -> int:
+    """The bucket resolution for a picture of this size: `resolution`, or its own for a smaller one. An input video
+    is never scaled up past its own size (a 160x120 clip extended at 640 is slower and no sharper)."""
+    own = max(SMALLEST_RESOLUTION, math.isqrt(height * width) // 16 * 16)
+    return min(resolution, own)
+
+
 def nearest_bucket(height: int, width: int, resolution: int = 640) -> tuple[int, int]:
     """The bucket (height, width) whose aspect is nearest the image's; on a tie the later bucket wins, as in FramePack."""
     best, best_metric = None, float("inf")

@@ -123,6 +123,15 @@ def probe(path: str | Path) -> VideoInfo:
         )
 
 
+def shown_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a video as it is shown, from its first frame only."""
+    with av.open(str(path)) as container:
+        stream = main_stream(container)
+        first = next(iter(container.decode(stream)))
+        width, height = turn_of(first).size(stream.codec_context.width, stream.codec_context.height)
+        return height, width
+
+
 def read_frames(path: str | Path) -> np.ndarray:
     """All frames of a video as uint8 (T, H, W, 3), upright."""
     with av.open(str(path)) as container:
