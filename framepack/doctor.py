@@ -422,6 +422,20 @@ def diagnose(places: Places) -> list[Finding]:
     return findings
 
 
+def before_start(places: Places) -> list[Finding]:
+    """What the app says at start, before its memory plan, where it is not ok: the GPU and PyTorch build, then
+    the model files (a plan that does not fit then reads after what explains it: no GPU, missing weights)."""
+    build, smi, where = torch_build(), nvidia_smi(), host()
+    findings = guarded("PyTorch", lambda: check_torch(build, smi, where))
+    try:
+        memory = detect_device()
+    except RuntimeError:
+        memory = detect_device("cpu")
+    findings.append(check_device(memory, smi))
+    findings += guarded("Model files", lambda: models_and_disk(places))
+    return [finding for finding in findings if finding.status != "ok"]
+
+
 def guarded(name: str, check: Callable[[], list[Finding]]) -> list[Finding]:
     try:
         return check()

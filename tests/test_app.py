@@ -490,3 +490,24 @@ def test_keyframe_times_without_their_images_wait_for_them_in_the_timeline():
     shown = handlers.timeline("a girl", 2.4, 9, keyframe_times="1.2", input_image="girl.png")
     assert "**Error" not in shown and "Keyframe times 1.2 are set: add their images to use them." in shown
     assert handlers.timeline("a girl", 2.4, 9, keyframes=["k.png"], keyframe_times="1.2, 2").startswith("**Error:**")
+
+
+def test_the_app_says_what_the_machine_lacks_before_its_memory_plan(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    """With no GPU and an empty model folder the first lines say so, in that order, and name every missing part."""
+    from framepack import doctor
+    from framepack.memory.sensing import detect_device
+    from framepack.models import ModelsMissingError
+
+    # This machine as one without a GPU, whatever runs the test.
+    monkeypatch.setattr(doctor, "nvidia_smi", lambda: doctor.Smi(False))
+    monkeypatch.setattr(doctor, "detect_device", lambda device=None: detect_device("cpu"))
+    args = ui.parse_args(["--models", str(tmp_path / "empty"), "--outputs", str(tmp_path / "outputs")], "original")
+    with pytest.raises(ModelsMissingError):
+        ui.create_app("original", args)
+    said = capsys.readouterr().err
+    device, models = said.index("WARN: Device: runs on the CPU"), said.index("FAIL: Model files: ")
+    assert device < models
+    for part in ("text_encoder 15.0 GB", "vae 0.5 GB", "image_encoder 0.9 GB", "lllyasviel/FramePackI2V_HY (25.8 GB)"):
+        assert part in said[models:]
+    assert "hf download lllyasviel/FramePackI2V_HY --local-dir" in said

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 from starlette.middleware import Middleware
 
+from ..doctor import Places, before_start
 from ..engine.stepcache import DEFAULT_THRESHOLDS_TEXT
 from ..jobs.paths import sweep_outputs
 from ..memory.planning import MemoryPlanError
@@ -106,7 +107,11 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     """Build the queue front and the page from parsed arguments; warns when anyone may use the app without a login."""
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
-    # The same memory check as the CLI's, before anything loads: a plan that does not fit stops the app here.
+    # First what the machine lacks (a GPU, a CUDA build for it, the weights), so that a memory plan that does not
+    # fit reads after what explains it; then the same memory check as the CLI's, which stops the app if it fails.
+    for finding in before_start(Places(args.models, args.hf_cache, outputs, variant)):
+        print(f"{finding.status.upper()}: {finding.name}: {finding.found}" + (f"\n  -> {finding.fix}" if finding.fix else ""),
+              file=sys.stderr)  # fmt: skip
     plans = worker_plans(args, variant)
     print(plans[0].summary(), file=sys.stderr)
     if tidied := sweep_outputs(outputs):
