@@ -325,3 +325,26 @@ def test_the_app_offers_the_lora_folder_and_applies_the_chosen_ones(models, tmp_
         assert "give one weight per LoRA: 1 LoRA(s), 2 weight(s)" in run(loras=["style.safetensors"], lora_weights="1, 2")
         # After all that, a job without LoRAs runs on the plain model.
         assert run().startswith("Finished")
+
+
+def test_a_chosen_lora_is_checked_when_it_is_chosen(tmp_path):
+    """The page reads a chosen LoRA file against the model's shapes at once (not after Start)."""
+    from types import SimpleNamespace
+
+    from helpers import random_lora
+
+    from framepack.app.service import AppService
+    from framepack.memory.sizes import ModelConfigs
+    from framepack.models import ModelSource
+    from framepack.models.components import meta_transformer
+
+    transformer = meta_transformer(ModelConfigs.from_folder(TINY_MODELS, "original").transformer)
+    tensors, _ = random_lora("musubi", transformer, 1)
+    save_file(tensors, str(tmp_path / "good.safetensors"))
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    front = SimpleNamespace(source=ModelSource(models_dir=TINY_MODELS))
+    service = AppService(front, "original", lora_folder=tmp_path)
+    assert service.check_loras(["good.safetensors"]) == "" and service.check_loras([]) == ""
+    problem = service.check_loras(["good.safetensors", "broken.safetensors"])
+    assert "broken.safetensors" in problem and "\n" not in problem
+    assert "no LoRA named 'elsewhere.safetensors'" in service.check_loras(["elsewhere.safetensors"])

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..controls import (
     JobInputs,
     Keyframe,
@@ -22,8 +24,10 @@ from ..engine.starts import extension_needs
 from ..jobs.paths import job_name
 from ..jobs.record import RecordError, named_job, settings_of_output
 from ..kinds import postprocess_spec
-from ..lora import LoraSpec
+from ..lora import LoraError, LoraSpec, read_lora
 from ..media.reading import check_video
+from ..memory.sizes import ModelConfigs
+from ..models.components import meta_transformer
 from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
 from ..queue.store import QueuedJob
@@ -57,6 +61,7 @@ class AppService:
         self.lora_folder = lora_folder
         # Reading a previous output's settings parses a file a user gave: a few at a time, whoever asks.
         self._reading = threading.BoundedSemaphore(SETTINGS_READS_AT_ONCE)
+        self._meta_transformer: torch.nn.Module | None = None
 
     # --- jobs
 
@@ -136,6 +141,23 @@ class AppService:
             build = lambda folder: postprocess_spec(options, video=Path(video), keep_in=folder)  # noqa: E731
             return self.front.submit_spec(build, owner, session, follow)
         return self.front.submit_spec(postprocess_spec(options, source=job_name(job)), owner, session, follow)
+
+    def check_loras(self, names: Sequence[str] | None) -> str:
+        """Whether the chosen LoRA files fit the model (read now, not when the job runs): '' or what is wrong."""
+        try:
+            for spec in lora_specs(self.lora_folder, names, None):
+                read_lora(spec.path, self._shapes())
+        except (LoraError, SettingsError) as exc:
+            return str(exc)
+        return ""
+
+    def _shapes(self) -> torch.nn.Module:
+        """The transformer's architecture on the meta device (no memory), to check LoRA files against; made once."""
+        if self._meta_transformer is None:
+            models_dir = self.front.source.models_dir if self.front is not None else None
+            configs = ModelConfigs.from_folder(models_dir, self.variant) if models_dir else ModelConfigs.published()
+            self._meta_transformer = meta_transformer(configs.transformer)
+        return self._meta_transformer
 
     def jobs_of(self, owner: str) -> list[dict[str, object]]:
         return self.front.jobs_of(owner)

@@ -229,6 +229,11 @@ class Handlers:
         jobs = sorted(self.service.queue(self.owner_of(request)), key=lambda job: job.created, reverse=True)
         return gr.update(value=[my_job_row(job) for job in jobs[:MY_JOBS_SHOWN]])
 
+    def check_loras(self, names: list[str] | None) -> Any:
+        """A chosen LoRA file that does not fit the model is said as soon as it is chosen."""
+        problem = self.service.check_loras(names)
+        return error_message(problem) if problem else gr.skip()
+
     def list_jobs(self, request: gr.Request) -> list[dict[str, Any]]:
         """The caller's previous jobs in the outputs folder, newest first (nobody else's)."""
         return self.service.jobs_of(self.owner_of(request))
@@ -382,6 +387,7 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     controls["examples"].click(lambda sample: sample[0], [controls["examples"]], [fields["prompt"]], **private)
     loadable = [fields[name] for name in (f.name for f in FIELDS if f.loadable)]
     controls["previous"].upload(handlers.previous_settings, [controls["previous"]], [*loadable, controls["message"]], **private)
+    fields["loras"].change(handlers.check_loras, [fields["loras"]], [controls["message"]], **private)
     controls["refresh_loras"].click(lambda: gr.update(choices=list_loras(page.lora_folder)), None, fields["loras"], **private)
     timeline_inputs = [fields[name] for name in ("prompt", "total_second_length", "latent_window_size", "keyframes",
                                                   "keyframe_times", "end_image", "input_image", "blank_start")]  # fmt: skip
