@@ -27,7 +27,7 @@ CSS = """
 Updates = tuple[Any, Any, Any, Any, Any]  # preview, progress, info, video, message
 
 
-QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video", "Message"]
+QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video", "Message", "Model"]
 
 
 QUEUE_REFRESH_SECONDS = 2.0
@@ -46,6 +46,8 @@ def queue_entry(job: QueuedJob) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# The model a job needs, as the apps are called (an outputs folder may be shared by both apps).
+MODEL_NAMES = {"original": "FramePack", "f1": "FramePack-F1"}
 # How a job that goes on from another reads in the Queue tab, by its kind.
 KIND_WORDS = {"resume": "the rest of", "add_seconds": "seconds added to", "branch": "a branch of",
               "postprocess": "post-processing of"}  # fmt: skip
@@ -64,7 +66,7 @@ def queue_row(job: QueuedJob) -> list[str]:
     if job.state == "stopped" and job.progress > 0:
         state = "stopped: Retry goes on"  # its finished sections are kept, and a retry starts after them
     return [job.id, state, f"{job.progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
-            job.message]  # fmt: skip
+            job.message, MODEL_NAMES.get(job.variant, job.variant)]  # fmt: skip
 
 
 def my_job_row(job: QueuedJob) -> list[str]:
