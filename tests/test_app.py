@@ -513,3 +513,23 @@ def test_the_app_says_what_the_machine_lacks_before_its_memory_plan(tmp_path: Pa
     for part in ("text_encoder 15.0 GB", "vae 0.5 GB", "image_encoder 0.9 GB", "lllyasviel/FramePackI2V_HY (25.8 GB)"):
         assert part in said[models:]
     assert "hf download lllyasviel/FramePackI2V_HY --local-dir" in said
+
+
+def test_the_progress_bar_says_the_time_elapsed_and_left():
+    """The estimate counts only what this run has done: a job resumed at 50 % is not taken for a fast one."""
+    from framepack.app.views import SamplingClock
+    from framepack.events import Progress
+
+    now = [100.0]
+    clock = SamplingClock(lambda: now[0])
+
+    def at(section: int, step: int) -> Progress:
+        return Progress(section, 4, step, 10, 0, None, (0.0, 1.2))
+
+    assert clock.timing(at(3, 1)) == "0:00 elapsed"  # resumed after two of four sections: 52.5 %
+    now[0] = 160.0
+    assert clock.timing(at(3, 6)) == "1:00 elapsed, about 2:48 left"  # 12.5 % in a minute, 35 % to go
+    now[0] = 100.0 + 3725
+    assert clock.timing(at(4, 10)).startswith("1:02:05 elapsed")
+    updates = event_updates(at(3, 6), timing="1:00 elapsed, about 2:48 left")
+    assert "65% · 1:00 elapsed, about 2:48 left" in updates[1]

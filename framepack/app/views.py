@@ -5,6 +5,7 @@ import html
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,33 @@ def error_message(text: str) -> str:
     return f"**Error:** {text}"
 
 
-def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> Updates:
+class SamplingClock:
+    """Elapsed time and an estimate of the time left, from the sampling progress seen since the page began to follow
+    the job (a resumed job starts part way: only what this run has done counts)."""
+
+    def __init__(self, now: Callable[[], float] = time.monotonic):
+        self.now = now
+        self.start: tuple[float, float] | None = None  # (time, fraction) at the first step seen
+
+    def timing(self, event: JobEvent) -> str:
+        if not isinstance(event, Progress):
+            return ""
+        if self.start is None:
+            self.start = (self.now(), event.fraction)
+        started, first = self.start
+        elapsed, done = self.now() - started, event.fraction - first
+        text = f"{_clock(elapsed)} elapsed"
+        if done > 0.02 and elapsed > 1:  # enough seen for an estimate that means something
+            text += f", about {_clock(elapsed * (1 - event.fraction) / done)} left"
+        return text
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
+
+def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str, timing: str = "") -> Updates:
     """The page updates for one job event; outputs that do not change are skipped. `show_video` gives the
     page its own copy of a video of the outputs folder."""
     skip = gr.skip()
@@ -107,7 +134,8 @@ def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str) -> U
         return skip, progress_html(event.fraction, event.line()), skip, skip, event.line()
     if isinstance(event, Progress):
         where = f"Section {event.section} of {event.sections} ({event.span[0]:.2f}–{event.span[1]:.2f} s)"
-        bar = progress_html(event.fraction, f"{where} · step {event.step} of {event.steps} · {event.fraction:.0%}")
+        caption = f"{where} · step {event.step} of {event.steps} · {event.fraction:.0%}" + (f" · {timing}" if timing else "")
+        bar = progress_html(event.fraction, caption)
         preview = event.preview if event.preview is not None else skip
         return preview, bar, frames_line(event.frames), skip, f"Sampling {where.lower()}"
     if isinstance(event, SectionDone):

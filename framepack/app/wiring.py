@@ -35,6 +35,7 @@ from .service import AppService, Loaded, lora_weights_by_name, upload_path
 from .views import (
     QUEUE_REFRESH_SECONDS,
     PageCopies,
+    SamplingClock,
     Updates,
     error_message,
     event_updates,
@@ -159,7 +160,7 @@ class Handlers:
     def _follow(self, session: Session, job: Job) -> Iterator[Updates]:
         """Page updates from a job's events; the job stops when the stream ends for any reason."""
         session.jobs.append(job)
-        copies = PageCopies(self.cache_dir)
+        copies, clock = PageCopies(self.cache_dir), SamplingClock()
         try:
             yield None, progress_html(0, "Starting"), frames_line(0), None, "Starting"
             for event in job.events():
@@ -167,7 +168,7 @@ class Handlers:
                     gr.Warning(event.message)  # a toast too, in case the status line is scrolled away
                 if isinstance(event, Done) and event.video_path is not None:
                     session.last_video = event.video_path.stem
-                yield event_updates(event, copies)
+                yield event_updates(event, copies, clock.timing(event))
         finally:
             # Also runs when Gradio closes the generator: a closed tab or a cancelled API call. Neither stops the job
             # (anyone holding the session's id could close it); it goes on, and End or /stop stops it.
