@@ -65,7 +65,7 @@ def build_layout(page: Page, timeline: str) -> Controls:
                             place(name)
                     _previous_output(parts, page)
                 with gr.Column():
-                    parts["preview"] = gr.Image(label="Latent preview", interactive=False, height=200, elem_id="fp-preview")
+                    parts["preview"] = gr.Image(label="Latent preview", interactive=False, height=320, elem_id="fp-preview")
                     parts["progress"] = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
                     parts["info"] = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
                     parts["video"] = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, height=512,
