@@ -471,3 +471,18 @@ def test_stop_acts_for_the_login_that_calls_it():
     assert not session.jobs[0].cancelled
     handlers.stop(session, SimpleNamespace(username="alice", session_hash="alices-session"))
     assert session.jobs[0].cancelled
+
+
+def test_workers_sharing_the_cpu_split_its_cores():
+    """Two local workers on the CPU each get half the cores (each with all of them, OpenMP's waits stall both)."""
+    import os
+    from types import SimpleNamespace
+
+    from framepack.queue.runners import cpu_threads_each
+
+    cores = os.cpu_count() or 1
+    assert cpu_threads_each([None]) is None  # one worker: all of them
+    assert cpu_threads_each([None, None]) == max(1, cores // 2)
+    assert cpu_threads_each([None] * (2 * cores + 1)) == 1
+    gpu = SimpleNamespace(device="cuda:0")  # a plan's device is all that counts
+    assert cpu_threads_each([gpu, gpu]) is None  # GPUs: their own

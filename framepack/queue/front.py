@@ -45,7 +45,7 @@ from ..models import ModelSource
 from ..settings import Settings
 from .policy import MAX_JOBS_PER_OWNER, over_limit, refusal
 from .repair import open_store
-from .runners import LocalRunner, ModelKeeper, Runner, WorkerLost, worker_names
+from .runners import LocalRunner, ModelKeeper, Runner, WorkerLost, cpu_threads_each, worker_names
 from .store import (
     FrontLock,
     JobStore,
@@ -155,8 +155,10 @@ class QueueFront:
             self.runners: list[Runner] = ray_runners(ray, variant, source, self.output_dir, self.front.id, plans, attention, compile)
         else:
             loading = threading.Lock()
+            threads = cpu_threads_each(plans)
             self.runners = [
-                LocalRunner(f"{self.front.id}/{name}", ModelKeeper(variant, source, self.output_dir, attention, compile, p, loading))
+                LocalRunner(f"{self.front.id}/{name}", ModelKeeper(variant, source, self.output_dir, attention, compile, p, loading),
+                            threads if p is None or str(p.device).startswith("cpu") else None)
                 for name, p in zip(worker_names(plans), plans)
             ]  # fmt: skip
         self._alive = len(self.runners)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
+
+import torch
 
 from ..events import Download, Error, Event, Status
 from ..jobs.paths import RecordError
@@ -167,11 +170,16 @@ PROGRESS_INTERVAL = 0.5
 class LocalRunner:
     """A worker in this process, running one job at a time on its front's thread."""
 
-    def __init__(self, name: str, keeper: ModelKeeper):
+    def __init__(self, name: str, keeper: ModelKeeper, cpu_threads: int | None = None):
         self.name = name  # "<front>/<device>": the page shows the part after the slash
         self.keeper = keeper
+        # Workers sharing the CPU split its cores: each with all of them would keep every core spinning in
+        # OpenMP's waits for the other's threads (two jobs then crawl, or stall the machine).
+        self.cpu_threads = cpu_threads
 
     def events(self, job: QueuedJob, stop: threading.Event) -> Iterator[Event]:
+        if self.cpu_threads is not None:
+            torch.set_num_threads(self.cpu_threads)  # OpenMP's thread count is this worker thread's own
         return self.keeper.events(job, stop)
 
     def ready(self) -> bool:
@@ -182,6 +190,12 @@ class LocalRunner:
 
     def close(self) -> None:
         self.keeper.models = None
+
+
+def cpu_threads_each(plans: Sequence[MemoryPlan | None]) -> int | None:
+    """Each local worker's share of the CPU's cores when several run on the CPU (None: one, or GPUs)."""
+    on_cpu = sum(plan is None or str(plan.device).startswith("cpu") for plan in plans)
+    return max(1, (os.cpu_count() or 1) // on_cpu) if on_cpu > 1 else None
 
 
 def worker_names(plans: Sequence[MemoryPlan | None]) -> list[str]:
