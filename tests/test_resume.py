@@ -182,9 +182,10 @@ def test_manifest_records_the_job(tiny_models, tmp_path):
     image = {"name": "input.png", "sha256": hashlib.sha256(IMAGE.read_bytes()).hexdigest()}
     assert manifest["inputs"] == {"image": image, "end_image": None, "keyframes": []}
     assert [row["prompt"] for row in manifest["schedule"]] == ["wave"] * settings.num_sections
-    # The settings and inputs travel with the video; the job's name does not (it is the owner's business).
+    # The settings, inputs and the job's name travel with the video (a renamed copy still finds its job; access is the
+    # record's say).
     embedded = json.loads(probe(tmp_path / "job.mp4").metadata["comment"])
-    assert embedded == {"framepack": settings.to_dict(), "inputs": manifest["inputs"], "loras": []}
+    assert embedded == {"framepack": settings.to_dict(), "inputs": manifest["inputs"], "loras": [], "job": "job"}
 
     # The stopped job resumes in place and finishes; the checkpoint and segments are then removed.
     final = list(resume_job(tiny_models("f1"), tmp_path / "job.json", previews=False))[-1]

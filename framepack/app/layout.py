@@ -113,7 +113,7 @@ def _previous_output(parts: dict[str, Any], page: Page) -> None:
         parts["previous"] = gr.File(label="Drop a FramePack video (.mp4) or its record (.json)", file_types=[".mp4", ".json"],
                                     type="filepath", elem_id="fp-previous")  # fmt: skip
         parts["add_seconds"] = gr.Number(
-            value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add", visible=page.variant == "f1",
+            value=0, minimum=0, maximum=MAX_SECONDS, label="Seconds to add", visible=page.variant == "f1", elem_id="fp-add-seconds",
             info="0 finishes a stopped job; more makes a new, longer video of a finished video (the shorter one stays).",
         )  # fmt: skip
         parts["add_prompt"] = gr.Textbox("", label="Prompts for the added seconds (optional)", placeholder="[6s: he sits down]",

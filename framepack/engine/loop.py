@@ -8,13 +8,13 @@ kept and the job can go on from it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +75,11 @@ class _Run:
     extended: dict[str, Any] | None
 
     def written(self, wait: bool = False) -> list[SectionDone]:
-        """Record the sections whose video update and checkpoint are on disk; their events, to report."""
+        """Note the sections whose video update, checkpoint and record are on disk (the writer saved them); their
+        events, to report."""
         events = []
         for plan, frames, latents, counts in self.sink.finished(wait):
             self.record.sections_done = plan.index + 1
-            self.record.save(self.paths)
             events.append(SectionDone(plan.index + 1, len(self.plans), self.paths.video, frames, frames / FPS, latents, counts))
         return events
 
@@ -264,8 +264,14 @@ def _commit_section(run: _Run, plan: SectionPlan, result: torch.Tensor, cache: S
         segments=[], images=tensors, owner=run.record.owner, image_metadata=metadata,
     )  # fmt: skip
     run.record.section_seconds.append(round(time.perf_counter() - started, 3))
+    record = dataclasses.replace(run.record, sections_done=checkpoint.sections_done, section_seconds=list(run.record.section_seconds))
+
+    def publish(segments: list[Path]) -> None:
+        checkpoint.save_after(paths.checkpoint, segments)
+        record.save(paths)  # with its checkpoint: a process killed from here on leaves a job its record names
+
     tag = (plan, run.assembler.num_frames, result, counts)
-    run.sink.add(final, run.assembler.open_frames(), tag, partial(checkpoint.save_after, paths.checkpoint))
+    run.sink.add(final, run.assembler.open_frames(), tag, publish)
 
 
 def _finish(run: _Run, outcome: str) -> Path | None:
