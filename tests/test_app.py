@@ -282,6 +282,7 @@ def test_share_without_credentials_warns_and_auth_is_parsed(tmp_path: Path, caps
         ui.parse_args(["--auth", "nopassword"])
 
 
+@pytest.mark.slow
 def test_f1_entry_point_serves_a_protected_page(tmp_path: Path):
     port = free_port()
     command = [sys.executable, "demo_gradio_f1.py", "--models", str(TINY_MODELS), "--outputs", str(tmp_path / "out"),

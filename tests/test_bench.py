@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO, needs_shared
 
 pytestmark = needs_shared
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_the_tiny_configs_without_cuda(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}

@@ -115,6 +115,7 @@ def test_a_running_job_cannot_be_branched(source):
     assert isinstance(last, Error) and "source is running: stop it or let it finish first" in last.message
 
 
+@pytest.mark.slow
 def test_branch_from_the_command_line(tiny_models, tmp_path):
     settings = Settings(variant="f1", **JOB)
     list(generate(tiny_models("f1"), settings, IMAGE, tmp_path, job_id="cli_source", previews=False))

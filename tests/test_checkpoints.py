@@ -301,6 +301,7 @@ def test_files_for_another_model_or_variant_are_refused_with_one_clear_line(refe
 # ------------------------------------------------------------------------------------------ the command line
 
 
+@pytest.mark.slow
 def test_the_command_line_generates_with_a_gguf_file_and_a_branch_loads_it_again(reference, tmp_path):
     """The job's record names the file; a branch of the job (without the options: from the record) loads it
     and, keeping one section with the same settings, makes the same latents."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 import torch
 from helpers import CASES, CONTROL_CASES, TINY_MODELS, needs_shared, run_cli
 from safetensors.torch import load_file
@@ -33,6 +34,7 @@ def test_generate_writes_video_and_latents(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.json", "clip.latents.safetensors", "clip.mp4"]
 
 
+@pytest.mark.slow
 def test_bad_settings_are_reported_without_traceback(tmp_path):
     image = str(CASES / "v1_original" / "input.png")
     result = run_cli("generate", "--models", str(TINY_MODELS), "--image", image, "--steps", "0")
@@ -57,6 +59,7 @@ def test_missing_weights_message(tmp_path):
     assert "Model files not found" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_check_memory_command():
     fits = run_cli("check-memory", "--vram", "8", "--ram", "64", "--resolution", "640")
     assert fits.returncode == 0, fits.stderr
@@ -144,6 +147,7 @@ def test_bad_controls_get_one_line_before_anything_loads(tmp_path, capsys):
         assert code == 2 and message in stderr and "Traceback" not in stderr, (args, stderr)
 
 
+@pytest.mark.slow
 def test_the_app_commands_hand_their_options_to_the_page():
     """`framepack app --help` is the page's help (the options of demo_gradio.py); other commands still refuse what
     they do not know."""

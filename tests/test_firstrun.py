@@ -159,6 +159,7 @@ def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Com
                           timeout=timeout, env={**os.environ, **env})  # fmt: skip
 
 
+@pytest.mark.slow
 def test_generate_downloads_into_an_empty_cache_then_runs_from_it(tmp_path):
     job = ["--image", str(IMAGE), "--prompt", "a cat", "--seconds", "0.4", "--latent-window-size", "2", "--steps", "2",
            "--width", "64", "--height", "48", "--device", "cpu", "--no-teacache", "--hf-cache", str(tmp_path / "cache")]  # fmt: skip

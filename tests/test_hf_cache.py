@@ -49,6 +49,7 @@ def test_models_are_found_in_the_hub_folder_without_downloading(hf_download):
     assert source.transformer_config("f1")["num_layers"] == tiny["num_layers"] != PUBLISHED_TRANSFORMER["num_layers"]
 
 
+@pytest.mark.slow
 def test_generate_through_a_framepack_hf_download_matches_the_model_root(tmp_path, hf_download):
     job = SHORT_JOB
     common = ["--image", str(CASES / "v1_original" / "input.png"), "--prompt", "a cat", "--seed", str(job.seed),

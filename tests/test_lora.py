@@ -227,6 +227,7 @@ def test_lora_arguments_keep_windows_paths():
     assert LoraSpec.parse(r"C:\loras\style.safetensors") == LoraSpec(Path(r"C:\loras\style.safetensors"), 1.0)
 
 
+@pytest.mark.slow
 def test_the_command_line_applies_loras_and_explains_files(models, tmp_path, capsys):
     from framepack.cli import main
 

@@ -582,6 +582,7 @@ def test_replan_follows_a_jobs_gpu_memory_to_preserve(fresh_models):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_where_ram_is_short_the_text_encoders_come_and_go_and_the_goldens_hold(tmp_path):
     """A per-phase lifetime: the text encoders load for a prompt not seen before and leave after it (the
     transformer leaves meanwhile and comes back); a prompt seen before needs neither. Outputs are identical."""

@@ -40,6 +40,7 @@ def derived_of(record: Path) -> list[dict]:
     return json.loads(record.read_text())["derived"]
 
 
+@pytest.mark.slow
 def test_generate_then_its_postprocessing_as_a_job_of_its_own(tmp_path, hf_cache):
     out = tmp_path / "out"
     ran = run_cli("generate", "--image", str(IMAGE), "--prompt", "a cat", *SMALL, "--models", str(TINY_MODELS),
@@ -59,6 +60,7 @@ def test_generate_then_its_postprocessing_as_a_job_of_its_own(tmp_path, hf_cache
     assert refused.returncode == 2 and refused.stderr.strip() == "error: interpolation x3 is not supported (x2 or x4, or 1 for none)"
 
 
+@pytest.mark.slow
 def test_a_batch_line_asks_for_post_processing(tmp_path, hf_cache):
     out, folder = tmp_path / "out", tmp_path / "in"
     folder.mkdir()

@@ -106,6 +106,7 @@ def test_jobs_of_a_dead_front_go_back_in_line_first(tmp_path):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_queue_add_list_cancel_and_run_on_two_workers(tmp_path):
     out = str(tmp_path / "out")
     ids = []
@@ -130,6 +131,7 @@ def test_queue_add_list_cancel_and_run_on_two_workers(tmp_path):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_every_job(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "in").mkdir()
@@ -175,6 +177,7 @@ def test_a_batch_with_a_bad_line_is_refused_by_line_number_and_a_good_one_runs_e
 
 
 @needs_shared
+@pytest.mark.slow
 def test_queue_cancel_stops_a_job_that_another_process_runs(tmp_path):
     out = tmp_path / "out"
     added = run_cli("queue", "add", "--output-dir", str(out), "--image", str(IMAGE), "--prompt", "a long one",
@@ -217,6 +220,7 @@ def wait_until_serving(url: str, app: subprocess.Popen) -> None:
 
 
 @needs_shared
+@pytest.mark.slow
 def test_the_queue_outlives_a_killed_app(tiny_models, tmp_path):
     """SIGKILL the app while it runs a job with two waiting; started again, it finishes all three, and the
     interrupted job's latents are those of an uninterrupted run."""

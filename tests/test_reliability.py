@@ -45,6 +45,7 @@ def hold_store(path: Path, seconds: float) -> subprocess.Popen:
 
 
 @needs_shared
+@pytest.mark.slow
 def test_a_store_held_by_another_process_stops_neither_the_job_nor_the_worker(tmp_path, monkeypatch):
     monkeypatch.setattr(front_module, "STORE_RETRY_SECONDS", (0.1, 0.5))
     store = SqliteJobStore.in_folder(tmp_path, busy_timeout=0.2)  # far shorter than the lock is held

@@ -75,6 +75,7 @@ def kill_during_write(target: str, number: int, *args: str) -> subprocess.Comple
         ("f1", "job.mp4", 2, 1),
     ],
 )
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_uninterrupted_video(tmp_path, uninterrupted, variant, target, number, resumes_after):
     out = tmp_path / "killed"
     killed = kill_during_write(target, number, "generate", "--variant", variant, "--image", str(IMAGE), *JOB,
@@ -218,6 +219,7 @@ def test_the_app_loads_settings_from_a_previous_output(tiny_models, tmp_path):
     assert refused.error and refused.message.startswith("other.json holds no FramePack settings")
 
 
+@pytest.mark.slow
 def test_a_finished_f1_video_extends_to_the_longer_uninterrupted_video(tiny_models, tmp_path):
     from framepack.engine import add_seconds
 
@@ -309,6 +311,7 @@ def test_resume_loads_the_models_the_job_was_made_with(tiny_models, tmp_path):
     assert torch.equal(load_file(tmp_path / "job" / "job.latents.safetensors")["latents"], load_file(whole.latents_path)["latents"])
 
 
+@pytest.mark.slow
 def test_the_apps_resume_uses_the_models_the_job_was_made_with(tmp_path):
     """In the app too: a job made from another model root resumes on those models, then new jobs on the app's."""
     import shutil

@@ -42,6 +42,7 @@ def test_round_trip_through_a_dict():
     assert Settings.from_dict({**s.to_dict(), "unrelated": 1}) == s
 
 
+@pytest.mark.slow
 def test_ci_fails_instead_of_skipping_when_the_fixtures_are_missing(tmp_path):
     """A green CI must mean the golden tests ran: a checkout without `../shared` beside it fails under CI=true."""
     import os
