@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import threading
 import time
 
@@ -21,17 +22,36 @@ from framepack.queue.runners import LocalRunner
 from framepack.settings import Settings
 
 
-def wait_for_states(front: QueueFront, wanted: dict[str, str], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+@pytest.fixture
+def store_changes(monkeypatch) -> threading.Condition:
+    """A condition notified after every write to a job store in this process: the tests wait on it, not on a clock."""
+    from framepack.queue.store import SqliteJobStore
+
+    changed = threading.Condition()
+    for name in ("add", "update", "claim", "recover"):
+
+        def notifying(self, *args, _real=getattr(SqliteJobStore, name), **kwargs):
+            try:
+                return _real(self, *args, **kwargs)
+            finally:
+                with changed:
+                    changed.notify_all()
+
+        monkeypatch.setattr(SqliteJobStore, name, notifying)
+    return changed
+
+
+def wait_for_states(front: QueueFront, wanted: dict[str, str], changed: threading.Condition, seconds: float = 30) -> None:
+    def reached() -> bool:
         states = {job.id: job.state for job in front.list_jobs()}
-        if all(states.get(job_id) == state for job_id, state in wanted.items()):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"states {states}, wanted {wanted}")
+        return all(states.get(job_id) == state for job_id, state in wanted.items())
+
+    with changed:
+        if not changed.wait_for(reached, timeout=seconds):
+            raise AssertionError(f"states {[(job.id, job.state) for job in front.list_jobs()]}, wanted {wanted}")
 
 
-def test_a_retry_counts_against_the_owners_limit(tmp_path, monkeypatch):
+def test_a_retry_counts_against_the_owners_limit(tmp_path, monkeypatch, store_changes):
     """Retrying ended jobs cannot put more than the limit in line (it could: add, cancel, add, retry)."""
 
     def events_until_stopped(self, job, stop: threading.Event):
@@ -46,12 +66,12 @@ def test_a_retry_counts_against_the_owners_limit(tmp_path, monkeypatch):
     try:
         settings = Settings(prompt="a girl", total_second_length=0.4)
         first = [front.submit(settings, image, owner="alice", follow=False).id for _ in range(2)]
-        wait_for_states(front, dict.fromkeys(first, "running"))
+        wait_for_states(front, dict.fromkeys(first, "running"), store_changes)
         for job_id in first:
             front.cancel_job(job_id, "alice")
-        wait_for_states(front, dict.fromkeys(first, "failed"))
+        wait_for_states(front, dict.fromkeys(first, "failed"), store_changes)
         second = [front.submit(settings, image, owner="alice", follow=False).id for _ in range(2)]
-        wait_for_states(front, dict.fromkeys(second, "running"))
+        wait_for_states(front, dict.fromkeys(second, "running"), store_changes)
 
         refused = front.retry(first[0], "alice")
         assert refused == "You already have 2 jobs waiting or running; wait for one to end or stop one."
@@ -61,7 +81,7 @@ def test_a_retry_counts_against_the_owners_limit(tmp_path, monkeypatch):
         assert front.retry(first[0], "bob") == "Only a stopped or failed job can run again."  # not bob's to retry
         for job_id in second:
             front.cancel_job(job_id, "alice")
-        wait_for_states(front, dict.fromkeys(second, "failed"))
+        wait_for_states(front, dict.fromkeys(second, "failed"), store_changes)
         assert front.retry(first[0], "alice") is None  # under the limit again
     finally:
         front.close(timeout=30)
@@ -197,7 +217,7 @@ def test_a_sound_store_or_a_new_folder_opens_without_a_note(tmp_path):
     assert note is None
 
 
-def test_a_user_at_the_limit_is_turned_away_before_any_upload_is_read(tmp_path, monkeypatch):
+def test_a_user_at_the_limit_is_turned_away_before_any_upload_is_read(tmp_path, monkeypatch, store_changes):
     from framepack.app.service import AppService
 
     def events_until_stopped(self, job, stop: threading.Event):
@@ -212,7 +232,7 @@ def test_a_user_at_the_limit_is_turned_away_before_any_upload_is_read(tmp_path, 
     try:
         values = {"input_image": str(image), "prompt": "a girl", "total_second_length": 0.4}
         first = service.submit("alice", None, values, follow=False)
-        wait_for_states(front, {first.id: "running"})
+        wait_for_states(front, {first.id: "running"}, store_changes)
 
         def read_anything(*args, **kwargs):
             raise AssertionError("an upload was read for a user at the limit")
@@ -254,17 +274,16 @@ def test_settings_are_read_a_few_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(service_module, "settings_of_output", slow_read)
     monkeypatch.setattr(service_module, "SETTINGS_READ_WAIT_SECONDS", 0.5)
     service = AppService(None, "original")
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(service.settings_of_file(str(record)))) for _ in range(6)]
+    answers: queue.Queue = queue.Queue()
+    threads = [threading.Thread(target=lambda: answers.put(service.settings_of_file(str(record)))) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)  # the four beyond the first two have given up by now
+    busy = [answers.get(timeout=10) for _ in range(4)]  # while two read, the other four give up
     release.set()
+    loaded = [answers.get(timeout=10) for _ in range(2)]
     for thread in threads:
         thread.join(10)
     assert most == service_module.SETTINGS_READS_AT_ONCE == 2
-    loaded = [r for r in results if not r.error]
-    busy = [r for r in results if r.error]
     assert len(loaded) == 2 and all(r.values["prompt"] == "a girl" for r in loaded)
     assert len(busy) == 4 and all(r.message == "Other settings are being read; try again in a moment." for r in busy)
 
@@ -272,14 +291,17 @@ def test_settings_are_read_a_few_at_a_time(tmp_path, monkeypatch):
 # Another instance on the same outputs folder: it takes a job it follows itself (so only it may run it), prints
 # "running" once the job runs, and runs it until it is killed.
 OTHER_INSTANCE = """
-import sys, threading, time
+import sys, threading
 from PIL import Image
 from framepack.models import ModelSource
 from framepack.queue.front import QueueFront
 from framepack.queue.runners import LocalRunner
 from framepack.settings import Settings
 
+running = threading.Event()
+
 def forever(self, job, stop):
+    running.set()
     threading.Event().wait()
     yield
 
@@ -287,14 +309,13 @@ LocalRunner.events = forever
 out, image = sys.argv[1], sys.argv[2]
 front = QueueFront("original", ModelSource(models_dir=out + "/no-models"), out)
 job = front.submit(Settings(prompt="a girl", total_second_length=0.4), image)
-while front.job(job.id).state != "running":
-    time.sleep(0.05)
+running.wait()  # its worker has claimed it: the store says "running"
 print(job.id, flush=True)
 threading.Event().wait()
 """
 
 
-def test_an_instance_notices_a_killed_one_within_seconds_and_finishes_its_job(tmp_path, monkeypatch):
+def test_an_instance_notices_a_killed_one_within_seconds_and_finishes_its_job(tmp_path, monkeypatch, store_changes):
     import subprocess
     import sys
 
@@ -319,12 +340,12 @@ def test_an_instance_notices_a_killed_one_within_seconds_and_finishes_its_job(tm
         assert job_id, other.stderr.read()
         front = QueueFront("original", ModelSource(models_dir=tmp_path / "no-models"), out)
         try:
-            time.sleep(2.0)  # the other instance is alive: its job stays its own
-            assert front.job(job_id).state == "running"
+            with store_changes:  # the other instance is alive: its job stays its own, whatever this front does
+                assert not store_changes.wait_for(lambda: front.job(job_id).state != "running", timeout=2.0)
             other.kill()
             other.wait(30)
             killed = time.monotonic()
-            wait_for_states(front, {job_id: "done"}, seconds=15)
+            wait_for_states(front, {job_id: "done"}, store_changes, seconds=15)
             assert time.monotonic() - killed < 10  # noticed while this instance ran, within seconds
             assert front.job(job_id).attempts == 2
         finally:
@@ -355,7 +376,7 @@ def test_the_login_page_does_not_describe_the_api(tmp_path):
         assert Client(app.url, auth=("alice", "secret"), verbose=False).predict(api_name="/queue_list") == []
 
 
-def test_a_full_disk_when_a_job_ends_ends_that_job_not_the_worker(tmp_path, monkeypatch):
+def test_a_full_disk_when_a_job_ends_ends_that_job_not_the_worker(tmp_path, monkeypatch, store_changes):
     """The store cannot take a job's end (the disk is full): the job's stream still ends, the worker serves the next
     job, and the first job's end is written once the store takes writes again."""
     import sqlite3
@@ -388,7 +409,7 @@ def test_a_full_disk_when_a_job_ends_ends_that_job_not_the_worker(tmp_path, monk
         assert isinstance(list(first.events())[-1], Done)  # the stream ends, it does not hang
         second = front.submit(Settings(prompt="a boy", total_second_length=0.4), image)
         assert isinstance(list(second.events())[-1], Done)
-        wait_for_states(front, {first.id: "done", second.id: "done"})
+        wait_for_states(front, {first.id: "done", second.id: "done"}, store_changes)
         assert front._alive == 1
     finally:
         front.close(timeout=30)
