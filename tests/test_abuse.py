@@ -507,3 +507,82 @@ def test_workers_sharing_the_cpu_split_its_cores():
     assert cpu_threads_each([None] * (2 * cores + 1)) == 1
     gpu = SimpleNamespace(device="cuda:0")  # a plan's device is all that counts
     assert cpu_threads_each([gpu, gpu]) is None  # GPUs: their own
+
+
+def write_flat_png(path, width: int, height: int) -> None:
+    """A black RGB PNG of any size written a row at a time: the test never holds its pixels (13,000 x 13,000 is
+    507 MB decoded and about 0.5 MB on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * (1 + 3 * width)  # filter byte, then RGB
+    with open(path, "wb") as png:
+        png.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        for _ in range(height):
+            if packed := packer.compress(row):
+                png.write(chunk(b"IDAT", packed))
+        png.write(chunk(b"IDAT", packer.flush()) + chunk(b"IEND", b""))
+
+
+PEAK_OF_SUBMITS = """
+import json, resource, sys, threading
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from framepack.app.service import AppService
+from framepack.events import Error
+from framepack.media.images import ImageError
+from framepack.models import ModelSource
+from framepack.queue.front import QueueFront
+from framepack.queue.runners import LocalRunner
+
+def answer(user):
+    try:
+        return next(service.submit(user, None, values, follow=False).events()).message
+    except ImageError as error:  # the page and the API show it as the job's one-line error
+        return str(error)
+
+def events_until_stopped(self, job, stop):
+    stop.wait(60)
+    yield Error("stopped by the test")
+
+LocalRunner.events = events_until_stopped
+out, huge = Path(sys.argv[2]), sys.argv[3]
+front = QueueFront("original", ModelSource(models_dir=out / "no-models"), out / "outputs", max_jobs_per_owner=1)
+service = AppService(front, "original")
+small = {"input_image": sys.argv[4], "prompt": "a girl", "total_second_length": 0.4}
+first = service.submit("alice", None, small, follow=False)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+values = {**small, "input_image": huge}
+answers = [answer(user) for user in ("alice", "bob")]
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+first.cancel()
+front.close(timeout=30)
+print(json.dumps({"answers": answers, "grew_kb": after - before}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "getuid"), reason="reads the peak memory with resource (POSIX)")
+def test_a_13000_pixel_square_png_costs_no_memory_to_refuse(tmp_path):
+    """The red team's 13,000 x 13,000 PNG (cost 2.7 GB and 17 s per call): from a user at the limit it is turned away
+    before it is read, from anyone else refused by the pixel budget from its header; the process's peak memory
+    (measured in a fresh process, so earlier tests' peaks do not hide it) grows by far less than one decode."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    huge, small = tmp_path / "huge.png", tmp_path / "small.png"
+    write_flat_png(huge, 13_000, 13_000)
+    assert huge.stat().st_size < 2_000_000
+    Image.new("RGB", (64, 64)).save(small)
+    tests, root = Path(__file__).parent, Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-c", PEAK_OF_SUBMITS, str(root), str(tmp_path), str(huge), str(small)],
+                          capture_output=True, text=True, timeout=300, cwd=tests)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    alice, bob = result["answers"]
+    assert "you already have 1 job waiting or running" in alice
+    assert "huge.png is 13000x13000 (169 MP), more than the 64 MP this app decodes" in bob
+    assert result["grew_kb"] < 64 * 1024, result  # one decode is 507 MB as RGB
