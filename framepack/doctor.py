@@ -11,12 +11,13 @@ loading (`check_before_loading`).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +32,7 @@ from .memory.sensing import DeviceMemory, detect_device
 from .memory.sizes import GB, gb, published_sizes
 from .models import ModelsMissingError, ModelSource
 from .models.attention import availability
-from .models.sources import DEFAULT_CACHE_DIR, HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
+from .models.sources import DEFAULT_CACHE_DIR, HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, fetch_commands
 from .settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -116,9 +117,15 @@ def host() -> Host:
 SMI_FIELDS = "name,driver_version,memory.total,compute_cap"
 
 
+def locate_nvidia_smi(where: Host, environ: Mapping[str, str] = os.environ,
+                      is_file: Callable[[str], bool] = os.path.isfile) -> str | None:  # fmt: skip
+    """nvidia-smi on PATH, or on Windows where the driver installs it (older drivers leave it off PATH)."""
+    return rules.find_nvidia_smi(where.os, shutil.which("nvidia-smi"), environ, is_file)
+
+
 def nvidia_smi() -> Smi:
     """Ask nvidia-smi for the cards; drivers too old for the compute_cap field get the query without it."""
-    exe = shutil.which("nvidia-smi")
+    exe = locate_nvidia_smi(host())
     if exe is None:
         return Smi(False)
     output = ""
@@ -350,29 +357,17 @@ def check_models(found: dict[ModelPart, bool], sizes: dict[str, int], where: str
         listed = "; ".join(f"{repo} ({', '.join(filter(None, parts)) or 'configs'})" for repo, parts in by_repo.items())
         lines.append(f"would download {gb(total)}: {listed}")
     found_text = "; ".join(lines)
+    wanted = [(part.repo, (part.subfolder,) if part.subfolder else ()) for part in missing]
     if not missing:
         return Finding("Model files", "ok", found_text)
     if local:
         return Finding("Model files", "fail", found_text.replace("would download", "missing"),
-                       fetch_commands(missing, lambda repo: f"--local-dir {where}/{repo}"))  # fmt: skip
-    fetch = fetch_commands(missing, lambda repo: f"--cache-dir {where}")
+                       fetch_commands(wanted, local_root=where))  # fmt: skip
+    fetch = fetch_commands(wanted, cache_dir=where)
     if offline:
         return Finding("Model files", "fail", f"{found_text} (HF_HUB_OFFLINE is set: nothing downloads)",
                        f"connect and unset HF_HUB_OFFLINE, or fetch them on a connected machine: {fetch}")
     return Finding("Model files", "warn", found_text, f"they download on the first run; to fetch them now: {fetch}")
-
-
-def fetch_commands(missing: Sequence[ModelPart], target: Callable[[str], str]) -> str:
-    """`hf download` commands for the missing parts, only their subfolders of a repo (HunyuanVideo's repo also
-    holds a transformer the app does not use)."""
-    subfolders: dict[str, list[str]] = {}
-    for part in missing:
-        subfolders.setdefault(part.repo, []).append(part.subfolder)
-    commands = []
-    for repo, names in sorted(subfolders.items()):
-        include = "" if "" in names else " --include " + " ".join(f'"{name}/*"' for name in names)
-        commands.append(f"hf download {repo}{include} {target(repo)}")
-    return "; ".join(commands)
 
 
 def check_plan(plan: MemoryPlan, sized: str) -> Finding:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from huggingface_hub import constants
 from framepack.events import Download, Error, Status
 from framepack.models import ModelsMissingError, ModelSource
 from framepack.models import download as dl
-from framepack.models.sources import HUNYUAN_REPO
+from framepack.models.sources import HUNYUAN_REPO, fetch_commands
 from helpers import IMAGE, REPO, TINY_MODELS, needs_shared
 from hub_standin import COMMIT, hub_standin
 
@@ -126,6 +128,30 @@ def test_offline_with_an_empty_cache_names_what_to_fetch_and_where(tmp_path, mon
     assert "HF_HUB_OFFLINE" in message and str(tmp_path) in message
     assert f'hf download {HUNYUAN_REPO} --include "text_encoder/*"' in message
     assert f"hf download lllyasviel/FramePack_F1_I2V_HY_20250503 --cache-dir {tmp_path}" in message
+
+
+def test_the_offline_hint_run_as_it_reads_fetches_what_was_missing_and_no_more(tmp_path):
+    """The `hf download` commands the message gives, run against the stand-in: afterwards nothing is missing, and
+    HunyuanVideo's transformer (which the app does not use) was left out."""
+    hf = Path(sys.executable).with_name("hf.exe" if os.name == "nt" else "hf")
+    if not hf.is_file():
+        pytest.skip(f"huggingface_hub's hf command is not beside {sys.executable}")
+    served = tmp_path / "served"
+    shutil.copytree(TINY_MODELS, served)
+    unused = served / HUNYUAN_REPO / "transformer" / "config.json"
+    unused.parent.mkdir()
+    unused.write_text("{}")
+    source = ModelSource(cache_dir=tmp_path / "cache")
+    hint = fetch_commands(dl.missing_parts(source, "original"), cache_dir=source.hub_dir)
+    with hub_standin(served) as hub:
+        for command in hint.split("; "):
+            words = shlex.split(command)
+            assert words[0] == "hf"
+            done = subprocess.run([str(hf), *words[1:]], capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+    assert dl.missing_parts(source, "original") == []
+    assert not list(dl.storage(source.hub_dir, HUNYUAN_REPO).glob("snapshots/*/transformer"))
 
 
 def test_no_hub_at_all_gives_the_same_message(tmp_path, monkeypatch):
