@@ -10,7 +10,6 @@ loading (`check_before_loading`).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -32,6 +31,7 @@ from .memory.sensing import DeviceMemory, detect_device
 from .memory.sizes import GB, gb, published_sizes
 from .models import ModelsMissingError, ModelSource
 from .models.attention import availability
+from .models.download import free_disk, weights_complete
 from .models.sources import DEFAULT_CACHE_DIR, HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, fetch_commands
 from .settings import Settings
 
@@ -458,14 +458,6 @@ def can_encode(name: str) -> bool:
     return True
 
 
-def free_disk(path: Path) -> int:
-    """Free bytes on the disk `path` is (or would be made) on."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
 def models_and_disk(places: Places) -> list[Finding]:
     """The model files' finding and the free disk where they are (or would download to)."""
     source = ModelSource(places.models, places.hf_cache)
@@ -473,21 +465,13 @@ def models_and_disk(places: Places) -> list[Finding]:
     found = {}
     for part in model_parts(places.variant):
         folder = source.cached_folder(part.repo, (part.subfolder,) if part.subfolder else ())
-        found[part] = folder is not None and (part.component is None or weights_present(folder / part.subfolder))
+        found[part] = folder is not None and (part.component is None or weights_complete(folder / part.subfolder))
     stored = published_sizes(torch.bfloat16, torch.float16)  # the published weights' dtypes (model-configs)
     sizes = {name: stored[name].total for name in stored.components}
     local, offline = places.models is not None, bool(huggingface_hub.constants.HF_HUB_OFFLINE)
     models = check_models(found, sizes, str(where), local, offline)
     needed = 0 if local else sum(sizes.get(p.component or "", 0) for p, here in found.items() if not here)
     return [models, check_disk("Disk (models)", where, free_disk(where), needed)]
-
-
-def weights_present(folder: Path) -> bool:
-    """Whether a model folder holds its weights: every shard its index names, else a weights file."""
-    for index in folder.glob("*.index.json"):
-        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        return bool(shards) and all((folder / shard).is_file() for shard in shards)
-    return any(f.is_file() for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
 
 
 def memory_plan(places: Places, memory: DeviceMemory) -> Finding:
