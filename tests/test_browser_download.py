@@ -67,12 +67,14 @@ def test_the_first_job_shows_the_download_on_the_page_and_goes_on_after_a_droppe
         hub.hold_once.add(VAE)
         hub.drop_once.add(VAE)
         with app_with_an_empty_cache(tmp_path, monkeypatch) as app:
-            page = start_job(browser, app.url, seconds=1.2)  # one section: 37 frames
-            caption, width = page.wait_for_function(DOWNLOAD_SHOWN, arg=VAE, timeout=120_000).json_value()
-            assert hub.held.wait(timeout=120)  # the VAE is half fetched (and stays so until released)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "browser_download.png"), full_page=True)
-            hub.release.set()
+            try:
+                page = start_job(browser, app.url, seconds=1.2)  # one section: 37 frames
+                caption, width = page.wait_for_function(DOWNLOAD_SHOWN, arg=VAE, timeout=120_000).json_value()
+                assert hub.held.wait(timeout=120)  # the VAE is half fetched (and stays so until released)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "browser_download.png"), full_page=True)
+            finally:  # whatever happened, the held GET ends (dropping the connection) and the job goes on
+                hub.release.set()
 
             said = re.fullmatch(r"Downloading models: ([\d.]+) of ([\d.]+) MB \(file (\d+) of 22: (\S+)\)", caption)
             assert said is not None, caption
