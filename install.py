@@ -139,22 +139,9 @@ def is_wsl() -> bool:
     return this_os() == "linux" and "microsoft" in platform.release().lower()
 
 
-def find_nvidia_smi() -> str | None:
-    found = shutil.which("nvidia-smi")
-    if found or this_os() != "windows":
-        return found
-    # Older Windows drivers put it outside PATH.
-    for folder in (os.environ.get("SystemRoot", r"C:\Windows") + r"\System32",
-                   os.environ.get("ProgramFiles", r"C:\Program Files") + r"\NVIDIA Corporation\NVSMI"):  # fmt: skip
-        candidate = Path(folder) / "nvidia-smi.exe"
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def read_nvidia_smi(rules: ModuleType) -> tuple[list[Gpu], str, str | None]:
     """(cards, where they came from, error). Drivers too old for compute_cap get the plain query."""
-    exe = find_nvidia_smi()
+    exe = rules.find_nvidia_smi(this_os(), shutil.which("nvidia-smi"), os.environ, os.path.isfile)
     if exe is None:
         return [], "nvidia-smi not found", None
     output = ""

@@ -10,13 +10,13 @@ loading (`check_before_loading`).
 
 from __future__ import annotations
 
-import json
+import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +31,8 @@ from .memory.sensing import DeviceMemory, detect_device
 from .memory.sizes import GB, gb, published_sizes
 from .models import ModelsMissingError, ModelSource
 from .models.attention import availability
-from .models.sources import DEFAULT_CACHE_DIR, HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
+from .models.download import free_disk, weights_complete
+from .models.sources import DEFAULT_CACHE_DIR, HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, fetch_commands
 from .settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -116,9 +117,15 @@ def host() -> Host:
 SMI_FIELDS = "name,driver_version,memory.total,compute_cap"
 
 
+def locate_nvidia_smi(where: Host, environ: Mapping[str, str] = os.environ,
+                      is_file: Callable[[str], bool] = os.path.isfile) -> str | None:  # fmt: skip
+    """nvidia-smi on PATH, or on Windows where the driver installs it (older drivers leave it off PATH)."""
+    return rules.find_nvidia_smi(where.os, shutil.which("nvidia-smi"), environ, is_file)
+
+
 def nvidia_smi() -> Smi:
     """Ask nvidia-smi for the cards; drivers too old for the compute_cap field get the query without it."""
-    exe = shutil.which("nvidia-smi")
+    exe = locate_nvidia_smi(host())
     if exe is None:
         return Smi(False)
     output = ""
@@ -350,29 +357,17 @@ def check_models(found: dict[ModelPart, bool], sizes: dict[str, int], where: str
         listed = "; ".join(f"{repo} ({', '.join(filter(None, parts)) or 'configs'})" for repo, parts in by_repo.items())
         lines.append(f"would download {gb(total)}: {listed}")
     found_text = "; ".join(lines)
+    wanted = [(part.repo, (part.subfolder,) if part.subfolder else ()) for part in missing]
     if not missing:
         return Finding("Model files", "ok", found_text)
     if local:
         return Finding("Model files", "fail", found_text.replace("would download", "missing"),
-                       fetch_commands(missing, lambda repo: f"--local-dir {where}/{repo}"))  # fmt: skip
-    fetch = fetch_commands(missing, lambda repo: f"--cache-dir {where}")
+                       fetch_commands(wanted, local_root=where))  # fmt: skip
+    fetch = fetch_commands(wanted, cache_dir=where)
     if offline:
         return Finding("Model files", "fail", f"{found_text} (HF_HUB_OFFLINE is set: nothing downloads)",
                        f"connect and unset HF_HUB_OFFLINE, or fetch them on a connected machine: {fetch}")
     return Finding("Model files", "warn", found_text, f"they download on the first run; to fetch them now: {fetch}")
-
-
-def fetch_commands(missing: Sequence[ModelPart], target: Callable[[str], str]) -> str:
-    """`hf download` commands for the missing parts, only their subfolders of a repo (HunyuanVideo's repo also
-    holds a transformer the app does not use)."""
-    subfolders: dict[str, list[str]] = {}
-    for part in missing:
-        subfolders.setdefault(part.repo, []).append(part.subfolder)
-    commands = []
-    for repo, names in sorted(subfolders.items()):
-        include = "" if "" in names else " --include " + " ".join(f'"{name}/*"' for name in names)
-        commands.append(f"hf download {repo}{include} {target(repo)}")
-    return "; ".join(commands)
 
 
 def check_plan(plan: MemoryPlan, sized: str) -> Finding:
@@ -463,14 +458,6 @@ def can_encode(name: str) -> bool:
     return True
 
 
-def free_disk(path: Path) -> int:
-    """Free bytes on the disk `path` is (or would be made) on."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
 def models_and_disk(places: Places) -> list[Finding]:
     """The model files' finding and the free disk where they are (or would download to)."""
     source = ModelSource(places.models, places.hf_cache)
@@ -478,21 +465,13 @@ def models_and_disk(places: Places) -> list[Finding]:
     found = {}
     for part in model_parts(places.variant):
         folder = source.cached_folder(part.repo, (part.subfolder,) if part.subfolder else ())
-        found[part] = folder is not None and (part.component is None or weights_present(folder / part.subfolder))
+        found[part] = folder is not None and (part.component is None or weights_complete(folder / part.subfolder))
     stored = published_sizes(torch.bfloat16, torch.float16)  # the published weights' dtypes (model-configs)
     sizes = {name: stored[name].total for name in stored.components}
     local, offline = places.models is not None, bool(huggingface_hub.constants.HF_HUB_OFFLINE)
     models = check_models(found, sizes, str(where), local, offline)
     needed = 0 if local else sum(sizes.get(p.component or "", 0) for p, here in found.items() if not here)
     return [models, check_disk("Disk (models)", where, free_disk(where), needed)]
-
-
-def weights_present(folder: Path) -> bool:
-    """Whether a model folder holds its weights: every shard its index names, else a weights file."""
-    for index in folder.glob("*.index.json"):
-        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        return bool(shards) and all((folder / shard).is_file() for shard in shards)
-    return any(f.is_file() for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
 
 
 def memory_plan(places: Places, memory: DeviceMemory) -> Finding:

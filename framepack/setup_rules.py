@@ -9,7 +9,9 @@ them.
 
 from __future__ import annotations
 
+import ntpath
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 TORCH_SERIES = "2.13"
@@ -373,6 +375,24 @@ def choose_attention(name: str, machine: Machine, torch: TorchChoice) -> Attenti
 
 def _skip(name: str, reason: str) -> AttentionChoice:
     return AttentionChoice(name, (), None, reason)
+
+
+def windows_nvidia_smi_places(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Where NVIDIA's Windows driver installs nvidia-smi.exe: System32 (current drivers, which also put it on PATH
+    through System32), and NVSMI under Program Files (older drivers, which leave it off PATH)."""
+    system_root = environ.get("SystemRoot") or environ.get("SYSTEMROOT") or r"C:\Windows"
+    program_files = environ.get("ProgramFiles") or environ.get("PROGRAMFILES") or r"C:\Program Files"
+    return (ntpath.join(system_root, "System32", "nvidia-smi.exe"),
+            ntpath.join(program_files, "NVIDIA Corporation", "NVSMI", "nvidia-smi.exe"))  # fmt: skip
+
+
+def find_nvidia_smi(os_name: str, on_path: str | None, environ: Mapping[str, str],
+                    is_file: Callable[[str], bool]) -> str | None:  # fmt: skip
+    """nvidia-smi to run: the one on PATH (`on_path`, what shutil.which found), else on Windows the first of the
+    driver's own places that holds it (`is_file` asks the file system); None where there is none."""
+    if on_path or os_name != "windows":
+        return on_path
+    return next((place for place in windows_nvidia_smi_places(environ) if is_file(place)), None)
 
 
 def parse_nvidia_smi(text: str, with_capability: bool) -> list[Gpu]:

@@ -27,6 +27,11 @@ class HubStandIn:
     url: str = ""
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, Range header)
     drop_once: set[str] = field(default_factory=set)  # file paths whose first GET stops half way
+    # File paths whose first GET sends half, sets `held` and waits for the test to set `release` (then sends the
+    # rest, or with drop_once too, closes the connection there): a download caught part way, as long as a test needs.
+    hold_once: set[str] = field(default_factory=set)
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
     delay: float = 0.0  # seconds per 64 KiB sent: slow enough to stop a download part way
 
     def files(self, repo: str) -> dict[str, Path]:
@@ -99,14 +104,27 @@ def _handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             if head:
                 return
             body = data[start:]
+            half = len(body) // 2
+            hold = name in hub.hold_once
+            hub.hold_once.discard(name)
             if name in hub.drop_once:
                 hub.drop_once.discard(name)
-                body = body[: len(body) // 2]  # then the connection closes short of Content-Length
+                body = body[:half]  # then the connection closes short of Content-Length
+            self.close_connection = True
+            try:
+                self._write(body[:half] if hold else body)
+                if hold:
+                    hub.held.set()
+                    hub.release.wait(timeout=300)
+                    self._write(body[half:])
+            except (BrokenPipeError, ConnectionResetError):  # the client went away (a stopped download)
+                pass
+
+        def _write(self, body: bytes) -> None:
             for offset in range(0, len(body), 65536):
                 self.wfile.write(body[offset : offset + 65536])
                 self.wfile.flush()
                 time.sleep(hub.delay)
-            self.close_connection = True
 
         def do_GET(self) -> None:
             self._route(head=False)

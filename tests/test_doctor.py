@@ -11,6 +11,7 @@ import pytest
 from helpers import TINY_MODELS, needs_shared, run_cli
 
 from framepack import doctor
+from framepack import setup_rules as rules
 from framepack.cli import main
 from framepack.doctor import Finding, Host, Smi, SmiGpu, TorchBuild, model_parts
 from framepack.memory.sizes import GB
@@ -55,6 +56,45 @@ def test_nvidia_smi_lines_are_read():
     assert old.gpu.capability == (8, 9) and old.gpu.capability_from == "the GPU name"
     with pytest.raises(ValueError):
         doctor.parse_smi("garbage")
+
+
+SYSTEM32_SMI = r"C:\Windows\System32\nvidia-smi.exe"
+NVSMI = r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe"
+
+
+@pytest.mark.parametrize(
+    ("os_name", "on_path", "environ", "files", "found"),
+    [
+        ("windows", None, {}, {NVSMI}, NVSMI),  # an older driver: off PATH, in NVSMI
+        ("windows", None, {}, {SYSTEM32_SMI, NVSMI}, SYSTEM32_SMI),  # the current driver's place first
+        ("windows", None, {"SystemRoot": r"D:\WINNT"}, {r"D:\WINNT\System32\nvidia-smi.exe"}, r"D:\WINNT\System32\nvidia-smi.exe"),
+        ("windows", None, {"ProgramFiles": r"E:\Apps"}, {r"E:\Apps\NVIDIA Corporation\NVSMI\nvidia-smi.exe"},
+         r"E:\Apps\NVIDIA Corporation\NVSMI\nvidia-smi.exe"),
+        ("windows", None, {}, set(), None),  # no driver
+        ("windows", r"C:\Tools\nvidia-smi.exe", {}, {NVSMI}, r"C:\Tools\nvidia-smi.exe"),  # PATH wins
+        ("linux", None, {}, {SYSTEM32_SMI, NVSMI}, None),  # the Windows places mean nothing elsewhere
+        ("linux", "/usr/bin/nvidia-smi", {}, set(), "/usr/bin/nvidia-smi"),
+    ],
+)  # fmt: skip
+def test_nvidia_smi_is_found_where_the_windows_driver_installs_it(os_name, on_path, environ, files, found):
+    assert rules.find_nvidia_smi(os_name, on_path, environ, files.__contains__) == found
+
+
+def test_the_doctor_runs_the_nvidia_smi_it_finds_off_path_on_windows(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi on PATH
+    asked: list[str] = []
+
+    def is_file(path: str) -> bool:
+        asked.append(path)
+        return path == NVSMI
+
+    assert doctor.locate_nvidia_smi(Host("windows"), {}, is_file) == NVSMI and asked == [SYSTEM32_SMI, NVSMI]
+    assert doctor.locate_nvidia_smi(LINUX, {}, is_file) is None
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch)  # stands in for the NVSMI one: what it answers is read
+    monkeypatch.setattr(doctor, "locate_nvidia_smi", lambda where: str(tmp_path / "bin" / "nvidia-smi"))
+    monkeypatch.setattr(doctor, "host", lambda: Host("windows"))
+    found = doctor.nvidia_smi()
+    assert found.found and [card.gpu.name for card in found.gpus] == ["NVIDIA GeForce RTX 5090"]
 
 
 def test_torch_arch_lists_against_capabilities():
@@ -107,6 +147,12 @@ def test_missing_model_files_are_listed_with_their_download_sizes():
     assert local.status == "fail" and "missing 15.0 GB" in local.found
     assert local.fix == ('hf download hunyuanvideo-community/HunyuanVideo --include "text_encoder/*" '
                          "--local-dir models/hunyuanvideo-community/HunyuanVideo")
+    # Two subfolders of a repo: one --include each (hf download reads a second word after one as a file name).
+    none_here = doctor.check_models(dict.fromkeys(parts, False), sizes, "hf_download", local=False, offline=False)
+    assert ('hf download hunyuanvideo-community/HunyuanVideo --include "text_encoder/*" --include "text_encoder_2/*" '
+            '--include "tokenizer/*" --include "tokenizer_2/*" --include "vae/*" --cache-dir hf_download; '
+            'hf download lllyasviel/flux_redux_bfl --include "feature_extractor/*" --include "image_encoder/*" '
+            "--cache-dir hf_download; hf download lllyasviel/FramePackI2V_HY --cache-dir hf_download") in none_here.fix
 
 
 def test_disk_encoders_and_attention_verdicts(tmp_path):

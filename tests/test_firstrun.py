@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from huggingface_hub import constants
 from framepack.events import Download, Error, Status
 from framepack.models import ModelsMissingError, ModelSource
 from framepack.models import download as dl
-from framepack.models.sources import HUNYUAN_REPO
+from framepack.models.sources import HUNYUAN_REPO, fetch_commands
 from helpers import IMAGE, REPO, TINY_MODELS, needs_shared
 from hub_standin import COMMIT, hub_standin
 
@@ -128,6 +130,30 @@ def test_offline_with_an_empty_cache_names_what_to_fetch_and_where(tmp_path, mon
     assert f"hf download lllyasviel/FramePack_F1_I2V_HY_20250503 --cache-dir {tmp_path}" in message
 
 
+def test_the_offline_hint_run_as_it_reads_fetches_what_was_missing_and_no_more(tmp_path):
+    """The `hf download` commands the message gives, run against the stand-in: afterwards nothing is missing, and
+    HunyuanVideo's transformer (which the app does not use) was left out."""
+    hf = Path(sys.executable).with_name("hf.exe" if os.name == "nt" else "hf")
+    if not hf.is_file():
+        pytest.skip(f"huggingface_hub's hf command is not beside {sys.executable}")
+    served = tmp_path / "served"
+    shutil.copytree(TINY_MODELS, served)
+    unused = served / HUNYUAN_REPO / "transformer" / "config.json"
+    unused.parent.mkdir()
+    unused.write_text("{}")
+    source = ModelSource(cache_dir=tmp_path / "cache")
+    hint = fetch_commands(dl.missing_parts(source, "original"), cache_dir=source.hub_dir)
+    with hub_standin(served) as hub:
+        for command in hint.split("; "):
+            words = shlex.split(command)
+            assert words[0] == "hf"
+            done = subprocess.run([str(hf), *words[1:]], capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+    assert dl.missing_parts(source, "original") == []
+    assert not list(dl.storage(source.hub_dir, HUNYUAN_REPO).glob("snapshots/*/transformer"))
+
+
 def test_no_hub_at_all_gives_the_same_message(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -192,3 +218,67 @@ def test_without_symlinks_the_files_themselves_go_in_the_snapshots(hub, tmp_path
     assert pointer.read_bytes() == (TINY_MODELS / HUNYUAN_REPO / VAE).read_bytes()
     asked = len(hub.requests)
     assert dl.ensure_models(source, "original") is None and len(hub.requests) == asked
+
+
+# ----------------------------------------------------------------------------------------------- `framepack download`
+
+
+def test_the_download_command_fetches_everything_then_finds_it_all_there(hub, tmp_path, capsys):
+    from framepack.cli import main
+
+    assert main(["download", "--hf-cache", str(tmp_path), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("Downloading 22 files, 2.7 MB (") and out.strip() == f"The FramePack models are all in {tmp_path}."
+    assert dl.missing_parts(ModelSource(cache_dir=tmp_path), "original") == []
+    assert blob_of(tmp_path, HUNYUAN_REPO, VAE).read_bytes() == (TINY_MODELS / HUNYUAN_REPO / VAE).read_bytes()
+    asked = len(hub.requests)
+    assert main(["download", "--hf-cache", str(tmp_path)]) == 0  # again: nothing is asked of the hub
+    assert capsys.readouterr().out.strip() == f"The FramePack models are all in {tmp_path}: nothing to download."
+    assert len(hub.requests) == asked
+    # F1 shares all but its transformer: only that repo is fetched.
+    assert main(["download", "--f1", "--hf-cache", str(tmp_path), "--quiet"]) == 0
+    f1 = [f for f in (TINY_MODELS / "lllyasviel/FramePack_F1_I2V_HY_20250503").iterdir() if f.is_file()]
+    assert capsys.readouterr().err.startswith(f"Downloading {len(f1)} files, {dl.gb(sum(f.stat().st_size for f in f1))} (")
+    assert not any(HUNYUAN_REPO in path for _, path, _ in hub.requests[asked:])
+
+
+def test_the_download_command_stopped_with_ctrl_c_goes_on_where_it_stopped(hub, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the VAE is half fetched: exit 130 with what to do; run again, only the rest of it is asked for."""
+    import signal
+    import threading
+
+    from framepack.cli import main
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16384)  # so the half before Ctrl-C reaches the disk
+    hub.hold_once.add(VAE)
+
+    def press_ctrl_c() -> None:
+        if hub.held.wait(timeout=120):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal's Ctrl-C does
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    try:
+        code = main(["download", "--hf-cache", str(tmp_path), "--quiet"])
+    finally:
+        hub.release.set()
+        presser.join()
+    assert code == 130 and "Run the same command again to go on where the download stopped." in capsys.readouterr().err
+    (part,) = dl.storage(tmp_path, HUNYUAN_REPO).glob("blobs/*.incomplete")
+    fetched = part.stat().st_size
+    assert 0 < fetched < (TINY_MODELS / HUNYUAN_REPO / VAE).stat().st_size
+
+    assert main(["download", "--hf-cache", str(tmp_path), "--quiet"]) == 0
+    assert f"{fetched / 1e6:.1f} MB of it fetched before" in capsys.readouterr().err
+    assert hub.file_gets(VAE) == ["", f"bytes={fetched}-"]
+    assert blob_of(tmp_path, HUNYUAN_REPO, VAE).read_bytes() == (TINY_MODELS / HUNYUAN_REPO / VAE).read_bytes()
+
+
+def test_the_download_command_offline_says_what_to_fetch_in_one_line(tmp_path, monkeypatch, capsys):
+    from framepack.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["download", "--f1", "--hf-cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert f"hf download lllyasviel/FramePack_F1_I2V_HY_20250503 --cache-dir {tmp_path}" in err

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..engine.errors import USER_ERRORS
 from ..models import ModelsMissingError
-from . import app, doctor, logs, loras, memory, postprocess, queue, running
+from . import app, doctor, download, logs, loras, memory, postprocess, queue, running
 
-COMMANDS = (running, queue, postprocess, memory, loras, app, doctor)
+COMMANDS = (running, queue, postprocess, memory, loras, app, doctor, download)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from huggingface_hub.file_download import are_symlinks_supported, get_hf_file_me
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from ..events import Download
-from .sources import ModelsMissingError, ModelSource
+from .sources import ModelsMissingError, ModelSource, fetch_commands
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +124,12 @@ def missing_parts(source: ModelSource, variant: str) -> list[tuple[str, tuple[st
     return missing
 
 
-def fetch_commands(parts: Sequence[tuple[str, tuple[str, ...]]], hub_dir: Path) -> str:
-    """`hf download` commands for `parts`, only their subfolders of a repo."""
-    commands = []
-    for repo, subfolders in parts:
-        include = "".join(f' --include "{s}/*"' for s in subfolders)
-        commands.append(f"hf download {repo}{include} --cache-dir {hub_dir}")
-    return "; ".join(commands)
-
-
 def offline_error(source: ModelSource, parts: Sequence[tuple[str, tuple[str, ...]]], why: str) -> ModelsMissingError:
     listed = ", ".join(f"{repo} ({', '.join(subs)})" if subs else repo for repo, subs in parts)
     return ModelsMissingError(
         f"The weights of {listed} are not in {source.hub_dir} and cannot be downloaded now ({why}). Connect to the "
         f"internet and run again, or fetch them on a connected machine into that folder: "
-        f"{fetch_commands(parts, source.hub_dir)}; or point --models at a local model root."
+        f"{fetch_commands(parts, cache_dir=source.hub_dir)}; or point --models at a local model root."
     )
 
 

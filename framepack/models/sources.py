@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,8 @@ class ModelSource:
                 wanted = ", ".join(str(root / s) for s in missing)
                 raise ModelsMissingError(
                     f"Model files not found: {wanted}. A local model root must be laid out like the hub repos "
-                    f"(<root>/{repo}/...); download them with `hf download {repo} --local-dir {root}`."
+                    f"(<root>/{repo}/...); download them with "
+                    f"`{fetch_commands([(repo, subfolders)], local_root=self.models_dir)}`."
                 )
             return root
         patterns = [f"{s}/*" for s in subfolders] if subfolders else None
@@ -157,11 +159,11 @@ class ModelSource:
             return Path(snapshot_download(repo, revision=revision, cache_dir=self.hub_dir, allow_patterns=patterns))
         except LocalEntryNotFoundError:
             parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
-            include = "".join(f' --include "{s}/*"' for s in subfolders)  # not the whole repo: HunyuanVideo's is big
             raise ModelsMissingError(
                 f"The weights of {repo}{parts} are not in {self.hub_dir} and cannot be downloaded now "
                 f"(offline). Connect to the internet and run the app once to download them, or run "
-                f"`hf download {repo}{include} --cache-dir {self.hub_dir}`, or point --models at a local model root."
+                f"`{fetch_commands([(repo, subfolders)], cache_dir=self.hub_dir)}`, or point --models at a local "
+                f"model root."
             ) from None
 
     def cached_folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path | None:
@@ -179,6 +181,25 @@ class ModelSource:
                 return None
             folder = Path(found).parents[1 if subfolder else 0]
         return folder
+
+
+def fetch_commands(parts: Iterable[tuple[str, Sequence[str]]], cache_dir: str | Path | None = None,
+                   local_root: str | Path | None = None) -> str:  # fmt: skip
+    """The `hf download` commands that fetch `parts` (repo, subfolders; none: the whole repo) into the hub cache
+    `cache_dir`, or into the local model root `local_root` (each repo in `<root>/<repo>`), joined by "; ". Only the
+    subfolders named: HunyuanVideo's repo also holds a transformer the app does not use. `hf download` takes one
+    pattern per `--include` (a second word after it would be read as a file name)."""
+    if (cache_dir is None) == (local_root is None):
+        raise ValueError("fetch_commands needs either cache_dir or local_root")
+    wanted: dict[str, list[str]] = {}
+    for repo, subfolders in parts:
+        wanted.setdefault(repo, []).extend(subfolders or ("",))
+    commands = []
+    for repo, names in wanted.items():
+        include = "" if "" in names else "".join(f' --include "{name}/*"' for name in dict.fromkeys(names))
+        target = f"--cache-dir {cache_dir}" if cache_dir is not None else f"--local-dir {Path(local_root) / repo}"
+        commands.append(f"hf download {repo}{include} {target}")
+    return "; ".join(commands)
 
 
 # How `ModelSource.describe` names a hub snapshot: "owner/name@<commit>".
