@@ -244,11 +244,21 @@ def test_untagged_srgb_and_damaged_profiles_leave_the_pixels_as_they_are(tmp_pat
 # ------------------------------------------------------------------------------------------------ unusable videos
 
 
-def sound_file(path: Path, codec: str) -> Path:
-    """A second of silence and nothing else, as a song or a voice memo."""
+def sound_file(path: Path, codec: str, cover: bool = False) -> Path:
+    """A second of silence, as a song or a voice memo; with `cover`, its album art too, as music players and tag
+    editors store it (a JPEG in a video stream marked as an attached picture: ID3's APIC in an MP3, covr in an M4A)."""
     rate = 44100
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", format="mp4" if path.suffix == ".m4a" else None) as out:  # ipod's muxer has no covers
         stream = out.add_stream(codec, rate=rate, layout="mono")
+        if cover:
+            art = io.BytesIO()
+            Image.new("RGB", (32, 32), RED).save(art, "JPEG")
+            picture = out.add_stream("mjpeg")
+            picture.width, picture.height, picture.pix_fmt = 32, 32, "yuvj420p"
+            picture.disposition = av.stream.Disposition.attached_pic
+            packet = av.Packet(art.getvalue())
+            packet.stream, packet.pts, packet.dts = picture, 0, 0
+            out.mux(packet)
         size = stream.codec_context.frame_size or 1152
         for start in range(0, rate, size):
             frame = av.AudioFrame.from_ndarray(np.zeros((1, size), np.float32), format="fltp", layout="mono")
@@ -275,6 +285,9 @@ def unusable_videos(folder: Path) -> list[tuple[str, Path, str]]:
         ("original", folder / "cut.mp4", "cut.mp4 is not a video this app can read"),
         ("original", sound_file(folder / "song.mp3", "libmp3lame"), "song.mp3 has no video stream (only sound)"),
         ("original", sound_file(folder / "memo.m4a", "aac"), "memo.m4a has no video stream (only sound)"),
+        ("original", sound_file(folder / "album.mp3", "libmp3lame", cover=True),
+         "album.mp3 has no video stream (only sound and its cover picture)"),
+        ("f1", sound_file(folder / "album.m4a", "aac", cover=True), "album.m4a has no video stream (only sound and its cover picture)"),
         ("original", make_clip(folder / "still.mp4", 1, 30, (64, 48)),
          "still.mp4 has 1 frame at 30 fps; extending it needs at least 5 (two latent frames)"),
         ("f1", make_clip(folder / "short.mp4", 20, 30, (64, 48)),

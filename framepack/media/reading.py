@@ -196,7 +196,8 @@ def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoSt
         raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
     with container:
         if (stream := main_stream(container)) is None:  # a song with its cover has a picture, but no video
-            sound = " (only sound)" if container.streams.audio else ""
+            cover = " and its cover picture" if container.streams.video else ""
+            sound = f" (only sound{cover})" if container.streams.audio else ""
             raise VideoInputError(f"{path.name} has no video stream{sound}")
         yield container, stream
 
