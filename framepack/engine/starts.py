@@ -239,7 +239,7 @@ def video_start(
         save_latents(paths.parts_dir / PAST_LATENTS, past)
         open_frames = torch.from_numpy(kept[len(kept) - overlap :]).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
     start = found.first if forwards else found.tail[-1]
-    start_inputs = JobInputs(start, inputs.end_image, inputs.keyframes, loras=inputs.loras).load()
+    start_inputs = JobInputs(start, inputs.end_image, inputs.keyframes, loras=inputs.loras, notes=inputs.notes).load()
     origin = {"extended_video": {
         "name": found.name, "sha256": found.sha256, "fps": round(found.fps, 3), "frames": found.frames,
         "frames_encoded": len(kept) if forwards else 1, "prefix": len(segments), "audio": audio is not None,
