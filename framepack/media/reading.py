@@ -74,11 +74,6 @@ def rgb_of(frame: av.VideoFrame) -> np.ndarray:
     return (rgba[..., :3] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
 
 
-def upright(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded frame as RGB uint8 (H, W, 3), turned and mirrored as its display matrix says, alpha on white."""
-    return turn_of(frame).apply(rgb_of(frame))
-
-
 # Video streams that are not the video: a song's cover, a thumbnail.
 NOT_THE_VIDEO = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
 
