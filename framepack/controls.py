@@ -44,7 +44,8 @@ class JobInputs:
     `blank_start`, for text to video), an optional end image (original variant), keyframes (kept in time order)
     and LoRA files with their weights.
 
-    `record` says what the job record keeps of the images (file names and SHA-256); `load` fills it in.
+    `record` says what the job record keeps of the images (file names and SHA-256); `load` fills it in. `notes`: what
+    reading them did that the user should hear (a big photo read reduced), kept for the job to say once it runs.
     """
 
     image: ImageSource | None
@@ -53,25 +54,23 @@ class JobInputs:
     blank_start: str = "grey"
     record: dict[str, Any] | None = None
     loras: tuple[LoraSpec, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keyframes", tuple(sorted(self.keyframes, key=lambda keyframe: keyframe.seconds)))
         object.__setattr__(self, "loras", tuple(self.loras))
+        object.__setattr__(self, "notes", tuple(self.notes))
         if self.blank_start not in BLANK_STARTS:
             raise SettingsError("blank_start", f"must be one of {', '.join(BLANK_STARTS)}, got {self.blank_start!r}")
 
     def load(self) -> JobInputs:
         """The same inputs read into memory (an uploaded file may be gone before a queued job runs), with
-        their record. Raises `ImageError` for an image that cannot be read."""
-        keyframes = tuple(Keyframe(k.seconds, load_image(k.image)) for k in self.keyframes)
-        return JobInputs(
-            None if self.image is None else load_image(self.image),
-            None if self.end_image is None else load_image(self.end_image),
-            keyframes,
-            self.blank_start,
-            self.describe(),
-            self.loras,
-        )
+        their record and what reading them did. Raises `ImageError` for an image that cannot be read."""
+        notes = list(self.notes)
+        image = None if self.image is None else load_image(self.image, notes)
+        end_image = None if self.end_image is None else load_image(self.end_image, notes)
+        keyframes = tuple(Keyframe(k.seconds, load_image(k.image, notes)) for k in self.keyframes)
+        return JobInputs(image, end_image, keyframes, self.blank_start, self.describe(), self.loras, tuple(notes))
 
     def describe(self) -> dict[str, Any]:
         """What the job record keeps of the images: file names and SHA-256, keyframe times, or the blank start."""
@@ -128,8 +127,9 @@ class JobImages:
 
 def prepare_images(inputs: JobInputs, settings: Settings) -> JobImages:
     """Resize and crop every image of the job like the start image (the start image's bucket decides the size;
-    a blank start takes the explicit size, or the square bucket of the resolution)."""
-    notes: list[str] = []
+    a blank start takes the explicit size, or the square bucket of the resolution). The notes begin with those of
+    reading the inputs, if they were read before."""
+    notes = list(inputs.notes)
 
     def fit(image: np.ndarray, source: ImageSource, what: str) -> np.ndarray:
         name = Path(source).name if isinstance(source, (str, Path)) else what
@@ -249,6 +249,9 @@ def blank_image(kind: str, height: int, width: int, seed: int) -> np.ndarray:
     return np.full((height, width, 3), value, dtype=np.uint8)
 
 
+ARRAY_NAME = "(image data)"  # the record's name for an image given as pixels, not a file
+
+
 def describe_image(source: ImageSource | None) -> dict[str, str] | None:
     """A job record's entry for an input image: its file name and SHA-256 (of the file, or of the pixels)."""
     if source is None:
@@ -257,4 +260,4 @@ def describe_image(source: ImageSource | None) -> dict[str, str] | None:
         digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
         return {"name": Path(source).name, "sha256": digest}
     array = np.asarray(source)
-    return {"name": "(image data)", "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+    return {"name": ARRAY_NAME, "sha256": hashlib.sha256(array.tobytes()).hexdigest()}

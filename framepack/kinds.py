@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from .controls import ImageSource, JobInputs, Keyframe
+from .controls import ARRAY_NAME, ImageSource, JobInputs, Keyframe
 from .engine import add_seconds, branch_job, extend_video, generate, resume_job
 from .engine.errors import guarded
 from .engine.starts import extension_needs
@@ -77,7 +77,8 @@ def spec_inputs(spec: JobSpec, folder: Path) -> JobInputs:
     image = lambda name: folder / spec.files[name] if name in spec.files else None  # noqa: E731
     keyframes = tuple(Keyframe(t, image(f"keyframe_{i}")) for i, t in enumerate(spec.keyframe_times))
     loras = tuple(LoraSpec(Path(path), weight) for path, weight in spec.loras)
-    return JobInputs(image("image"), image("end_image"), keyframes, spec.blank_start, spec.options.get("record"), loras)
+    return JobInputs(image("image"), image("end_image"), keyframes, spec.blank_start, spec.options.get("record"), loras,
+                     spec.options.get("notes", ()))  # fmt: skip
 
 
 def _generate(ctx: JobContext) -> Iterator[Event]:
@@ -92,7 +93,7 @@ def _extend(ctx: JobContext) -> Iterator[Event]:
     yield from extend_video(
         ctx.models, Settings.from_dict(ctx.spec.settings), ctx.inputs_dir / ctx.spec.files["video"], ctx.output_dir,
         end_image=inputs.end_image, keyframes=inputs.keyframes, loras=inputs.loras, job_id=ctx.job_id,
-        owner=ctx.owner, stop=ctx.stop, previews=ctx.previews,
+        owner=ctx.owner, stop=ctx.stop, previews=ctx.previews, notes=inputs.notes,
     )  # fmt: skip
 
 
@@ -212,7 +213,7 @@ def inputs_spec(kind: str, settings: Settings, inputs: JobInputs, video: Path | 
                 keep_in: Path | None = None, options: dict[str, Any] | None = None) -> JobSpec:  # fmt: skip
     """The spec of a job made from images (and `video`): its files by absolute path, or copied into `keep_in` and
     named relative to it (the queue keeps a job's inputs there; images in memory are saved as PNG, which keeps
-    their pixels). The video is checked first, for every way a job is queued or run: VideoInputError for one that
+    their pixels, and what reading them found goes with the spec, for the job to say). The video is checked first, for every way a job is queued or run: VideoInputError for one that
     is not a video or is too short for `settings` (before anything is copied, and before any model is planned or
     loaded). Raises ImageError or OSError; a copy that failed part way leaves `keep_in` to the caller."""
     if video is not None:
@@ -221,7 +222,7 @@ def inputs_spec(kind: str, settings: Settings, inputs: JobInputs, video: Path | 
             settings = settings.replace(resolution=resolution_for(*shown_size(video), settings.resolution))
     files: dict[str, str] = {}
 
-    def keep(name: str, item: ImageSource | None) -> None:
+    def keep(name: str, item: ImageSource | None, given: dict[str, Any] | None = None) -> None:
         if item is None:
             return
         if keep_in is None:
@@ -234,20 +235,22 @@ def inputs_spec(kind: str, settings: Settings, inputs: JobInputs, video: Path | 
         if isinstance(item, (str, Path)):
             shutil.copyfile(item, target / Path(item).name)
             files[name] = f"{name}/{Path(item).name}"
-        else:
-            Image.fromarray(load_image(item)).save(target / "image.png")
-            files[name] = f"{name}/image.png"
+        else:  # named after the file it was read from, which the job's notes name
+            given_name = (given or {}).get("name")
+            stem = Path(given_name).stem if given_name and given_name != ARRAY_NAME else "image"
+            Image.fromarray(load_image(item)).save(target / f"{stem}.png")
+            files[name] = f"{name}/{stem}.png"
 
     record = inputs.describe()  # of what the user gave, before it is copied
-    keep("image", inputs.image)
-    keep("end_image", inputs.end_image)
-    for index, keyframe in enumerate(inputs.keyframes):
-        keep(f"keyframe_{index}", keyframe.image)
+    keep("image", inputs.image, record.get("image"))
+    keep("end_image", inputs.end_image, record.get("end_image"))
+    for index, (keyframe, given) in enumerate(zip(inputs.keyframes, record.get("keyframes", ()))):
+        keep(f"keyframe_{index}", keyframe.image, given)
     keep("video", video)
     return JobSpec(
         kind, settings.to_dict(), files, tuple(k.seconds for k in inputs.keyframes),
         tuple((str(spec.path), spec.weight) for spec in inputs.loras), inputs.blank_start,
-        options={"record": record, **(options or {})},
+        options={"record": record, **({"notes": list(inputs.notes)} if inputs.notes else {}), **(options or {})},
     )  # fmt: skip
 
 

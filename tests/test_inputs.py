@@ -244,11 +244,21 @@ def test_untagged_srgb_and_damaged_profiles_leave_the_pixels_as_they_are(tmp_pat
 # ------------------------------------------------------------------------------------------------ unusable videos
 
 
-def sound_file(path: Path, codec: str) -> Path:
-    """A second of silence and nothing else, as a song or a voice memo."""
+def sound_file(path: Path, codec: str, cover: bool = False) -> Path:
+    """A second of silence, as a song or a voice memo; with `cover`, its album art too, as music players and tag
+    editors store it (a JPEG in a video stream marked as an attached picture: ID3's APIC in an MP3, covr in an M4A)."""
     rate = 44100
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", format="mp4" if path.suffix == ".m4a" else None) as out:  # ipod's muxer has no covers
         stream = out.add_stream(codec, rate=rate, layout="mono")
+        if cover:
+            art = io.BytesIO()
+            Image.new("RGB", (32, 32), RED).save(art, "JPEG")
+            picture = out.add_stream("mjpeg")
+            picture.width, picture.height, picture.pix_fmt = 32, 32, "yuvj420p"
+            picture.disposition = av.stream.Disposition.attached_pic
+            packet = av.Packet(art.getvalue())
+            packet.stream, packet.pts, packet.dts = picture, 0, 0
+            out.mux(packet)
         size = stream.codec_context.frame_size or 1152
         for start in range(0, rate, size):
             frame = av.AudioFrame.from_ndarray(np.zeros((1, size), np.float32), format="fltp", layout="mono")
@@ -275,6 +285,9 @@ def unusable_videos(folder: Path) -> list[tuple[str, Path, str]]:
         ("original", folder / "cut.mp4", "cut.mp4 is not a video this app can read"),
         ("original", sound_file(folder / "song.mp3", "libmp3lame"), "song.mp3 has no video stream (only sound)"),
         ("original", sound_file(folder / "memo.m4a", "aac"), "memo.m4a has no video stream (only sound)"),
+        ("original", sound_file(folder / "album.mp3", "libmp3lame", cover=True),
+         "album.mp3 has no video stream (only sound and its cover picture)"),
+        ("f1", sound_file(folder / "album.m4a", "aac", cover=True), "album.m4a has no video stream (only sound and its cover picture)"),
         ("original", make_clip(folder / "still.mp4", 1, 30, (64, 48)),
          "still.mp4 has 1 frame at 30 fps; extending it needs at least 5 (two latent frames)"),
         ("f1", make_clip(folder / "short.mp4", 20, 30, (64, 48)),
@@ -416,3 +429,78 @@ def test_a_video_with_alpha_is_composited_on_white(tmp_path, name, codec, pix_fm
         np.testing.assert_allclose(frame[:, :6].reshape(-1, 3).mean(axis=0), (255, 255, 255), atol=2)
         np.testing.assert_allclose(frame[:, 10:14].reshape(-1, 3).mean(axis=0), (228, 128, 128), atol=3)
         np.testing.assert_allclose(frame[:, 18:].reshape(-1, 3).mean(axis=0), (200, 0, 0), atol=3)
+
+
+# ------------------------------------------------------------------------------------------------ transparent colours
+
+
+WHITE = (255, 255, 255)
+
+
+def palette_gif(path: Path, frames: int = 1) -> Path:
+    """A 16x16 GIF whose palette index 0 (green) is its transparent colour and index 1 red: the left half of the first
+    frame is see-through, the top half of each later one."""
+    pictures = []
+    for index in range(frames):
+        indices = np.ones((16, 16), np.uint8)
+        if index == 0:
+            indices[:, :8] = 0
+        else:
+            indices[:8] = 0
+        picture = Image.fromarray(indices, "P")
+        picture.putpalette([*GREEN, *RED] + [0] * 762)
+        pictures.append(picture)
+    pictures[0].save(path, save_all=frames > 1, append_images=pictures[1:], transparency=0, duration=100, loop=0, disposal=2)
+    return path
+
+
+def halves(image: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """The one colour of each half of a 16x16 picture (an AssertionError if a half is not flat)."""
+    found = {}
+    for name, part in (("left", image[:, :8]), ("right", image[:, 8:]), ("top", image[:8]), ("bottom", image[8:])):
+        colours = np.unique(part.reshape(-1, 3), axis=0)
+        found[name] = tuple(int(v) for v in colours[0]) if len(colours) == 1 else None
+    return found
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_a_gif_with_a_transparent_palette_index_is_on_white(tmp_path, frames):
+    loaded = load_image(palette_gif(tmp_path / "sticker.gif", frames))  # an animated one gives its first frame
+    assert halves(loaded)["left"] == WHITE and halves(loaded)["right"] == RED  # not the index's own green
+
+
+def test_a_transparent_grey_level_or_rgb_colour_is_on_white(tmp_path):
+    grey = np.full((16, 16), 90, np.uint8)
+    grey[:, :8] = 0
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png", transparency=0)
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, 8:] = RED
+    Image.fromarray(rgb).save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    assert halves(load_image(tmp_path / "grey.png"))["left"] == WHITE and halves(load_image(tmp_path / "grey.png"))["right"] == (90,) * 3
+    assert halves(load_image(tmp_path / "rgb.png"))["left"] == WHITE and halves(load_image(tmp_path / "rgb.png"))["right"] == RED
+
+
+def test_an_animated_gif_read_as_a_video_has_its_transparent_index_on_white(tmp_path):
+    path = palette_gif(tmp_path / "sticker.gif", 2)
+    frames = read_frames(path)
+    assert len(frames) == 2
+    assert (halves(frames[0])["left"], halves(frames[0])["right"]) == (WHITE, RED)
+    for frame in (frames[1], list(pipeline.read_frames(path))[1]):
+        assert (halves(frame)["top"], halves(frame)["bottom"]) == (WHITE, RED)
+    found = read_video(path, lambda image: image.shape[:2], 1, lambda f: None)
+    assert (halves(found.first)["left"], halves(found.first)["right"]) == (WHITE, RED)
+
+
+@pytest.mark.parametrize("field", ["input_image", "end_image"])
+def test_the_page_hands_an_uploaded_image_over_with_its_transparency(tmp_path, field):
+    from gradio.data_classes import ImageData
+
+    from framepack.app.fields import FIELDS, Page
+
+    image = np.zeros((16, 16, 4), np.uint8)
+    image[:, 8:] = (*RED, 255)  # the left half see-through (black underneath), as most PNG cut-outs are
+    Image.fromarray(image).save(tmp_path / "cutout.png")
+    control = next(f for f in FIELDS if f.name == field).control(Page("original"))
+    for upload in (tmp_path / "cutout.png", palette_gif(tmp_path / "sticker.gif")):
+        given = control.preprocess(ImageData(path=str(upload), orig_name=upload.name))
+        assert (halves(load_image(given))["left"], halves(load_image(given))["right"]) == (WHITE, RED), upload.name

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from framepack.media.reading import MAX_INPUT_FRAMES, ReadingStopped, VideoInputError, check_video, read_video
+from framepack.media.reading import MAX_INPUT_FRAMES, ReadingStopped, VideoInputError, check_video, read_frames, read_video
 
 
 def held_clip(path: Path, last: float, size: int = 16) -> Path:
@@ -259,3 +259,55 @@ def test_an_hdr_video_is_refused_before_any_model_in_one_line(tmp_path, capsys, 
     with pytest.raises(VideoInputError, match=rf"^hdr.mov is HDR \({name}\)"):
         read_video(path, lambda image: image.shape[:2], 1, lambda frame: None)
     check_video(hdr_clip(tmp_path / "sdr.mov", 1), (5, "two latent frames"))  # BT.709: as any video
+
+
+# ------------------------------------------------------------------------------------------------ post-processing
+
+
+def postprocess_cli(path: Path, *options: str) -> int:
+    from framepack.cli import main
+
+    return main(["postprocess", str(path), *options])
+
+
+def test_post_processing_deinterlaces_as_an_extension_does(tmp_path, capsys):
+    path = interlaced_clip(tmp_path / "tv.mp4")
+    with av.open(str(path)) as container:
+        woven = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert postprocess_cli(path, "--format", "ffv1") == 0  # lossless: what is in the output is what was read
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "tv.mkv")
+    assert "tv.mp4 is interlaced: its frames are deinterlaced (bwdif), as a player shows them" in err.splitlines()
+    made = read_frames(tmp_path / "tv.mkv")
+    assert len(made) == len(woven) == 12  # at its own rate: one frame out per frame in
+    for index in (1, 5, 10):
+        assert combing(made[index]) < 0.3 * combing(woven[index]) and made[index].max() > 200, index
+
+
+def test_post_processing_turns_a_phone_clip_upright_and_says_so(tmp_path, capsys):
+    from test_inputs import RED, corner, turned_clip
+
+    path = turned_clip(tmp_path / "phone.mp4", -90)  # stored 64x32, shown 32x64 with red top right
+    assert postprocess_cli(path, "--format", "ffv1") == 0
+    err = capsys.readouterr().err
+    assert "phone.mp4 is shown turned 90° clockwise (its display matrix): its frames are read that way up" in err.splitlines()
+    assert "phone.mp4: 32x64 at 30 fps -> phone.mkv: 32x64 at 30 fps; writing FFV1 MKV (lossless)" in err.splitlines()
+    made = read_frames(tmp_path / "phone.mkv")
+    assert made.shape == (3, 64, 32, 3)
+    np.testing.assert_allclose(corner(made[0], "tr"), RED, atol=12)
+
+
+def test_post_processing_refuses_hdr_and_says_when_a_file_is_cut_short(tmp_path, capsys):
+    from helpers import make_clip
+
+    assert postprocess_cli(hdr_clip(tmp_path / "hdr.mov", 16)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: hdr.mov is HDR (PQ); convert it to SDR first") and err.count("\n") == 1
+    assert not (tmp_path / "hdr.mp4").exists()
+    whole = make_clip(tmp_path / "whole.mkv", 90, 30, (64, 48), fmt="matroska").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(whole[: len(whole) // 2])
+    found = read_video(tmp_path / "cut.mkv", lambda image: image.shape[:2], 1, lambda frame: None)
+    assert postprocess_cli(tmp_path / "cut.mkv", "--format", "ffv1", "--output", str(tmp_path / "rest.mkv")) == 0
+    err = capsys.readouterr().err
+    assert f"cut.mkv is damaged after {found.facts.frames} frames" in err
+    assert len(read_frames(tmp_path / "rest.mkv")) == found.facts.frames

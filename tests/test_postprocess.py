@@ -220,7 +220,7 @@ def test_memory_does_not_grow_with_the_video(tmp_path, tiny_rife, monkeypatch):
     """The most frames alive at once, counted as they are decoded, come out of colour matching and come out of the
     network: the same for a 40-frame and a 400-frame video (a pipeline that kept frames would hold hundreds)."""
     reader, steps, to_uint8 = pipeline_module.read_frames, pipeline_module._Steps.__call__, pipeline_module._uint8
-    monkeypatch.setattr(pipeline_module, "read_frames", lambda source: (f.view(Counted) for f in reader(source)))
+    monkeypatch.setattr(pipeline_module, "read_frames", lambda source, facts=None: (f.view(Counted) for f in reader(source, facts)))
     monkeypatch.setattr(pipeline_module._Steps, "__call__", lambda self, frame: steps(self, frame).view(Counted))
     monkeypatch.setattr(pipeline_module, "_uint8", lambda frame: to_uint8(frame).view(Counted))
     options = PostprocessOptions(interpolate=2, interpolation_model=tiny_rife, color_match="start", format="ffv1")

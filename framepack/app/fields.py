@@ -57,8 +57,10 @@ def _setting(name: str, control: Callable[[Page], gr.components.Component], anno
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("input_image", None, lambda page: gr.Image(sources=["upload"], type="filepath", label="Start image", height=320,
-          elem_id="fp-image"), loadable=False, endpoints=("generate",)),  # fmt: skip
+    # image_mode=None: the upload is handed over as the file it is (Gradio's default converts it to RGB first, which
+    # drops transparency, colour profiles and CMYK before load_image can apply them).
+    Field("input_image", None, lambda page: gr.Image(sources=["upload"], type="filepath", image_mode=None, label="Start image",
+          height=320, elem_id="fp-image"), loadable=False, endpoints=("generate",)),  # fmt: skip
     _setting("prompt", lambda page: gr.Textbox(
         label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt",
         info='Prompts that change over time: "a man on a beach [0s: he waves] [2.4s: he turns around]"'), str),  # fmt: skip
@@ -89,7 +91,7 @@ FIELDS: tuple[Field, ...] = (
         0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
         info="0 is lossless; lower means better quality and larger files."), int),  # fmt: skip
     Field("end_image", None, lambda page: gr.Image(
-        sources=["upload"], type="filepath", label="End image (the video's last frame)", height=200,
+        sources=["upload"], type="filepath", image_mode=None, label="End image (the video's last frame)", height=200,
         elem_id="fp-end-image", visible=page.variant == "original"), loadable=False),  # fmt: skip
     _setting("end_strength", lambda page: gr.Slider(
         0, 1, DEFAULTS.end_strength, step=0.01, label="End frame strength", visible=page.variant == "original"), float),  # fmt: skip

@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(f"{event.fps:.1f} fps", refresh=False)
                 bar.update(event.done - bar.n)
             elif isinstance(event, Status) and not args.quiet:
-                (bar.write if bar else _stderr)(event.message)
+                if bar is not None:  # tqdm writes to stdout unless told: stdout is for the output's path alone
+                    bar.write(event.message, file=sys.stderr)
+                else:
+                    _stderr(event.message)
             elif isinstance(event, Done):
                 _close(bar)
                 print(event.video_path)

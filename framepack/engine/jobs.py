@@ -82,12 +82,14 @@ def extend_video(
     models: ModelSet, settings: Settings, video: str | Path, output_dir: str | Path = "outputs", *,
     end_image: ImageSource | None = None, keyframes: Sequence[Keyframe] = (), loras: Sequence[LoraSpec] = (),
     job_id: str | None = None, owner: str = LOCAL_USER, stop: threading.Event | None = None, previews: bool = True,
+    notes: Sequence[str] = (),
 ) -> Iterator[Event]:  # fmt: skip
     """Make any video longer by `settings.total_second_length` seconds: the output is the video's own frames (resized
     and cropped to the bucket its first frame picks, at 30 fps), then the new ones. Timed controls count from the
-    start of the added part. See `framepack.engine.starts.video_start` for the context each model gets."""
+    start of the added part. See `framepack.engine.starts.video_start` for the context each model gets. `notes`: what
+    reading its images found when they were read before (a queued job's), said as the job starts."""
     paths = JobPaths(Path(output_dir), job_id or new_job_id())
-    inputs = JobInputs(None, end_image, tuple(keyframes), loras=tuple(loras))
+    inputs = JobInputs(None, end_image, tuple(keyframes), loras=tuple(loras), notes=tuple(notes))
     stop = stop or threading.Event()  # the same one for the reading and the sections: a stop while reading ends it
     start = lambda: video_start(models, settings, Path(video), inputs, paths, owner, stop)  # noqa: E731
     yield from _run(models, paths, start, stop, previews, variant=settings.variant, announce=f"Reading {Path(video).name}")

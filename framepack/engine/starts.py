@@ -30,7 +30,7 @@ from ..loading import phase
 from ..lora import LoraSpec, specs_from_record
 from ..media.images import target_size
 from ..media.mp4 import Mp4Encoder, SegmentedVideo, trim_mp4
-from ..media.reading import DEINTERLACER, damage_note, extract_audio, read_video, too_short
+from ..media.reading import extract_audio, read_video, reading_notes, too_short
 from ..models import ModelSet
 from ..packing import CONTEXT_FRAMES, LatentHistory, plan_sections
 from ..settings import EPSILON, FPS, Settings, SettingsError, parse_timed_prompt
@@ -224,18 +224,13 @@ def video_start(
             encoder.abort()
         raise
     notes = [f"{video.name}: {found.frames} frames at 30 fps, {found.width}x{found.height} -> {kept.shape[2]}x{kept.shape[1]}"]
-    if turned := found.turn.describe():
-        notes.append(f"{video.name} is shown {turned} (its display matrix): its frames are read that way up")
-    if found.facts.deinterlaced:
-        notes.append(f"{video.name} is interlaced: its frames are deinterlaced ({DEINTERLACER[0]}), as a player shows them")
+    notes += reading_notes(video.name, found.turn, found.facts)
     if found.facts.variable:
         shortest, longest = (round(1 / gap, 2) if gap > 0 else 0 for gap in found.facts.gaps)
         notes.append(f"{video.name} has a variable frame rate ({longest:g} to {shortest:g} fps, {found.fps:.2f} on average): "
                      "its frames are shown at 30 fps, each for as long as it lasts")  # fmt: skip
     elif abs(found.fps - FPS) > 0.01:
         notes.append(f"{video.name} runs at {found.fps:g} fps: its frames are shown at 30 fps, each for as long as it lasts")
-    if found.facts.damaged:
-        notes.append(damage_note(video.name, found.facts))
     audio = extract_audio(video, paths.parts_dir / INPUT_AUDIO)
     open_frames = None
     if forwards:
@@ -244,7 +239,7 @@ def video_start(
         save_latents(paths.parts_dir / PAST_LATENTS, past)
         open_frames = torch.from_numpy(kept[len(kept) - overlap :]).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
     start = found.first if forwards else found.tail[-1]
-    start_inputs = JobInputs(start, inputs.end_image, inputs.keyframes, loras=inputs.loras).load()
+    start_inputs = JobInputs(start, inputs.end_image, inputs.keyframes, loras=inputs.loras, notes=inputs.notes).load()
     origin = {"extended_video": {
         "name": found.name, "sha256": found.sha256, "fps": round(found.fps, 3), "frames": found.frames,
         "frames_encoded": len(kept) if forwards else 1, "prefix": len(segments), "audio": audio is not None,

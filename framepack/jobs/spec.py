@@ -20,8 +20,9 @@ class JobSpec:
     dict (empty where the kind takes a source job's own); `files` maps input names (image, end_image, video,
     keyframe_0, ...) to paths, relative to the job's input folder once the queue keeps them (absolute ones are used
     as they are); `keyframe_times`; `loras` ([path, weight] pairs); `source` the job it goes on from; `options` the
-    kind's own (keep_sections and changes for a branch, seconds and prompt to add, post-processing choices, and
-    `record`: what the job record says of the images the user gave, their names and SHA-256)."""
+    kind's own (keep_sections and changes for a branch, seconds and prompt to add, post-processing choices,
+    `record`: what the job record says of the images the user gave, their names and SHA-256, and `notes`: what
+    reading them found when they were read before the job was queued, for the job to say)."""
 
     kind: str
     settings: dict[str, Any] = field(default_factory=dict)

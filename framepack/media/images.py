@@ -146,8 +146,8 @@ def load_image(source: str | Path | Image.Image | np.ndarray, notes: list[str] |
     """Any image a user may give (path, PIL image or array) as RGB uint8 HxWx3.
 
     Photos (HEIC/HEIF too) are turned upright by their EXIF orientation and converted to sRGB by their ICC
-    profile, transparency is composited on white, animated images give their first frame and 16-bit or palette
-    images are converted. A file past the pixel budget is read reduced or refused (`within_budget`); what was done
+    profile, transparency (alpha or a transparent colour) is composited on white, animated images give their first
+    frame and 16-bit or palette images are converted. A file past the pixel budget is read reduced or refused (`within_budget`); what was done
     is said in `notes`.
     """
     if isinstance(source, np.ndarray):
@@ -184,7 +184,8 @@ def load_image(source: str | Path | Image.Image | np.ndarray, notes: list[str] |
     if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping.
         pil = Image.fromarray(np.clip(np.asarray(pil, dtype=np.float64) / 257, 0, 255).round().astype(np.uint8))
-    if pil.mode in ("RGBA", "LA", "PA") or (pil.mode == "P" and "transparency" in pil.info):
+    # Alpha, or one colour (a GIF's or PNG's palette index, a grey level, an RGB value) that stands for see-through.
+    if pil.mode in ("RGBA", "LA", "PA") or "transparency" in pil.info:
         rgba = pil.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         pil = Image.alpha_composite(white, rgba)

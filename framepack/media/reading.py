@@ -74,11 +74,6 @@ def rgb_of(frame: av.VideoFrame) -> np.ndarray:
     return (rgba[..., :3] * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
 
 
-def upright(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded frame as RGB uint8 (H, W, 3), turned and mirrored as its display matrix says, alpha on white."""
-    return turn_of(frame).apply(rgb_of(frame))
-
-
 # Video streams that are not the video: a song's cover, a thumbnail.
 NOT_THE_VIDEO = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
 
@@ -133,9 +128,8 @@ def shown_size(path: str | Path) -> tuple[int, int]:
 
 
 def read_frames(path: str | Path) -> np.ndarray:
-    """All frames of a video as uint8 (T, H, W, 3), upright."""
-    with av.open(str(path)) as container:
-        return np.stack([upright(frame) for frame in container.decode(main_stream(container))])
+    """All frames of a video as uint8 (T, H, W, 3), as `upright_frames` reads them."""
+    return np.stack(list(upright_frames(path)))
 
 
 class VideoInputError(ValueError):
@@ -196,7 +190,8 @@ def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoSt
         raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
     with container:
         if (stream := main_stream(container)) is None:  # a song with its cover has a picture, but no video
-            sound = " (only sound)" if container.streams.audio else ""
+            cover = " and its cover picture" if container.streams.video else ""
+            sound = f" (only sound{cover})" if container.streams.audio else ""
             raise VideoInputError(f"{path.name} has no video stream{sound}")
         yield container, stream
 
@@ -311,40 +306,50 @@ def _pulled(graph: av.filter.Graph) -> Iterator[av.VideoFrame]:
             return
 
 
+def shown_frames(container: av.container.InputContainer, stream: av.VideoStream, name: str, facts: Reading,
+                 ) -> Iterator[av.VideoFrame]:  # fmt: skip
+    """The stream's frames at its own rate, as a player shows them: interlaced ones deinterlaced, and of a file that
+    breaks or ends early the frames before (`facts.damaged`). VideoInputError for a video damaged from its start or
+    without frames. Every reader of a user's video reads it through this."""
+    began = False
+    try:
+        for frame in deinterlaced(decoded(container, stream, facts), stream, facts):
+            began = True
+            yield frame
+    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way: the frames before are used
+        if not began:
+            raise VideoInputError(f"{name} is damaged from its start ({type(exc).__name__})") from None
+        facts.damaged = True
+    if not began:
+        raise VideoInputError(f"{name} has no frames")
+
+
 def shown_at_30_fps(container: av.container.InputContainer, stream: av.VideoStream, name: str,
                     stop: threading.Event | None = None, facts: Reading | None = None,
                     ) -> Iterator[tuple[av.VideoFrame, int]]:  # fmt: skip
     """Each decoded frame with how many frames at 30 fps show it (a frame shows until the next one's time; 0 for one
-    a faster video drops; the last one for its own duration), interlaced ones deinterlaced; `facts` hears what was
-    found. A file that breaks or ends early gives the frames before (`facts.damaged`). VideoInputError for a video
-    damaged from its start, without frames or running past MAX_INPUT_FRAMES at 30 fps; ReadingStopped once `stop`
-    is set."""
+    a faster video drops; the last one for its own duration), as `shown_frames` gives them; `facts` hears what was
+    found. VideoInputError for what `shown_frames` refuses and a video running past MAX_INPUT_FRAMES at 30 fps;
+    ReadingStopped once `stop` is set."""
     facts = facts if facts is not None else Reading()
     rate = float(stream.average_rate or stream.guessed_rate or FPS)
     emitted = 0
     pending, pending_time, start, shortest, longest = None, 0.0, None, math.inf, 0.0
-    try:
-        for frame in deinterlaced(decoded(container, stream, facts), stream, facts):
-            stop_reading(stop)
-            time = frame.time if frame.time is not None else facts.frames / rate
-            start = time if start is None else start
-            if pending is not None:
-                shortest, longest = min(shortest, time - start - pending_time), max(longest, time - start - pending_time)
-                # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
-                # (containers round timestamps, to the millisecond in WebM).
-                count = max(0, math.ceil((time - start) * FPS - 0.25) - emitted)
-                if emitted + count > MAX_INPUT_FRAMES:
-                    raise too_long(name, f"a frame at {time - start:g} s", emitted + count)
-                yield pending, count
-                emitted += count
-            pending, pending_time = frame, time - start
-            facts.frames += 1
-    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way: the frames before are used
-        if pending is None:
-            raise VideoInputError(f"{name} is damaged from its start ({type(exc).__name__})") from None
-        facts.damaged = True
-    if pending is None:
-        raise VideoInputError(f"{name} has no frames")
+    for frame in shown_frames(container, stream, name, facts):
+        stop_reading(stop)
+        time = frame.time if frame.time is not None else facts.frames / rate
+        start = time if start is None else start
+        if pending is not None:
+            shortest, longest = min(shortest, time - start - pending_time), max(longest, time - start - pending_time)
+            # Output frame k shows the last frame that began by k/30 s, give or take a quarter frame
+            # (containers round timestamps, to the millisecond in WebM).
+            count = max(0, math.ceil((time - start) * FPS - 0.25) - emitted)
+            if emitted + count > MAX_INPUT_FRAMES:
+                raise too_long(name, f"a frame at {time - start:g} s", emitted + count)
+            yield pending, count
+            emitted += count
+        pending, pending_time = frame, time - start
+        facts.frames += 1
     # The last frame lasts as long as it says, unless that is longer than any gap between the frames (a muxer's
     # guess from a nominal rate, which a variable-rate video's may be far from): then as long as the frames before
     # it on average. A single frame lasts 1/rate without a duration of its own.
@@ -424,6 +429,40 @@ def read_video(
             emitted += count
     rate = facts.average_rate if facts.variable else rate  # a variable rate's nominal one may be far from it
     return InputVideo(path.name, file_sha256(path), rate, emitted, *shown, first, list(kept), turn, facts)
+
+
+def upright_frames(path: str | Path, facts: Reading | None = None) -> Iterator[np.ndarray]:
+    """Every frame of a video at its own rate, uint8 RGB (H, W, 3), as a player shows it and as an extension reads it:
+    the main video stream, turned by the first frame's display matrix, deinterlaced, alpha on white; of a file that
+    breaks part way the frames before (`facts` hears what was done). VideoInputError, before any frame, for a file
+    that is missing, empty, not a video, only sound or HDR, and for one damaged from its start."""
+    path, facts = Path(path), facts if facts is not None else Reading()
+    with opened(path) as (container, stream):
+        check_dynamic_range(path.name, stream)
+        stream.thread_type = "AUTO"  # decoding on every core: post-processing reads whole videos
+        rate, turn, start = float(stream.average_rate or stream.guessed_rate or FPS), None, None
+        for frame in shown_frames(container, stream, path.name, facts):
+            turn = turn_of(frame) if turn is None else turn
+            if frame.time is not None:
+                start = frame.time if start is None else start
+                facts.seconds = frame.time - start + 1 / rate
+            facts.frames += 1
+            yield turn.apply(rgb_of(frame))
+        declared = seconds_of(container, stream)
+        if declared is not None and declared - max(facts.packets_end, facts.seconds) > max(0.5, 2 / rate):
+            facts.damaged = True  # cut short: it ends before the length its header gives (as in shown_at_30_fps)
+
+
+def reading_notes(name: str, turn: Turn, facts: Reading) -> list[str]:
+    """What reading a video did that its user should hear: turned by its display matrix, deinterlaced, cut short."""
+    notes = []
+    if turned := turn.describe():
+        notes.append(f"{name} is shown {turned} (its display matrix): its frames are read that way up")
+    if facts.deinterlaced:
+        notes.append(f"{name} is interlaced: its frames are deinterlaced ({DEINTERLACER[0]}), as a player shows them")
+    if facts.damaged:
+        notes.append(damage_note(name, facts))
+    return notes
 
 
 def extract_audio(source: str | Path, target: str | Path) -> Path | None:

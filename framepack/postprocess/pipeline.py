@@ -25,7 +25,19 @@ import numpy as np
 import torch
 
 from ..events import Done, FrameProgress, Status
-from ..media.reading import UPRIGHT, main_stream, turn_of, upright
+from ..media.reading import (
+    UPRIGHT,
+    Reading,
+    Turn,
+    VideoInputError,
+    check_dynamic_range,
+    damage_note,
+    opened,
+    reading_notes,
+    shown_frames,
+    turn_of,
+    upright_frames,
+)
 from ..memory.planning import postprocess_phase
 from ..memory.sensing import detect_device, system_ram
 from ..memory.sizes import gb
@@ -126,44 +138,50 @@ def _convert(key: str, value: Any) -> Any:
 class VideoInfo:
     """What the pipeline needs to know of an input video."""
 
-    width: int
+    width: int  # as shown (a portrait phone clip is taller than wide)
     height: int
     fps: Fraction
     frames: int  # as the container says, else from the duration; 0 when unknown
     has_sound: bool
     metadata: dict[str, str]
+    turn: Turn = UPRIGHT  # how its display matrix turns its frames
+    interlaced: bool = False  # its frames are deinterlaced as they are read
 
 
 def probe(source: Path) -> VideoInfo:
-    """The input's size, frame rate and frame count; PostprocessError when it is not a video PyAV can read."""
+    """The input's size, frame rate and frame count, from its first frame (decoded) and what its file says; what an
+    extension would refuse (not a video, only sound, HDR, damaged from its start) is refused here too, as a
+    PostprocessError."""
     if source.is_dir():
         raise PostprocessError(f"{source} is a folder, not a video")
     if not source.is_file():
         raise PostprocessError(f"input not found: {source}")
     try:
-        with av.open(str(source)) as container:
-            if (stream := main_stream(container)) is None:
-                raise PostprocessError(f"{source.name} has no video stream")
+        with opened(source) as (container, stream):
+            check_dynamic_range(source.name, stream)
             fps = stream.average_rate or stream.guessed_rate or stream.base_rate
             if not fps or stream.width <= 0 or stream.height <= 0:
                 raise PostprocessError(f"{source.name} is not a video this app can read (no frame rate or size)")
             frames = stream.frames
             if not frames and container.duration:
                 frames = round(container.duration / av.time_base * fps)
-            first = next(container.decode(stream), None)  # its display matrix: frames are read upright
-            width, height = (turn_of(first) if first is not None else UPRIGHT).size(stream.width, stream.height)
-            return VideoInfo(width, height, Fraction(fps), frames, bool(container.streams.audio), dict(container.metadata))
+            facts = Reading()
+            turn = turn_of(next(shown_frames(container, stream, source.name, facts)))  # the first: its matrix, its fields
+            return VideoInfo(*turn.size(stream.width, stream.height), Fraction(fps), frames, bool(container.streams.audio),
+                             dict(container.metadata), turn, facts.deinterlaced)  # fmt: skip
+    except VideoInputError as exc:
+        raise PostprocessError(str(exc)) from None
     except av.FFmpegError as exc:
         raise PostprocessError(f"{source.name} is not a video this app can read ({type(exc).__name__})") from None
 
 
-def read_frames(source: Path) -> Iterator[np.ndarray]:
-    """The input's frames in order, uint8 RGB (H, W, 3), decoded one at a time and upright (as players show them)."""
-    with av.open(str(source)) as container:
-        stream = main_stream(container)
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            yield upright(frame)
+def read_frames(source: Path, facts: Reading | None = None) -> Iterator[np.ndarray]:
+    """The input's frames in order, uint8 RGB (H, W, 3), decoded one at a time and read as extensions read them
+    (`upright_frames`: turned as players show them, deinterlaced, alpha on white); `facts` hears what was done."""
+    try:
+        yield from upright_frames(source, facts)
+    except VideoInputError as exc:  # the file changed since it was probed
+        raise PostprocessError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -351,6 +369,8 @@ def postprocess(source: Path, output: Path, options: PostprocessOptions, *, refe
     stage = _describe(options, plan, upscaler, interpolator)
     yield Status(f"{source.name}: {plan.info.width}x{plan.info.height} at {float(plan.info.fps):g} fps -> "
                  f"{output.name}: {plan.size[0]}x{plan.size[1]} at {float(plan.fps):g} fps; {stage}")  # fmt: skip
+    for note in reading_notes(source.name, plan.info.turn, Reading(deinterlaced=plan.info.interlaced)):
+        yield Status(note)
     if stop is not None and stop.is_set():
         yield Done(None, None, 0, 0.0, 0, True, time.monotonic() - started)
         return
@@ -360,8 +380,8 @@ def postprocess(source: Path, output: Path, options: PostprocessOptions, *, refe
         for note in writer.notes:
             yield Status(note)
         sequence = _Sequence(interpolator, options.interpolate)
-        reported, done, stopped = -PROGRESS_EVERY, 0, False
-        for frame in read_frames(source):
+        reported, done, stopped, facts = -PROGRESS_EVERY, 0, False, Reading()
+        for frame in read_frames(source, facts):
             if stop is not None and stop.is_set():
                 stopped = True
                 break
@@ -377,6 +397,8 @@ def postprocess(source: Path, output: Path, options: PostprocessOptions, *, refe
             raise PostprocessError(f"{source.name} has no picture PyAV can decode")
         if not stopped and done != plan.info.frames:  # the container's count was an estimate: say the true one
             yield FrameProgress(stage, done, done, done / max(time.monotonic() - started, 1e-9))
+        if facts.damaged:
+            yield Status(damage_note(source.name, facts))
         if stopped:
             writer.abort()
             yield Done(None, None, writer.frames, float(writer.frames / plan.fps), 0, True, time.monotonic() - started)
