@@ -29,8 +29,8 @@ THUMBNAIL = "thumbnail.jpg"
 # The Queue tab's table: the store's row with a picture first and the time left after the progress.
 BOARD_COLUMNS = ["Picture", *QUEUE_COLUMNS[:3], "Time left", *QUEUE_COLUMNS[3:]]
 BOARD_TYPES = ["markdown", *("str" for _ in BOARD_COLUMNS[1:])]
-# Wide enough that no header wraps and the message reads whole (the table scrolls sideways on a narrow screen).
-BOARD_WIDTHS = ["140px", "190px", "170px", "95px", "115px", "95px", "95px", "240px", "200px", "280px", "125px"]
+# Shares of the page's width: no header wraps and the message column ends inside the table (see the CSS's font size).
+BOARD_WIDTHS = ["9%", "11%", "11%", "7%", "8%", "6%", "6%", "12%", "9%", "12%", "9%"]
 # Where the page fetches a file of Gradio's cache.
 FILE_ROUTE = "/gradio_api/file="
 # The kinds that sample sections with the video model (whose section times say how long they take).

@@ -55,6 +55,7 @@ def build_layout(page: Page, timeline: str) -> Controls:
                         parts["queue_add"] = gr.Button("Add to queue", elem_id="fp-queue-add")
                         parts["end"] = gr.Button("End Generation", interactive=False, elem_id="fp-end")
                     parts["my_jobs"] = gr.Dataframe(headers=MY_JOBS_COLUMNS, value=[], interactive=False, wrap=True,
+                                                    column_widths=["24%", "23%", "15%", "16%", "22%"],
                                                     label="Your jobs, newest first (the Queue tab has more)",
                                                     elem_id="fp-my-jobs")  # fmt: skip
                     with gr.Group():
@@ -67,7 +68,7 @@ def build_layout(page: Page, timeline: str) -> Controls:
                     _previous_output(parts, page)
                 with gr.Column():
                     parts["preview"] = gr.Image(label="Latent preview", interactive=False, height=320, elem_id="fp-preview")
-                    with gr.Group(elem_id="fp-status"):  # one place for where the job stands: bar, times, message
+                    with gr.Column(variant="panel", elem_id="fp-status"):  # where the job stands: bar, times, message
                         parts["progress"] = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
                         parts["message"] = gr.Markdown("", label="Status", elem_id="fp-message")
                         parts["info"] = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
@@ -158,8 +159,8 @@ def _queue_tab(parts: dict[str, Any]) -> None:
         "and an interrupted one goes on from its last finished section."
     )
     parts["queue_gallery"] = gr.Gallery(
-        value=[], label="Finished videos (click one to choose its job)", columns=6, height=220, allow_preview=False,
-        object_fit="contain", elem_id="fp-gallery",
+        value=[], label="Finished videos (click one to choose its job)", columns=8, height=200, allow_preview=False,
+        object_fit="contain", fit_columns=False, elem_id="fp-gallery",
     )  # fmt: skip
     parts["queue_table"] = gr.Dataframe(
         headers=BOARD_COLUMNS, value=[], interactive=False, wrap=True, elem_id="fp-queue", datatype=BOARD_TYPES,
@@ -174,5 +175,5 @@ def _queue_tab(parts: dict[str, Any]) -> None:
         parts["queue_open"] = gr.Button("Open its video", size="sm", elem_id="fp-queue-open")
         parts["queue_load"] = gr.Button("Load its settings", size="sm", elem_id="fp-queue-load")
     parts["queue_message"] = gr.Markdown("", elem_id="fp-queue-message")
-    parts["queue_video"] = gr.Video(label="Video of the chosen job", interactive=False, elem_id="fp-queue-video")
+    parts["queue_video"] = gr.Video(label="Video of the chosen job", interactive=False, height=400, elem_id="fp-queue-video")
 

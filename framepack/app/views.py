@@ -24,7 +24,9 @@ CSS = """
 .fp-progress-fill { height: 100%; background: var(--color-accent, #f97316); transition: width 0.2s ease; }
 .fp-progress-stopped .fp-progress-fill { background: var(--neutral-400, #9ca3af); }
 #fp-status { padding: 8px 12px; gap: 4px; }
-#fp-queue th, #fp-queue th * { white-space: nowrap; }
+#fp-queue { font-size: 13px; }
+#fp-my-jobs { font-size: 12px; }
+#fp-queue th, #fp-queue th *, #fp-my-jobs th, #fp-my-jobs th * { white-space: nowrap; }
 #fp-queue td img { max-height: 72px; max-width: 128px; }
 """
 
@@ -38,7 +40,7 @@ QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video
 QUEUE_REFRESH_SECONDS = 2.0
 
 
-MY_JOBS_COLUMNS = ["Job", "State", "Progress", "Prompt", "Video"]
+MY_JOBS_COLUMNS = ["Job", "State", "Progress", "Time left", "Prompt"]  # its video: the Queue tab
 
 
 def queue_entry(job: QueuedJob) -> dict[str, Any]:
@@ -77,10 +79,11 @@ def queue_row(job: QueuedJob, progress: float | None = None) -> list[str]:
             job.message, MODEL_NAMES.get(job.variant, job.variant)]  # fmt: skip
 
 
-def my_job_row(job: QueuedJob) -> list[str]:
-    """A job as a row of the Generate tab's own list (the Queue tab's row, less what a user knows of their own)."""
-    row = queue_row(job)
-    return [row[0], row[1], row[2], row[5], row[6]]
+def my_job_row(job: QueuedJob, progress: float | None = None, left: str = "") -> list[str]:
+    """A job as a row of the Generate tab's own list (the Queue tab's row, less what a user knows of their own, with
+    the time `left`)."""
+    row = queue_row(job, progress)
+    return [row[0], row[1], row[2], left, row[5]]
 
 
 def progress_html(fraction: float, text: str, stopped: bool = False) -> str:

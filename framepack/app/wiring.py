@@ -30,7 +30,7 @@ from .fields import (
     signature,
     with_signature,
 )
-from .board import BOARD_COLUMNS, board_row, gallery_items
+from .board import BOARD_COLUMNS, board_row, clock_text, gallery_items
 from .layout import Controls, build_layout
 from .service import AppService, Loaded, lora_weights_by_name, upload_path
 from .views import (
@@ -229,8 +229,10 @@ class Handlers:
 
     def my_jobs(self, request: gr.Request) -> Any:
         """The caller's own jobs for the Generate tab's list, newest first, refreshed by the queue's timer."""
-        jobs = sorted(self.service.queue(self.owner_of(request)), key=lambda job: job.created, reverse=True)
-        return gr.update(value=[my_job_row(job) for job in jobs[:MY_JOBS_SHOWN]])
+        jobs, shown = self.service.queue_board(self.owner_of(request))
+        jobs = sorted(jobs, key=lambda job: job.created, reverse=True)[:MY_JOBS_SHOWN]
+        left = {job.id: clock_text(shown[job.id].seconds_left) if job.active else "" for job in jobs}
+        return gr.update(value=[my_job_row(job, shown[job.id].progress, left[job.id]) for job in jobs])
 
     def check_loras(self, names: list[str] | None) -> Any:
         """A chosen LoRA file that does not fit the model is said as soon as it is chosen."""
@@ -271,7 +273,8 @@ class Handlers:
         items = gallery_items(jobs, shown)
         gallery = gr.skip() if items == session.gallery else gr.update(value=items)
         session.gallery = items
-        return gr.update(value=[board_row(job, shown[job.id]) for job in jobs]), gr.update(choices=choices, value=value), gallery
+        rows = [board_row(job, shown[job.id]) for job in jobs]
+        return gr.update(value=rows), gr.update(choices=choices, value=value), gallery
 
     def queue_pick(self, session: Session, evt: gr.SelectData) -> tuple[Any, str]:
         """A click on a row of the Queue tab's table, or on a picture of its gallery, chooses that job."""
