@@ -153,3 +153,17 @@ def test_a_click_chooses_a_job_and_each_user_sees_only_their_own(tmp_path: Path)
     # The next refresh leaves an unchanged gallery alone (a look at it is not interrupted).
     again = handlers.queue_view("alice_one", alice, SimpleNamespace(username="alice", session_hash="alice"))
     assert again[1]["value"] == "alice_one" and again[2] == gr.skip()
+
+
+def test_a_stopped_job_on_the_generate_tab_is_not_a_full_bar():
+    from framepack.app.views import event_updates
+    from framepack.events import Done
+
+    stopped = Done(Path("j1.mp4"), None, frames=25, seconds=0.83, sections_done=2, stopped=True, elapsed=9.0)
+    _, bar, _, _, message = event_updates(stopped, sections=5)
+    assert 'class="fp-progress fp-progress-stopped"' in bar and "width: 40.0%" in bar  # 2 of 5 sections kept
+    assert "Stopped after 2 section(s): it can be resumed" in bar
+    assert message.startswith("Stopped after 2 section(s): 25 frames") and "It can be resumed" in message
+    finished = Done(Path("j1.mp4"), None, frames=61, seconds=2.03, sections_done=5, stopped=False, elapsed=20.0)
+    _, bar, _, _, message = event_updates(finished, sections=5)
+    assert "width: 100.0%" in bar and "fp-progress-stopped" not in bar and message.startswith("Finished: 61 frames")
