@@ -481,7 +481,7 @@ def test_queue_rows_say_what_a_job_is_in_words():
     rest = QueuedJob("j2", "local", JobSpec("resume", source="j1"), state="queued")
     stopped = QueuedJob("j3", "local", JobSpec("generate", settings={"prompt": "a girl"}), state="stopped", progress=0.4)
     assert queue_row(text_to_video)[5] == "(no prompt)" and queue_row(rest)[5] == "the rest of j1"
-    assert queue_row(stopped)[1:3] == ["stopped: Retry goes on", "40%"]
+    assert queue_row(stopped)[1:3] == ["stopped: can be resumed (Retry)", "40%"]
     f1_job = QueuedJob("j4", "local", JobSpec("generate", settings={"prompt": "a cat"}), variant="f1")
     assert queue_row(f1_job)[-1] == "FramePack-F1" and queue_row(stopped)[-1] == "FramePack"
 

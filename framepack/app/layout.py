@@ -8,7 +8,8 @@ import gradio as gr
 
 from ..settings import MAX_SECONDS
 from .fields import BY_NAME, DEFAULTS, Page, list_loras
-from .views import MY_JOBS_COLUMNS, QUEUE_COLUMNS, frames_line, progress_html
+from .board import BOARD_COLUMNS, BOARD_TYPES, BOARD_WIDTHS
+from .views import MY_JOBS_COLUMNS, frames_line, progress_html
 
 EXAMPLE_PROMPTS = (
     "The girl dances gracefully, with clear movements, full of charm.",
@@ -54,6 +55,7 @@ def build_layout(page: Page, timeline: str) -> Controls:
                         parts["queue_add"] = gr.Button("Add to queue", elem_id="fp-queue-add")
                         parts["end"] = gr.Button("End Generation", interactive=False, elem_id="fp-end")
                     parts["my_jobs"] = gr.Dataframe(headers=MY_JOBS_COLUMNS, value=[], interactive=False, wrap=True,
+                                                    column_widths=["24%", "23%", "15%", "16%", "22%"],
                                                     label="Your jobs, newest first (the Queue tab has more)",
                                                     elem_id="fp-my-jobs")  # fmt: skip
                     with gr.Group():
@@ -66,11 +68,12 @@ def build_layout(page: Page, timeline: str) -> Controls:
                     _previous_output(parts, page)
                 with gr.Column():
                     parts["preview"] = gr.Image(label="Latent preview", interactive=False, height=320, elem_id="fp-preview")
-                    parts["progress"] = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
-                    parts["info"] = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
+                    with gr.Column(variant="panel", elem_id="fp-status"):  # where the job stands: bar, times, message
+                        parts["progress"] = gr.HTML(progress_html(0, "Idle"), label="Progress", elem_id="fp-progress")
+                        parts["message"] = gr.Markdown("", label="Status", elem_id="fp-message")
+                        parts["info"] = gr.Markdown(frames_line(0), label="Frames", elem_id="fp-info")
                     parts["video"] = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, height=512,
                                               elem_id="fp-video")  # fmt: skip
-                    parts["message"] = gr.Markdown("", label="Status", elem_id="fp-message")
                     _postprocess_panel(controls, place)
         with gr.Tab("Queue", elem_id="fp-queue-tab"):
             _queue_tab(parts)
@@ -155,8 +158,14 @@ def _queue_tab(parts: dict[str, Any]) -> None:
         "Every job waits here until a worker is free, and the queue outlives the app: after a restart waiting jobs wait "
         "and an interrupted one goes on from its last finished section."
     )
-    parts["queue_table"] = gr.Dataframe(headers=QUEUE_COLUMNS, value=[], interactive=False, wrap=True, elem_id="fp-queue",
-                                        label="Jobs: running, waiting in line order, then ended")  # fmt: skip
+    parts["queue_gallery"] = gr.Gallery(
+        value=[], label="Finished videos (click one to choose its job)", columns=8, height=200, allow_preview=False,
+        object_fit="contain", fit_columns=False, elem_id="fp-gallery",
+    )  # fmt: skip
+    parts["queue_table"] = gr.Dataframe(
+        headers=BOARD_COLUMNS, value=[], interactive=False, wrap=True, elem_id="fp-queue", datatype=BOARD_TYPES,
+        column_widths=BOARD_WIDTHS, label="Jobs: running, waiting in line order, then ended (click a row to choose it)",
+    )  # fmt: skip
     with gr.Row():
         parts["queue_choice"] = gr.Dropdown(choices=[], label="Job", elem_id="fp-queue-job", scale=2)
         for action, label in (("up", "Move up"), ("down", "Move down"), ("cancel", "Cancel"), ("retry", "Retry")):
@@ -166,5 +175,5 @@ def _queue_tab(parts: dict[str, Any]) -> None:
         parts["queue_open"] = gr.Button("Open its video", size="sm", elem_id="fp-queue-open")
         parts["queue_load"] = gr.Button("Load its settings", size="sm", elem_id="fp-queue-load")
     parts["queue_message"] = gr.Markdown("", elem_id="fp-queue-message")
-    parts["queue_video"] = gr.Video(label="Video of the chosen job", interactive=False, elem_id="fp-queue-video")
+    parts["queue_video"] = gr.Video(label="Video of the chosen job", interactive=False, height=400, elem_id="fp-queue-video")
 

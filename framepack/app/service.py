@@ -32,6 +32,7 @@ from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
 from ..queue.store import QueuedJob
 from ..settings import Settings, SettingsError
+from .board import Board, Shown
 from .fields import LOADABLE, SETTING_NAMES, UPSCALERS, list_loras
 
 
@@ -62,6 +63,7 @@ class AppService:
         # Reading a previous output's settings parses a file a user gave: a few at a time, whoever asks.
         self._reading = threading.BoundedSemaphore(SETTINGS_READS_AT_ONCE)
         self._meta_transformer: torch.nn.Module | None = None
+        self.board = Board(front.output_dir) if front is not None else None  # thumbnails and estimates
 
     # --- jobs
 
@@ -166,6 +168,12 @@ class AppService:
 
     def queue(self, viewer: str | None) -> list[QueuedJob]:
         return self.front.list_jobs(viewer)
+
+    def queue_board(self, viewer: str | None) -> tuple[list[QueuedJob], dict[str, Shown]]:
+        """The viewer's jobs with what the board shows of each: thumbnail, progress, time left (estimated over the
+        whole line: other users' jobs ahead count, without being shown)."""
+        jobs = self.front.list_jobs(viewer)
+        return jobs, self.board.show(jobs, jobs if viewer is None else self.front.list_jobs())
 
     def queue_action(self, action: str, job_id: str | None, viewer: str | None) -> str:
         """One of the Queue tab's buttons on a job; what happened, in a line."""

@@ -22,6 +22,12 @@ CSS = """
 .fp-progress-text { font-size: 0.95em; }
 .fp-progress-track { height: 12px; border-radius: 6px; background: var(--neutral-200, #e5e7eb); overflow: hidden; }
 .fp-progress-fill { height: 100%; background: var(--color-accent, #f97316); transition: width 0.2s ease; }
+.fp-progress-stopped .fp-progress-fill { background: var(--neutral-400, #9ca3af); }
+#fp-status { padding: 8px 12px; gap: 4px; }
+#fp-queue { font-size: 13px; }
+#fp-my-jobs { font-size: 12px; }
+#fp-queue th, #fp-queue th *, #fp-my-jobs th, #fp-my-jobs th * { white-space: nowrap; }
+#fp-queue td img { max-height: 72px; max-width: 128px; }
 """
 
 
@@ -34,7 +40,7 @@ QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video
 QUEUE_REFRESH_SECONDS = 2.0
 
 
-MY_JOBS_COLUMNS = ["Job", "State", "Progress", "Prompt", "Video"]
+MY_JOBS_COLUMNS = ["Job", "State", "Progress", "Time left", "Prompt"]  # its video: the Queue tab
 
 
 def queue_entry(job: QueuedJob) -> dict[str, Any]:
@@ -54,33 +60,38 @@ KIND_WORDS = {"resume": "the rest of", "add_seconds": "seconds added to", "branc
               "postprocess": "post-processing of"}  # fmt: skip
 
 
-def queue_row(job: QueuedJob) -> list[str]:
-    """A job as a row of the Queue tab's table."""
+def queue_row(job: QueuedJob, progress: float | None = None) -> list[str]:
+    """A job as a row of the Queue tab's table; `progress` replaces the stored one (a stopped job's finished
+    sections, from its record)."""
     entry = queue_entry(job)
-    if entry["prompt"]:
-        what = entry["prompt"]
+    timed = " ".join(f"[{seconds:g}s: {text}]" for seconds, text in job.spec.settings.get("prompts") or [])
+    if entry["prompt"] or timed:
+        what = " ".join(part for part in (entry["prompt"], timed) if part)
     elif job.spec.source:
         what = f"{KIND_WORDS.get(job.spec.kind, job.spec.kind)} {job.spec.source}"
     else:
         what = "(no prompt)"
+    progress = job.progress if progress is None else progress
     state = job.state
-    if job.state == "stopped" and job.progress > 0:
-        state = "stopped: Retry goes on"  # its finished sections are kept, and a retry starts after them
-    return [job.id, state, f"{job.progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
+    if job.state == "stopped" and (progress > 0 or job.video):
+        state = "stopped: can be resumed (Retry)"  # its finished sections are kept, and a retry starts after them
+    return [job.id, state, f"{progress:.0%}", entry["worker"] or "", job.owner, what[:80], job.video or "",
             job.message, MODEL_NAMES.get(job.variant, job.variant)]  # fmt: skip
 
 
-def my_job_row(job: QueuedJob) -> list[str]:
-    """A job as a row of the Generate tab's own list (the Queue tab's row, less what a user knows of their own)."""
-    row = queue_row(job)
-    return [row[0], row[1], row[2], row[5], row[6]]
+def my_job_row(job: QueuedJob, progress: float | None = None, left: str = "") -> list[str]:
+    """A job as a row of the Generate tab's own list (the Queue tab's row, less what a user knows of their own, with
+    the time `left`)."""
+    row = queue_row(job, progress)
+    return [row[0], row[1], row[2], left, row[5]]
 
 
-def progress_html(fraction: float, text: str) -> str:
-    """An HTML progress bar with a caption."""
+def progress_html(fraction: float, text: str, stopped: bool = False) -> str:
+    """An HTML progress bar with a caption; a `stopped` job's bar is grey (it is not finished)."""
     percent = max(0.0, min(1.0, fraction)) * 100
+    kind = "fp-progress fp-progress-stopped" if stopped else "fp-progress"
     return (
-        f'<div class="fp-progress"><div class="fp-progress-text">{html.escape(text)}</div>'
+        f'<div class="{kind}"><div class="fp-progress-text">{html.escape(text)}</div>'
         f'<div class="fp-progress-track"><div class="fp-progress-fill" style="width: {percent:.1f}%"></div></div></div>'
     )
 
@@ -102,10 +113,12 @@ class SamplingClock:
     def __init__(self, now: Callable[[], float] = time.monotonic):
         self.now = now
         self.start: tuple[float, float] | None = None  # (time, fraction) at the first step seen
+        self.sections = 0  # the job's sections, once a step says
 
     def timing(self, event: JobEvent) -> str:
         if not isinstance(event, Progress):
             return ""
+        self.sections = event.sections
         if self.start is None:
             self.start = (self.now(), event.fraction)
         started, first = self.start
@@ -121,9 +134,10 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
-def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str, timing: str = "") -> Updates:
+def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str, timing: str = "", sections: int = 0) -> Updates:
     """The page updates for one job event; outputs that do not change are skipped. `show_video` gives the
-    page its own copy of a video of the outputs folder."""
+    page its own copy of a video of the outputs folder; `sections` is the job's count (a stopped job's bar shows the
+    part of them it kept)."""
     skip = gr.skip()
     if isinstance(event, Waiting):
         text = f"Waiting for the GPU: position {event.position} in line"
@@ -147,11 +161,14 @@ def event_updates(event: JobEvent, show_video: Callable[[Path], str] = str, timi
             return skip, progress_html(0, "Stopped"), skip, None, text
         made = f"{event.frames} frames ({event.seconds:.2f} s of video) in {event.elapsed:.1f} s"
         summary = f"{made}, saved as `{event.video_path.name}` in the outputs folder"
-        if event.stopped:
-            state, text = "Stopped", f"Stopped after {event.sections_done} section(s): {summary}"
+        if event.stopped:  # not a full bar: the job is not finished, and it can go on
+            kept = event.sections_done / sections if sections else 0.0
+            bar = progress_html(kept, f"Stopped after {event.sections_done} section(s): it can be resumed", stopped=True)
+            text = (f"Stopped after {event.sections_done} section(s): {summary}. It can be resumed: Retry in the Queue "
+                    "tab, or drop its video under \"Previous output\" and press \"Resume this job\".")  # fmt: skip
         else:
-            state, text = "Finished", f"Finished: {summary}"
-        return skip, progress_html(1, state), frames_line(event.frames), show_video(event.video_path), text
+            bar, text = progress_html(1, "Finished"), f"Finished: {summary}"
+        return skip, bar, frames_line(event.frames), show_video(event.video_path), text
     return skip, progress_html(0, "Failed"), skip, skip, error_message(event.message)
 
 

@@ -30,6 +30,7 @@ from .fields import (
     signature,
     with_signature,
 )
+from .board import BOARD_COLUMNS, board_row, clock_text, gallery_items
 from .layout import Controls, build_layout
 from .service import AppService, Loaded, lora_weights_by_name, upload_path
 from .views import (
@@ -64,6 +65,7 @@ class Session:
     def __init__(self) -> None:
         self.jobs: list[Job] = []
         self.last_video: str | None = None  # the job whose video this session saw made last (to post-process)
+        self.gallery: list[tuple[str, str]] = []  # the Queue tab's gallery as this page shows it: (picture, caption)
         self.page = False  # a browser page (API clients never load one): Start queues the job when the GPU is busy
 
     def stop(self, mine: Callable[[Job], bool] = lambda job: True) -> int:
@@ -168,7 +170,7 @@ class Handlers:
                     gr.Warning(event.message)  # a toast too, in case the status line is scrolled away
                 if isinstance(event, Done) and event.video_path is not None:
                     session.last_video = event.video_path.stem
-                yield event_updates(event, copies, clock.timing(event))
+                yield event_updates(event, copies, clock.timing(event), clock.sections)
         finally:
             # Also runs when Gradio closes the generator: a closed tab or a cancelled API call. Neither stops the job
             # (anyone holding the session's id could close it); it goes on, and End or /stop stops it.
@@ -227,8 +229,10 @@ class Handlers:
 
     def my_jobs(self, request: gr.Request) -> Any:
         """The caller's own jobs for the Generate tab's list, newest first, refreshed by the queue's timer."""
-        jobs = sorted(self.service.queue(self.owner_of(request)), key=lambda job: job.created, reverse=True)
-        return gr.update(value=[my_job_row(job) for job in jobs[:MY_JOBS_SHOWN]])
+        jobs, shown = self.service.queue_board(self.owner_of(request))
+        jobs = sorted(jobs, key=lambda job: job.created, reverse=True)[:MY_JOBS_SHOWN]
+        left = {job.id: clock_text(shown[job.id].seconds_left) if job.active else "" for job in jobs}
+        return gr.update(value=[my_job_row(job, shown[job.id].progress, left[job.id]) for job in jobs])
 
     def check_loras(self, names: list[str] | None) -> Any:
         """A chosen LoRA file that does not fit the model is said as soon as it is chosen."""
@@ -260,13 +264,27 @@ class Handlers:
 
     # --- the Queue tab and settings loading
 
-    def queue_view(self, chosen: str | None, request: gr.Request) -> tuple[Any, Any]:
-        """The Queue tab's table and job list, refreshed by its timer."""
-        jobs = self.service.queue(self.viewer_of(request))
-        rows = [queue_row(job) for job in jobs]
-        choices = [(f"{job.id} · {row[5][:40]}", job.id) for job, row in zip(jobs, rows)]
+    def queue_view(self, chosen: str | None, session: Session, request: gr.Request) -> tuple[Any, Any, Any]:
+        """The Queue tab's table, job list and gallery of finished videos, refreshed by its timer (the gallery only
+        when it changed, so a look at it is not interrupted)."""
+        jobs, shown = self.service.queue_board(self.viewer_of(request))
+        choices = [(f"{job.id} · {queue_row(job)[5][:40]}", job.id) for job in jobs]
         value = chosen if any(job.id == chosen for job in jobs) else (jobs[0].id if jobs else None)
-        return gr.update(value=rows), gr.update(choices=choices, value=value)
+        items = gallery_items(jobs, shown)
+        gallery = gr.skip() if items == session.gallery else gr.update(value=items)
+        session.gallery = items
+        rows = [board_row(job, shown[job.id]) for job in jobs]
+        return gr.update(value=rows), gr.update(choices=choices, value=value), gallery
+
+    def queue_pick(self, session: Session, evt: gr.SelectData) -> tuple[Any, str]:
+        """A click on a row of the Queue tab's table, or on a picture of its gallery, chooses that job."""
+        if isinstance(evt.index, int):  # the gallery: its pictures are in `session.gallery`'s order
+            job_id = session.gallery[evt.index][1].split(" · ")[0] if evt.index < len(session.gallery) else None
+        else:
+            job_id = evt.row_value[BOARD_COLUMNS.index("Job")] if evt.row_value else None
+        if not job_id:
+            return gr.skip(), gr.skip()
+        return gr.update(value=job_id), f"Chose `{job_id}`: the buttons above act on it."
 
     def queue_button(self, action: str) -> Callable[[str | None, gr.Request], str]:
         def on_click(job_id: str | None, request: gr.Request) -> str:
@@ -333,8 +351,10 @@ def build_app(front: QueueFront, variant: str, job_options: dict[str, Any] | Non
         gr.Markdown(f"# {TITLES[variant]}\nTurn one image into a video, section by section. The video grows as sections finish.")
         controls = build_layout(page, handlers.timeline(DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size))
         _wire_jobs(demo, controls, handlers, session, page)
-        _wire_queue(controls, handlers)
+        _wire_queue(controls, handlers, session)
     handlers.cache_dir = demo.GRADIO_CACHE
+    if handlers.service.board is not None:
+        handlers.service.board.cache_dir = demo.GRADIO_CACHE
     demo.queue(max_size=64)
     return demo
 
@@ -415,14 +435,17 @@ def _lora_sliders(loras: gr.CheckboxGroup, weights: gr.Textbox) -> None:
                           queue=False, api_visibility="private")  # fmt: skip
 
 
-def _wire_queue(controls: Controls, handlers: Handlers) -> None:
+def _wire_queue(controls: Controls, handlers: Handlers, session: gr.State) -> None:
     gr.api(handlers.queue_list, api_name="queue_list", queue=False)
     gr.api(handlers.queue_cancel, api_name="queue_cancel", queue=False)
     gr.api(handlers.queue_retry, api_name="queue_retry", queue=False)
     private = dict(queue=False, api_visibility="private")
     choice, message = controls["queue_choice"], controls["queue_message"]
     # Gradio's own timer refreshes the view; nothing on the server polls.
-    refresh = dict(fn=handlers.queue_view, inputs=[choice], outputs=[controls["queue_table"], choice], **private)
+    refresh = dict(fn=handlers.queue_view, inputs=[choice, session],
+                   outputs=[controls["queue_table"], choice, controls["queue_gallery"]], **private)  # fmt: skip
+    for picked in (controls["queue_table"], controls["queue_gallery"]):
+        picked.select(handlers.queue_pick, [session], [choice, message], **private)
     timer = gr.Timer(QUEUE_REFRESH_SECONDS)
     timer.tick(**refresh)
     timer.tick(handlers.my_jobs, None, controls["my_jobs"], **private)
