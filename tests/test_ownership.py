@@ -158,3 +158,33 @@ def test_without_logins_on_the_network_each_browser_session_owns_its_jobs(tmp_pa
         assert refused == f"**Error:** you have no job named '{name}' in this app's outputs"
         assert [job["job"] for job in mine.predict(api_name="/jobs")] == [name]
         assert final_message(mine.submit(handle_file(str(video)), api_name="/resume")).startswith("Finished")
+
+
+def test_a_session_id_alone_cannot_stop_cancel_or_close_a_users_job(server: AppServer):
+    """Whoever learns alice's session id gets 401 for Gradio's cancel and heartbeat (the red team ended her call and
+    her job with them), and bob's /stop under her session id stops nothing: identity is the login's."""
+    alice = login(server, "alice")
+    job = submit(alice, prompt="a long walk", total_second_length=2.0)  # 5 sections
+    updates = iter(job)
+    name = Path(next(u[VIDEO] for u in updates if isinstance(u[VIDEO], str))).stem
+    session = alice.session_hash
+    generate = next(d["id"] for d in alice.config["dependencies"] if d.get("api_name") == "generate")
+
+    with httpx.Client(base_url=server.url, timeout=30) as stranger:
+        with stranger.stream("GET", f"/gradio_api/heartbeat/{session}") as heartbeat:
+            assert heartbeat.status_code == 401
+        cancel = {"session_hash": session, "fn_index": generate, "event_id": job.communicator.event_id or ""}
+        assert stranger.post("/gradio_api/cancel", json=cancel).status_code == 401
+    assert next(updates)  # her page still gets its updates
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.post("/login", data={"username": "bob", "password": LOGINS["bob"]}).status_code == 200
+        # /stop is not queued: this call answers once it has run (what the red team's forged call did).
+        stopped = http.post("/gradio_api/run/stop", json={"data": [None], "session_hash": session})
+        assert stopped.status_code == 200, stopped.text
+
+    # One worker: when alice's next job has finished, the first has ended; all five sections of it.
+    after = login(server, "alice")
+    assert final_message(submit(after, prompt="a short walk", total_second_length=0.4)).startswith("Finished")
+    assert probe(server.outputs / f"{name}.mp4").frames == 4 * (5 * 3 + 1) - 3
+    assert json.loads((server.outputs / f"{name}.json").read_text())["state"] == "done"

@@ -28,7 +28,7 @@ from ..queue.cluster import ClusterError
 from ..queue.front import QueueFront
 from ..queue.policy import MAX_JOBS_PER_OWNER
 from ..settings import CACHE_METHODS, Settings, SettingsError
-from .guard import HideApiUntilLogin
+from .guard import LoginGuard
 from .views import CSS
 from .wiring import TITLES, build_app
 
@@ -140,8 +140,8 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
         "max_file_size": int(args.max_upload_mb * 1024 * 1024),
         "css": CSS,
     }
-    if args.credentials:  # the login page must not describe the API to whoever opens it
-        launch_kwargs["app_kwargs"] = {"middleware": [Middleware(HideApiUntilLogin)]}
+    if args.credentials:  # the login page must not describe the API, and a session id alone must not act
+        launch_kwargs["app_kwargs"] = {"middleware": [Middleware(LoginGuard)]}
     if front.store_note:
         print(f"WARNING: {front.store_note}", file=sys.stderr)
     job_options = {"cache_method": args.cache_method, "cache_threshold": args.cache_threshold}

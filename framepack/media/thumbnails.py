@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_path
-from .reading import main_stream, upright
+from .reading import main_stream, rgb_of, turn_of
 
 # The longer side of a thumbnail, in pixels.
 THUMBNAIL_SIZE = 160
@@ -40,7 +40,7 @@ def _last_frame(path: str | Path) -> np.ndarray:
                 pass
         if last is None:
             raise ValueError(f"{Path(path).name} holds no frames")
-        return upright(last)
+        return turn_of(last).apply(rgb_of(last))  # as a player shows it
 
 
 def write_thumbnail(video: str | Path, target: str | Path, size: int = THUMBNAIL_SIZE) -> Path:
