@@ -72,12 +72,17 @@ class ModelSource:
     cache_dir: Path = DEFAULT_CACHE_DIR
     revisions: tuple[tuple[str, str], ...] = ()  # (repo, revision): hub repos pinned to what a job was made with
     transformer_file: Path | None = None  # a single-file transformer in place of the variant's repo (see checkpoints)
+    # ComfyUI's models folder (see `comfyui`): its text encoders, VAE and SigLIP replace those repos' weights, whose
+    # configs and tokenizers (small files) are still read from the local root or the hub cache.
+    comfyui_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.models_dir is not None:
             object.__setattr__(self, "models_dir", Path(self.models_dir))
         if self.transformer_file is not None:
             object.__setattr__(self, "transformer_file", Path(self.transformer_file).resolve())
+        if self.comfyui_dir is not None:
+            object.__setattr__(self, "comfyui_dir", Path(self.comfyui_dir).resolve())
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
     @classmethod
@@ -86,11 +91,12 @@ class ModelSource:
         repos at the revisions used, and the single-file transformer if one was used."""
         sources = dict(sources)
         file = sources.pop("transformer_file", None)
+        comfyui = sources.pop("comfyui", None)
         pins = tuple(tuple(value.split("@", 1)) for value in sources.values() if _HUB_SOURCE.fullmatch(value))
         local = [Path(value) for value in sources.values() if not _HUB_SOURCE.fullmatch(value)]
         if local:  # a repo folder is <root>/<owner>/<name>
-            return cls(models_dir=local[0].parents[1], cache_dir=cache_dir, transformer_file=file)
-        return cls(cache_dir=cache_dir, revisions=pins, transformer_file=file)
+            return cls(models_dir=local[0].parents[1], cache_dir=cache_dir, transformer_file=file, comfyui_dir=comfyui)
+        return cls(cache_dir=cache_dir, revisions=pins, transformer_file=file, comfyui_dir=comfyui)
 
     @property
     def hub_dir(self) -> Path:
@@ -105,6 +111,8 @@ class ModelSource:
         """The repos `variant` loads, each with the subfolders it needs (none: the whole repo); the transformer's
         repo only where no transformer file takes its place."""
         parts = ((HUNYUAN_REPO, HUNYUAN_SUBFOLDERS), (REDUX_REPO, REDUX_SUBFOLDERS))
+        if self.comfyui_dir is not None:
+            parts = ()  # their weights are ComfyUI's; `folder` fetches the few small files still wanted
         return parts if self.transformer_file is not None else (*parts, (TRANSFORMER_REPOS[variant], ()))
 
     def folders(self, variant: str) -> tuple[Path, Path, Path | None]:
@@ -120,6 +128,8 @@ class ModelSource:
         """What a job's record says of these models (see `describe`), found without loading them."""
         hunyuan, redux, transformer = self.folders(variant)
         found = {"hunyuan": self.describe(HUNYUAN_REPO, hunyuan), "redux": self.describe(REDUX_REPO, redux)}
+        if self.comfyui_dir is not None:
+            found["comfyui"] = str(self.comfyui_dir)
         if transformer is None:
             return {**found, "transformer_file": str(self.transformer_file)}
         return {**found, "transformer": self.describe(TRANSFORMER_REPOS[variant], transformer)}
@@ -151,18 +161,25 @@ class ModelSource:
                     f"(<root>/{repo}/...); download them with `hf download {repo} --local-dir {root}`."
                 )
             return root
-        patterns = [f"{s}/*" for s in subfolders] if subfolders else None
+        patterns = [self._pattern(s) for s in subfolders] if subfolders else None
         revision = dict(self.revisions).get(repo)
         try:
             return Path(snapshot_download(repo, revision=revision, cache_dir=self.hub_dir, allow_patterns=patterns))
         except LocalEntryNotFoundError:
             parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
-            include = "".join(f' --include "{s}/*"' for s in subfolders)  # not the whole repo: HunyuanVideo's is big
+            include = "".join(f' --include "{p}"' for p in patterns or ())  # not the whole repo: HunyuanVideo's is big
             raise ModelsMissingError(
-                f"The weights of {repo}{parts} are not in {self.hub_dir} and cannot be downloaded now "
+                f"The {'configs and tokenizers' if self.comfyui_dir else 'weights'} of {repo}{parts} are not in "
+                f"{self.hub_dir} and cannot be downloaded now "
                 f"(offline). Connect to the internet and run the app once to download them, or run "
                 f"`hf download {repo}{include} --cache-dir {self.hub_dir}`, or point --models at a local model root."
             ) from None
+
+    def _pattern(self, subfolder: str) -> str:
+        """The files of `subfolder` to fetch: all of them, or with ComfyUI's weights only its config (tokenizers and
+        the feature extractor's settings are small files of their own)."""
+        config = _CONFIG_OF[subfolder]
+        return f"{subfolder}/config.json" if self.comfyui_dir is not None and config == "config.json" else f"{subfolder}/*"
 
     def cached_folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path | None:
         """The folder holding `repo` with the config files of `subfolders` (the repo's own without), found here
