@@ -19,14 +19,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add("--models", type=Path, metavar="DIR", help="local model root laid out like the hub repos (default: hub cache)")
     add("--hf-cache", type=Path, default=DEFAULT_CACHE_DIR, metavar="DIR",
         help=f"hub cache folder, e.g. the hf_download folder of a FramePack or FramePack-Studio install (default ./{DEFAULT_CACHE_DIR})")  # fmt: skip
-    add("--comfyui-models", type=Path, metavar="DIR",
-        help="ComfyUI's models folder: its HunyuanVideo text encoders, VAE, SigLIP and FramePack transformer are used")  # fmt: skip
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """Where the models come from and how they run."""
     add_model_options(parser)
     add = parser.add_argument
+    add("--comfyui-models", type=Path, metavar="DIR",
+        help="ComfyUI's models folder: its HunyuanVideo text encoders, VAE, SigLIP and FramePack transformer are used")  # fmt: skip
     add("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")

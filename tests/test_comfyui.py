@@ -4,22 +4,26 @@ line."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import CASE_DIRS, TINY_MODELS, case_inputs, load_case, needs_shared, run_cli
+from helpers import CASE_DIRS, TINY_MODELS, case_inputs, hub_cache_from, load_case, needs_shared, run_cli
+from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
 from framepack.engine import generate
 from framepack.events import Done
 from framepack.loading import load_models
 from framepack.media.reading import read_frames
-from framepack.models import ModelSource
+from framepack.models import ModelSource, ModelsMissingError
 from framepack.models.comfyui import ComfyUIError, find_transformer, load_component, vae_key
 from framepack.models.components import load_transformer
+from framepack.models.download import missing_parts
 from framepack.models.sources import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
 from framepack.settings import Settings
 
@@ -205,3 +209,39 @@ def test_the_command_line_refuses_a_folder_without_the_files(tmp_path):
                      "--comfyui-models", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out"), "--quiet")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "No HunyuanVideo Llama text encoder in" in result.stderr and "llava_llama3_fp16.safetensors" in result.stderr
+
+
+def test_only_the_configs_come_from_a_hub_cache_and_offline_the_message_says_which(comfy, configs, tmp_path, monkeypatch):
+    """ComfyUI users have none of the repos: their configs and tokenizers (small files) are all that is read from a hub
+    cache, the transformer repo only where diffusion_models has no FramePack file; offline, the message names the files."""
+    transformer = find_transformer(comfy, "original")
+    source = ModelSource(cache_dir=hub_cache_from(configs, tmp_path / "hf_download"), transformer_file=transformer,
+                         comfyui_dir=comfy)  # fmt: skip
+    assert missing_parts(source, "original") == []
+    assert missing_parts(replace(source, transformer_file=None), "original") == [(TRANSFORMER_REPOS["original"], ())]
+    hunyuan, redux, _ = source.folders("original")
+    assert (hunyuan / "vae" / "config.json").is_file() and (redux / "feature_extractor" / "preprocessor_config.json").is_file()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelsMissingError) as raised:
+        replace(source, cache_dir=tmp_path / "empty").folders("original")
+    message = str(raised.value)
+    assert f"hf download {HUNYUAN_REPO}" in message and "configs and tokenizers" in message and "\n" not in message
+    assert '--include "text_encoder/config.json"' in message and '--include "tokenizer/*"' in message
+    assert '"text_encoder/*"' not in message  # never the 15 GB of weights ComfyUI's file replaces
+
+
+@pytest.mark.slow
+def test_the_command_line_on_a_comfyui_folder_makes_the_model_roots_latents(comfy, configs, tmp_path):
+    job = ["--image", str(CASE_DIRS["v1_original"] / "input.png"), "--prompt", "a cat", "--seconds", "0.8",
+           "--latent-window-size", "3", "--steps", "2", "--height", "48", "--width", "80", "--no-teacache",
+           "--dtype", "float32", "--output-dir", str(tmp_path), "--quiet"]  # fmt: skip
+    comfy_job = run_cli("generate", *job, "--job-name", "comfy", "--comfyui-models", str(comfy.parent),
+                        "--hf-cache", str(hub_cache_from(configs, tmp_path / "hf_download")))  # fmt: skip
+    assert comfy_job.returncode == 0, comfy_job.stderr
+    local = run_cli("generate", *job, "--job-name", "local", "--models", str(TINY_MODELS))
+    assert local.returncode == 0, local.stderr
+    a, b = (load_file(tmp_path / f"{name}.latents.safetensors")["latents"] for name in ("comfy", "local"))
+    assert torch.equal(a, b)
+    record = json.loads((tmp_path / "comfy.json").read_text())["models"]
+    assert record["comfyui"] == str(comfy.parent.resolve())  # the ComfyUI folder, as given
+    assert record["transformer_file"] == str(comfy / "diffusion_models" / "FramePackI2V_HY_bf16.safetensors")
