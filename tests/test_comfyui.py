@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from framepack.engine import generate
 from framepack.events import Done
-from framepack.loading import load_models
+from framepack.loading import llama_from_files, load_models
 from framepack.media.reading import read_frames
 from framepack.models import ModelSource, ModelsMissingError
 from framepack.models.comfyui import ComfyUIError, find_transformer, load_component, vae_key
@@ -245,3 +245,16 @@ def test_the_command_line_on_a_comfyui_folder_makes_the_model_roots_latents(comf
     record = json.loads((tmp_path / "comfy.json").read_text())["models"]
     assert record["comfyui"] == str(comfy.parent.resolve())  # the ComfyUI folder, as given
     assert record["transformer_file"] == str(comfy / "diffusion_models" / "FramePackI2V_HY_bf16.safetensors")
+
+
+def test_where_ram_is_short_the_llama_is_read_layer_by_layer_from_comfyuis_file(comfy, tiny_models, tmp_path):
+    streamed = llama_from_files(HUNYUAN / "text_encoder", torch.float32, torch.device("cpu"), comfy)
+    ids = torch.tensor([[0, 5, 9, 17, 4]])
+    expected = tiny_models("original").text_encoder(ids, output_hidden_states=True).hidden_states[-3]
+    assert torch.equal(streamed(ids, output_hidden_states=True).hidden_states[-3], expected)
+    scaled = tmp_path / "models"
+    (scaled / "text_encoders").mkdir(parents=True)
+    save_file({"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn), "model.norm.weight": torch.ones(64)},
+              str(scaled / "text_encoders" / "llava_llama3_fp8_scaled.safetensors"))  # fmt: skip
+    with pytest.raises(ComfyUIError, match="scaled 8-bit, which cannot be read layer by layer"):
+        llama_from_files(HUNYUAN / "text_encoder", torch.float32, torch.device("cpu"), scaled)
