@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from fnmatch import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,9 @@ def models_root(path: str | os.PathLike) -> Path:
 
 
 def _candidates(root: Path, folder: str, patterns: tuple[str, ...]) -> list[Path]:
-    found = {p for name in FOLDERS[folder] for pattern in patterns for p in (root / name).glob(pattern) if p.is_file()}
+    """The files of ComfyUI's `folder` (its subfolders too, as ComfyUI lists them) whose names match, in any case."""
+    found = {p for name in FOLDERS[folder] for p in (root / name).rglob("*")
+             if p.is_file() and any(fnmatch(p.name.lower(), pattern) for pattern in patterns)}  # fmt: skip
     # The 16-bit files before 8-bit ones (a user who keeps both gets the exact weights), then by name.
     return sorted(found, key=lambda p: ("fp8" in p.name.lower(), p.name))
 
@@ -100,8 +103,7 @@ def find_transformer(root: str | os.PathLike, variant: str) -> Path | None:
     """The FramePack transformer of `variant` in `diffusion_models` (F1 files say "F1" in their names), if there is
     exactly one; None if there is none; ComfyUIError if several (the user picks one with --transformer-file)."""
     root = models_root(root)
-    found = [p for p in _candidates(root, "diffusion_models", ("*FramePack*.safetensors", "*FramePack*.gguf",
-                                                                 "*framepack*.safetensors", "*framepack*.gguf"))
+    found = [p for p in _candidates(root, "diffusion_models", ("*framepack*.safetensors", "*framepack*.gguf"))
              if bool(_F1_NAME.search(p.stem)) == (variant == "f1")]  # fmt: skip
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
