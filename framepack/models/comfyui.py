@@ -119,22 +119,22 @@ def vae_key(name: str, levels: int) -> str:
         index = int(match.group(2))
         return f"{match.group(1)}.{levels - 1 - index if match.group(1) == 'up' else index}."
 
+    # The middle block first: its resnets have names of their own, the other blocks' the generic ones.
     replacements = [
-        (r"\b(down|up)_blocks\.(\d+)\.", level),
-        (r"\.resnets\.(\d+)\.", r".block.\1."),
-        (r"\.(downsamplers|upsamplers)\.0\.", lambda m: ".downsample." if m.group(1) == "downsamplers" else ".upsample."),
-        (r"\.conv_shortcut\.", ".nin_shortcut."),
         (r"\.mid_block\.resnets\.0\.", ".mid.block_1."),
         (r"\.mid_block\.resnets\.1\.", ".mid.block_2."),
         (r"\.mid_block\.attentions\.0\.group_norm\.", ".mid.attn_1.norm."),
         (r"\.mid_block\.attentions\.0\.to_(q|k|v)\.", r".mid.attn_1.\1."),
         (r"\.mid_block\.attentions\.0\.to_out\.0\.", ".mid.attn_1.proj_out."),
+        (r"\b(down|up)_blocks\.(\d+)\.", level),
+        (r"\.resnets\.(\d+)\.", r".block.\1."),
+        (r"\.downsamplers\.0\.", ".downsample."),
+        (r"\.upsamplers\.0\.", ".upsample."),
+        (r"\.conv_shortcut\.", ".nin_shortcut."),
         (r"\.conv_norm_out\.", ".norm_out."),
     ]
     key = name
     for pattern, replacement in replacements:
-        if pattern.startswith(r"\.resnets") and ".mid_block." in key:
-            continue  # the middle block's resnets have names of their own
         key = re.sub(pattern, replacement, key)
     return key
 
