@@ -160,6 +160,8 @@ def test_files_that_are_not_comfyuis_are_refused_in_one_line(comfy, tmp_path):
         "a cut file": ({k: v for k, v in vae.items() if "decoder.up.0." not in k}, "is not a whole HunyuanVideo VAE"),
         "one too many": ({**vae, "decoder.extra.weight": torch.zeros(1)}, "has 1 tensors the HunyuanVideo VAE does not (e.g. decoder.extra.weight)"),
         "another size": ({**vae, "decoder.norm_out.weight": torch.zeros(7)}, "is for another model: its decoder.norm_out.weight is (7,)"),
+        "packed blocks": ({**vae, "decoder.conv_in.conv.weight": torch.zeros(8, 16, 3, 3, 3, dtype=torch.uint8)},
+                          "stores decoder.conv_in.conv.weight as packed U8 blocks, which this app cannot dequantise exactly"),
     }  # fmt: skip
     for label, (tensors, message) in cases.items():
         path = tmp_path / "hunyuan_video_vae_bf16.safetensors"
@@ -258,3 +260,23 @@ def test_where_ram_is_short_the_llama_is_read_layer_by_layer_from_comfyuis_file(
               str(scaled / "text_encoders" / "llava_llama3_fp8_scaled.safetensors"))  # fmt: skip
     with pytest.raises(ComfyUIError, match="scaled 8-bit, which cannot be read layer by layer"):
         llama_from_files(HUNYUAN / "text_encoder", torch.float32, torch.device("cpu"), scaled)
+
+
+def test_the_app_takes_the_folders_transformer_of_its_variant_and_refuses_a_folder_without_the_files(comfy, configs, tmp_path):
+    from framepack.app import start as ui
+
+    common = ["--outputs", str(tmp_path / "out"), "--models", str(configs)]
+    app = ui.create_app("f1", ui.parse_args([*common, "--comfyui-models", str(comfy)]))
+    try:
+        assert app.front.source.comfyui_dir == comfy.resolve()
+        assert app.front.source.transformer_file == comfy / "diffusion_models" / "FramePack_F1_I2V_HY_20250503_fp32.safetensors"
+    finally:
+        app.front.close()
+    (tmp_path / "bare" / "text_encoders").mkdir(parents=True)
+    shutil.copy(comfy / "text_encoders" / "clip_l.safetensors", tmp_path / "bare" / "text_encoders")
+    with pytest.raises(SystemExit) as refused:
+        ui.main("original", [*common, "--comfyui-models", str(tmp_path / "bare")])
+    assert str(refused.value) == (
+        f"error: No HunyuanVideo Llama text encoder in {tmp_path / 'bare' / 'text_encoders'} (ComfyUI keeps it there as "
+        f"llava_llama3_fp16.safetensors)"
+    )

@@ -202,7 +202,10 @@ def state_dict(name: str, path: Path, model: torch.nn.Module, config: dict[str, 
             shapes = dict(model.named_parameters())
             weights = {}
             for param, key in mapping.items():
-                shape, target = tuple(tensors.get_slice(key).get_shape()), tuple(shapes[param].shape)
+                stored = tensors.get_slice(key)
+                if stored.get_dtype() in ("U8", "I8", "U4", "I4"):  # packed 4-bit or integer formats, block-scaled
+                    raise ComfyUIError(f"{path.name} stores {key} as packed {stored.get_dtype()} blocks, which this app cannot dequantise exactly")
+                shape, target = tuple(stored.get_shape()), tuple(shapes[param].shape)
                 if shape != target and not _same_numbers(shape, target):
                     raise ComfyUIError(f"{path.name} is for another model: its {key} is {shape}, the configured model's is {target}")
                 weights[param] = read_tensor(tensors, key, keys, path).reshape(target).to(dtype)
