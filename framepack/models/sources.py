@@ -156,9 +156,10 @@ class ModelSource:
             missing = [s for s in subfolders or ("",) if not (root / s / _CONFIG_OF.get(s, "")).exists()]
             if missing:
                 wanted = ", ".join(str(root / s) for s in missing)
+                include = "".join(f' --include "{self._pattern(s)}"' for s in subfolders) if self.comfyui_dir else ""
                 raise ModelsMissingError(
                     f"Model files not found: {wanted}. A local model root must be laid out like the hub repos "
-                    f"(<root>/{repo}/...); download them with `hf download {repo} --local-dir {root}`."
+                    f"(<root>/{repo}/...); download them with `hf download {repo}{include} --local-dir {root}`."
                 )
             return root
         patterns = [self._pattern(s) for s in subfolders] if subfolders else None
