@@ -32,6 +32,7 @@ from .memory.planning import MemoryPlan, MemoryPlanError, plan_for_settings
 from .memory.sensing import detect_device, held_by_process
 from .memory.sizes import ModelSizes, ModuleSize, module_size
 from .models import ModelSet, ModelSource
+from .models import comfyui
 from .models.attention import set_attention
 from .models.checkpoints import load_transformer_file, transformer_from_tensors
 from .models.components import (
@@ -89,7 +90,10 @@ class ComponentLoader:
             else:
                 module = load_transformer(transformer_folder, self.transformer_dtype)
         elif name == "text_encoder" and self.plan is not None and self.plan.text_encoder.offload_type == "from_file":
-            module = llama_from_files(hunyuan / "text_encoder", dtype, self.device)
+            module = llama_from_files(hunyuan / "text_encoder", dtype, self.device, self.source.comfyui_dir)
+        elif self.source.comfyui_dir is not None:  # ComfyUI's files, with the repos' configs
+            folder = redux / "image_encoder" if name == "image_encoder" else hunyuan / name
+            module = comfyui.load_component(name, comfyui.component_file(self.source.comfyui_dir, name), folder, dtype)
         elif name == "text_encoder":
             module = LlamaModel.from_pretrained(hunyuan / "text_encoder", dtype=dtype)
         elif name == "text_encoder_2":
@@ -211,16 +215,21 @@ def lifetime(models: ModelSet) -> str:
     return models.placement.plan.lifetime if models.placement is not None else "resident"
 
 
-def llama_from_files(folder: str | os.PathLike, dtype: torch.dtype, device: torch.device) -> LlamaModel:
+def llama_from_files(
+    folder: str | os.PathLike, dtype: torch.dtype, device: torch.device, comfyui_dir: Path | None = None
+) -> LlamaModel:
     """The Llama text encoder with its decoder layers left in its safetensors files, each read onto `device`
-    as it runs (see `placement.stream_from_files`); its embedding and final norm are read onto `device` now."""
+    as it runs (see `placement.stream_from_files`); its embedding and final norm are read onto `device` now. With
+    `comfyui_dir` the weights are ComfyUI's file, the config still the repo folder's."""
     folder = Path(folder)
     config = LlamaConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = LlamaModel._from_config(config, dtype=dtype)  # the attention implementation from_pretrained picks
     model.rotary_emb = type(model.rotary_emb)(config=model.config)  # computed at construction, not in the files
     files = {}
-    for shard in sorted(folder.glob("*.safetensors")):
+    if comfyui_dir is not None:
+        files = comfyui.llama_files(comfyui.component_file(comfyui_dir, "text_encoder"))
+    for shard in sorted(folder.glob("*.safetensors")) if comfyui_dir is None else ():
         with safe_open(str(shard), "pt") as tensors:
             files.update({key.removeprefix("model."): (shard, key) for key in tensors.keys()})
     expected = {name for name, _ in model.named_parameters()}

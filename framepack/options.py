@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from .memory.planning import MemoryPlan, check_before_loading
-from .models import ModelSource
+from .models import ModelSource, comfyui
 from .models.attention import ATTENTION_CHOICES
 from .models.sources import DEFAULT_CACHE_DIR
 from .settings import Settings
@@ -25,6 +25,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """Where the models come from and how they run."""
     add_model_options(parser)
     add = parser.add_argument
+    add("--comfyui-models", type=Path, metavar="DIR",
+        help="ComfyUI's models folder: its HunyuanVideo text encoders, VAE, SigLIP and FramePack transformer are used")  # fmt: skip
     add("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     add("--attention", choices=ATTENTION_CHOICES, default="auto", help="attention backend (default: best installed)")
     add("--compile", action="store_true", help="torch.compile the transformer blocks (slower first section)")
@@ -54,18 +56,25 @@ def gpu_list(text: str) -> list[int]:
     return gpus
 
 
-def model_source(args: argparse.Namespace) -> ModelSource:
-    """Where the runtime flags say the weights are."""
-    return ModelSource(args.models, args.hf_cache, transformer_file=args.transformer_file)
+def model_source(args: argparse.Namespace, variant: str | None = None) -> ModelSource:
+    """Where the runtime flags say the weights are. With a ComfyUI models folder, its FramePack transformer of
+    `variant` takes the repo's place unless --transformer-file names one (ComfyUIError if the folder lacks a part)."""
+    comfyui_dir, file = getattr(args, "comfyui_models", None), args.transformer_file
+    if comfyui_dir is not None:
+        comfyui.check_folder(comfyui_dir)
+        if file is None and variant is not None:
+            file = comfyui.find_transformer(comfyui_dir, variant)
+    return ModelSource(args.models, args.hf_cache, transformer_file=file, comfyui_dir=comfyui_dir)
 
 
 def worker_plans(args: argparse.Namespace, variant: str) -> list[MemoryPlan]:
     """A memory plan per worker, checked before anything loads (MemoryPlanError when one does not fit): one per GPU
     of --gpus, else --workers on the one device."""
     devices = [f"cuda:{gpu}" for gpu in args.gpus] if args.gpus else [args.device] * max(1, args.workers)
+    transformer_file = model_source(args, variant).transformer_file
     return [
         check_before_loading(Settings(variant=variant), fp8=args.fp8, device=device, models_dir=args.models,
-                             transformer_file=args.transformer_file, fp8_matmuls=args.fp8_compute,
+                             transformer_file=transformer_file, fp8_matmuls=args.fp8_compute,
                              cache_dir=args.hf_cache)
         for device in devices
     ]  # fmt: skip

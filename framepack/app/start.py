@@ -117,7 +117,7 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     if tidied := sweep_outputs(outputs):
         logging.getLogger(__name__).info("Removed what interrupted writes left of %d job(s) in the outputs folder", tidied)
     front = QueueFront(
-        variant, model_source(args), outputs, attention=args.attention, compile=args.compile, plans=plans,
+        variant, model_source(args, variant), outputs, attention=args.attention, compile=args.compile, plans=plans,
         max_jobs_per_owner=args.max_jobs_per_user, ray=args.ray,
     )  # fmt: skip
     public = args.share or args.server not in LOCAL_ADDRESSES

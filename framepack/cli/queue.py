@@ -178,7 +178,7 @@ def run_workers(args: argparse.Namespace) -> int:
 
     for variant in variants:
         try:
-            front = QueueFront(variant, model_source(args), args.output_dir, args.attention, args.compile,
+            front = QueueFront(variant, model_source(args, variant), args.output_dir, args.attention, args.compile,
                                plans=worker_plans(args, variant), ray=args.ray, on_event=report)  # fmt: skip
         except (ModelsMissingError, MemoryPlanError, CheckpointError, SettingsError, ClusterError) as exc:
             print(f"error: {exc}", file=sys.stderr)

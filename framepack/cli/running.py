@@ -181,7 +181,7 @@ def load_for(
     """Check memory, then load the models for `settings` (and `loras`). A job that goes on from a previous one runs
     on the models its record names (`made_with`: a local model root, or the hub repos at their revisions), unless
     --models says otherwise. Raises the errors a user can mend (memory, missing files, a bad LoRA)."""
-    source = model_source(args)
+    source = model_source(args, settings.variant)
     if args.models is None and made_with is not None:
         source = ModelSource.recorded(made_with, args.hf_cache)
         if args.transformer_file is not None:

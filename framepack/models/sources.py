@@ -73,12 +73,17 @@ class ModelSource:
     cache_dir: Path = DEFAULT_CACHE_DIR
     revisions: tuple[tuple[str, str], ...] = ()  # (repo, revision): hub repos pinned to what a job was made with
     transformer_file: Path | None = None  # a single-file transformer in place of the variant's repo (see checkpoints)
+    # ComfyUI's models folder (see `comfyui`): its text encoders, VAE and SigLIP replace those repos' weights, whose
+    # configs and tokenizers (small files) are still read from the local root or the hub cache.
+    comfyui_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.models_dir is not None:
             object.__setattr__(self, "models_dir", Path(self.models_dir))
         if self.transformer_file is not None:
             object.__setattr__(self, "transformer_file", Path(self.transformer_file).resolve())
+        if self.comfyui_dir is not None:
+            object.__setattr__(self, "comfyui_dir", Path(self.comfyui_dir).resolve())
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
     @classmethod
@@ -87,11 +92,12 @@ class ModelSource:
         repos at the revisions used, and the single-file transformer if one was used."""
         sources = dict(sources)
         file = sources.pop("transformer_file", None)
+        comfyui = sources.pop("comfyui", None)
         pins = tuple(tuple(value.split("@", 1)) for value in sources.values() if _HUB_SOURCE.fullmatch(value))
         local = [Path(value) for value in sources.values() if not _HUB_SOURCE.fullmatch(value)]
         if local:  # a repo folder is <root>/<owner>/<name>
-            return cls(models_dir=local[0].parents[1], cache_dir=cache_dir, transformer_file=file)
-        return cls(cache_dir=cache_dir, revisions=pins, transformer_file=file)
+            return cls(models_dir=local[0].parents[1], cache_dir=cache_dir, transformer_file=file, comfyui_dir=comfyui)
+        return cls(cache_dir=cache_dir, revisions=pins, transformer_file=file, comfyui_dir=comfyui)
 
     @property
     def hub_dir(self) -> Path:
@@ -106,6 +112,8 @@ class ModelSource:
         """The repos `variant` loads, each with the subfolders it needs (none: the whole repo); the transformer's
         repo only where no transformer file takes its place."""
         parts = ((HUNYUAN_REPO, HUNYUAN_SUBFOLDERS), (REDUX_REPO, REDUX_SUBFOLDERS))
+        if self.comfyui_dir is not None:
+            parts = ()  # their weights are ComfyUI's; `folder` fetches the few small files still wanted
         return parts if self.transformer_file is not None else (*parts, (TRANSFORMER_REPOS[variant], ()))
 
     def folders(self, variant: str) -> tuple[Path, Path, Path | None]:
@@ -121,6 +129,8 @@ class ModelSource:
         """What a job's record says of these models (see `describe`), found without loading them."""
         hunyuan, redux, transformer = self.folders(variant)
         found = {"hunyuan": self.describe(HUNYUAN_REPO, hunyuan), "redux": self.describe(REDUX_REPO, redux)}
+        if self.comfyui_dir is not None:
+            found["comfyui"] = str(self.comfyui_dir)
         if transformer is None:
             return {**found, "transformer_file": str(self.transformer_file)}
         return {**found, "transformer": self.describe(TRANSFORMER_REPOS[variant], transformer)}
@@ -147,24 +157,33 @@ class ModelSource:
             missing = [s for s in subfolders or ("",) if not (root / s / _CONFIG_OF.get(s, "")).exists()]
             if missing:
                 wanted = ", ".join(str(root / s) for s in missing)
+                include = "".join(f' --include "{self._pattern(s)}"' for s in subfolders) if self.comfyui_dir else ""
                 raise ModelsMissingError(
                     f"Model files not found: {wanted}. A local model root must be laid out like the hub repos "
                     f"(<root>/{repo}/...); download them with "
                     f"`{fetch_commands([(repo, subfolders)], local_root=self.models_dir)}`."
                 )
             return root
-        patterns = [f"{s}/*" for s in subfolders] if subfolders else None
+        patterns = [self._pattern(s) for s in subfolders] if subfolders else None
         revision = dict(self.revisions).get(repo)
         try:
             return Path(snapshot_download(repo, revision=revision, cache_dir=self.hub_dir, allow_patterns=patterns))
         except LocalEntryNotFoundError:
             parts = f" (folders {', '.join(subfolders)})" if subfolders else ""
+            wanted = [pattern.removesuffix("/*") for pattern in patterns or ()]
             raise ModelsMissingError(
-                f"The weights of {repo}{parts} are not in {self.hub_dir} and cannot be downloaded now "
+                f"The {'configs and tokenizers' if self.comfyui_dir else 'weights'} of {repo}{parts} are not in "
+                f"{self.hub_dir} and cannot be downloaded now "
                 f"(offline). Connect to the internet and run the app once to download them, or run "
-                f"`{fetch_commands([(repo, subfolders)], cache_dir=self.hub_dir)}`, or point --models at a local "
+                f"`{fetch_commands([(repo, wanted)], cache_dir=self.hub_dir)}`, or point --models at a local "
                 f"model root."
             ) from None
+
+    def _pattern(self, subfolder: str) -> str:
+        """The files of `subfolder` to fetch: all of them, or with ComfyUI's weights only its config (tokenizers and
+        the feature extractor's settings are small files of their own)."""
+        config = _CONFIG_OF[subfolder]
+        return f"{subfolder}/config.json" if self.comfyui_dir is not None and config == "config.json" else f"{subfolder}/*"
 
     def cached_folder(self, repo: str, subfolders: tuple[str, ...] = ()) -> Path | None:
         """The folder holding `repo` with the config files of `subfolders` (the repo's own without), found here
@@ -185,7 +204,7 @@ class ModelSource:
 
 def fetch_commands(parts: Iterable[tuple[str, Sequence[str]]], cache_dir: str | Path | None = None,
                    local_root: str | Path | None = None) -> str:  # fmt: skip
-    """The `hf download` commands that fetch `parts` (repo, subfolders; none: the whole repo) into the hub cache
+    """The `hf download` commands that fetch `parts` (repo, subfolders or files in them; none: the whole repo) into the hub cache
     `cache_dir`, or into the local model root `local_root` (each repo in `<root>/<repo>`), joined by "; ". Only the
     subfolders named: HunyuanVideo's repo also holds a transformer the app does not use. `hf download` takes one
     pattern per `--include` (a second word after it would be read as a file name)."""
@@ -196,7 +215,8 @@ def fetch_commands(parts: Iterable[tuple[str, Sequence[str]]], cache_dir: str | 
         wanted.setdefault(repo, []).extend(subfolders or ("",))
     commands = []
     for repo, names in wanted.items():
-        include = "" if "" in names else "".join(f' --include "{name}/*"' for name in dict.fromkeys(names))
+        patterns = (name if "/" in name else f"{name}/*" for name in dict.fromkeys(names))  # a subfolder, or one file
+        include = "" if "" in names else "".join(f' --include "{pattern}"' for pattern in patterns)
         target = f"--cache-dir {cache_dir}" if cache_dir is not None else f"--local-dir {Path(local_root) / repo}"
         commands.append(f"hf download {repo}{include} {target}")
     return "; ".join(commands)
