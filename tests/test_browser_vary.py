@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from helpers import CONTROL_CASES as CONTROLS
 from helpers import make_clip, running_app
 from playwright.sync_api import expect
 from test_browser import (  # the browser and the page helpers of the page's own tests
@@ -57,12 +58,30 @@ def test_a_timed_prompt_job_branches_with_a_new_timed_prompt(browser, app_server
     page = open_page(browser, app_server.url, seconds=1.2, prompt="A room. [0s: lights on] [0.4s: lights off]")
     page.get_by_text("Advanced").click()
     set_number(page, "fp-window", 3)  # three sections of 0.4 s
+    page.get_by_text("End frame and keyframes").click()
+    page.locator("#fp-end-image input[type=file]").set_input_files(str(CONTROLS / "c1_original_end" / "end.png"))
+    expect(page.locator("#fp-end-image img")).to_be_visible()
+    page.locator("#fp-keyframes input[type=file]").set_input_files(str(CONTROLS / "c2_original_timed" / "keyframe_0.png"))
+    page.locator("#fp-keyframe-times textarea").fill("0.8")
+    page.locator("#fp-keyframe-times textarea").press("Enter")
+    expect(page.locator("#fp-timeline")).to_contain_text("keyframe 1 (keyframe_0.png)")
     page.locator("#fp-start").click()
     source = finished(page)
+    page.close()
 
+    # Loaded on a fresh page, the job brings its images back: the timeline shows them, and no error.
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.goto(app_server.url)
     load_previous(page, app_server.outputs / f"{source}.mp4")
     expect(page.locator("#fp-message")).to_contain_text(f"Loaded the settings and images of {source}.mp4")
     expect(page.locator("#fp-prompt textarea")).to_have_value("A room. [0s: lights on] [0.4s: lights off]")
+    page.get_by_text("End frame and keyframes").click()
+    for image in ("#fp-image img", "#fp-end-image img"):
+        expect(page.locator(image)).to_be_visible()
+    expect(page.locator("#fp-keyframes").get_by_role("cell", name="keyframe_0.png")).to_be_visible()
+    expect(page.locator("#fp-timeline")).to_contain_text('0.80–1.20 s (generated 1st): "lights off" · keyframe 1 (keyframe_0.png) · then the end frame')
+    expect(page.locator("#fp-timeline-strip img")).to_have_count(4)  # start, start, then the keyframe and the end frame
+    assert "Error" not in page.locator("#fp-timeline").inner_text() + page.locator("#fp-message").inner_text()
     # The strip says, in time order, what a branch keeping one section keeps: the original model made the end first.
     set_number(page, "fp-keep", 1)
     expect(page.locator("#fp-timeline-strip")).to_contain_text("A branch makes 0.00–0.80 s again and keeps 0.80–1.20 s.")
