@@ -73,7 +73,7 @@ def test_a_timed_prompt_job_branches_with_a_new_timed_prompt(browser, app_server
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(app_server.url)
     load_previous(page, app_server.outputs / f"{source}.mp4")
-    expect(page.locator("#fp-message")).to_contain_text(f"Loaded the settings and images of {source}.mp4")
+    expect(page.locator("#fp-message")).to_contain_text(f"Loaded the settings of {source}.mp4 with its images")
     expect(page.locator("#fp-prompt textarea")).to_have_value("A room. [0s: lights on] [0.4s: lights off]")
     page.get_by_text("End frame and keyframes").click()
     for image in ("#fp-image img", "#fp-end-image img"):
@@ -110,7 +110,7 @@ def test_a_renamed_video_loads_with_its_start_image_resumes_and_branches(browser
     page = browser.new_page(viewport={"width": 1400, "height": 1300})  # a fresh page: nothing on it yet
     page.goto(app_server.url)
     load_previous(page, renamed)
-    expect(page.locator("#fp-message")).to_contain_text("Loaded the settings and images of first_job.mp4")
+    expect(page.locator("#fp-message")).to_contain_text("Loaded the settings of first_job.mp4 with its images")
     expect(page.locator("#fp-image img")).to_be_visible()  # its start image is back
     expect(page.locator("#fp-timeline-strip img").first).to_be_visible()  # and in the strip
     expect(page.locator("#fp-timeline")).not_to_contain_text("Error")
@@ -136,7 +136,7 @@ def test_seconds_added_to_a_finished_f1_video_make_a_second_video(browser, f1_se
     before, frames = hashlib.sha256(short_video.read_bytes()).hexdigest(), probe(short_video).frames
 
     load_previous(page, short_video)
-    expect(page.locator("#fp-message")).to_contain_text("Loaded the settings and images of")
+    expect(page.locator("#fp-message")).to_contain_text(f"Loaded the settings of {short}.mp4 with its images")
     set_number(page, "fp-add-seconds", 1.2)
     page.locator("#fp-resume").click()
     longer = finished(page, not_of=short)

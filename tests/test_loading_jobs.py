@@ -49,7 +49,8 @@ def alice(tmp_path: Path) -> tuple[AppService, Path]:
     inputs = JobInputs(IMAGE, END, (Keyframe(1.2, KEYFRAME),)).load()
     spec = inputs_spec("generate", SETTINGS, inputs, keep_in=input_folder(outputs, "first"))
     jobs = [QueuedJob("first", "user:alice", spec, state="done"),
-            QueuedJob("second", "user:alice", branch_spec("first", 2, {"seed": 7}), state="done")]  # fmt: skip
+            QueuedJob("second", "user:alice", branch_spec("first", 2, {"seed": 7}), state="done"),
+            QueuedJob("third", "user:alice", branch_spec("first", 1, {}, (Keyframe(0.8, KEYFRAME),)), state="done")]  # fmt: skip
     for job in jobs:
         record = JobRecord(state="done", owner="user:alice", settings=SETTINGS.to_dict(), inputs=spec.options["record"],
                            video=f"{job.id}.mp4")  # fmt: skip
@@ -68,7 +69,7 @@ def test_loading_a_job_puts_its_images_back_for_its_owner_only(alice, tmp_path):
     for upload in ("my first job.json", "my second job.json"):  # a branch has its source's images
         loaded = service.settings_of_file(str(uploads / upload), "user:alice")
         assert loaded.images is not None and not loaded.error
-        assert loaded.message == f"Loaded the settings and images of {upload}; press Start to make it again, or change it first."
+        assert loaded.message == f"Loaded the settings of {upload} with its images; press Start to make it again, or change it first."
         *values, start, end, keyframes, message = handlers._loaded_updates(loaded)
         assert len(IMAGE_CONTROLS) == 3 and message == loaded.message
         # The page's own copies, named as the user named them, with the pixels given.
@@ -83,6 +84,14 @@ def test_loading_a_job_puts_its_images_back_for_its_owner_only(alice, tmp_path):
         assert loaded.images is None and loaded.values["prompt"] == SETTINGS.prompt_text
         assert "add the start image input.png, the end image end.png, keyframe keyframe_0.png (1.2 s)" in loaded.message
         assert list(handlers._loaded_updates(loaded)[-4:-1]) == [gr.skip()] * 3
+    # A branch with keyframes of its own gets its source's start and end images; its keyframes are named, to add.
+    own = {**json.loads((uploads / "my second job.json").read_text()), "video": "third.mp4"}
+    own["inputs"]["keyframes"] = [{"seconds": 0.8, "name": "keyframe_0.png", "sha256": "0" * 64}]
+    (uploads / "third.json").write_text(json.dumps(own))
+    loaded = service.settings_of_file(str(uploads / "third.json"), "user:alice")
+    assert loaded.message == ("Loaded the settings of third.json with its images, except keyframe keyframe_0.png (0.8 s): "
+                              "add them and press Start.")  # fmt: skip
+    assert handlers._loaded_updates(loaded)[-2] is None and loaded.values["keyframe_times"] == "0.8"
     # The Queue tab's "Load its settings" does the same, for the jobs the viewer sees.
     assert service.settings_of_job("first", "user:alice").images.start[1] == "input.png"
     assert service.settings_of_job("first", "user:bob").images is None

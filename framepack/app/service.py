@@ -298,9 +298,9 @@ class AppService:
         if kept is None:
             message = f"Loaded the settings of {name}; add {', '.join(wanted)} and press Start."
         elif wanted:
-            message = f"Loaded the settings and images of {name}, except {', '.join(wanted)}: add them and press Start."
+            message = f"Loaded the settings of {name} with its images, except {', '.join(wanted)}: add them and press Start."
         else:
-            message = f"Loaded the settings and images of {name}; press Start to make it again, or change it first."
+            message = f"Loaded the settings of {name} with its images; press Start to make it again, or change it first."
         if missing:
             message += f" Its LoRAs are not all in the LoRA folder ({', '.join(missing)}): choose them again."
         return Loaded({key: values[key] for key in LOADABLE if key in values}, message, images=kept)
