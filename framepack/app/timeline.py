@@ -81,7 +81,7 @@ def strip_html(rows: list[dict[str, Any]], anchors: dict[str, str | None], blank
         cards.append(
             f'<div class="fp-strip-section"{marked} '
             f'style="{CARD.format(border=border, background=background)}">'
-            f'<div style="font-weight: 600;">{row["start"]:.2f}–{row["end"]:.2f} s'
+            f'<div style="font-weight: 600; font-size: 0.85em;">{row["start"]:.2f}–{row["end"]:.2f} s'
             f'{f" · {note}" if note else ""}</div>'
             f'<div style="display: flex; gap: 4px; align-items: center;">{"".join(pictures)}</div>'
             f'<div style="font-size: 0.85em; overflow-wrap: anywhere;">{html.escape(_short(row["prompt"]))}</div></div>'
