@@ -295,13 +295,16 @@ class Handlers:
         return self._loaded_updates(self.service.settings_of_file(path, self.owner_of(request)))
 
     def _loaded_updates(self, loaded: Loaded) -> tuple[Any, ...]:
-        """The loadable fields, the start, end and keyframe images (the page's own copies; skipped when the job's were
-        not found), then the status line."""
+        """The loadable fields, the start, end and keyframe images (the page's own copies of the job's; one it had
+        none of, or whose copy is gone, is cleared), then the status line. Without the job's images the page's start
+        and end images stay; its keyframe images go when the job's keyframe times replace theirs (no error for a
+        count that no longer matches)."""
         message = error_message(loaded.message) if loaded.error else loaded.message
         values = tuple(loaded.values.get(name, gr.skip()) for name in LOADABLE)
         kept = loaded.images
         if kept is None:
-            return (*values, *(gr.skip() for _ in IMAGE_CONTROLS), message)
+            keyframes = None if "keyframe_times" in loaded.values else gr.skip()
+            return (*values, gr.skip(), gr.skip(), keyframes, message)
         copies = PageCopies(self.cache_dir)
         start, end = (copies(*found) if found else None for found in (kept.start, kept.end))
         keyframes = [copies(path, name) for _, path, name in kept.keyframes] or None
