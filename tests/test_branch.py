@@ -164,3 +164,28 @@ def test_a_timed_prompt_job_branches_with_a_new_timed_prompt_and_its_own_prompt_
 
     same = list(branch_job(models, tmp_path / "timed.json", 2, {"prompt": timed.prompt_text}, job_id="same", previews=False))
     assert [torch.equal(a, b) for a, b in zip(sections_of(same), source[2:])] == [True, True, True]
+
+
+def test_a_renamed_timed_prompt_video_branches_and_grows_from_the_command_line(tiny_models, tmp_path):
+    """The command line finds a job by what its video says, not by the file's name: a renamed copy branches with a new
+    timed prompt (which replaces the job's, with no "not both" refusal) and is made longer as a new video."""
+    import shutil
+
+    timed = Settings(variant="f1", **{**JOB, "total_second_length": 1.2, "prompt": "a room. [0s: lights on] [0.4s: lights off]"})
+    list(generate(tiny_models("f1"), timed, IMAGE, tmp_path, job_id="room", previews=False))
+    renamed = shutil.copy(tmp_path / "room.mp4", tmp_path / "my favourite.mp4")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    common = ["--models", str(TINY_MODELS), "--quiet"]
+    branch = [sys.executable, "-m", "framepack", "branch", str(renamed), "--keep-sections", "1", "--job-name", "cat",
+              "--prompt", "a room. [0s: lights on] [0.8s: a cat walks in]", *common]  # fmt: skip
+    result = subprocess.run(branch, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "cat.json").read_text())
+    assert record["origin"]["branched_from"] == {"job": "room", "sections": 1}
+    assert (record["settings"]["prompt"], record["settings"]["prompts"]) == ("a room.", [[0.0, "lights on"], [0.8, "a cat walks in"]])
+
+    longer = [sys.executable, "-m", "framepack", "resume", str(renamed), "--add-seconds", "0.4", "--job-name", "longer", *common]
+    result = subprocess.run(longer, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "longer.json").read_text())["origin"] == {"lengthened_from": {"job": "room", "seconds": 0.4}}
+    assert len(read_frames(tmp_path / "longer.mp4")) > len(read_frames(tmp_path / "room.mp4")) == timed.num_frames  # both stay

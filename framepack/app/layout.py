@@ -38,9 +38,10 @@ class Controls:
         return self.fields[name] if name in self.fields else self.parts[name]
 
 
-def build_layout(page: Page, timeline: str) -> Controls:
+def build_layout(page: Page, timeline: str, strip: str = "") -> Controls:
     """Every component of the page, placed: the Generate tab (inputs and settings on the left, the live preview,
-    progress and growing video on the right) and the Queue tab. `timeline` is the sections' first description."""
+    progress and growing video on the right) and the Queue tab. `timeline` is the sections' first description,
+    `strip` their first strip of thumbnails."""
     controls = Controls()
     place = lambda name: controls.fields.setdefault(name, BY_NAME[name].control(page))  # noqa: E731
     parts = controls.parts
@@ -49,6 +50,7 @@ def build_layout(page: Page, timeline: str) -> Controls:
             with gr.Row():
                 with gr.Column():
                     _inputs(controls, place, page)
+                    parts["timeline_strip"] = gr.HTML(strip, elem_id="fp-timeline-strip")
                     parts["timeline"] = gr.Markdown(timeline, elem_id="fp-timeline")
                     with gr.Row():
                         parts["start"] = gr.Button("Start Generation", variant="primary", elem_id="fp-start")

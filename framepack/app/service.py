@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ..controls import (
     timeline,
 )
 from ..engine.starts import extension_needs
-from ..jobs.paths import job_name
+from ..jobs.paths import is_job_name, job_name
 from ..jobs.record import RecordError, named_job, settings_of_output
 from ..kinds import postprocess_spec
 from ..lora import LoraError, LoraSpec, read_lora
@@ -30,20 +30,32 @@ from ..memory.sizes import ModelConfigs
 from ..models.components import meta_transformer
 from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
-from ..queue.store import QueuedJob
+from ..queue.store import QueuedJob, input_folder
 from ..settings import Settings, SettingsError
 from .board import Board, Shown
 from .fields import LOADABLE, SETTING_NAMES, UPSCALERS, list_loras
 
 
 @dataclass(frozen=True)
+class KeptImages:
+    """The images a job was made from, as the queue kept them with it: each a (file, name as given) pair; the
+    keyframes with their times, in time order. `job` is the job that kept them (a branch's source keeps its)."""
+
+    job: str
+    start: tuple[Path, str] | None = None
+    end: tuple[Path, str] | None = None
+    keyframes: tuple[tuple[float, Path, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Loaded:
-    """A previous job's settings as the fields' values (those it has; the rest stay as they are) and what to tell
-    the user."""
+    """A previous job's settings as the fields' values (those it has; the rest stay as they are), what to tell
+    the user, and the job's images to put back in the page's image controls (None: none were found)."""
 
     values: dict[str, Any]
     message: str
     error: bool = False
+    images: KeptImages | None = None
 
 
 # How many previous outputs' settings are read at once, and how long one more waits for its turn.
@@ -205,9 +217,10 @@ class AppService:
 
     # --- settings of earlier jobs
 
-    def settings_of_file(self, path: str) -> Loaded:
+    def settings_of_file(self, path: str, owner: str | None = None) -> Loaded:
         """The fields' values from a previous output's MP4 or record: the prompt with its timed groups, the keyframes'
-        times and the LoRAs (those in the LoRA folder) with their weights; the images themselves are named, to add."""
+        times and the LoRAs (those in the LoRA folder) with their weights. The images come back from the copies kept
+        with the job when the file names a job of `owner`'s; otherwise they are named, to add."""
         if not self._reading.acquire(timeout=SETTINGS_READ_WAIT_SECONDS):
             return Loaded({}, "Other settings are being read; try again in a moment.", error=True)
         try:
@@ -216,7 +229,8 @@ class AppService:
             return Loaded({}, str(exc), error=True)
         finally:
             self._reading.release()
-        return self.settings_values(saved, extras["inputs"], extras["loras"], Path(path).name)
+        kept = self.kept_images(named_job(path), owner) if owner is not None else None
+        return self.settings_values(saved, extras["inputs"], extras["loras"], Path(path).name, kept)
 
     def settings_of_job(self, job_id: str | None, viewer: str | None) -> Loaded:
         """The fields' values from a queued job of the viewer's."""
@@ -226,11 +240,42 @@ class AppService:
         if not job.spec.settings:
             return Loaded({}, f"`{job.id}` goes on from `{job.spec.source}`: load that job's record.")
         loras = [{"name": Path(path).name, "weight": weight} for path, weight in job.spec.loras]
-        return self.settings_values(job.spec.settings, job.spec.options.get("record") or {}, loras, f"job {job.id}")
+        record = job.spec.options.get("record") or {}
+        return self.settings_values(job.spec.settings, record, loras, f"job {job.id}", self.kept_images(job.id, viewer))
 
-    def settings_values(self, saved: dict[str, Any], inputs: dict[str, Any], loras: list[dict[str, Any]], name: str) -> Loaded:
+    def kept_images(self, job_id: str, viewer: str | None) -> KeptImages | None:
+        """The images of one of the viewer's jobs (None: anyone's), from the copies the queue keeps in its input folder;
+        a branch or a longer video has its source's. None when there is no such job or it kept no images."""
+        seen: set[str] = set()
+        job = self.front.job(job_id, viewer) if self.front is not None else None
+        while job is not None and job.spec.source and job.id not in seen and not _kept_files(job):
+            seen.add(job.id)
+            job = self.front.job(job.spec.source, viewer)
+        if job is None or not _kept_files(job):
+            return None
+        folder = input_folder(self.front.output_dir, job.id)
+        record = job.spec.options.get("record") or {}
+
+        def kept(key: str, described: Any) -> tuple[Path, str] | None:
+            relative = job.spec.files.get(key)
+            if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+                return None  # only the queue's own copies, never a path elsewhere
+            name = described.get("name") if isinstance(described, dict) else None
+            name = name if isinstance(name, str) and is_job_name(name) else Path(relative).name  # the name the user gave
+            return (folder / relative, name) if (folder / relative).is_file() else None
+
+        described = record.get("keyframes") or []
+        keyframes = [(t, kept(f"keyframe_{i}", described[i] if i < len(described) else None))
+                     for i, t in enumerate(job.spec.keyframe_times)]  # fmt: skip
+        return KeptImages(
+            job.id, kept("image", record.get("image")), kept("end_image", record.get("end_image")),
+            tuple((t, *found) for t, found in keyframes if found is not None) if all(f for _, f in keyframes) else (),
+        )  # fmt: skip
+
+    def settings_values(self, saved: dict[str, Any], inputs: dict[str, Any], loras: list[dict[str, Any]], name: str,
+                        kept: KeptImages | None = None) -> Loaded:  # fmt: skip
         """The fields' values from a job's settings, what its record says of its images (`inputs`) and its LoRAs
-        (name and weight); `name` names the job in the message."""
+        (name and weight); `name` names the job in the message. `kept`: the job's images, put back where they fit."""
         try:
             settings = Settings.from_dict(saved)
         except SettingsError as exc:
@@ -248,31 +293,54 @@ class AppService:
         missing = [lora["name"] for lora in loras if lora["name"] not in set(list_loras(self.lora_folder))]
         if missing:
             del values["loras"], values["lora_weights"]
-        wanted = [f"the start image {start['name']}" if "name" in start else "the start image"]
-        if inputs.get("end_image"):
+        if kept is not None and [t for t, _, _ in kept.keyframes] != [k["seconds"] for k in keyframes]:
+            kept = replace(kept, keyframes=())  # the record's times are not those of the kept images (a branch's own)
+        back = kept or KeptImages("")
+        wanted = []
+        if back.start is None and (kept is None or "blank" not in start):
+            wanted.append(f"the start image {start['name']}" if "name" in start else "the start image")
+        if inputs.get("end_image") and back.end is None:
             wanted.append(f"the end image {inputs['end_image']['name']}")
-        wanted += [f"keyframe {k['name']} ({k['seconds']:g} s)" for k in keyframes]
-        message = f"Loaded the settings of {name}; add {', '.join(wanted)} and press Start."
+        if not back.keyframes:
+            wanted += [f"keyframe {k['name']} ({k['seconds']:g} s)" for k in keyframes]
+        if kept is None:
+            message = f"Loaded the settings of {name}; add {', '.join(wanted)} and press Start."
+        elif wanted:
+            message = f"Loaded the settings of {name} with its images, except {', '.join(wanted)}: add them and press Start."
+        else:
+            message = f"Loaded the settings of {name} with its images; press Start to make it again, or change it first."
         if missing:
             message += f" Its LoRAs are not all in the LoRA folder ({', '.join(missing)}): choose them again."
-        return Loaded({key: values[key] for key in LOADABLE if key in values}, message)
+        return Loaded({key: values[key] for key in LOADABLE if key in values}, message, images=kept)
 
     def timeline(self, prompt: str, seconds: float, window: int, keyframes: Any, keyframe_times: str, end_image: Any,
                  start: str = "start image") -> list[str]:  # fmt: skip
         """The sections before Start, in time order: each one's time range, prompt and start-slot image (`start` names
         what the video starts from: the start image, or a blank frame)."""
-        settings = Settings(variant=self.variant, prompt=prompt, total_second_length=seconds, latent_window_size=window)
-        names = [Path(upload_path(item) or "").name for item in (keyframes or [])]
-        # Times without their images (just loaded from a job, say) wait for the images: Start checks the pair.
-        keyed = sorted(zip(parse_times(keyframe_times, len(names)), names)) if names else []
-        has_end = upload_path(end_image) is not None
-        rows = describe_schedule(plan_schedule(settings, [s for s, _ in keyed], has_end), settings, has_end)
+        rows, keyed = self.schedule_rows(prompt, seconds, window, keyframes, keyframe_times, end_image)
         for row in rows:  # name the keyframe images
             if row["start_slot"] == "start image":
                 row["start_slot"] = start
             elif row["start_slot"].startswith("keyframe "):
-                row["start_slot"] += f" ({keyed[int(row['start_slot'].split()[1]) - 1][1]})"
+                row["start_slot"] += f" ({Path(keyed[int(row['start_slot'].split()[1]) - 1][1]).name})"
         return timeline(rows)
+
+    def schedule_rows(self, prompt: str, seconds: float, window: int, keyframes: Any, keyframe_times: str,
+                      end_image: Any) -> tuple[list[dict[str, Any]], list[tuple[float, str]]]:  # fmt: skip
+        """The sections in time order (`describe_schedule`'s rows) and the keyframe images' (time, file), sorted by time;
+        raises SettingsError for settings or controls that do not fit."""
+        settings = Settings(variant=self.variant, prompt=prompt, total_second_length=seconds, latent_window_size=window)
+        files = [upload_path(item) or "" for item in (keyframes or [])]
+        # Times without their images (just loaded from a job, say) wait for the images: Start checks the pair.
+        keyed = sorted(zip(parse_times(keyframe_times, len(files)), files)) if files else []
+        has_end = upload_path(end_image) is not None
+        return describe_schedule(plan_schedule(settings, [s for s, _ in keyed], has_end), settings, has_end), keyed
+
+
+def _kept_files(job: QueuedJob) -> bool:
+    """Whether the queue kept images of the job's own (a branch or a longer video uses its source's)."""
+    return any((key in ("image", "end_image") or key.startswith("keyframe_")) and not Path(path).is_absolute()
+               for key, path in job.spec.files.items())  # fmt: skip
 
 
 def upload_path(value: Any) -> str | None:

@@ -184,9 +184,10 @@ class PageCopies:
         self.folder = Path(cache_dir) / f"framepack-{secrets.token_urlsafe(24)}"
         self.count = 0
 
-    def __call__(self, video: Path) -> str:
+    def __call__(self, video: Path, name: str | None = None) -> str:
+        """The page's copy of `video` (any file of the outputs folder), named `name` or as it is."""
         self.count += 1
-        target = self.folder / str(self.count) / video.name
+        target = self.folder / str(self.count) / (name or video.name)
         target.parent.mkdir(parents=True)
         try:
             os.link(video, target)  # the outputs are replaced, never changed in place: a link is a snapshot

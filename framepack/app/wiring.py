@@ -33,6 +33,7 @@ from .fields import (
 from .board import BOARD_COLUMNS, board_row, clock_text, gallery_items
 from .layout import Controls, build_layout
 from .service import AppService, Loaded, lora_weights_by_name, upload_path
+from .timeline import Thumbnails, strip_html
 from .views import (
     QUEUE_REFRESH_SECONDS,
     PageCopies,
@@ -49,6 +50,8 @@ from .views import (
 )
 
 TITLES = {"original": "FramePack", "f1": "FramePack-F1"}
+# The image controls a loaded job's images go back into, in the order `Handlers._loaded_updates` gives them.
+IMAGE_CONTROLS = ("input_image", "end_image", "keyframes")
 # Jobs beyond this many wait in Gradio's own queue instead of holding a server thread each.
 MAX_ACTIVE_REQUESTS = 8
 # The Generate tab's list shows this many of the user's newest jobs.
@@ -84,6 +87,7 @@ class Handlers:
     def __init__(self, service: AppService, identity: str):
         self.service, self.identity = service, identity
         self.cache_dir: str | None = None  # Gradio's cache folder, once the page exists
+        self.thumbnails = Thumbnails()
 
     def owner_of(self, request: gr.Request | None) -> str:
         if request is None or self.identity == "local":
@@ -299,13 +303,30 @@ class Handlers:
         return PageCopies(self.cache_dir)(video), f"The video of `{job_id}`."
 
     def queue_settings(self, job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
-        return _loaded_updates(self.service.settings_of_job(job_id, self.viewer_of(request)))
+        return self._loaded_updates(self.service.settings_of_job(job_id, self.viewer_of(request)))
 
-    def previous_settings(self, path: str | None) -> tuple[Any, ...]:
-        """Updates for the loadable fields (then the status line) from a previous output's MP4 or record."""
+    def previous_settings(self, path: str | None, request: gr.Request = None) -> tuple[Any, ...]:
+        """Updates for the loadable fields, the image controls (from the copies kept with the caller's job) and the
+        status line, from a previous output's MP4 or record."""
         if not path:
-            return (*(gr.skip() for _ in LOADABLE), gr.skip())
-        return _loaded_updates(self.service.settings_of_file(path))
+            return tuple(gr.skip() for _ in range(len(LOADABLE) + len(IMAGE_CONTROLS) + 1))
+        return self._loaded_updates(self.service.settings_of_file(path, self.owner_of(request)))
+
+    def _loaded_updates(self, loaded: Loaded) -> tuple[Any, ...]:
+        """The loadable fields, the start, end and keyframe images (the page's own copies of the job's; one it had
+        none of, or whose copy is gone, is cleared), then the status line. Without the job's images the page's start
+        and end images stay; its keyframe images go when the job's keyframe times replace theirs (no error for a
+        count that no longer matches)."""
+        message = error_message(loaded.message) if loaded.error else loaded.message
+        values = tuple(loaded.values.get(name, gr.skip()) for name in LOADABLE)
+        kept = loaded.images
+        if kept is None:
+            keyframes = None if "keyframe_times" in loaded.values else gr.skip()
+            return (*values, gr.skip(), gr.skip(), keyframes, message)
+        copies = PageCopies(self.cache_dir)
+        start, end = (copies(*found) if found else None for found in (kept.start, kept.end))
+        keyframes = [copies(path, name) for _, path, name in kept.keyframes] or None
+        return (*values, start, end, keyframes, message)
 
     def timeline(self, prompt: str, seconds: float, window: int, keyframes: Any = None, keyframe_times: str = "",
                  end_image: Any = None, input_image: Any = None, blank_start: str = "grey") -> str:  # fmt: skip
@@ -327,6 +348,24 @@ class Handlers:
             head += f"\n\nNo start image: a text-to-video from a {blank_start or 'grey'} frame."
         return head + "\n\n**Sections, in time order**\n\n" + "\n".join(f"- {line}" for line in lines)
 
+    def timeline_strip(self, prompt: str, seconds: float, window: int, keyframes: Any = None, keyframe_times: str = "",
+                       end_image: Any = None, input_image: Any = None, blank_start: str = "grey", previous: Any = None,
+                       keep: Any = None) -> str:  # fmt: skip
+        """The timeline as a strip of sections with thumbnails of their images; with a previous output loaded, which
+        sections a branch keeping `keep` of them keeps and which it makes again. Empty while the settings do not fit
+        (the timeline's text says why)."""
+        try:
+            rows, keyed = self.service.schedule_rows(prompt, seconds, window, keyframes, keyframe_times, end_image)
+        except SettingsError:
+            return ""
+        start = upload_path(input_image)
+        anchors = {"start image": self.thumbnails(start), "end frame": self.thumbnails(upload_path(end_image))}
+        anchors.update({f"keyframe {k + 1}": self.thumbnails(path) for k, (_, path) in enumerate(keyed)})
+        kept = None
+        if upload_path(previous) is not None and isinstance(keep, (int, float)) and keep >= 1:
+            kept = int(keep)
+        return strip_html(rows, anchors, None if start else (blank_start or "grey"), kept)
+
 
 def _session_of(request: gr.Request | None) -> str | None:
     return request.session_hash if request else None
@@ -334,11 +373,6 @@ def _session_of(request: gr.Request | None) -> str | None:
 
 def _refusal(message: str, bar: bool = True) -> Updates:
     return gr.skip(), progress_html(0, "Not started") if bar else gr.skip(), gr.skip(), gr.skip(), error_message(message)
-
-
-def _loaded_updates(loaded: Loaded) -> tuple[Any, ...]:
-    message = error_message(loaded.message) if loaded.error else loaded.message
-    return (*(loaded.values.get(name, gr.skip()) for name in LOADABLE), message)
 
 
 def build_app(front: QueueFront, variant: str, job_options: dict[str, Any] | None = None, identity: str = "local",
@@ -349,7 +383,8 @@ def build_app(front: QueueFront, variant: str, job_options: dict[str, Any] | Non
     with gr.Blocks(title=TITLES[variant], delete_cache=TEMP_CACHE_PRUNING) as demo:
         session = gr.State(Session())  # deep-copied for every new session
         gr.Markdown(f"# {TITLES[variant]}\nTurn one image into a video, section by section. The video grows as sections finish.")
-        controls = build_layout(page, handlers.timeline(DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size))
+        first = (DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size)
+        controls = build_layout(page, handlers.timeline(*first), handlers.timeline_strip(*first))
         _wire_jobs(demo, controls, handlers, session, page)
         _wire_queue(controls, handlers, session)
     handlers.cache_dir = demo.GRADIO_CACHE
@@ -407,12 +442,16 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     gr.api(handlers.list_jobs, api_name="jobs", queue=False)
     controls["examples"].click(lambda sample: sample[0], [controls["examples"]], [fields["prompt"]], **private)
     loadable = [fields[name] for name in (f.name for f in FIELDS if f.loadable)]
-    controls["previous"].upload(handlers.previous_settings, [controls["previous"]], [*loadable, controls["message"]], **private)
+    images = [fields[name] for name in IMAGE_CONTROLS]
+    controls["previous"].upload(handlers.previous_settings, [controls["previous"]], [*loadable, *images, controls["message"]],
+                                **private)  # fmt: skip
     fields["loras"].change(handlers.check_loras, [fields["loras"]], [controls["message"]], **private)
     controls["refresh_loras"].click(lambda: gr.update(choices=list_loras(page.lora_folder)), None, fields["loras"], **private)
     timeline_inputs = [fields[name] for name in ("prompt", "total_second_length", "latent_window_size", "keyframes",
                                                   "keyframe_times", "end_image", "input_image", "blank_start")]  # fmt: skip
     gr.on([c.change for c in timeline_inputs], handlers.timeline, timeline_inputs, controls["timeline"], **private)
+    strip_inputs = [*timeline_inputs, controls["previous"], controls["keep"]]
+    gr.on([c.change for c in strip_inputs], handlers.timeline_strip, strip_inputs, controls["timeline_strip"], **private)
     _lora_sliders(fields["loras"], fields["lora_weights"])
 
 
@@ -456,8 +495,8 @@ def _wire_queue(controls: Controls, handlers: Handlers, session: gr.State) -> No
         **private,
     ).then(**refresh)  # fmt: skip
     controls["queue_open"].click(handlers.queue_video, [choice], [controls["queue_video"], message], **private)
-    loadable = [controls.fields[name] for name in LOADABLE]
-    controls["queue_load"].click(handlers.queue_settings, [choice], [*loadable, message], **private)
+    loaded = [controls.fields[name] for name in (*LOADABLE, *IMAGE_CONTROLS)]
+    controls["queue_load"].click(handlers.queue_settings, [choice], [*loaded, message], **private)
 
 
 def _mark_page(session: Session) -> Session:

@@ -21,8 +21,8 @@ from ..engine.errors import USER_ERRORS
 from ..engine.starts import added_prompts
 from ..events import Done, Download, Error, Event, FrameProgress, Progress, SectionDone, Status
 from ..jobs.checkpoint import read_checkpoint
-from ..jobs.paths import LOCAL_USER, job_paths, new_job_id
-from ..jobs.record import JobRecord
+from ..jobs.paths import LOCAL_USER, JobPaths, new_job_id
+from ..jobs.record import JobRecord, named_job
 from ..jobs.spec import JobSpec
 from ..kinds import (
     JobContext,
@@ -109,8 +109,13 @@ def run_generate(args: argparse.Namespace) -> int:
     return _run(args, spec, args.job_name or new_job_id(), args.output_dir, settings, settings.num_sections, inputs.loras)
 
 
+def source_of(path: Path) -> JobPaths:
+    """The job a video or record names (a renamed copy still names its job), in the folder the file is in."""
+    return JobPaths(Path(path).parent, named_job(path))
+
+
 def run_resume(args: argparse.Namespace) -> int:
-    source = job_paths(args.path)
+    source = source_of(args.path)
     if args.add_seconds is not None:
         saved = JobRecord.load(source).settings_object(source.job_id)
         longer = saved.replace(total_second_length=round(saved.total_second_length + args.add_seconds, 6))
@@ -139,7 +144,7 @@ def run_extend(args: argparse.Namespace) -> int:
 
 
 def run_branch(args: argparse.Namespace) -> int:
-    source = job_paths(args.path)
+    source = source_of(args.path)
     changes = setting_changes(args)
     settings = JobRecord.load(source).settings_object(source.job_id)
     if "prompt" in changes:

@@ -157,11 +157,11 @@ class ModelSource:
             missing = [s for s in subfolders or ("",) if not (root / s / _CONFIG_OF.get(s, "")).exists()]
             if missing:
                 wanted = ", ".join(str(root / s) for s in missing)
-                include = "".join(f' --include "{self._pattern(s)}"' for s in subfolders) if self.comfyui_dir else ""
+                files = [self._pattern(s).removesuffix("/*") for s in subfolders]  # ComfyUI's: configs only
                 raise ModelsMissingError(
                     f"Model files not found: {wanted}. A local model root must be laid out like the hub repos "
                     f"(<root>/{repo}/...); download them with "
-                    f"`{fetch_commands([(repo, subfolders)], local_root=self.models_dir)}`."
+                    f"`{fetch_commands([(repo, files)], local_root=self.models_dir)}`."
                 )
             return root
         patterns = [self._pattern(s) for s in subfolders] if subfolders else None
