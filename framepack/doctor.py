@@ -29,7 +29,7 @@ from . import setup_rules as rules
 from .memory.planning import MemoryPlan, MemoryPlanError, check_before_loading
 from .memory.sensing import DeviceMemory, detect_device
 from .memory.sizes import GB, gb, published_sizes
-from .models import ModelsMissingError, ModelSource
+from .models import ModelsMissingError, ModelSource, comfyui
 from .models.attention import availability
 from .models.download import free_disk, weights_complete
 from .models.sources import DEFAULT_CACHE_DIR, HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS, fetch_commands
@@ -390,6 +390,7 @@ class Places:
     hf_cache: Path = DEFAULT_CACHE_DIR
     output_dir: Path = Path("outputs")
     variant: str = "original"
+    comfyui: Path | None = None  # ComfyUI's models folder, whose files replace the repos' weights
 
 
 # What a check may raise on a broken machine or install; anything else is a bug and reaches the CLI's handler.
@@ -462,16 +463,33 @@ def models_and_disk(places: Places) -> list[Finding]:
     """The model files' finding and the free disk where they are (or would download to)."""
     source = ModelSource(places.models, places.hf_cache)
     where = places.models if places.models is not None else source.hub_dir
-    found = {}
+    found, in_comfyui = {}, set()
     for part in model_parts(places.variant):
         folder = source.cached_folder(part.repo, (part.subfolder,) if part.subfolder else ())
-        found[part] = folder is not None and (part.component is None or weights_complete(folder / part.subfolder))
+        if places.comfyui is not None and comfyui_holds(places.comfyui, part, places.variant):
+            in_comfyui.add(part)  # its weights are ComfyUI's file; its config (a transformer needs none) the repo's
+            found[part] = part.component == "transformer" or folder is not None
+        else:
+            found[part] = folder is not None and (part.component is None or weights_complete(folder / part.subfolder))
     stored = published_sizes(torch.bfloat16, torch.float16)  # the published weights' dtypes (model-configs)
     sizes = {name: stored[name].total for name in stored.components}
     local, offline = places.models is not None, bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-    models = check_models(found, sizes, str(where), local, offline)
-    needed = 0 if local else sum(sizes.get(p.component or "", 0) for p, here in found.items() if not here)
+    models = check_models(found, {**sizes, **{p.component: 0 for p in in_comfyui}}, str(where), local, offline)
+    if in_comfyui:
+        named = ", ".join(part.component or part.label for part in in_comfyui)
+        models = Finding(models.name, models.status, f"{models.found}; from ComfyUI's {places.comfyui}: {named}", models.fix)
+    needed = 0 if local else sum(sizes.get(p.component or "", 0) for p, here in found.items() if not here and p not in in_comfyui)
     return [models, check_disk("Disk (models)", where, free_disk(where), needed)]
+
+
+def comfyui_holds(root: Path, part: ModelPart, variant: str) -> bool:
+    """Whether ComfyUI's models folder `root` holds the weights of `part` (as `--comfyui-models` would load them)."""
+    try:
+        if part.component == "transformer":
+            return comfyui.find_transformer(root, variant) is not None
+        return part.component in comfyui.PARTS and comfyui.component_file(root, part.component).is_file()
+    except comfyui.ComfyUIError:  # none there, or several transformers: the repo's weights are checked instead
+        return False
 
 
 def memory_plan(places: Places, memory: DeviceMemory) -> Finding:

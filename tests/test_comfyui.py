@@ -280,3 +280,16 @@ def test_the_app_takes_the_folders_transformer_of_its_variant_and_refuses_a_fold
         f"error: No HunyuanVideo Llama text encoder in {tmp_path / 'bare' / 'text_encoders'} (ComfyUI keeps it there as "
         f"llava_llama3_fp16.safetensors)"
     )
+
+
+def test_the_doctor_counts_comfyuis_files_as_present(comfy, configs, tmp_path):
+    """A model root with only the repos' configs: without ComfyUI's folder the weights are missing, with it every part
+    is there and nothing would download."""
+    from framepack.doctor import Places, models_and_disk
+
+    without, _ = models_and_disk(Places(configs, tmp_path / "hub", tmp_path / "out", "f1"))
+    assert without.status == "fail" and "of 8 parts present" in without.found
+    models, disk = models_and_disk(Places(configs, tmp_path / "hub", tmp_path / "out", "f1", comfy))
+    assert models.status == "ok", models
+    assert "8 of 8 parts present" in models.found and "from ComfyUI's" in models.found and "transformer" in models.found
+    assert disk.status == "ok"

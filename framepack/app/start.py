@@ -109,7 +109,7 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     outputs.mkdir(parents=True, exist_ok=True)
     # First what the machine lacks (a GPU, a CUDA build for it, the weights), so that a memory plan that does not
     # fit reads after what explains it; then the same memory check as the CLI's, which stops the app if it fails.
-    for finding in before_start(Places(args.models, args.hf_cache, outputs, variant)):
+    for finding in before_start(Places(args.models, args.hf_cache, outputs, variant, getattr(args, "comfyui_models", None))):
         print(f"{finding.status.upper()}: {finding.name}: {finding.found}" + (f"\n  -> {finding.fix}" if finding.fix else ""),
               file=sys.stderr)  # fmt: skip
     plans = worker_plans(args, variant)

@@ -19,11 +19,13 @@ def add_parsers(subcommands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_model_options(parser)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where files go (default ./outputs)")
+    parser.add_argument("--comfyui-models", type=Path, metavar="DIR",
+                        help="ComfyUI's models folder whose text encoders, VAE, SigLIP and FramePack transformer are used")
     parser.add_argument("--variant", choices=VARIANTS, default="original", help="model variant (default original)")
     parser.set_defaults(handler=run_doctor)
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    findings = diagnose(Places(args.models, args.hf_cache, args.output_dir, args.variant))
+    findings = diagnose(Places(args.models, args.hf_cache, args.output_dir, args.variant, args.comfyui_models))
     print(report(findings))
     return 0 if ready(findings) else 1
