@@ -13,6 +13,7 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import pytest  # noqa: E402
 from helpers import TINY, TINY_MODELS, AppServer, running_app
+from pages import CHROMIUM, CHROMIUM_ARGS
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,3 +45,15 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
     """The original-variant app on the tiny models, serving this machine only."""
     with running_app(tmp_path_factory.mktemp("outputs")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -1,6 +1,6 @@
 """Shared test helpers: where the tiny models and golden cases are, the app on a free port, made videos and clips,
-random LoRAs and post-processing weights, the command line in a subprocess. Test files import from here, never from
-each other; fixtures live in conftest.py."""
+random LoRAs and post-processing weights, the command line in a subprocess, clips stored turned. Test files import from
+here (and the browser tests from pages.py), never from each other; fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -389,3 +389,30 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "framepack", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
 
+
+# A clip as a phone stores it (see turned_clip): colours in its corners show which way up it is read.
+RED, GREEN, GREY = (255, 0, 0), (0, 255, 0), (128, 128, 128)
+
+
+def turned_clip(path: Path, degrees: float, hflip: bool = False, vflip: bool = False, frames: int = 3) -> Path:
+    """A 64x32 clip stored landscape, red in its top-left corner and green in its top-right, with a display matrix
+    that turns it `degrees` anticlockwise (PyAV's sense, as `frame.rotation` reads it back) then mirrors it."""
+    image = np.full((32, 64, 3), GREY, np.uint8)
+    image[:8, :8], image[:8, -8:] = RED, GREEN
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 64, 32, "yuv420p", {"crf": "0"}
+        stream.set_display_rotation(degrees, hflip, vflip)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def corner(image: np.ndarray, where: str) -> np.ndarray:
+    """The mean colour of a 4x4 patch inside the named corner's 8x8 block."""
+    rows = slice(2, 6) if where[0] == "t" else slice(-6, -2)
+    cols = slice(2, 6) if where[1] == "l" else slice(-6, -2)
+    return image[rows, cols].reshape(-1, 3).mean(axis=0)

@@ -1,85 +1,16 @@
 """A real browser on the page: upload an image, press Start, watch the video play; closing the tab leaves the job running."""
 
 import json
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from helpers import IMAGE, needs_shared
+from helpers import IMAGE
+from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, VIDEO_SHOWN, open_page, set_number, start_job
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-# Screenshots of each page test, to look at after a run; outside the checkout.
-ARTIFACTS = Path(os.environ.get("FRAMEPACK_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "framepack-test-artifacts"))
-VIDEO_PLAYING = """() => {
-    const video = document.querySelector('#fp-video video');
-    return video !== null && !video.paused && video.readyState >= 2 && video.currentTime > 0;
-}"""
-VIDEO_SHOWN = "() => document.querySelector('#fp-video video') !== null"
-
-pytestmark = [
-    needs_shared,
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TESTS
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def open_page(browser, url: str, seconds: float, steps: int = 3, prompt: str = "The girl dances gracefully."):
-    """Open the page, upload the start image, type the prompt and choose a small job; returns the page."""
-    from playwright.sync_api import expect
-
-    page = browser.new_page(viewport={"width": 1400, "height": 1300})
-    page.goto(url)
-    page.locator("#fp-image input[type=file]").set_input_files(str(IMAGE))
-    expect(page.locator("#fp-image img")).to_be_visible()  # the upload has finished
-    page.locator("#fp-prompt textarea").fill(prompt)
-    set_number(page, "fp-length", seconds)
-    set_number(page, "fp-resolution", 128)
-    set_number(page, "fp-steps", steps)
-    return page
-
-
-def set_number(page, elem_id: str, value: float) -> None:
-    """Type a number and leave the field, as a person does. A slider in an accordion that has just opened may
-    still be mounting and put its initial value back a moment later, so the value is checked after a pause
-    and typed again if it did not stay."""
-    number = page.locator(f"#{elem_id} input[type=number]")
-    for _ in range(3):
-        number.fill(str(value))
-        number.press("Tab")
-        page.wait_for_timeout(300)
-        if float(number.input_value()) == float(value):
-            return
-    raise AssertionError(f"{elem_id} does not keep the value {value}")
-
-
-def start_job(browser, url: str, seconds: float, steps: int = 3):
-    """Open the page with a small job and press Start; returns the page."""
-    page = open_page(browser, url, seconds, steps)
-    page.locator("#fp-start").click()
-    return page
-
-
-def test_page_generates_and_plays_the_video(browser, app_server):  # noqa: F811
+def test_page_generates_and_plays_the_video(browser, app_server):
     from playwright.sync_api import expect
 
     page = start_job(browser, app_server.url, seconds=1.2)  # one section: 37 frames
@@ -98,7 +29,7 @@ def test_page_generates_and_plays_the_video(browser, app_server):  # noqa: F811
     page.close()
 
 
-def test_page_shows_a_user_error_clearly(browser, app_server):  # noqa: F811
+def test_page_shows_a_user_error_clearly(browser, app_server):
     from playwright.sync_api import expect
 
     page = browser.new_page()
@@ -113,7 +44,7 @@ def test_page_shows_a_user_error_clearly(browser, app_server):  # noqa: F811
     page.close()
 
 
-def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(browser, app_server):  # noqa: F811
+def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(browser, app_server):
     import json
 
     from playwright.sync_api import expect
@@ -146,7 +77,7 @@ def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(b
     page.close()
 
 
-def test_closing_the_tab_leaves_its_job_running(browser, app_server):  # noqa: F811
+def test_closing_the_tab_leaves_its_job_running(browser, app_server):
     from gradio_client import Client, handle_file
 
     from framepack.media.reading import probe
@@ -200,7 +131,7 @@ def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
         page.close()
 
 
-def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server, tmp_path):  # noqa: F811
+def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server, tmp_path):
     from helpers import make_clip
     from playwright.sync_api import expect
 
@@ -228,7 +159,7 @@ def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server
     page.close()
 
 
-def test_the_queue_tab_moves_cancels_and_shows_jobs_changing_state(browser, app_server):  # noqa: F811
+def test_the_queue_tab_moves_cancels_and_shows_jobs_changing_state(browser, app_server):
     """Start while the GPU is busy queues the job; the Queue tab moves the second one up, cancels the other, and
     shows the states change as the jobs run."""
     import json
@@ -312,7 +243,7 @@ QUEUED_ANOTHER = """(known) => {
 }"""
 
 
-def test_one_tab_queues_three_jobs_and_watches_them_finish_in_its_list(browser, app_server):  # noqa: F811
+def test_one_tab_queues_three_jobs_and_watches_them_finish_in_its_list(browser, app_server):
     from playwright.sync_api import expect
 
     page = open_page(browser, app_server.url, seconds=1.2)  # one section each

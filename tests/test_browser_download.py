@@ -10,17 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MODELS, AppServer, free_port, needs_shared
+from helpers import TINY_MODELS, AppServer, free_port
 from huggingface_hub import constants
 from hub_standin import hub_standin
-from test_browser import ARTIFACTS, CHROMIUM, VIDEO_PLAYING, browser, start_job  # noqa: F401 (browser: a fixture)
+from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, start_job
 
-pytestmark = [
-    needs_shared,
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TESTS
 VAE = "vae/diffusion_pytorch_model.safetensors"
 # The page's progress bar while the models download: its caption, and how far its fill reaches.
 DOWNLOAD_SHOWN = """(file) => {
@@ -49,7 +44,7 @@ def app_with_an_empty_cache(folder: Path, monkeypatch: pytest.MonkeyPatch) -> It
         app.close()
 
 
-def test_the_first_job_shows_the_download_on_the_page_and_goes_on_after_a_dropped_connection(browser, tmp_path,  # noqa: F811
+def test_the_first_job_shows_the_download_on_the_page_and_goes_on_after_a_dropped_connection(browser, tmp_path,
                                                                                             monkeypatch):  # fmt: skip
     from playwright.sync_api import expect
 

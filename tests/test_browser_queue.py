@@ -4,16 +4,10 @@ stopped job that says it can be resumed, and the Generate tab's one status place
 import json
 import re
 
-import pytest
-from helpers import IMAGE, needs_shared
-from test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the module's browser fixture)
+from helpers import IMAGE
+from pages import ARTIFACTS, BROWSER_TESTS
 
-pytestmark = [
-    needs_shared,
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
-]
+pytestmark = BROWSER_TESTS
 
 ONE_SECTION = {"resolution": 128, "steps": 2, "latent_window_size": 3, "total_second_length": 0.4}
 # Every picture in the table has loaded (a broken link would have no natural width).
@@ -53,7 +47,7 @@ def stopped_job(client, outputs) -> tuple[str, str]:
     return name, f"{record['sections_done'] / 5:.0%}"
 
 
-def test_the_gallery_shows_finished_jobs_and_a_click_chooses_one(browser, app_server):  # noqa: F811
+def test_the_gallery_shows_finished_jobs_and_a_click_chooses_one(browser, app_server):
     from gradio_client import Client, handle_file
     from playwright.sync_api import expect
 

@@ -10,18 +10,12 @@ import pytest
 from helpers import CONTROL_CASES as CONTROLS
 from helpers import make_clip, running_app
 from playwright.sync_api import expect
-from test_browser import (  # the browser and the page helpers of the page's own tests
-    ARTIFACTS,
-    VIDEO_PLAYING,
-    browser,  # noqa: F401 (a fixture)
-    open_page,
-    pytestmark,  # noqa: F401 (needs the fixtures and Chromium; browser and slow)
-    set_number,
-)
+from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, open_page, set_number
 
 from framepack.media.reading import probe
 from framepack.settings import Settings
 
+pytestmark = BROWSER_TESTS
 LOAD = "Previous output: load its settings, or resume it"
 
 
@@ -54,7 +48,7 @@ def load_previous(page, video) -> None:
     page.locator("#fp-previous input[type=file]").set_input_files(str(video))
 
 
-def test_a_timed_prompt_job_branches_with_a_new_timed_prompt(browser, app_server):  # noqa: F811
+def test_a_timed_prompt_job_branches_with_a_new_timed_prompt(browser, app_server):
     page = open_page(browser, app_server.url, seconds=1.2, prompt="A room. [0s: lights on] [0.4s: lights off]")
     page.get_by_text("Advanced").click()
     set_number(page, "fp-window", 3)  # three sections of 0.4 s
@@ -95,7 +89,7 @@ def test_a_timed_prompt_job_branches_with_a_new_timed_prompt(browser, app_server
     page.close()
 
 
-def test_a_renamed_video_loads_with_its_start_image_resumes_and_branches(browser, app_server, tmp_path):  # noqa: F811
+def test_a_renamed_video_loads_with_its_start_image_resumes_and_branches(browser, app_server, tmp_path):
     page = open_page(browser, app_server.url, seconds=2.4)
     page.get_by_text("Advanced").click()
     set_number(page, "fp-window", 3)  # six sections of 0.4 s: End comes in well before the last
@@ -128,7 +122,7 @@ def test_a_renamed_video_loads_with_its_start_image_resumes_and_branches(browser
     page.close()
 
 
-def test_seconds_added_to_a_finished_f1_video_make_a_second_video(browser, f1_server):  # noqa: F811
+def test_seconds_added_to_a_finished_f1_video_make_a_second_video(browser, f1_server):
     page = open_page(browser, f1_server.url, seconds=1.2)
     page.locator("#fp-start").click()
     short = finished(page)
@@ -146,7 +140,7 @@ def test_seconds_added_to_a_finished_f1_video_make_a_second_video(browser, f1_se
     page.close()
 
 
-def test_the_extend_tab_keeps_a_small_clip_small(browser, app_server, tmp_path):  # noqa: F811
+def test_the_extend_tab_keeps_a_small_clip_small(browser, app_server, tmp_path):
     clip = make_clip(tmp_path / "small.mp4", 30, 30, (160, 120))
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(app_server.url)
@@ -162,7 +156,7 @@ def test_the_extend_tab_keeps_a_small_clip_small(browser, app_server, tmp_path):
     page.close()
 
 
-def test_the_f1_page_has_no_end_frame_controls(browser, f1_server):  # noqa: F811
+def test_the_f1_page_has_no_end_frame_controls(browser, f1_server):
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(f1_server.url)
     page.get_by_text("Keyframes", exact=True).click()

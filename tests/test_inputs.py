@@ -9,38 +9,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from helpers import GREEN, GREY, RED, corner, turned_clip
 from PIL import Image, ImageCms
 
 from framepack.media.images import ImageError, load_image, target_size
 from framepack.media.reading import probe, read_frames, read_video
 from framepack.postprocess import pipeline
-
-RED, GREEN, GREY = (255, 0, 0), (0, 255, 0), (128, 128, 128)
-
-
-def turned_clip(path: Path, degrees: float, hflip: bool = False, vflip: bool = False, frames: int = 3) -> Path:
-    """A 64x32 clip stored landscape, red in its top-left corner and green in its top-right, with a display matrix
-    that turns it `degrees` anticlockwise (PyAV's sense, as `frame.rotation` reads it back) then mirrors it."""
-    image = np.full((32, 64, 3), GREY, np.uint8)
-    image[:8, :8], image[:8, -8:] = RED, GREEN
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt, stream.options = 64, 32, "yuv420p", {"crf": "0"}
-        stream.set_display_rotation(degrees, hflip, vflip)
-        for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-    return path
-
-
-def corner(image: np.ndarray, where: str) -> np.ndarray:
-    """The mean colour of a 4x4 patch inside the named corner's 8x8 block."""
-    rows = slice(2, 6) if where[0] == "t" else slice(-6, -2)
-    cols = slice(2, 6) if where[1] == "l" else slice(-6, -2)
-    return image[rows, cols].reshape(-1, 3).mean(axis=0)
-
 
 # (anticlockwise degrees, hflip, vflip) -> the shown size (width, height) and where red and green are shown.
 TURNS = {

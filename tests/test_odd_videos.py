@@ -285,7 +285,7 @@ def test_post_processing_deinterlaces_as_an_extension_does(tmp_path, capsys):
 
 
 def test_post_processing_turns_a_phone_clip_upright_and_says_so(tmp_path, capsys):
-    from test_inputs import RED, corner, turned_clip
+    from helpers import RED, corner, turned_clip
 
     path = turned_clip(tmp_path / "phone.mp4", -90)  # stored 64x32, shown 32x64 with red top right
     assert postprocess_cli(path, "--format", "ffv1") == 0
