@@ -255,7 +255,7 @@ def unusable_videos(folder: Path) -> list[tuple[str, Path, str]]:
     overlap = Settings(variant="f1").frames_per_section
     return [
         ("original", folder / "empty.mp4", "empty.mp4 is empty"),
-        ("original", folder / "notes.mp4", "notes.mp4 is not a video this app can read (InvalidDataError)"),
+        ("original", folder / "notes.mp4", "notes.mp4 is not a video this app can read: not a video file, or a damaged one"),
         ("original", folder / "cut.mp4", "cut.mp4 is not a video this app can read"),
         ("original", sound_file(folder / "song.mp3", "libmp3lame"), "song.mp3 has no video stream (only sound)"),
         ("original", sound_file(folder / "memo.m4a", "aac"), "memo.m4a has no video stream (only sound)"),

@@ -317,7 +317,7 @@ def test_command_as_a_program_has_no_traceback(tmp_path):
         [sys.executable, "-m", "framepack", "postprocess", str(tmp_path / "notes.mp4")],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
     )  # fmt: skip
-    assert result.returncode == 2 and result.stderr == "error: notes.mp4 is not a video this app can read (InvalidDataError)\n"
+    assert result.returncode == 2 and result.stderr == "error: notes.mp4 is not a video this app can read: not a video file, or a damaged one\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4"]
 
 

@@ -186,8 +186,8 @@ def opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoSt
         raise VideoInputError(f"{path.name} is empty")
     try:
         container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
-        raise VideoInputError(f"{path.name} is not a video this app can read ({type(exc).__name__})") from None
+    except (av.FFmpegError, OSError):  # FFmpeg's reason ("InvalidDataError") says nothing more to a user
+        raise VideoInputError(f"{path.name} is not a video this app can read: not a video file, or a damaged one") from None
     with container:
         if (stream := main_stream(container)) is None:  # a song with its cover has a picture, but no video
             cover = " and its cover picture" if container.streams.video else ""
@@ -316,9 +316,9 @@ def shown_frames(container: av.container.InputContainer, stream: av.VideoStream,
         for frame in deinterlaced(decoded(container, stream, facts), stream, facts):
             began = True
             yield frame
-    except (av.FFmpegError, OSError) as exc:  # a file cut short or damaged part way: the frames before are used
+    except (av.FFmpegError, OSError):  # a file cut short or damaged part way: the frames before are used
         if not began:
-            raise VideoInputError(f"{name} is damaged from its start ({type(exc).__name__})") from None
+            raise VideoInputError(f"{name} is damaged from its start: not one frame of it can be decoded") from None
         facts.damaged = True
     if not began:
         raise VideoInputError(f"{name} has no frames")
