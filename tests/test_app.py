@@ -470,6 +470,9 @@ def test_the_timeline_says_the_real_length_and_what_the_video_starts_from():
     assert "start image" not in blank.replace("No start image", "")
     exact = handlers.timeline("a girl", 73 / 30, 9, input_image="girl.png")
     assert exact.startswith("**2 sections: a 2.43 s video**\n")  # nothing to explain when the length is what was asked
+    # The same words under the length slider, as the length or the window changes.
+    assert handlers.length_note(5, 9) == "4 sections: a 4.83 s video" and handlers.length_note(5, 5) == "8 sections: a 5.37 s video"
+    assert handlers.length_note(0.1, 9) == "1 section: a 1.23 s video"
 
 
 def test_queue_rows_say_what_a_job_is_in_words():

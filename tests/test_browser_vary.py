@@ -166,4 +166,8 @@ def test_the_f1_page_has_no_end_frame_controls(browser, f1_server):
         expect(page.get_by_text(words).filter(visible=True)).to_have_count(0)
     page.get_by_text(LOAD).click()
     expect(page.locator("#fp-add-seconds")).to_be_visible()  # F1 makes finished videos longer
+    # Under the length slider: what the length really makes, as it changes.
+    expect(page.locator("#fp-length-note")).to_have_text("4 sections: a 4.83 s video")
+    set_number(page, "fp-length", 2.4)
+    expect(page.locator("#fp-length-note")).to_have_text("2 sections: a 2.43 s video")
     page.close()

@@ -9,7 +9,7 @@ import gradio as gr
 from ..settings import MAX_SECONDS
 from .fields import BY_NAME, DEFAULTS, Page, list_loras
 from .board import BOARD_COLUMNS, BOARD_TYPES, BOARD_WIDTHS
-from .views import MY_JOBS_COLUMNS, frames_line, progress_html
+from .views import MY_JOBS_COLUMNS, frames_line, length_words, progress_html
 
 EXAMPLE_PROMPTS = (
     "The girl dances gracefully, with clear movements, full of charm.",
@@ -63,6 +63,8 @@ def build_layout(page: Page, timeline: str, strip: str = "") -> Controls:
                     with gr.Group():
                         for name in ("use_teacache", "seed", "total_second_length", "resolution", "steps", "distilled_cfg"):
                             place(name)
+                            if name == "total_second_length":  # what that length makes: whole sections
+                                parts["length_note"] = gr.Markdown(length_words(DEFAULTS), elem_id="fp-length-note")
                     with gr.Accordion("Advanced", open=False):
                         for name in ("negative_prompt", "cfg", "cfg_rescale", "latent_window_size",
                                      "gpu_memory_preservation", "mp4_crf", "prompt_blend_sections", "blank_start"):  # fmt: skip

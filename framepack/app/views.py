@@ -15,7 +15,7 @@ import gradio as gr
 from ..events import Done, Download, Error, FrameProgress, Progress, SectionDone, Status
 from ..queue.front import JobEvent, Waiting
 from ..queue.store import QueuedJob
-from ..settings import FPS
+from ..settings import FPS, Settings
 
 CSS = """
 .fp-progress { display: flex; flex-direction: column; gap: 6px; padding: 4px 0; }
@@ -84,6 +84,12 @@ def my_job_row(job: QueuedJob, progress: float | None = None, left: str = "") ->
     the time `left`)."""
     row = queue_row(job, progress)
     return [row[0], row[1], row[2], left, row[5]]
+
+
+def length_words(settings: Settings) -> str:
+    """The video a length makes, in sections and real seconds (a video grows by whole sections)."""
+    sections, length = settings.num_sections, settings.num_frames / FPS
+    return f"{sections} section{'s' * (sections != 1)}: a {length:.2f} s video"
 
 
 def progress_html(fraction: float, text: str, stopped: bool = False) -> str:

@@ -42,6 +42,7 @@ from .views import (
     error_message,
     event_updates,
     frames_line,
+    length_words,
     my_job_row,
     postprocess_updates,
     progress_html,
@@ -339,7 +340,7 @@ class Handlers:
         except SettingsError as exc:
             return error_message(str(exc))
         length = settings.num_frames / FPS
-        head = f"**{settings.num_sections} section{'s' * (settings.num_sections != 1)}: a {length:.2f} s video**"
+        head = f"**{length_words(settings)}**"
         if abs(length - float(seconds)) >= 0.005:
             head += f" ({float(seconds):g} s asked; a video grows by whole sections of {settings.frames_per_section + 3} frames)"
         if keyframe_times and keyframe_times.strip() and not keyframes:
@@ -347,6 +348,13 @@ class Handlers:
         if blank:
             head += f"\n\nNo start image: a text-to-video from a {blank_start or 'grey'} frame."
         return head + "\n\n**Sections, in time order**\n\n" + "\n".join(f"- {line}" for line in lines)
+
+    def length_note(self, seconds: float, window: int) -> Any:
+        """Under the length slider: what that length really makes."""
+        try:
+            return length_words(Settings(total_second_length=seconds, latent_window_size=window))
+        except SettingsError:
+            return gr.skip()  # the timeline says what is wrong
 
     def timeline_strip(self, prompt: str, seconds: float, window: int, keyframes: Any = None, keyframe_times: str = "",
                        end_image: Any = None, input_image: Any = None, blank_start: str = "grey", previous: Any = None,
@@ -450,6 +458,8 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     timeline_inputs = [fields[name] for name in ("prompt", "total_second_length", "latent_window_size", "keyframes",
                                                   "keyframe_times", "end_image", "input_image", "blank_start")]  # fmt: skip
     gr.on([c.change for c in timeline_inputs], handlers.timeline, timeline_inputs, controls["timeline"], **private)
+    length_inputs = [fields["total_second_length"], fields["latent_window_size"]]
+    gr.on([c.change for c in length_inputs], handlers.length_note, length_inputs, controls["length_note"], **private)
     strip_inputs = [*timeline_inputs, controls["previous"], controls["keep"]]
     gr.on([c.change for c in strip_inputs], handlers.timeline_strip, strip_inputs, controls["timeline_strip"], **private)
     _lora_sliders(fields["loras"], fields["lora_weights"])
