@@ -586,3 +586,26 @@ def test_a_13000_pixel_square_png_costs_no_memory_to_refuse(tmp_path):
     assert "you already have 1 job waiting or running" in alice
     assert "huge.png is 13000x13000 (169 MP), more than the 64 MP this app decodes" in bob
     assert result["grew_kb"] < 64 * 1024, result  # one decode is 507 MB as RGB
+
+
+def test_a_copy_of_a_video_is_found_by_its_content_and_only_for_its_owner(tmp_path):
+    """A video that names no job (its metadata gone, any file name) is the owner's job whose video has the same bytes;
+    the same bytes are no one else's job, and a file of the same size but other bytes is no job."""
+    from framepack.jobs.paths import JobPaths
+    from framepack.jobs.record import JobRecord, job_of_file
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    videos = {"260101_000000_aaaaaa": b"alice's video " * 100, "260101_000000_bbbbbb": b"bobs's videos " * 100}
+    for (job_id, content), owner in zip(videos.items(), ("user:alice", "user:bob")):
+        paths = JobPaths(outputs, job_id)
+        JobRecord(state="done", owner=owner, video=paths.video.name).save(paths)
+        paths.video.write_bytes(content)
+    copy = tmp_path / "holiday.mp4"
+    copy.write_bytes(videos["260101_000000_aaaaaa"])
+    assert job_of_file(copy, outputs, "user:alice") == "260101_000000_aaaaaa"
+    assert job_of_file(copy, outputs) == "260101_000000_aaaaaa"  # the person at the machine: anyone's
+    assert job_of_file(copy, outputs, "user:bob") == "holiday"  # not bob's: nothing of alice's is named to him
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"x" * len(videos["260101_000000_aaaaaa"]))
+    assert job_of_file(other, outputs, "user:alice") == "other"

@@ -22,7 +22,7 @@ from ..controls import (
 )
 from ..engine.starts import extension_needs
 from ..jobs.paths import is_job_name, job_name
-from ..jobs.record import RecordError, named_job, settings_of_output
+from ..jobs.record import RecordError, job_of_file, named_job, settings_of_output
 from ..kinds import postprocess_spec
 from ..lora import LoraError, LoraSpec, read_lora
 from ..media.reading import check_video
@@ -112,12 +112,18 @@ class AppService:
         settings, inputs = self.check_job(values, video)
         return self.front.submit_extension(settings, Path(video), inputs, owner, session, follow)
 
+    def job_of(self, previous: str, owner: str) -> str:
+        """The job an uploaded previous output is: what it names, else the owner's job with the same video (see
+        `job_of_file`); whether the caller may touch it is still the job record's say."""
+        return named_job(previous) if self.front is None else job_of_file(previous, self.front.output_dir, owner)
+
     def resume(self, owner: str, session: str | None, previous: str, add_seconds: float = 0, add_prompt: str = "",
                follow: bool = True) -> Job:  # fmt: skip
         """Queue the rest of a stopped job, or a longer video of a finished F1 job. The file says which job is meant (its
         metadata, so a renamed copy works; else its name); whether the caller may touch it is the job record's say."""
         seconds = float(add_seconds or 0)
-        return self.front.submit_resume(named_job(previous), owner, session, seconds, add_prompt or "", follow)
+        job = self.job_of(previous, owner)
+        return self.front.submit_resume(job, owner, session, seconds, add_prompt or "", follow)
 
     def branch(self, owner: str, session: str | None, previous: str, keep_sections: Any, seed: int, prompt: str = "",
                follow: bool = True) -> Job:  # fmt: skip
@@ -132,7 +138,7 @@ class AppService:
         changes: dict[str, Any] = {"seed": seed}
         if prompt and prompt.strip():
             changes["prompt"] = prompt
-        return self.front.submit_branch(named_job(previous), keep, changes, owner, session, follow)
+        return self.front.submit_branch(self.job_of(previous, owner), keep, changes, owner, session, follow)
 
     def postprocess(self, owner: str, session: str | None, values: dict[str, Any], video: str | None = None,
                     job: str | None = None, follow: bool = True) -> Job:  # fmt: skip
@@ -229,7 +235,7 @@ class AppService:
             return Loaded({}, str(exc), error=True)
         finally:
             self._reading.release()
-        kept = self.kept_images(named_job(path), owner) if owner is not None else None
+        kept = self.kept_images(self.job_of(path, owner), owner) if owner is not None else None
         return self.settings_values(saved, extras["inputs"], extras["loras"], Path(path).name, kept)
 
     def settings_of_job(self, job_id: str | None, viewer: str | None) -> Loaded:

@@ -22,7 +22,7 @@ from ..engine.starts import added_prompts
 from ..events import Done, Download, Error, Event, FrameProgress, Progress, SectionDone, Status
 from ..jobs.checkpoint import read_checkpoint
 from ..jobs.paths import LOCAL_USER, JobPaths, new_job_id
-from ..jobs.record import JobRecord, named_job
+from ..jobs.record import JobRecord, job_of_file
 from ..jobs.spec import JobSpec
 from ..kinds import (
     JobContext,
@@ -110,8 +110,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def source_of(path: Path) -> JobPaths:
-    """The job a video or record names (a renamed copy still names its job), in the folder the file is in."""
-    return JobPaths(Path(path).parent, named_job(path))
+    """The job a video or record is (what it names, else the job whose video has its content: a copy under any name),
+    in the folder the file is in."""
+    return JobPaths(Path(path).parent, job_of_file(path, Path(path).parent))
 
 
 def run_resume(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files import write_json
+from ..files import file_sha256, write_json
 from ..settings import Settings, SettingsError
 from .checkpoint import checkpoint_owner
 from .paths import LOCAL_USER, JobPaths, RecordError, is_job_name, job_name
@@ -162,6 +162,26 @@ def named_job(path: str | Path) -> str:
     except (OSError, ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         named = None  # not ours to read: the file name is all there is
     return named if isinstance(named, str) and is_job_name(named) else job_name(path)
+
+
+def job_of_file(path: str | Path, folder: str | Path, owner: str | None = None) -> str:
+    """The job a previous output is, in the outputs `folder`: the one its metadata or record names where that job is
+    there (and `owner`'s, when given), else the job whose video has the same content (SHA-256; only videos of the
+    same size are read), else what `named_job` says. A copy under any name is found, never by its file name alone."""
+    path, folder, named = Path(path), Path(folder), named_job(path)
+
+    def usable(job_id: str) -> bool:
+        paths = JobPaths(folder, job_id)
+        return paths.manifest.is_file() and (owner is None or job_owner(paths) == owner)
+
+    if usable(named) or path.suffix.lower() == ".json" or not path.is_file():
+        return named
+    size = path.stat().st_size
+    same_size = [v for v in folder.glob("*.mp4") if is_job_name(v.stem) and v.stat().st_size == size and usable(v.stem)]
+    if same_size:
+        digest = file_sha256(path)
+        return next((video.stem for video in same_size if file_sha256(video) == digest), named)
+    return named
 
 
 def job_owner(paths: JobPaths) -> str | None:
