@@ -66,3 +66,15 @@ def start_job(browser, url: str, seconds: float, steps: int = 3):
     page = open_page(browser, url, seconds, steps)
     page.locator("#fp-start").click()
     return page
+
+
+def open_extend_tab(browser, url: str, clip: Path):
+    """Open the page's Extend tab with `clip` uploaded; returns the page."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.goto(url)
+    page.get_by_role("tab", name="Extend a video").click()
+    page.locator("#fp-extend-video input[type=file]").set_input_files(str(clip))
+    expect(page.locator("#fp-extend-video video")).to_be_visible()  # the upload has finished
+    return page

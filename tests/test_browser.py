@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from helpers import IMAGE
-from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, VIDEO_SHOWN, open_page, set_number, start_job
+from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, VIDEO_SHOWN, open_extend_tab, open_page, set_number, start_job
 
 pytestmark = BROWSER_TESTS
 
@@ -139,11 +139,7 @@ def test_page_extends_an_uploaded_video_and_plays_the_result(browser, app_server
     from framepack.media.reading import probe
 
     clip = make_clip(tmp_path / "holiday.mp4", 45, 24, (90, 70))
-    page = browser.new_page(viewport={"width": 1400, "height": 1300})
-    page.goto(app_server.url)
-    page.get_by_role("tab", name="Extend a video").click()
-    page.locator("#fp-extend-video input[type=file]").set_input_files(str(clip))
-    expect(page.locator("#fp-extend-video video")).to_be_visible()  # the upload has finished
+    page = open_extend_tab(browser, app_server.url, clip)
     page.locator("#fp-prompt textarea").fill("The waves keep rolling.")
     set_number(page, "fp-extend-seconds", 1.2)  # the tab's own length to add: one section at the default window
     set_number(page, "fp-steps", 2)  # the resolution stays 640: the clip's own size caps the bucket

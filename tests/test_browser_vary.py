@@ -10,7 +10,7 @@ import pytest
 from helpers import CONTROL_CASES as CONTROLS
 from helpers import make_clip, running_app
 from playwright.sync_api import expect
-from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, open_page, set_number
+from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, open_extend_tab, open_page, set_number
 
 from framepack.media.reading import probe
 from framepack.settings import Settings
@@ -142,11 +142,7 @@ def test_seconds_added_to_a_finished_f1_video_make_a_second_video(browser, f1_se
 
 def test_the_extend_tab_keeps_a_small_clip_small(browser, app_server, tmp_path):
     clip = make_clip(tmp_path / "small.mp4", 30, 30, (160, 120))
-    page = browser.new_page(viewport={"width": 1400, "height": 1300})
-    page.goto(app_server.url)
-    page.get_by_role("tab", name="Extend a video").click()
-    page.locator("#fp-extend-video input[type=file]").set_input_files(str(clip))
-    expect(page.locator("#fp-extend-video video")).to_be_visible()
+    page = open_extend_tab(browser, app_server.url, clip)
     page.locator("#fp-prompt textarea").fill("The bar keeps moving.")
     set_number(page, "fp-extend-seconds", 1.2)
     set_number(page, "fp-steps", 3)  # the resolution stays at 640: the clip's own size caps it
