@@ -122,7 +122,12 @@ def test_page_applies_two_loras_with_their_slider_weights(browser, tmp_path):
         weight = page.locator("#fp-lora-weight-1 input[type=number]")  # the second one chosen
         expect(page.locator("#fp-lora-weight-1")).to_contain_text("Weight of style.safetensors")
         weight.fill("0.4")
-        weight.press("Enter")
+        # The slider's weight reaches the server's weights box in a call of its own: Start waits until it has.
+        def the_weights_call(response) -> bool:  # not a timer's refresh, which goes the same way
+            return "/gradio_api/run/predict" in response.url and "0.4" in (response.request.post_data or "")
+
+        with page.expect_response(the_weights_call, timeout=30_000):
+            weight.press("Enter")
         page.locator("#fp-start").click()
         expect(page.locator("#fp-message")).to_contain_text("Finished", timeout=90_000)
         name = page.locator("#fp-message").inner_text().split("saved as ")[1].split(".mp4")[0].strip("` ")
