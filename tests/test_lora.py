@@ -343,7 +343,7 @@ def test_a_chosen_lora_is_checked_when_it_is_chosen(tmp_path):
     tensors, _ = random_lora("musubi", transformer, 1)
     save_file(tensors, str(tmp_path / "good.safetensors"))
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
-    front = SimpleNamespace(source=ModelSource(models_dir=TINY_MODELS))
+    front = SimpleNamespace(source=ModelSource(models_dir=TINY_MODELS), output_dir=tmp_path / "outputs")
     service = AppService(front, "original", lora_folder=tmp_path)
     assert service.check_loras(["good.safetensors"]) == "" and service.check_loras([]) == ""
     problem = service.check_loras(["good.safetensors", "broken.safetensors"])
