@@ -256,6 +256,8 @@ def test_the_download_command_stopped_with_ctrl_c_goes_on_where_it_stopped(hub, 
         if hub.held.wait(timeout=120):
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal's Ctrl-C does
 
+    # Python's own Ctrl-C (KeyboardInterrupt), as in a terminal, whatever handler an earlier test's library left.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=press_ctrl_c, daemon=True)
     presser.start()
     try:
@@ -263,6 +265,7 @@ def test_the_download_command_stopped_with_ctrl_c_goes_on_where_it_stopped(hub, 
     finally:
         hub.release.set()
         presser.join()
+        signal.signal(signal.SIGINT, previous)
     assert code == 130 and "Run the same command again to go on where the download stopped." in capsys.readouterr().err
     (part,) = dl.storage(tmp_path, HUNYUAN_REPO).glob("blobs/*.incomplete")
     fetched = part.stat().st_size

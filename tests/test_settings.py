@@ -53,7 +53,7 @@ def test_ci_fails_instead_of_skipping_when_the_fixtures_are_missing(tmp_path):
 
     tests = tmp_path / "checkout" / "tests"
     tests.mkdir(parents=True)
-    for name in ("conftest.py", "helpers.py"):
+    for name in ("conftest.py", "helpers.py", "pages.py"):
         shutil.copy(Path(__file__).with_name(name), tests)
     (tests / "test_needs_models.py").write_text(
         "from helpers import needs_shared\n\n@needs_shared\ndef test_golden():\n    pass\n"
