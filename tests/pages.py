@@ -78,3 +78,15 @@ def open_extend_tab(browser, url: str, clip: Path):
     page.locator("#fp-extend-video input[type=file]").set_input_files(str(clip))
     expect(page.locator("#fp-extend-video video")).to_be_visible()  # the upload has finished
     return page
+
+
+def add_end_frame_and_keyframe(page, controls: Path, seconds: float = 0.8) -> None:
+    """Open "End frame and keyframes" and give the controls cases' end image and one keyframe at `seconds`."""
+    from playwright.sync_api import expect
+
+    page.get_by_text("End frame and keyframes").click()
+    page.locator("#fp-end-image input[type=file]").set_input_files(str(controls / "c1_original_end" / "end.png"))
+    expect(page.locator("#fp-end-image img")).to_be_visible()
+    page.locator("#fp-keyframes input[type=file]").set_input_files(str(controls / "c2_original_timed" / "keyframe_0.png"))
+    page.locator("#fp-keyframe-times textarea").fill(f"{seconds:g}")
+    page.locator("#fp-keyframe-times textarea").press("Enter")

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from helpers import IMAGE
-from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, VIDEO_SHOWN, open_extend_tab, open_page, set_number, start_job
+from pages import ARTIFACTS, add_end_frame_and_keyframe, BROWSER_TESTS, VIDEO_PLAYING, VIDEO_SHOWN, open_extend_tab, open_page, set_number, start_job
 
 pytestmark = BROWSER_TESTS
 
@@ -54,12 +54,7 @@ def test_page_directs_the_video_with_an_end_frame_a_keyframe_and_timed_prompts(b
     page.get_by_text("Advanced").click()
     set_number(page, "fp-window", 3)  # three sections of 0.4 s
     timeline = page.locator("#fp-timeline")
-    page.get_by_text("End frame and keyframes").click()
-    page.locator("#fp-end-image input[type=file]").set_input_files(str(controls / "c1_original_end" / "end.png"))
-    expect(page.locator("#fp-end-image img")).to_be_visible()
-    page.locator("#fp-keyframes input[type=file]").set_input_files(str(controls / "c2_original_timed" / "keyframe_0.png"))
-    page.locator("#fp-keyframe-times textarea").fill("0.8")
-    page.locator("#fp-keyframe-times textarea").press("Enter")
+    add_end_frame_and_keyframe(page, controls)
     expect(timeline).to_contain_text('0.00–0.40 s (generated 3rd): "she waves" · start image')
     expect(timeline).to_contain_text('0.80–1.20 s (generated 1st): "she spins" · keyframe 1 (keyframe_0.png) · then the end frame')
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import CONTROL_CASES as CONTROLS
 from helpers import make_clip, running_app
 from playwright.sync_api import expect
-from pages import ARTIFACTS, BROWSER_TESTS, VIDEO_PLAYING, open_extend_tab, open_page, set_number
+from pages import ARTIFACTS, add_end_frame_and_keyframe, BROWSER_TESTS, VIDEO_PLAYING, open_extend_tab, open_page, set_number
 
 from framepack.media.reading import probe
 from framepack.settings import Settings
@@ -52,12 +52,7 @@ def test_a_timed_prompt_job_branches_with_a_new_timed_prompt(browser, app_server
     page = open_page(browser, app_server.url, seconds=1.2, prompt="A room. [0s: lights on] [0.4s: lights off]")
     page.get_by_text("Advanced").click()
     set_number(page, "fp-window", 3)  # three sections of 0.4 s
-    page.get_by_text("End frame and keyframes").click()
-    page.locator("#fp-end-image input[type=file]").set_input_files(str(CONTROLS / "c1_original_end" / "end.png"))
-    expect(page.locator("#fp-end-image img")).to_be_visible()
-    page.locator("#fp-keyframes input[type=file]").set_input_files(str(CONTROLS / "c2_original_timed" / "keyframe_0.png"))
-    page.locator("#fp-keyframe-times textarea").fill("0.8")
-    page.locator("#fp-keyframe-times textarea").press("Enter")
+    add_end_frame_and_keyframe(page, CONTROLS)
     expect(page.locator("#fp-timeline")).to_contain_text("keyframe 1 (keyframe_0.png)")
     page.locator("#fp-start").click()
     source = finished(page)
