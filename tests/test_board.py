@@ -4,6 +4,7 @@ a click that chooses a job, a stopped job's real progress, and users who see onl
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -76,6 +77,9 @@ def test_the_time_left_comes_from_measured_section_times():
     other_size = job("w3", resolution=256)
     records = {"run": record(2, [10.0, 14.0])}  # 12 s a section, 3 s a step
     left = time_left([running, first, second, other_size], records)
+    # Nor a job whose steps cost otherwise: TeaCache off, or real CFG's second pass.
+    for slower in (job("w4", use_teacache=False), job("w5", cfg=3.0)):
+        assert time_left([running, slower], records)[slower.id] is None
     assert left["run"] == pytest.approx(12 * 5 * 0.6)  # 36 s
     assert left["w1"] == pytest.approx(36 + 60)  # behind the running job, then its own 5 sections
     assert left["w2"] == pytest.approx(36 + 60 + 5 * 8 * 3)
@@ -117,6 +121,9 @@ class Front:
     def list_jobs(self, owner: str | None = None) -> list[QueuedJob]:
         return [j for j in self.jobs if owner is None or j.owner == owner]
 
+    def job(self, job_id: str, owner: str | None = None) -> QueuedJob | None:
+        return next((j for j in self.list_jobs(owner) if j.id == job_id), None)
+
 
 def test_a_click_chooses_a_job_and_each_user_sees_only_their_own(tmp_path: Path):
     outputs, cache = tmp_path / "outputs", tmp_path / "cache"
@@ -125,18 +132,22 @@ def test_a_click_chooses_a_job_and_each_user_sees_only_their_own(tmp_path: Path)
     for name, owner in (("alice_one", "user:alice"), ("alice_two", "user:alice"), ("bob_one", "user:bob")):
         write_video(outputs, name)
         record(5, [4.0] * 5).save(JobPaths(outputs, name))
-        jobs.append(job(name, "done", owner=owner, progress=1.0, video=f"{name}.mp4"))
-    jobs.append(job("bob_two", "queued", owner="user:bob"))  # waits behind nothing: its own 5 sections, measured by others
+        jobs.append(replace(job(name, "done", owner=owner, progress=1.0, video=f"{name}.mp4"), created=len(jobs)))
+    jobs.append(replace(job("bob_two", "queued", owner="user:bob"), created=len(jobs)))  # waits behind nothing: its own 5 sections, measured by others
     handlers = Handlers(AppService(Front(outputs, jobs), "original"), "login")
     handlers.service.board.cache_dir = cache
 
-    views = {}
+    views, mine = {}, {}
     for user in ("alice", "bob"):
         session = Session()
-        table, choice, gallery = handlers.queue_view(None, session, SimpleNamespace(username=user, session_hash=user))
+        table, choice, gallery, own = handlers.queue_view(None, session, SimpleNamespace(username=user, session_hash=user))
         views[user] = (table["value"], choice["choices"], gallery["value"], session)
+        mine[user] = own["value"]
     rows, choices, gallery, alice = views["alice"]
     assert [row[1] for row in rows] == [value for _, value in choices] == ["alice_one", "alice_two"]
+    # The same read fills the Generate tab's "Your jobs": newest first, with the time left of a waiting job.
+    assert [row[0] for row in mine["bob"]] == ["bob_two", "bob_one"] and mine["bob"][0][3] == "about 0:20"
+    assert [row[0] for row in mine["alice"]] == ["alice_two", "alice_one"]
     assert [caption.split(" · ")[0] for _, caption in gallery] == ["alice_one", "alice_two"]
     bob_rows, _, bob_gallery, bob = views["bob"]
     assert [row[1] for row in bob_rows] == ["bob_one", "bob_two"] and bob_rows[1][4] == "about 0:20"
@@ -153,6 +164,25 @@ def test_a_click_chooses_a_job_and_each_user_sees_only_their_own(tmp_path: Path)
     # The next refresh leaves an unchanged gallery alone (a look at it is not interrupted).
     again = handlers.queue_view("alice_one", alice, SimpleNamespace(username="alice", session_hash="alice"))
     assert again[1]["value"] == "alice_one" and again[2] == gr.skip()
+
+    # A click on a row of "Your jobs" plays that job's video in the Generate tab's player (a page copy of it).
+    handlers.cache_dir = str(cache)
+    click = lambda row: gr.SelectData(None, {"index": [0, 1], "value": row[1], "row_value": row})  # noqa: E731
+    as_alice = SimpleNamespace(username="alice", session_hash="alice")
+    played, said = handlers.my_job_video(click(mine["alice"][1]), as_alice)
+    assert Path(played).read_bytes() == (outputs / "alice_one.mp4").read_bytes() and Path(played).is_relative_to(cache)
+    assert said == "The video of job `alice_one`."
+    # A waiting job has none yet; a forged row naming another user's job shows nothing of it.
+    as_bob = SimpleNamespace(username="bob", session_hash="bob")
+    assert handlers.my_job_video(click(mine["bob"][0]), as_bob) == (
+        gr.skip(), "Job `bob_two` has no video yet (queued).")  # fmt: skip
+    forged = handlers.my_job_video(click(mine["alice"][0]), as_bob)
+    assert forged == (gr.skip(), "Choose one of your jobs first.")
+    # A post-processed GIF is named, not put in a player that cannot play it.
+    (outputs / "alice_one.gif").write_bytes(b"GIF89a")
+    jobs[0] = replace(jobs[0], video="alice_one.gif")
+    _, said = handlers.my_job_video(click(mine["alice"][1]), as_alice)
+    assert said == "Job `alice_one` made `alice_one.gif`, which browsers do not play: see the outputs folder."
 
 
 def test_a_stopped_job_on_the_generate_tab_is_not_a_full_bar():

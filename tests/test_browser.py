@@ -254,4 +254,10 @@ def test_one_tab_queues_three_jobs_and_watches_them_finish_in_its_list(browser, 
     for job_id in ids:
         expect(mine.get_by_role("row").filter(has_text=job_id)).to_contain_text("done", timeout=120_000)
     expect(page.locator("#fp-start")).to_be_enabled()  # the tab never waited for them
+    # The list follows each job to its video: a click on a finished row plays that job's video in the tab's player.
+    for job_id in (ids[0], ids[2]):
+        mine.get_by_role("row").filter(has_text=job_id).get_by_text("done").click()
+        expect(message).to_contain_text(f"The video of job {job_id}", timeout=10_000)
+        expect(page.locator("#fp-video video")).to_have_attribute("src", re.compile(re.escape(f"{job_id}.mp4")))
+        page.wait_for_function(VIDEO_PLAYING, timeout=30_000)
     page.close()

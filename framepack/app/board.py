@@ -26,6 +26,7 @@ from ..settings import Settings, SettingsError
 from .views import QUEUE_COLUMNS, queue_row
 
 THUMBNAIL = "thumbnail.jpg"
+THUMBNAIL_FROM = (".mp4", ".webm")  # the videos jobs make; a post-processed GIF or MOV has no picture
 # The Queue tab's table: the store's row with a picture first and the time left after the progress.
 BOARD_COLUMNS = ["Picture", *QUEUE_COLUMNS[:3], "Time left", *QUEUE_COLUMNS[3:]]
 BOARD_TYPES = ["markdown", *("str" for _ in BOARD_COLUMNS[1:])]
@@ -64,8 +65,11 @@ def _settings(job: QueuedJob, record: JobRecord | None) -> Settings | None:
 
 
 def _pace_key(settings: Settings) -> tuple:
-    """Sections of one key take the same time per sampler step: the model, the picture's size and the window."""
-    return settings.variant, settings.resolution, settings.height, settings.width, settings.latent_window_size
+    """Sections of one key take the same time per sampler step: the model, the picture's size, the window, the step
+    cache (TeaCache skips steps' work) and whether real CFG doubles each step. (LoRAs are fused: no cost per step.)"""
+    cache = settings.cache_method if settings.use_teacache else None
+    return (settings.variant, settings.resolution, settings.height, settings.width, settings.latent_window_size, cache,
+            settings.cfg != 1.0)  # fmt: skip
 
 
 def step_paces(jobs: list[QueuedJob], records: dict[str, JobRecord | None]) -> dict[tuple, float]:
@@ -175,18 +179,19 @@ class Board:
         return shown
 
     def video(self, job: QueuedJob, record: JobRecord | None) -> Path | None:
-        """The job's video as it is now (a running job's grows section by section)."""
+        """The job's video as it is now (a running job's grows section by section; a post-processing job's may be a
+        GIF or a MOV)."""
         name = job.video or (record.video if record is not None else None)
         if not name or Path(name).name != name:
             return None
         path = self.output_dir / name
-        return path if path.suffix.lower() in (".mp4", ".webm") and path.is_file() else None
+        return path if path.is_file() else None
 
     def thumbnail(self, job: QueuedJob, record: JobRecord | None) -> str | None:
         """The page's link to the thumbnail of the job's video, made if the video is newer than it; None without a
         video (or a cache to link into)."""
         video = self.video(job, record)
-        if video is None or self.cache_dir is None:
+        if video is None or video.suffix.lower() not in THUMBNAIL_FROM or self.cache_dir is None:
             return None
         kept = input_folder(self.output_dir, job.id) / THUMBNAIL
         try:

@@ -56,10 +56,11 @@ def build_layout(page: Page, timeline: str, strip: str = "") -> Controls:
                         parts["start"] = gr.Button("Start Generation", variant="primary", elem_id="fp-start")
                         parts["queue_add"] = gr.Button("Add to queue", elem_id="fp-queue-add")
                         parts["end"] = gr.Button("End Generation", interactive=False, elem_id="fp-end")
-                    parts["my_jobs"] = gr.Dataframe(headers=MY_JOBS_COLUMNS, value=[], interactive=False, wrap=True,
-                                                    column_widths=["24%", "23%", "15%", "16%", "22%"],
-                                                    label="Your jobs, newest first (the Queue tab has more)",
-                                                    elem_id="fp-my-jobs")  # fmt: skip
+                    parts["my_jobs"] = gr.Dataframe(
+                        headers=MY_JOBS_COLUMNS, value=[], interactive=False, wrap=True, elem_id="fp-my-jobs",
+                        column_widths=["24%", "23%", "15%", "16%", "22%"],
+                        label="Your jobs, newest first: click one to watch its video (the Queue tab has more)",
+                    )
                     with gr.Group():
                         for name in ("use_teacache", "seed", "total_second_length", "resolution", "steps", "distilled_cfg"):
                             place(name)

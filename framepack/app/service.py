@@ -32,7 +32,7 @@ from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
 from ..queue.store import QueuedJob, input_folder
 from ..settings import Settings, SettingsError
-from .board import Board, Shown
+from .board import Board, Shown, record_name
 from .fields import LOADABLE, SETTING_NAMES, UPSCALERS, list_loras
 
 
@@ -214,12 +214,13 @@ class AppService:
         return {"up": "Only a waiting job moves.", "down": "Only a waiting job moves.", "cancel": "It has ended already.",
                 "delete": "Stop it first: a waiting or running job is not deleted."}[action]  # fmt: skip
 
-    def video_of(self, job_id: str | None, viewer: str | None) -> Path | None:
-        """The video of one of the viewer's jobs, if it has one."""
+    def video_of(self, job_id: str | None, viewer: str | None) -> tuple[QueuedJob | None, Path | None]:
+        """One of the viewer's jobs (None: not theirs, or no such job) and its video as it is now (None: none yet; a
+        running job's grows section by section, a resumed job's is its source's)."""
         job = self.front.job(job_id, viewer) if job_id else None
-        if job is None or not job.video or not (self.front.output_dir / job.video).is_file():
-            return None
-        return self.front.output_dir / job.video
+        if job is None:
+            return None, None
+        return job, self.board.video(job, self.board.record(record_name(job)))
 
     # --- settings of earlier jobs
 

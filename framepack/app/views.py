@@ -40,7 +40,7 @@ QUEUE_COLUMNS = ["Job", "State", "Progress", "Worker", "Owner", "Prompt", "Video
 QUEUE_REFRESH_SECONDS = 2.0
 
 
-MY_JOBS_COLUMNS = ["Job", "State", "Progress", "Time left", "Prompt"]  # its video: the Queue tab
+MY_JOBS_COLUMNS = ["Job", "State", "Progress", "Time left", "Prompt"]  # a click on a row shows its video
 
 
 def queue_entry(job: QueuedJob) -> dict[str, Any]:

@@ -9,6 +9,7 @@ app serves only this machine, or else each browser session.
 
 import inspect
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,6 +20,7 @@ from ..media.images import ImageError
 from ..media.reading import VideoInputError
 from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
+from ..queue.store import QueuedJob
 from ..settings import FPS, Settings, SettingsError
 from .fields import (
     DEFAULTS,
@@ -35,7 +37,9 @@ from .layout import Controls, build_layout
 from .service import AppService, Loaded, lora_weights_by_name, upload_path
 from .timeline import Thumbnails, strip_html
 from .views import (
+    MY_JOBS_COLUMNS,
     QUEUE_REFRESH_SECONDS,
+    PLAYABLE,
     PageCopies,
     SamplingClock,
     Updates,
@@ -232,12 +236,22 @@ class Handlers:
             return error_message(exc.message)
         return f"Queued as job `{job_id}`: it runs when the GPU is free, whether or not this page stays open."
 
-    def my_jobs(self, request: gr.Request) -> Any:
-        """The caller's own jobs for the Generate tab's list, newest first, refreshed by the queue's timer."""
-        jobs, shown = self.service.queue_board(self.owner_of(request))
-        jobs = sorted(jobs, key=lambda job: job.created, reverse=True)[:MY_JOBS_SHOWN]
-        left = {job.id: clock_text(shown[job.id].seconds_left) if job.active else "" for job in jobs}
-        return gr.update(value=[my_job_row(job, shown[job.id].progress, left[job.id]) for job in jobs])
+    def my_job_video(self, evt: gr.SelectData, request: gr.Request) -> tuple[Any, str]:
+        """A click on a row of "Your jobs" shows that job's video in the tab's player: a finished job's whole, a
+        running one's as far as it has come."""
+        job_id = evt.row_value[MY_JOBS_COLUMNS.index("Job")] if evt.row_value else None
+        return self._shown_video(*self.service.video_of(job_id, self.owner_of(request)))
+
+    def _shown_video(self, job: QueuedJob | None, video: Path | None) -> tuple[Any, str]:
+        """A player's update and the line under it for a job's video (a format browsers cannot play is named)."""
+        if job is None:
+            return gr.skip(), "Choose one of your jobs first."
+        if video is None:
+            return gr.skip(), f"Job `{job.id}` has no video yet ({job.state})."
+        if video.suffix.lower() not in PLAYABLE:
+            return gr.skip(), f"Job `{job.id}` made `{video.name}`, which browsers do not play: see the outputs folder."
+        so_far = " so far" if job.active else ""
+        return PageCopies(self.cache_dir)(video), f"The video of job `{job.id}`{so_far}."
 
     def check_loras(self, names: list[str] | None) -> Any:
         """A chosen LoRA file that does not fit the model is said as soon as it is chosen."""
@@ -269,9 +283,10 @@ class Handlers:
 
     # --- the Queue tab and settings loading
 
-    def queue_view(self, chosen: str | None, session: Session, request: gr.Request) -> tuple[Any, Any, Any]:
-        """The Queue tab's table, job list and gallery of finished videos, refreshed by its timer (the gallery only
-        when it changed, so a look at it is not interrupted)."""
+    def queue_view(self, chosen: str | None, session: Session, request: gr.Request) -> tuple[Any, Any, Any, Any]:
+        """The Queue tab's table, job list and gallery of finished videos, and the Generate tab's "Your jobs" (the
+        caller's own, newest first), refreshed by the queue's timer from one read of the queue (the gallery only when
+        it changed, so a look at it is not interrupted)."""
         jobs, shown = self.service.queue_board(self.viewer_of(request))
         choices = [(f"{job.id} · {queue_row(job)[5][:40]}", job.id) for job in jobs]
         value = chosen if any(job.id == chosen for job in jobs) else (jobs[0].id if jobs else None)
@@ -279,7 +294,11 @@ class Handlers:
         gallery = gr.skip() if items == session.gallery else gr.update(value=items)
         session.gallery = items
         rows = [board_row(job, shown[job.id]) for job in jobs]
-        return gr.update(value=rows), gr.update(choices=choices, value=value), gallery
+        owner = self.owner_of(request)
+        mine = sorted((job for job in jobs if job.owner == owner), key=lambda job: job.created, reverse=True)
+        my_rows = [my_job_row(job, shown[job.id].progress, clock_text(shown[job.id].seconds_left) if job.active else "")
+                   for job in mine[:MY_JOBS_SHOWN]]  # fmt: skip
+        return gr.update(value=rows), gr.update(choices=choices, value=value), gallery, gr.update(value=my_rows)
 
     def queue_pick(self, session: Session, evt: gr.SelectData) -> tuple[Any, str]:
         """A click on a row of the Queue tab's table, or on a picture of its gallery, chooses that job."""
@@ -298,10 +317,7 @@ class Handlers:
         return on_click
 
     def queue_video(self, job_id: str | None, request: gr.Request) -> tuple[Any, str]:
-        video = self.service.video_of(job_id, self.viewer_of(request))
-        if video is None:
-            return gr.skip(), "That job has no video yet."
-        return PageCopies(self.cache_dir)(video), f"The video of `{job_id}`."
+        return self._shown_video(*self.service.video_of(job_id, self.viewer_of(request)))
 
     def queue_settings(self, job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         return self._loaded_updates(self.service.settings_of_job(job_id, self.viewer_of(request)))
@@ -491,13 +507,12 @@ def _wire_queue(controls: Controls, handlers: Handlers, session: gr.State) -> No
     private = dict(queue=False, api_visibility="private")
     choice, message = controls["queue_choice"], controls["queue_message"]
     # Gradio's own timer refreshes the view; nothing on the server polls.
-    refresh = dict(fn=handlers.queue_view, inputs=[choice, session],
-                   outputs=[controls["queue_table"], choice, controls["queue_gallery"]], **private)  # fmt: skip
+    views = [controls["queue_table"], choice, controls["queue_gallery"], controls["my_jobs"]]
+    refresh = dict(fn=handlers.queue_view, inputs=[choice, session], outputs=views, **private)
     for picked in (controls["queue_table"], controls["queue_gallery"]):
         picked.select(handlers.queue_pick, [session], [choice, message], **private)
-    timer = gr.Timer(QUEUE_REFRESH_SECONDS)
-    timer.tick(**refresh)
-    timer.tick(handlers.my_jobs, None, controls["my_jobs"], **private)
+    controls["my_jobs"].select(handlers.my_job_video, None, [controls["video"], controls["message"]], **private)
+    gr.Timer(QUEUE_REFRESH_SECONDS).tick(**refresh)
     for action in ("up", "down", "cancel", "retry"):
         controls[f"queue_{action}"].click(handlers.queue_button(action), [choice], [message], **private).then(**refresh)
     controls["queue_delete"].click(
