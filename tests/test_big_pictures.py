@@ -106,16 +106,16 @@ def test_the_pages_job_says_a_start_image_was_read_reduced(tmp_path, monkeypatch
 
 
 def test_a_page_upload_past_pillows_bomb_limit_is_refused_in_our_words(tmp_path, monkeypatch):
-    """Gradio opens every uploaded image before the app sees it, and Pillow refuses to open one past twice its pixel
-    limit as a "decompression bomb". The app's process leaves the limit to the 64 MP budget: the upload reaches the
-    app, which refuses it from its header in one line (a JPEG would be read reduced)."""
+    """Gradio's Image field opens every upload before the app sees it, and Pillow refuses to open one past twice its
+    pixel limit as a "decompression bomb". The page's image fields hand the upload over unopened, with Pillow's limit
+    as it is: the app refuses it from its header in one line (a JPEG would be read reduced)."""
     import struct
     import zlib
 
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from framepack.media.images import leave_pixel_limits_to_the_budget
+    from framepack.app.fields import BY_NAME, Page
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -124,12 +124,12 @@ def test_a_page_upload_past_pillows_bomb_limit_is_refused_in_our_words(tmp_path,
     header = struct.pack(">IIBBBBB", 40_000, 10_000, 8, 2, 0, 0, 0)
     panorama.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
     upload = ImageData(path=str(panorama), orig_name="panorama.png")
-    field = gr.Image(type="filepath", image_mode=None)
-    # Pillow's default limit (an app started in this process may have lifted it); put back after the test.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1024 * 1024 * 1024 // 4 // 3)
-    with pytest.raises(Image.DecompressionBombError):  # Pillow's default: Gradio answers with its own error
-        field.preprocess(upload)
-    leave_pixel_limits_to_the_budget()
-    assert field.preprocess(upload) == str(panorama)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1024 * 1024 * 1024 // 4 // 3)  # Pillow's default
+    with pytest.raises(Image.DecompressionBombError):  # Gradio's own field: the user would read Gradio's error
+        gr.Image(type="filepath", image_mode=None).preprocess(upload)
+    with gr.Blocks():
+        start, end = (BY_NAME[name].control(Page("original")) for name in ("input_image", "end_image"))
+    for field in (start, end):
+        assert field.preprocess(upload) == str(panorama) and field.get_block_name() == "image"
     with pytest.raises(ImageError, match=r"^panorama.png is 40000x10000 \(400 MP\), more than the 64 MP this app decodes"):
         load_image(panorama)

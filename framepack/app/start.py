@@ -15,7 +15,6 @@ from starlette.middleware import Middleware
 from ..doctor import Places, before_start
 from ..engine.stepcache import DEFAULT_THRESHOLDS_TEXT
 from ..jobs.paths import sweep_outputs
-from ..media.images import leave_pixel_limits_to_the_budget
 from ..memory.planning import MemoryPlanError
 from ..models import ModelsMissingError
 from ..models.checkpoints import CheckpointError
@@ -108,7 +107,6 @@ def create_app(variant: str, args: argparse.Namespace) -> App:
     """Build the queue front and the page from parsed arguments; warns when anyone may use the app without a login."""
     outputs = Path(args.outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
-    leave_pixel_limits_to_the_budget()  # a big photo dropped on the page is read reduced, not called a bomb
     # First what the machine lacks (a GPU, a CUDA build for it, the weights), so that a memory plan that does not
     # fit reads after what explains it; then the same memory check as the CLI's, which stops the app if it fails.
     for finding in before_start(Places(args.models, args.hf_cache, outputs, variant, getattr(args, "comfyui_models", None))):

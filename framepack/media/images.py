@@ -100,13 +100,6 @@ def pixel_budget() -> int:
     return min(IMAGE_PIXEL_BUDGET, Image.MAX_IMAGE_PIXELS or IMAGE_PIXEL_BUDGET)
 
 
-def leave_pixel_limits_to_the_budget() -> None:
-    """Let Pillow open any picture's header, in the app's process: past twice its own pixel limit it refuses even that
-    as a "decompression bomb", and the page's uploads are opened by Gradio (header only) before `within_budget` can
-    read a big photo reduced or refuse a huge one in words. The 64 MP budget stays the limit of what is decoded."""
-    Image.MAX_IMAGE_PIXELS = None
-
-
 def open_header(path: str | Path) -> Image.Image:
     """The image file opened (its header read, no pixel decoded), whatever its size: Pillow's own open refuses one
     past twice its pixel limit as a "decompression bomb" before we can decode it reduced."""
