@@ -4,6 +4,7 @@ without decoding it."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,17 +106,20 @@ def test_the_pages_job_says_a_start_image_was_read_reduced(tmp_path, monkeypatch
         front.close()
 
 
+@needs_shared
 def test_a_page_upload_past_pillows_bomb_limit_is_refused_in_our_words(tmp_path, monkeypatch):
-    """Gradio's Image field opens every upload before the app sees it, and Pillow refuses to open one past twice its
-    pixel limit as a "decompression bomb". The page's image fields hand the upload over unopened, with Pillow's limit
-    as it is: the app refuses it from its header in one line (a JPEG would be read reduced)."""
+    """Gradio's image preprocessing opens every upload before a handler sees it, and Pillow refuses to open one past
+    twice its pixel limit as a "decompression bomb". No event of the page preprocesses the start or end image: each
+    handler gets the upload as it is, and the app refuses it from its header in one line (a JPEG would be read
+    reduced), with Pillow's limit left as it is."""
+    import asyncio
     import struct
     import zlib
 
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from framepack.app.fields import BY_NAME, Page
+    from framepack.app import start as ui
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -123,13 +127,26 @@ def test_a_page_upload_past_pillows_bomb_limit_is_refused_in_our_words(tmp_path,
     panorama = tmp_path / "panorama.png"  # a header saying 40,000 x 10,000: only the header is ever read
     header = struct.pack(">IIBBBBB", 40_000, 10_000, 8, 2, 0, 0, 0)
     panorama.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
-    upload = ImageData(path=str(panorama), orig_name="panorama.png")
+    upload = ImageData(path=str(panorama), orig_name="panorama.png").model_dump()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1024 * 1024 * 1024 // 4 // 3)  # Pillow's default
-    with pytest.raises(Image.DecompressionBombError):  # Gradio's own field: the user would read Gradio's error
-        gr.Image(type="filepath", image_mode=None).preprocess(upload)
-    with gr.Blocks():
-        start, end = (BY_NAME[name].control(Page("original")) for name in ("input_image", "end_image"))
-    for field in (start, end):
-        assert field.preprocess(upload) == str(panorama) and field.get_block_name() == "image"
+    with pytest.raises(Image.DecompressionBombError):  # what Gradio's preprocessing would answer
+        gr.Image(type="filepath", image_mode=None).preprocess(ImageData(**upload))
+
+    app = ui.create_app("original", ui.parse_args(["--models", str(TINY_MODELS), "--outputs", str(tmp_path / "out")]))
+    try:
+        images = [b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) in ("fp-image", "fp-end-image")]
+        events = [fn for fn in app.demo.fns.values() if any(block in images for block in fn.inputs)]
+        assert len(images) == 2 and {fn.name for fn in events} >= {"timeline", "timeline_strip", "generate", "extend"}
+        for fn in events:
+            given = [upload if block in images else getattr(block, "value", None) for block in fn.inputs]
+            handed = asyncio.run(app.demo.preprocess_data(fn, given, None))  # as Gradio does for a request
+            raw = [handed[k] for k, block in enumerate(fn.inputs) if block in images]  # the payload, not a path
+            same = [type(r) is dict and Path(r["path"]).read_bytes() == panorama.read_bytes() for r in raw]
+            assert same and all(same), fn.name
+            if fn.name == "timeline":  # the timeline reads it as a start image (the job refuses it in words)
+                assert "No start image" not in fn.fn("x", 5, 9, None, "", None, handed[fn.inputs.index(images[0])])
+    finally:
+        app.front.close()
+    assert Image.MAX_IMAGE_PIXELS == 1024 * 1024 * 1024 // 4 // 3  # the app left Pillow's limit alone
     with pytest.raises(ImageError, match=r"^panorama.png is 40000x10000 \(400 MP\), more than the 64 MP this app decodes"):
         load_image(panorama)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from gradio.data_classes import ImageData
 
 from ..controls import BLANK_STARTS
 from ..postprocess.formats import FORMATS
@@ -57,26 +56,11 @@ def _setting(name: str, control: Callable[[Page], gr.components.Component], anno
     return Field(name, getattr(DEFAULTS, name), control, setting=name, annotation=annotation)
 
 
-class UploadedImage(gr.Image):
-    """An image field that hands an upload over as the file it is, unopened: `load_image` reads it. Gradio's own
-    Image opens every upload first, and Pillow refuses to open one past twice its pixel limit (a "decompression
-    bomb") before `load_image` can read a big photo reduced or refuse a huge one in words; converted to RGB, an upload
-    would also lose its transparency, colour profile or CMYK before `load_image` applies them."""
-
-    is_template = True  # the page shows it as Gradio's Image
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(sources=["upload"], type="filepath", image_mode=None, **kwargs)
-
-    def preprocess(self, payload: ImageData | None) -> str | None:
-        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
-            return super().preprocess(payload)  # nothing, or a picture inside the request: Gradio writes it out
-        return str(payload.path)
-
-
 FIELDS: tuple[Field, ...] = (
-    Field("input_image", None, lambda page: UploadedImage(label="Start image", height=320, elem_id="fp-image"),
-          loadable=False, endpoints=("generate",)),  # fmt: skip
+    # image_mode=None: the upload is handed over as the file it is (Gradio's default converts it to RGB first, which
+    # drops transparency, colour profiles and CMYK before load_image can apply them).
+    Field("input_image", None, lambda page: gr.Image(sources=["upload"], type="filepath", image_mode=None, label="Start image",
+          height=320, elem_id="fp-image"), loadable=False, endpoints=("generate",)),  # fmt: skip
     _setting("prompt", lambda page: gr.Textbox(
         label="Prompt", value=DEFAULTS.prompt, lines=2, elem_id="fp-prompt",
         info='Prompts that change over time: "a man on a beach [0s: he waves] [2.4s: he turns around]"'), str),  # fmt: skip
@@ -106,9 +90,9 @@ FIELDS: tuple[Field, ...] = (
     _setting("mp4_crf", lambda page: gr.Slider(
         0, 51, DEFAULTS.mp4_crf, step=1, label="MP4 compression (CRF)",
         info="0 is lossless; lower means better quality and larger files."), int),  # fmt: skip
-    Field("end_image", None, lambda page: UploadedImage(
-        label="End image (the video's last frame)", height=200, elem_id="fp-end-image",
-        visible=page.variant == "original"), loadable=False),  # fmt: skip
+    Field("end_image", None, lambda page: gr.Image(
+        sources=["upload"], type="filepath", image_mode=None, label="End image (the video's last frame)", height=200,
+        elem_id="fp-end-image", visible=page.variant == "original"), loadable=False),  # fmt: skip
     _setting("end_strength", lambda page: gr.Slider(
         0, 1, DEFAULTS.end_strength, step=0.01, label="End frame strength", visible=page.variant == "original"), float),  # fmt: skip
     Field("keyframes", None, lambda page: gr.File(

@@ -473,11 +473,14 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     controls["refresh_loras"].click(lambda: gr.update(choices=list_loras(page.lora_folder)), None, fields["loras"], **private)
     timeline_inputs = [fields[name] for name in ("prompt", "total_second_length", "latent_window_size", "keyframes",
                                                   "keyframe_times", "end_image", "input_image", "blank_start")]  # fmt: skip
-    gr.on([c.change for c in timeline_inputs], handlers.timeline, timeline_inputs, controls["timeline"], **private)
+    # Raw payloads, as the job buttons get them: Gradio's preprocessing opens each image upload, and Pillow refuses
+    # to open one past twice its pixel limit before `load_image` can read it reduced or refuse it in words.
+    raw = dict(private, preprocess=False)
+    gr.on([c.change for c in timeline_inputs], handlers.timeline, timeline_inputs, controls["timeline"], **raw)
     length_inputs = [fields["total_second_length"], fields["latent_window_size"]]
     gr.on([c.change for c in length_inputs], handlers.length_note, length_inputs, controls["length_note"], **private)
     strip_inputs = [*timeline_inputs, controls["previous"], controls["keep"]]
-    gr.on([c.change for c in strip_inputs], handlers.timeline_strip, strip_inputs, controls["timeline_strip"], **private)
+    gr.on([c.change for c in strip_inputs], handlers.timeline_strip, strip_inputs, controls["timeline_strip"], **raw)
     _lora_sliders(fields["loras"], fields["lora_weights"])
 
 
