@@ -260,4 +260,6 @@ def test_one_tab_queues_three_jobs_and_watches_them_finish_in_its_list(browser, 
         expect(message).to_contain_text(f"The video of job {job_id}", timeout=10_000)
         expect(page.locator("#fp-video video")).to_have_attribute("src", re.compile(re.escape(f"{job_id}.mp4")))
         page.wait_for_function(VIDEO_PLAYING, timeout=30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser_my_jobs.png"), full_page=True)
     page.close()
