@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from framepack.app.board import Board, board_row, clock_text, gallery_items, time_left
+from framepack.app.views import frames_line
+from framepack.media.reading import frames_said
 from framepack.app.service import AppService
 from framepack.app.wiring import Handlers, Session
 from framepack.jobs.paths import JobPaths
@@ -169,20 +171,21 @@ def test_a_click_chooses_a_job_and_each_user_sees_only_their_own(tmp_path: Path)
     handlers.cache_dir = str(cache)
     click = lambda row: gr.SelectData(None, {"index": [0, 1], "value": row[1], "row_value": row})  # noqa: E731
     as_alice = SimpleNamespace(username="alice", session_hash="alice")
-    played, said = handlers.my_job_video(click(mine["alice"][1]), as_alice)
+    played, said, frames = handlers.my_job_video(click(mine["alice"][1]), as_alice)
     assert Path(played).read_bytes() == (outputs / "alice_one.mp4").read_bytes() and Path(played).is_relative_to(cache)
-    assert said == "The video of job `alice_one`."
+    assert said == "The video of job `alice_one`." and frames == frames_line(40)  # its frames under the status
     # A waiting job has none yet; a forged row naming another user's job shows nothing of it.
     as_bob = SimpleNamespace(username="bob", session_hash="bob")
     assert handlers.my_job_video(click(mine["bob"][0]), as_bob) == (
-        gr.skip(), "Job `bob_two` has no video yet (queued).")  # fmt: skip
+        gr.skip(), "Job `bob_two` has no video yet (queued).", gr.skip())  # fmt: skip
     forged = handlers.my_job_video(click(mine["alice"][0]), as_bob)
-    assert forged == (gr.skip(), "Choose one of your jobs first.")
+    assert forged == (gr.skip(), "Choose one of your jobs first.", gr.skip())
     # A post-processed GIF is named, not put in a player that cannot play it.
     (outputs / "alice_one.gif").write_bytes(b"GIF89a")
     jobs[0] = replace(jobs[0], video="alice_one.gif")
-    _, said = handlers.my_job_video(click(mine["alice"][1]), as_alice)
+    _, said, _ = handlers.my_job_video(click(mine["alice"][1]), as_alice)
     assert said == "Job `alice_one` made `alice_one.gif`, which browsers do not play: see the outputs folder."
+    assert frames_said(outputs / "alice_one.gif") is None and frames_said(outputs / "alice_one.mp4") == 40
 
 
 def test_a_stopped_job_on_the_generate_tab_is_not_a_full_bar():

@@ -258,6 +258,7 @@ def test_one_tab_queues_three_jobs_and_watches_them_finish_in_its_list(browser, 
     for job_id in (ids[0], ids[2]):
         mine.get_by_role("row").filter(has_text=job_id).get_by_text("done").click()
         expect(message).to_contain_text(f"The video of job {job_id}", timeout=10_000)
+        expect(page.locator("#fp-info")).to_contain_text("video length: 1.23 s")  # its 37 frames, not the tab's 0
         expect(page.locator("#fp-video video")).to_have_attribute("src", re.compile(re.escape(f"{job_id}.mp4")))
         page.wait_for_function(VIDEO_PLAYING, timeout=30_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import gradio as gr
 from ..events import Done, Error
 from ..jobs.paths import LOCAL_USER
 from ..media.images import ImageError
-from ..media.reading import VideoInputError
+from ..media.reading import VideoInputError, frames_said
 from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
 from ..queue.store import QueuedJob
@@ -236,11 +236,14 @@ class Handlers:
             return error_message(exc.message)
         return f"Queued as job `{job_id}`: it runs when the GPU is free, whether or not this page stays open."
 
-    def my_job_video(self, evt: gr.SelectData, request: gr.Request) -> tuple[Any, str]:
-        """A click on a row of "Your jobs" shows that job's video in the tab's player: a finished job's whole, a
-        running one's as far as it has come."""
+    def my_job_video(self, evt: gr.SelectData, request: gr.Request) -> tuple[Any, str, Any]:
+        """A click on a row of "Your jobs" shows that job's video in the tab's player (a finished job's whole, a
+        running one's as far as it has come), with its frames and length on the line under the status."""
         job_id = evt.row_value[MY_JOBS_COLUMNS.index("Job")] if evt.row_value else None
-        return self._shown_video(*self.service.video_of(job_id, self.owner_of(request)))
+        job, video = self.service.video_of(job_id, self.owner_of(request))
+        player, said = self._shown_video(job, video)
+        frames = frames_said(video) if video is not None and video.suffix.lower() in PLAYABLE else None
+        return player, said, frames_line(frames) if frames is not None else gr.skip()
 
     def _shown_video(self, job: QueuedJob | None, video: Path | None) -> tuple[Any, str]:
         """A player's update and the line under it for a job's video (a format browsers cannot play is named)."""
@@ -514,7 +517,8 @@ def _wire_queue(controls: Controls, handlers: Handlers, session: gr.State) -> No
     refresh = dict(fn=handlers.queue_view, inputs=[choice, session], outputs=views, **private)
     for picked in (controls["queue_table"], controls["queue_gallery"]):
         picked.select(handlers.queue_pick, [session], [choice, message], **private)
-    controls["my_jobs"].select(handlers.my_job_video, None, [controls["video"], controls["message"]], **private)
+    controls["my_jobs"].select(handlers.my_job_video, None, [controls["video"], controls["message"], controls["info"]],
+                               **private)  # fmt: skip
     gr.Timer(QUEUE_REFRESH_SECONDS).tick(**refresh)
     for action in ("up", "down", "cancel", "retry"):
         controls[f"queue_{action}"].click(handlers.queue_button(action), [choice], [message], **private).then(**refresh)

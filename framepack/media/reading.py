@@ -127,6 +127,17 @@ def shown_size(path: str | Path) -> tuple[int, int]:
         return height, width
 
 
+def frames_said(path: str | Path) -> int | None:
+    """How many frames a video's file says it has (no frame decoded); None where it does not say (MKV, WebM, GIF) or
+    the file cannot be read."""
+    try:
+        with av.open(str(path)) as container:
+            stream = main_stream(container)
+            return (stream.frames or None) if stream is not None else None
+    except (av.FFmpegError, OSError):
+        return None
+
+
 def read_frames(path: str | Path) -> np.ndarray:
     """All frames of a video as uint8 (T, H, W, 3), as `upright_frames` reads them."""
     return np.stack(list(upright_frames(path)))
