@@ -23,10 +23,9 @@ from ..jobs.record import JobRecord, RecordError
 from ..media.thumbnails import write_thumbnail
 from ..queue.store import QueuedJob, input_folder
 from ..settings import Settings, SettingsError
-from .views import QUEUE_COLUMNS, queue_row
+from .views import PLAYABLE, QUEUE_COLUMNS, queue_row
 
 THUMBNAIL = "thumbnail.jpg"
-THUMBNAIL_FROM = (".mp4", ".webm")  # the videos jobs make; a post-processed GIF or MOV has no picture
 # The Queue tab's table: the store's row with a picture first and the time left after the progress.
 BOARD_COLUMNS = ["Picture", *QUEUE_COLUMNS[:3], "Time left", *QUEUE_COLUMNS[3:]]
 BOARD_TYPES = ["markdown", *("str" for _ in BOARD_COLUMNS[1:])]
@@ -189,9 +188,9 @@ class Board:
 
     def thumbnail(self, job: QueuedJob, record: JobRecord | None) -> str | None:
         """The page's link to the thumbnail of the job's video, made if the video is newer than it; None without a
-        video (or a cache to link into)."""
+        video a browser plays (a post-processed GIF or MOV has none) or a cache to link into."""
         video = self.video(job, record)
-        if video is None or video.suffix.lower() not in THUMBNAIL_FROM or self.cache_dir is None:
+        if video is None or video.suffix.lower() not in PLAYABLE or self.cache_dir is None:
             return None
         kept = input_folder(self.output_dir, job.id) / THUMBNAIL
         try:
