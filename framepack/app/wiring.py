@@ -8,11 +8,13 @@ app serves only this machine, or else each browser session.
 """
 
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.events import Dependency
 
 from ..events import Done, Error
 from ..jobs.paths import LOCAL_USER
@@ -412,8 +414,8 @@ def build_app(front: QueueFront, variant: str, job_options: dict[str, Any] | Non
         gr.Markdown(f"# {TITLES[variant]}\nTurn one image into a video, section by section. The video grows as sections finish.")
         first = (DEFAULTS.prompt, DEFAULTS.total_second_length, DEFAULTS.latent_window_size)
         controls = build_layout(page, handlers.timeline(*first), handlers.timeline_strip(*first))
-        _wire_jobs(demo, controls, handlers, session, page)
-        _wire_queue(controls, handlers, session)
+        loads = [_wire_jobs(demo, controls, handlers, session, page), _wire_queue(controls, handlers, session)]
+        _lora_sliders(controls.fields["loras"], controls.fields["lora_weights"], loads)
     handlers.cache_dir = demo.GRADIO_CACHE
     if handlers.service.board is not None:
         handlers.service.board.cache_dir = demo.GRADIO_CACHE
@@ -421,7 +423,8 @@ def build_app(front: QueueFront, variant: str, job_options: dict[str, Any] | Non
     return demo
 
 
-def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session: gr.State, page: Page) -> None:
+def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session: gr.State, page: Page) -> Dependency:
+    """Wires the job buttons and the Generate tab's helpers; returns the event that loads a previous output's settings."""
     fields = controls.fields
     outputs = [controls[name] for name in ("preview", "progress", "info", "video", "message")]
     buttons = [controls["start"], controls["end"]]
@@ -470,8 +473,8 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     controls["examples"].click(lambda sample: sample[0], [controls["examples"]], [fields["prompt"]], **private)
     loadable = [fields[name] for name in (f.name for f in FIELDS if f.loadable)]
     images = [fields[name] for name in IMAGE_CONTROLS]
-    controls["previous"].upload(handlers.previous_settings, [controls["previous"]], [*loadable, *images, controls["message"]],
-                                **private)  # fmt: skip
+    load = controls["previous"].upload(handlers.previous_settings, [controls["previous"]],
+                                       [*loadable, *images, controls["message"]], **private)  # fmt: skip
     fields["loras"].change(handlers.check_loras, [fields["loras"]], [controls["message"]], **private)
     controls["refresh_loras"].click(lambda: gr.update(choices=list_loras(page.lora_folder)), None, fields["loras"], **private)
     timeline_inputs = [fields[name] for name in ("prompt", "total_second_length", "latent_window_size", "keyframes",
@@ -484,11 +487,17 @@ def _wire_jobs(demo: gr.Blocks, controls: Controls, handlers: Handlers, session:
     gr.on([c.change for c in length_inputs], handlers.length_note, length_inputs, controls["length_note"], **private)
     strip_inputs = [*timeline_inputs, controls["previous"], controls["keep"]]
     gr.on([c.change for c in strip_inputs], handlers.timeline_strip, strip_inputs, controls["timeline_strip"], **raw)
-    _lora_sliders(fields["loras"], fields["lora_weights"])
+    return load
 
 
-def _lora_sliders(loras: gr.CheckboxGroup, weights: gr.Textbox) -> None:
-    @gr.render(inputs=[loras, weights], triggers=[loras.change])
+def _lora_sliders(loras: gr.CheckboxGroup, weights: gr.Textbox, loads: list[Dependency]) -> None:
+    """Sliders drawn again when the user ticks a LoRA or `loads` put a job's settings back. Not on every `change`:
+    Gradio fires that again for one tick, and a late redraw would read the weights from before a slider moved."""
+    loaded = gr.State(0)
+    for load in loads:  # through the queue: the page fires a State's `change` only after a queued call
+        load.then(lambda count: count + 1, loaded, loaded, api_visibility="private")
+
+    @gr.render(inputs=[loras, weights], triggers=[loras.input, loaded.change])
     def weight_sliders(chosen: list[str] | None, text: str) -> None:
         """A weight slider for each chosen LoRA; the hidden weights box keeps them by name."""
         chosen = list(chosen or [])
@@ -501,12 +510,15 @@ def _lora_sliders(loras: gr.CheckboxGroup, weights: gr.Textbox) -> None:
                       elem_id=f"fp-lora-weight-{k}")  # fmt: skip
             for k, name in enumerate(chosen)
         ]
+        # Written in the browser, not by a call to the server: a Start pressed right after a slider moved must not
+        # read the weights from before the move.
+        pairs = f"(...values) => {json.dumps(chosen)}.map((name, k) => `${{name}}=${{values[k]}}`).join(', ')"
         for slider in sliders:
-            slider.change(lambda *values: ", ".join(f"{n}={v:g}" for n, v in zip(chosen, values)), sliders, weights,
-                          queue=False, api_visibility="private")  # fmt: skip
+            slider.change(None, sliders, weights, js=pairs, queue=False, api_visibility="private")
 
 
-def _wire_queue(controls: Controls, handlers: Handlers, session: gr.State) -> None:
+def _wire_queue(controls: Controls, handlers: Handlers, session: gr.State) -> Dependency:
+    """Wires the Queue tab and "Your jobs"; returns the event that loads a job's settings."""
     gr.api(handlers.queue_list, api_name="queue_list", queue=False)
     gr.api(handlers.queue_cancel, api_name="queue_cancel", queue=False)
     gr.api(handlers.queue_retry, api_name="queue_retry", queue=False)
@@ -528,7 +540,7 @@ def _wire_queue(controls: Controls, handlers: Handlers, session: gr.State) -> No
     ).then(**refresh)  # fmt: skip
     controls["queue_open"].click(handlers.queue_video, [choice], [controls["queue_video"], message], **private)
     loaded = [controls.fields[name] for name in (*LOADABLE, *IMAGE_CONTROLS)]
-    controls["queue_load"].click(handlers.queue_settings, [choice], [*loaded, message], **private)
+    return controls["queue_load"].click(handlers.queue_settings, [choice], [*loaded, message], **private)
 
 
 def _mark_page(session: Session) -> Session:
