@@ -31,14 +31,20 @@ def saved_name(page, said: str = "saved as ") -> str:
     return page.locator("#fp-message").inner_text().split(said)[1].split(".mp4")[0].strip("` ")
 
 
-def finished(page, timeout: float = 120_000, not_of: str = "") -> str:
+def finished(page, timeout: float = 240_000, not_of: str = "") -> str:
     """Wait for the page's job to finish (another job than `not_of`, whose message may still be there); the name of
     its video."""
-    page.wait_for_function(
-        """(old) => { const text = document.querySelector('#fp-message').innerText;
-                      return text.includes('Finished') && (!old || !text.includes(old)); }""",
-        arg=not_of, timeout=timeout,
-    )  # fmt: skip
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    try:
+        page.wait_for_function(
+            """(old) => { const text = document.querySelector('#fp-message').innerText;
+                          return text.includes('Finished') && (!old || !text.includes(old)); }""",
+            arg=not_of, timeout=timeout,
+        )  # fmt: skip
+    except PageTimeout:
+        said = {name: page.locator(f"#{name}").inner_text() for name in ("fp-message", "fp-progress", "fp-info")}
+        raise AssertionError(f"the job did not finish in {timeout / 1000:g} s; the page says {said}") from None
     return saved_name(page)
 
 

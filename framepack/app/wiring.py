@@ -24,6 +24,7 @@ from ..postprocess import PostprocessError
 from ..queue.front import Job, QueueFront
 from ..queue.store import QueuedJob
 from ..settings import FPS, Settings, SettingsError
+from .board import BOARD_COLUMNS, board_row, clock_text, gallery_items
 from .fields import (
     DEFAULTS,
     FIELDS,
@@ -34,14 +35,13 @@ from .fields import (
     signature,
     with_signature,
 )
-from .board import BOARD_COLUMNS, board_row, clock_text, gallery_items
 from .layout import Controls, build_layout
 from .service import AppService, Loaded, lora_weights_by_name, upload_path
 from .timeline import Thumbnails, strip_html
 from .views import (
     MY_JOBS_COLUMNS,
-    QUEUE_REFRESH_SECONDS,
     PLAYABLE,
+    QUEUE_REFRESH_SECONDS,
     PageCopies,
     SamplingClock,
     Updates,
