@@ -10,22 +10,10 @@ from collections.abc import Iterator
 # its code path) per call, which changes the last bits; fix both before torch loads it here or in a child process.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
-# pytest-xdist runs the tests in several processes: each gets its share of the cores (OpenMP threads that outnumber
-# the cores spin and stall each other), and so do the commands its tests start, which inherit the environment.
-if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 import pytest  # noqa: E402
 from helpers import TINY, TINY_MODELS, AppServer, running_app
 from pages import CHROMIUM, CHROMIUM_ARGS
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # For `--dist loadgroup`: a file's tests stay in one process (its module fixtures are made once), and all the
-    # browser tests share one, so a single Chromium runs at a time.
-    for item in items:
-        group = "browser" if item.get_closest_marker("browser") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,7 +51,7 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
 def browser() -> Iterator:
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=15_000)  # the page answers more slowly while another test process uses the cores
+    expect.set_options(timeout=15_000)  # a busy machine answers slowly; a wait that fails still fails, later
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

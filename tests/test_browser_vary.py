@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from helpers import CONTROL_CASES as CONTROLS
 from helpers import make_clip, running_app
+from playwright.sync_api import TimeoutError as PageTimeout
 from playwright.sync_api import expect
 from pages import ARTIFACTS, add_end_frame_and_keyframe, BROWSER_TESTS, VIDEO_PLAYING, open_extend_tab, open_page, set_number
 
@@ -34,8 +35,6 @@ def saved_name(page, said: str = "saved as ") -> str:
 def finished(page, timeout: float = 240_000, not_of: str = "") -> str:
     """Wait for the page's job to finish (another job than `not_of`, whose message may still be there); the name of
     its video."""
-    from playwright.sync_api import TimeoutError as PageTimeout
-
     try:
         page.wait_for_function(
             """(old) => { const text = document.querySelector('#fp-message').innerText;
