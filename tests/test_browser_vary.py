@@ -32,7 +32,7 @@ def saved_name(page, said: str = "saved as ") -> str:
     return page.locator("#fp-message").inner_text().split(said)[1].split(".mp4")[0].strip("` ")
 
 
-def finished(page, timeout: float = 240_000, not_of: str = "") -> str:
+def finished(page, timeout: float = 120_000, not_of: str = "") -> str:
     """Wait for the page's job to finish (another job than `not_of`, whose message may still be there); the name of
     its video."""
     try:
